@@ -1,0 +1,143 @@
+//! Config errors that point at the exact place in routes.yaml, rustc-style.
+//!
+//! A [`Diagnostic`] names the field path (`routes[3].match.path_regex`), the line and column where
+//! the YAML parser knows them, what is wrong and, where we can guess, how to fix it. A
+//! [`ConfigError::Invalid`] carries every diagnostic found, so a user fixes the file in one pass.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A 1-based position in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostic {
+    /// The field path, like `routes[3].match.path_regex`; empty for the document itself.
+    pub path: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+impl Diagnostic {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+            location: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_hint_opt(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+}
+
+/// Why a config could not be loaded. Nothing is applied when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(file, text, diagnostics))]
+    Invalid {
+        /// The file name as given by the user, for messages.
+        file: String,
+        /// The file's text, to quote the offending line.
+        text: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+impl ConfigError {
+    /// The individual problems; empty for I/O errors.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { diagnostics, .. } => diagnostics,
+        }
+    }
+}
+
+fn render(file: &str, text: &str, diagnostics: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for diagnostic in diagnostics {
+        render_one(&mut out, file, text, diagnostic).expect("writing to a String cannot fail");
+        out.push('\n');
+    }
+    let count = diagnostics.len();
+    out.push_str(&format!(
+        "{file}: {count} error{} found; nothing was applied",
+        if count == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+fn render_one(
+    out: &mut String,
+    file: &str,
+    text: &str,
+    diagnostic: &Diagnostic,
+) -> Result<(), fmt::Error> {
+    use fmt::Write;
+
+    if diagnostic.path.is_empty() {
+        writeln!(out, "error: {}", diagnostic.message)?;
+    } else {
+        writeln!(out, "error: {}: {}", diagnostic.path, diagnostic.message)?;
+    }
+    match diagnostic.location {
+        Some(Location { line, column }) => {
+            writeln!(out, "  --> {file}:{line}:{column}")?;
+            if let Some(source_line) = text.lines().nth(line.saturating_sub(1)) {
+                let gutter = line.to_string().len();
+                writeln!(out, "{:gutter$} |", "")?;
+                writeln!(out, "{line} | {source_line}")?;
+                writeln!(
+                    out,
+                    "{:gutter$} | {:pad$}^",
+                    "",
+                    "",
+                    pad = column.saturating_sub(1)
+                )?;
+            }
+        }
+        None => writeln!(out, "  --> {file}")?,
+    }
+    if let Some(hint) = &diagnostic.hint {
+        writeln!(out, "  = hint: {hint}")?;
+    }
+    Ok(())
+}
+
+/// "did you mean `x`?" for a misspelled name, when one candidate is close enough.
+pub fn did_you_mean<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(given, candidate), candidate))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| format!("did you mean `{candidate}`?"))
+}

@@ -1,0 +1,268 @@
+//! Reading routes.yaml: YAML syntax, then each section and each list item on its own, so that one
+//! bad route does not hide the problems of the next one.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::{ConfigError, Diagnostic, Location, did_you_mean};
+use super::model::{Config, RouteConfig, ServerConfig, TOP_LEVEL_KEYS, UpstreamConfig};
+use super::positions::{Positions, join_key};
+
+/// A config file as read from disk: the text (for error quotes) and where each field stands.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// The name to show in messages, normally the path as the user gave it.
+    pub name: String,
+    pub text: String,
+    /// Hex SHA-256 of `text`, so a user can match a running config with `sha256sum`.
+    pub sha256: String,
+    positions: Positions,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let sha256 = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Self {
+            name: name.into(),
+            positions: Positions::index(&text),
+            sha256,
+            text,
+        }
+    }
+
+    /// Turns path-only diagnostics into an error that points at lines in this file.
+    pub fn invalid(&self, mut diagnostics: Vec<Diagnostic>) -> ConfigError {
+        for diagnostic in &mut diagnostics {
+            if diagnostic.location.is_none() {
+                diagnostic.location = self.positions.locate(&diagnostic.path);
+            }
+        }
+        ConfigError::Invalid {
+            file: self.name.clone(),
+            text: self.text.clone(),
+            diagnostics,
+        }
+    }
+}
+
+/// A parsed config and the file it came from.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub source: SourceFile,
+}
+
+/// Reads and parses the file at `path`.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(SourceFile::new(path.display().to_string(), text))
+}
+
+/// Parses config text; every problem found is reported at once.
+pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
+    let mut document: Value = match serde_yaml::from_str(&source.text) {
+        Ok(document) => document,
+        Err(error) => {
+            let location = error.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
+            let mut diagnostic = Diagnostic::new("", format!("invalid YAML: {error}"))
+                .with_hint("check indentation and quoting around this line");
+            diagnostic.location = location;
+            return Err(source.invalid(vec![diagnostic]));
+        }
+    };
+    if let Err(error) = document.apply_merge() {
+        return Err(source.invalid(vec![Diagnostic::new(
+            "",
+            format!("invalid YAML merge: {error}"),
+        )]));
+    }
+
+    let mut top = match document {
+        Value::Mapping(top) => top,
+        Value::Null => {
+            return Err(source.invalid(vec![
+                Diagnostic::new("", "the file is empty").with_hint(SKELETON_HINT),
+            ]));
+        }
+        _ => {
+            return Err(source.invalid(vec![
+                Diagnostic::new("", "the file must be a mapping of sections")
+                    .with_hint(SKELETON_HINT),
+            ]));
+        }
+    };
+
+    let mut diagnostics = Vec::new();
+    for key in top.keys() {
+        match key.as_str() {
+            Some(name) if TOP_LEVEL_KEYS.contains(&name) => {}
+            Some(name) => {
+                diagnostics.push(Diagnostic::new(name, "unknown top-level key").with_hint(
+                    did_you_mean(name, TOP_LEVEL_KEYS.iter().copied()).unwrap_or_else(|| {
+                        format!("top-level keys are {}", TOP_LEVEL_KEYS.join(", "))
+                    }),
+                ))
+            }
+            None => diagnostics.push(Diagnostic::new("", "top-level keys must be strings")),
+        }
+    }
+
+    let server = match top.remove("server") {
+        None | Some(Value::Null) => Some(ServerConfig::default()),
+        Some(value) => section::<ServerConfig>(value, "server", &mut diagnostics),
+    };
+
+    let mut upstreams = std::collections::BTreeMap::new();
+    match top.remove("upstreams") {
+        Some(Value::Mapping(entries)) => {
+            for (name, value) in entries {
+                let Some(name) = name.as_str().map(str::to_owned) else {
+                    diagnostics.push(Diagnostic::new(
+                        "upstreams",
+                        "upstream names must be strings",
+                    ));
+                    continue;
+                };
+                let path = join_key("upstreams", &name);
+                if let Some(upstream) = section::<UpstreamConfig>(value, &path, &mut diagnostics) {
+                    upstreams.insert(name, upstream);
+                }
+            }
+        }
+        None | Some(Value::Null) => diagnostics.push(
+            Diagnostic::new("upstreams", "missing: at least one upstream is required")
+                .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
+        ),
+        Some(_) => diagnostics.push(
+            Diagnostic::new(
+                "upstreams",
+                "must be a mapping of upstream name to settings",
+            )
+            .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
+        ),
+    }
+
+    let default_upstream = match top.remove("default_upstream") {
+        Some(Value::String(name)) => Some(name),
+        None | Some(Value::Null) => {
+            diagnostics.push(
+                Diagnostic::new(
+                    "default_upstream",
+                    "missing: name the upstream that serves unmatched requests",
+                )
+                .with_hint("default_upstream: legacy"),
+            );
+            None
+        }
+        Some(_) => {
+            diagnostics.push(Diagnostic::new(
+                "default_upstream",
+                "must be an upstream name",
+            ));
+            None
+        }
+    };
+
+    let mut routes = Vec::new();
+    match top.remove("routes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Sequence(items)) => {
+            for (index, value) in items.into_iter().enumerate() {
+                let path = format!("routes[{index}]");
+                if let Some(route) = section::<RouteConfig>(value, &path, &mut diagnostics) {
+                    routes.push(route);
+                }
+            }
+        }
+        Some(_) => diagnostics.push(
+            Diagnostic::new("routes", "must be a list of routes").with_hint(
+                "routes:\n      - name: orders\n        match: { path_prefix: /api/orders }",
+            ),
+        ),
+    }
+
+    match (server, default_upstream) {
+        (Some(server), Some(default_upstream)) if diagnostics.is_empty() => Ok(LoadedConfig {
+            config: Config {
+                server,
+                upstreams,
+                default_upstream,
+                routes,
+            },
+            source,
+        }),
+        _ => Err(source.invalid(diagnostics)),
+    }
+}
+
+const SKELETON_HINT: &str = "a minimal config is:\n      upstreams:\n        legacy: { backends: [127.0.0.1:9001] }\n      default_upstream: legacy";
+
+/// Deserializes one section; on failure records where and why and returns `None`.
+fn section<T: DeserializeOwned>(
+    value: Value,
+    base: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let mut path = base.to_owned();
+            for segment in error.path().iter() {
+                use serde_path_to_error::Segment;
+                match segment {
+                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                    Segment::Map { key } => path = join_key(&path, key),
+                    Segment::Enum { variant } => path = join_key(&path, variant),
+                    Segment::Unknown => {}
+                }
+            }
+            let message = error.into_inner().to_string();
+            let hint = hint_for(&message);
+            diagnostics.push(Diagnostic::new(path, message).with_hint_opt(hint));
+            None
+        }
+    }
+}
+
+/// Suggestions for serde's standard messages.
+fn hint_for(message: &str) -> Option<String> {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (given, expected) = rest.split_once('`')?;
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        return Some(
+            did_you_mean(given, candidates.iter().copied()).unwrap_or_else(|| {
+                if candidates.is_empty() {
+                    "this section takes no keys".to_owned()
+                } else {
+                    format!("valid keys here: {}", candidates.join(", "))
+                }
+            }),
+        );
+    }
+    if message.contains("missing field") {
+        return Some("add the field; docs/configuration.md lists every key".to_owned());
+    }
+    if message.contains("time unit") || message.contains("expected number") {
+        return Some("durations look like 250ms, 5s, 1m30s".to_owned());
+    }
+    if message.contains("socket address") {
+        return Some("write an IP and a port, like 127.0.0.1:9901".to_owned());
+    }
+    if message.contains("expected a string") {
+        return Some("quote the value, like \"true\" or \"8080\"".to_owned());
+    }
+    None
+}

@@ -1,0 +1,15 @@
+//! routes.yaml: its serde model, loading with precise diagnostics, and nothing more.
+//!
+//! This module owns the *shape* of the file: which keys exist, their types and defaults, and
+//! errors that point at a line and a field path. It does not judge meaning (unknown upstreams,
+//! broken regexes, duplicate names): [`crate::routing`] compiles a [`Config`] into the runtime
+//! table and reports those through the same [`Diagnostic`] type.
+
+mod diagnostic;
+mod load;
+mod model;
+mod positions;
+
+pub use diagnostic::{ConfigError, Diagnostic, Location, did_you_mean};
+pub use load::{LoadedConfig, SourceFile, load_file, parse};
+pub use model::*;

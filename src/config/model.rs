@@ -1,0 +1,274 @@
+//! The serde model of `routes.yaml`: plain data, exactly as the user wrote it.
+//!
+//! Every struct rejects unknown keys, durations and sizes are human-readable (`250ms`, `5s`),
+//! and defaults live here so that `GET /routes` shows the effective values. Nothing in this file
+//! checks cross-references (does an upstream exist, does a regex compile): that is the job of
+//! [`crate::routing::RouteTable::compile`], which turns this model into the runtime table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole file, after every section deserialized without error.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub default_upstream: String,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The top-level keys of the file, in the order the loader reads them.
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "default_upstream", "routes"];
+
+/// Process-level settings: changing them takes a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the proxy accepts client traffic.
+    pub listen: SocketAddr,
+    /// Where the admin API (`/healthz`, `/readyz`, `/routes`) listens. Loopback by default.
+    pub admin: SocketAddr,
+    /// Worker threads for the proxy. Defaults to the CPUs this process may run on.
+    pub threads: Option<usize>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            threads: None,
+        }
+    }
+}
+
+/// A named pool of interchangeable backends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` addresses, used round-robin. Names are resolved when the config is loaded.
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+/// Per-upstream timeouts. Pingora leaves all of these unset; we never do.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// TCP connect to a backend.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Longest wait for the next bytes of a backend's response.
+    #[serde(with = "humantime_serde")]
+    pub read: Duration,
+    /// Longest wait to hand request bytes to a backend.
+    #[serde(with = "humantime_serde")]
+    pub write: Duration,
+    /// How long an unused keep-alive connection stays in the pool.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One routing rule. Routes are tried in file order; the first whose `match` holds wins.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    /// Where matching requests go; `default_upstream` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteConfig>,
+    #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
+    pub request_headers: HeaderActionsConfig,
+    #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
+    pub response_headers: HeaderActionsConfig,
+}
+
+/// Conditions a request must meet, all of them, for the route to apply.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatchConfig {
+    /// `api.example.com` (exact, case-insensitive, port ignored) or `*.example.com` (any
+    /// subdomain, not the bare domain). One name or a list.
+    #[serde(
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub host: Vec<String>,
+    /// The exact path, query excluded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A path prefix on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// A regular expression searched in the path; anchor it with `^...$` to match it whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, ValueMatchConfig>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, ValueMatchConfig>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, ValueMatchConfig>,
+}
+
+/// How a header, query parameter or cookie value must look.
+///
+/// Written either as a plain string (exact match) or as a map with exactly one of
+/// `exact`, `regex`, `present`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMatchConfig {
+    Exact(String),
+    Regex(String),
+    /// `true`: the field must be there (any value); `false`: it must be absent.
+    Present(bool),
+}
+
+/// Path and host rewrites applied to the upstream request. At most one path rewrite.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// Remove a leading path prefix on segment boundaries: `/api/orders` -> `/orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// Swap a leading path prefix for another: `{from: /api/v1, to: /v2}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix: Option<ReplacePrefixConfig>,
+    /// Regex replacement over the path, with `$1` / `${name}` expansion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<RegexRewriteConfig>,
+    /// The `Host` header sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacePrefixConfig {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewriteConfig {
+    pub pattern: String,
+    pub replacement: String,
+}
+
+/// Header edits, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderActionsConfig {
+    /// Headers to delete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Headers to replace (any existing values are dropped).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers to append (existing values are kept).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+}
+
+impl HeaderActionsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
+/// Accepts `key: value` as well as `key: [a, b]`.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct OneOrMany;
+
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            Ok(vec![value.to_owned()])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+
+    deserializer.deserialize_any(OneOrMany)
+}
+
+impl<'de> Deserialize<'de> for ValueMatchConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The map form; exactly one field must be set.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Spelled {
+            exact: Option<String>,
+            regex: Option<String>,
+            present: Option<bool>,
+        }
+
+        struct ValueMatchVisitor;
+
+        impl<'de> Visitor<'de> for ValueMatchVisitor {
+            type Value = ValueMatchConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string (exact match) or one of {exact: ..}, {regex: ..}, {present: true|false}")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(ValueMatchConfig::Exact(value.to_owned()))
+            }
+
+            // `x-api-version: 2` means the text "2"; YAML just typed it as a number.
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(ValueMatchConfig::Exact(value.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(ValueMatchConfig::Exact(value.to_string()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let spelled = Spelled::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (spelled.exact, spelled.regex, spelled.present) {
+                    (Some(exact), None, None) => Ok(ValueMatchConfig::Exact(exact)),
+                    (None, Some(regex), None) => Ok(ValueMatchConfig::Regex(regex)),
+                    (None, None, Some(present)) => Ok(ValueMatchConfig::Present(present)),
+                    _ => Err(de::Error::custom(
+                        "set exactly one of `exact`, `regex` or `present`",
+                    )),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(ValueMatchVisitor)
+    }
+}

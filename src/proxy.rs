@@ -1,0 +1,305 @@
+//! The Pingora [`ProxyHttp`] implementation: wires the route table into Pingora's request
+//! phases and does nothing else.
+//!
+//! | phase                     | what happens                                                  |
+//! |---------------------------|---------------------------------------------------------------|
+//! | `new_ctx`                 | load the current route table snapshot                         |
+//! | `request_filter`          | request id, route match                                       |
+//! | `upstream_peer`           | round-robin backend of the route's upstream                   |
+//! | `upstream_request_filter` | X-Forwarded-*, path/host rewrite, request header edits        |
+//! | `response_filter`         | strip hop-by-hop, response header edits, echo the request id  |
+//! | `fail_to_proxy`           | 502/504/400 with `x-strangler-error` and the request id       |
+//!
+//! Pingora itself strips the standard hop-by-hop request headers and those the client nominates in
+//! `Connection`, and rejects nominations of `Host` or `X-Forwarded-*` (so a client cannot make
+//! the proxy drop its own forwarding headers). Response hop-by-hop headers are stripped here.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE, TRAILER, UPGRADE};
+use http::{HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::routing::{RouteTable, SharedRouteTable, UpstreamId, set_path};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Longest client-supplied request id we pass through; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 200;
+
+/// The proxy service. Cheap to share: all state is behind the route table handle.
+pub struct StranglerProxy {
+    routes: SharedRouteTable,
+}
+
+impl StranglerProxy {
+    pub fn new(routes: SharedRouteTable) -> Self {
+        Self { routes }
+    }
+}
+
+/// Per-request state. `table` pins the config generation the request started with.
+pub struct RequestContext {
+    table: Arc<RouteTable>,
+    /// Index of the matched route; `None` when the default upstream serves the request.
+    route: Option<usize>,
+    upstream: UpstreamId,
+    request_id: HeaderValue,
+}
+
+impl RequestContext {
+    fn route(&self) -> Option<&crate::routing::Route> {
+        self.route.map(|index| &self.table.routes()[index])
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for StranglerProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> Self::CTX {
+        let table = self.routes.load_full();
+        let upstream = table.default_upstream();
+        RequestContext {
+            table,
+            route: None,
+            upstream,
+            request_id: HeaderValue::from_static(""),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let request = session.req_header_mut();
+        match request.headers.get(REQUEST_ID) {
+            Some(id) if is_acceptable_request_id(id) => ctx.request_id = id.clone(),
+            _ => {
+                ctx.request_id = new_request_id();
+                request.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+            }
+        }
+
+        ctx.route = ctx.table.find(session.req_header());
+        if let Some(route) = ctx.route() {
+            ctx.upstream = route.upstream;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(ctx.table.upstream(ctx.upstream).select().clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora_http::RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(client) = session.client_addr().and_then(|addr| addr.as_inet()) {
+            append_forwarded_for(upstream_request, client.ip())?;
+        }
+        if let Some(host) = session.req_header().headers.get(HOST) {
+            upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
+        }
+        upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
+        if let Some(rewrite) = &route.path_rewrite {
+            let rewritten = rewrite
+                .apply(upstream_request.uri.path())
+                .map(|path| path.into_owned());
+            if let Some(path) = rewritten {
+                set_path(upstream_request, &path)?;
+            }
+        }
+        if let Some(host) = &route.host_rewrite {
+            upstream_request.insert_header(HOST, host.clone())?;
+        }
+        route.request_headers.apply(upstream_request)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        strip_response_hop_by_hop(response);
+        if !response.headers.contains_key(REQUEST_ID) {
+            response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        }
+        match ctx.route() {
+            Some(route) => route.response_headers.apply(response),
+            None => Ok(()),
+        }
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let (status, reason) = classify(error);
+        if status > 0 {
+            let written = write_error_response(session, status, reason, &ctx.request_id).await;
+            if let Err(write_error) = written {
+                tracing::debug!(%write_error, "could not send the error response");
+            }
+        }
+        tracing::warn!(
+            request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+            route = ctx.route().map_or("default", |route| route.name.as_str()),
+            upstream = ctx.table.upstream(ctx.upstream).name(),
+            status,
+            reason,
+            error = %error,
+            "request failed"
+        );
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+fn is_acceptable_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID_LEN
+        && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
+fn append_forwarded_for(
+    request: &mut pingora_http::RequestHeader,
+    client: std::net::IpAddr,
+) -> Result<()> {
+    let value = match request.headers.get(X_FORWARDED_FOR) {
+        Some(existing) => format!("{}, {client}", String::from_utf8_lossy(existing.as_bytes())),
+        None => client.to_string(),
+    };
+    let value = HeaderValue::try_from(value).map_err(|error| {
+        Error::because(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For", error)
+    })?;
+    request.insert_header(X_FORWARDED_FOR, value)
+}
+
+/// Removes what a backend meant for its hop only. `Transfer-Encoding` stays: Pingora owns
+/// response framing and reads it; `Upgrade` stays on a 101, where it is the point.
+fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
+    let nominated: Vec<HeaderName> = response
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter(|name| *name != CONTENT_LENGTH && *name != http::header::TRANSFER_ENCODING)
+        .collect();
+    for name in &nominated {
+        response.remove_header(name);
+    }
+    response.remove_header(&CONNECTION);
+    response.remove_header(&KEEP_ALIVE);
+    response.remove_header(&PROXY_CONNECTION);
+    response.remove_header(&TE);
+    response.remove_header(&TRAILER);
+    if response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        response.remove_header(&UPGRADE);
+    }
+}
+
+/// The status a client sees for a failed request, and a short machine-readable reason.
+fn classify(error: &Error) -> (u16, &'static str) {
+    use ErrorType::*;
+    match (error.esource(), error.etype()) {
+        (_, HTTPStatus(code)) => (*code, "http_status"),
+        (ErrorSource::Upstream, ConnectTimedout) => (504, "connect_timeout"),
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, "upstream_timeout"),
+        (ErrorSource::Upstream, ConnectRefused) => (502, "connect_refused"),
+        (ErrorSource::Upstream, ConnectNoRoute | ConnectError | SocketError) => {
+            (502, "connect_error")
+        }
+        (ErrorSource::Upstream, ConnectionClosed) => (502, "upstream_closed"),
+        (ErrorSource::Upstream, _) => (502, "upstream_error"),
+        // The client is gone: nobody to answer.
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, "client_gone"),
+        (ErrorSource::Downstream, ReadTimedout) => (408, "client_timeout"),
+        (ErrorSource::Downstream, _) => (400, "bad_request"),
+        (ErrorSource::Internal | ErrorSource::Unset, _) => (500, "internal_error"),
+    }
+}
+
+async fn write_error_response(
+    session: &mut Session,
+    status: u16,
+    reason: &'static str,
+    request_id: &HeaderValue,
+) -> Result<()> {
+    let body = Bytes::from(format!(
+        "{{\"error\":\"{reason}\",\"status\":{status},\"request_id\":\"{}\"}}\n",
+        String::from_utf8_lossy(request_id.as_bytes())
+    ));
+    let mut response = ResponseHeader::build(status, Some(5))?;
+    response.insert_header(CONTENT_TYPE, "application/json")?;
+    response.insert_header(CONTENT_LENGTH, body.len())?;
+    response.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
+    response.insert_header(STRANGLER_ERROR, reason)?;
+    response.insert_header(REQUEST_ID, request_id.clone())?;
+    session
+        .as_downstream_mut()
+        .write_error_response(response, body)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_hop_by_hop_headers_are_stripped() {
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        response
+            .insert_header("connection", "keep-alive, x-hop")
+            .unwrap();
+        response.insert_header("x-hop", "1").unwrap();
+        response.insert_header("keep-alive", "timeout=5").unwrap();
+        response.insert_header("upgrade", "h2c").unwrap();
+        response.insert_header("x-kept", "1").unwrap();
+        strip_response_hop_by_hop(&mut response);
+        let names: Vec<_> = response.headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn generated_request_ids_are_uuids() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 36);
+        assert!(is_acceptable_request_id(&id));
+        assert!(!is_acceptable_request_id(&HeaderValue::from_static(
+            "has space"
+        )));
+    }
+}

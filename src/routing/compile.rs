@@ -1,0 +1,499 @@
+//! Config -> [`RouteTable`]: every cross-reference resolved and every pattern compiled, or the
+//! complete list of what is wrong, each with its field path.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::index::{PathCondition, RouteIndex};
+use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
+use super::rewrite::{HeaderActions, PathRewrite};
+use super::{Route, RouteTable, UpstreamId};
+use crate::config::{
+    Config, Diagnostic, HeaderActionsConfig, MatchConfig, RewriteConfig, RouteConfig,
+    ValueMatchConfig, did_you_mean,
+};
+use crate::upstream::UpstreamPool;
+
+/// Headers whose meaning is the proxy's business (framing, connection management); routes may
+/// not edit them. `host` is changed with `rewrite.host`.
+const RESERVED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+const RESERVED_RESPONSE_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "trailer",
+    "proxy-connection",
+];
+
+impl RouteTable {
+    /// Validates and compiles `config`. `sha256` identifies the file it came from.
+    pub fn compile(
+        config: Config,
+        generation: u64,
+        sha256: String,
+    ) -> Result<RouteTable, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+
+        if config.upstreams.is_empty() {
+            diagnostics.push(
+                Diagnostic::new("upstreams", "no upstreams are defined")
+                    .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
+            );
+        }
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        let mut upstream_ids = HashMap::new();
+        for (name, upstream) in &config.upstreams {
+            let path = format!("upstreams.{name}");
+            if let Some(pool) = UpstreamPool::compile(name, upstream, &path, &mut diagnostics) {
+                upstream_ids.insert(name.as_str(), upstreams.len());
+                upstreams.push(pool);
+            }
+        }
+        let resolver = UpstreamResolver {
+            ids: &upstream_ids,
+            config: &config,
+        };
+
+        let default_upstream = resolver.resolve(
+            &config.default_upstream,
+            "default_upstream",
+            &mut diagnostics,
+        );
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut conditions = Vec::with_capacity(config.routes.len());
+        let mut first_use: HashMap<&str, usize> = HashMap::new();
+        for (number, route) in config.routes.iter().enumerate() {
+            let path = format!("routes[{number}]");
+            if route.name.trim().is_empty() {
+                diagnostics.push(Diagnostic::new(format!("{path}.name"), "is empty"));
+            } else if let Some(first) = first_use.insert(&route.name, number) {
+                first_use.insert(&route.name, first);
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("{path}.name"),
+                        format!(
+                            "duplicate route name `{}`, first used by routes[{first}]",
+                            route.name
+                        ),
+                    )
+                    .with_hint("route names must be unique: they label metrics and diffs"),
+                );
+            }
+            let compiled =
+                compile_route(route, &path, default_upstream, &resolver, &mut diagnostics);
+            if let Some((route, condition)) = compiled {
+                routes.push(route);
+                conditions.push(condition);
+            }
+        }
+
+        match default_upstream {
+            Some(default_upstream) if diagnostics.is_empty() => {
+                let index = RouteIndex::build(&conditions.iter().collect::<Vec<_>>());
+                Ok(RouteTable {
+                    generation,
+                    sha256,
+                    loaded_at: SystemTime::now(),
+                    config,
+                    routes,
+                    index,
+                    upstreams,
+                    default_upstream,
+                })
+            }
+            _ => Err(diagnostics),
+        }
+    }
+}
+
+struct UpstreamResolver<'a> {
+    ids: &'a HashMap<&'a str, UpstreamId>,
+    config: &'a Config,
+}
+
+impl UpstreamResolver<'_> {
+    fn resolve(
+        &self,
+        name: &str,
+        path: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Option<UpstreamId> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        // Defined but broken: its own diagnostics already say why.
+        if self.config.upstreams.contains_key(name) {
+            return None;
+        }
+        let defined: Vec<&str> = self.config.upstreams.keys().map(String::as_str).collect();
+        let hint = did_you_mean(name, defined.iter().copied())
+            .unwrap_or_else(|| format!("defined upstreams: {}", defined.join(", ")));
+        diagnostics
+            .push(Diagnostic::new(path, format!("unknown upstream `{name}`")).with_hint(hint));
+        None
+    }
+}
+
+fn compile_route(
+    route: &RouteConfig,
+    path: &str,
+    default_upstream: Option<UpstreamId>,
+    resolver: &UpstreamResolver,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<(Route, PathCondition)> {
+    let before = diagnostics.len();
+    let match_path = format!("{path}.match");
+    let condition = compile_path_condition(&route.matcher, &match_path, diagnostics);
+    let matcher = compile_matcher(&route.matcher, &match_path, diagnostics);
+    let upstream = match &route.upstream {
+        Some(name) => resolver.resolve(name, &format!("{path}.upstream"), diagnostics),
+        None => default_upstream,
+    };
+    let (path_rewrite, host_rewrite) = match &route.rewrite {
+        Some(rewrite) => compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics),
+        None => (None, None),
+    };
+    let request_headers = compile_header_actions(
+        &route.request_headers,
+        &format!("{path}.request_headers"),
+        RESERVED_REQUEST_HEADERS,
+        diagnostics,
+    );
+    let response_headers = compile_header_actions(
+        &route.response_headers,
+        &format!("{path}.response_headers"),
+        RESERVED_RESPONSE_HEADERS,
+        diagnostics,
+    );
+
+    if diagnostics.len() != before {
+        return None;
+    }
+    let condition = condition?;
+    let path_regex = match &condition {
+        PathCondition::Regex(regex) => Some(regex.clone()),
+        _ => None,
+    };
+    Some((
+        Route {
+            name: route.name.clone(),
+            matcher,
+            path_regex,
+            upstream: upstream?,
+            path_rewrite,
+            host_rewrite,
+            request_headers,
+            response_headers,
+        },
+        condition,
+    ))
+}
+
+fn compile_path_condition(
+    matcher: &MatchConfig,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<PathCondition> {
+    let given: Vec<&str> = [
+        ("path", matcher.path.is_some()),
+        ("path_prefix", matcher.path_prefix.is_some()),
+        ("path_regex", matcher.path_regex.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if given.len() > 1 {
+        diagnostics.push(
+            Diagnostic::new(path, format!("{} are exclusive", given.join(" and ")))
+                .with_hint("use one path condition per route; split the route in two if needed"),
+        );
+        return None;
+    }
+    if let Some(exact) = &matcher.path {
+        return check_absolute(exact, &format!("{path}.path"), diagnostics)
+            .then(|| PathCondition::Exact(exact.clone()));
+    }
+    if let Some(prefix) = &matcher.path_prefix {
+        let prefix_path = format!("{path}.path_prefix");
+        return check_absolute(prefix, &prefix_path, diagnostics)
+            .then(|| PathCondition::Prefix(normalize_prefix(prefix)));
+    }
+    if let Some(pattern) = &matcher.path_regex {
+        return compile_regex(pattern, &format!("{path}.path_regex"), diagnostics)
+            .map(PathCondition::Regex);
+    }
+    Some(PathCondition::Any)
+}
+
+fn compile_matcher(
+    matcher: &MatchConfig,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> RequestMatcher {
+    let mut compiled = RequestMatcher::default();
+    for (number, host) in matcher.host.iter().enumerate() {
+        let host_path = if matcher.host.len() == 1 {
+            format!("{path}.host")
+        } else {
+            format!("{path}.host[{number}]")
+        };
+        match HostPattern::parse(host) {
+            Ok(pattern) => compiled.hosts.push(pattern),
+            Err(message) => diagnostics.push(Diagnostic::new(host_path, message)),
+        }
+    }
+    for (number, method) in matcher.methods.iter().enumerate() {
+        match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => compiled.methods.push(method),
+            Err(_) => diagnostics.push(
+                Diagnostic::new(
+                    format!("{path}.methods[{number}]"),
+                    format!("`{method}` is not an HTTP method"),
+                )
+                .with_hint("like GET, POST, PUT, DELETE"),
+            ),
+        }
+    }
+    for (name, condition) in &matcher.headers {
+        let field = format!("{path}.headers.{name}");
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => Some(header),
+            Err(_) => {
+                diagnostics.push(Diagnostic::new(
+                    &field,
+                    format!("`{name}` is not a valid header name"),
+                ));
+                None
+            }
+        };
+        let condition = compile_value_match(condition, &field, diagnostics);
+        if let (Some(header), Some(condition)) = (header, condition) {
+            compiled.headers.push((header, condition));
+        }
+    }
+    for (name, condition) in &matcher.query {
+        if let Some(condition) =
+            compile_value_match(condition, &format!("{path}.query.{name}"), diagnostics)
+        {
+            compiled.query.push((name.clone(), condition));
+        }
+    }
+    for (name, condition) in &matcher.cookies {
+        if let Some(condition) =
+            compile_value_match(condition, &format!("{path}.cookies.{name}"), diagnostics)
+        {
+            compiled.cookies.push((name.clone(), condition));
+        }
+    }
+    compiled
+}
+
+fn compile_value_match(
+    condition: &ValueMatchConfig,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<ValueMatcher> {
+    Some(match condition {
+        ValueMatchConfig::Exact(value) => ValueMatcher::Exact(value.clone()),
+        ValueMatchConfig::Present(present) => ValueMatcher::Present(*present),
+        ValueMatchConfig::Regex(pattern) => ValueMatcher::Regex(compile_regex(
+            pattern,
+            &format!("{path}.regex"),
+            diagnostics,
+        )?),
+    })
+}
+
+fn compile_rewrite(
+    rewrite: &RewriteConfig,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Option<PathRewrite>, Option<HeaderValue>) {
+    let given: Vec<&str> = [
+        ("strip_prefix", rewrite.strip_prefix.is_some()),
+        ("replace_prefix", rewrite.replace_prefix.is_some()),
+        ("regex", rewrite.regex.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    let mut path_rewrite = None;
+    if given.len() > 1 {
+        diagnostics.push(
+            Diagnostic::new(path, format!("{} are exclusive", given.join(" and ")))
+                .with_hint("a route rewrites its path one way; a regex can express the rest"),
+        );
+    } else if let Some(prefix) = &rewrite.strip_prefix {
+        if check_absolute(prefix, &format!("{path}.strip_prefix"), diagnostics) {
+            path_rewrite = Some(PathRewrite::StripPrefix(normalize_prefix(prefix)));
+        }
+    } else if let Some(replace) = &rewrite.replace_prefix {
+        let from_ok = check_absolute(
+            &replace.from,
+            &format!("{path}.replace_prefix.from"),
+            diagnostics,
+        );
+        let to_ok = check_absolute(
+            &replace.to,
+            &format!("{path}.replace_prefix.to"),
+            diagnostics,
+        );
+        if from_ok && to_ok {
+            path_rewrite = Some(PathRewrite::ReplacePrefix {
+                from: normalize_prefix(&replace.from),
+                to: replace.to.clone(),
+            });
+        }
+    } else if let Some(regex) = &rewrite.regex
+        && let Some(compiled) = compile_regex(
+            &regex.pattern,
+            &format!("{path}.regex.pattern"),
+            diagnostics,
+        )
+    {
+        path_rewrite = Some(PathRewrite::Regex {
+            regex: compiled,
+            replacement: regex.replacement.clone(),
+        });
+    }
+
+    let host_rewrite = rewrite.host.as_ref().and_then(|host| {
+        let valid = !host.is_empty() && http::uri::Authority::try_from(host.as_str()).is_ok();
+        match HeaderValue::from_str(host) {
+            Ok(value) if valid => Some(value),
+            _ => {
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("{path}.host"),
+                        format!("`{host}` is not a valid host"),
+                    )
+                    .with_hint("like orders.internal or orders.internal:8080"),
+                );
+                None
+            }
+        }
+    });
+    (path_rewrite, host_rewrite)
+}
+
+fn compile_header_actions(
+    actions: &HeaderActionsConfig,
+    path: &str,
+    reserved: &[&str],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> HeaderActions {
+    let mut compiled = HeaderActions::default();
+    let header_name = |name: &str, field: String, diagnostics: &mut Vec<Diagnostic>| {
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            diagnostics.push(Diagnostic::new(
+                field,
+                format!("`{name}` is not a valid header name"),
+            ));
+            return None;
+        };
+        if reserved.contains(&header.as_str()) {
+            let hint = if header == http::header::HOST {
+                "use rewrite.host to change the Host header"
+            } else {
+                "the proxy manages framing and connection headers itself"
+            };
+            diagnostics.push(
+                Diagnostic::new(field, format!("`{name}` cannot be edited by a route"))
+                    .with_hint(hint),
+            );
+            return None;
+        }
+        Some(header)
+    };
+    for (number, name) in actions.remove.iter().enumerate() {
+        if let Some(header) = header_name(name, format!("{path}.remove[{number}]"), diagnostics) {
+            compiled.remove.push(header);
+        }
+    }
+    for (kind, entries, out) in [
+        ("set", &actions.set, &mut compiled.set),
+        ("add", &actions.add, &mut compiled.add),
+    ] {
+        for (name, value) in entries {
+            let field = format!("{path}.{kind}.{name}");
+            let header = header_name(name, field.clone(), diagnostics);
+            let value = match HeaderValue::from_str(value) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    diagnostics.push(Diagnostic::new(
+                        field,
+                        "the value has characters a header cannot carry",
+                    ));
+                    None
+                }
+            };
+            if let (Some(header), Some(value)) = (header, value) {
+                out.push((header, value));
+            }
+        }
+    }
+    compiled
+}
+
+fn compile_regex(pattern: &str, path: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Regex> {
+    match Regex::new(pattern) {
+        Ok(regex) => Some(regex),
+        Err(error) => {
+            diagnostics.push(
+                Diagnostic::new(path, format!("invalid regex: {}", one_line(&error.to_string())))
+                    .with_hint("regex syntax: https://docs.rs/regex/latest/regex/#syntax (single-quote it in YAML)"),
+            );
+            None
+        }
+    }
+}
+
+/// regex errors span several lines with their own caret; keep the gist on one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            let trimmed = line.trim();
+            !trimmed.is_empty() && !trimmed.chars().all(|c| c == '^' || c == '~')
+        })
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn check_absolute(value: &str, path: &str, diagnostics: &mut Vec<Diagnostic>) -> bool {
+    if value.starts_with('/') {
+        return true;
+    }
+    diagnostics.push(
+        Diagnostic::new(path, format!("`{value}` must start with `/`"))
+            .with_hint(format!("write /{value}")),
+    );
+    false
+}
+
+/// `/api/` -> `/api`, so prefixes compare on segment boundaries; `/` stays `/`.
+fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}

@@ -1,0 +1,220 @@
+//! Finding the routes whose path condition holds without trying every route.
+//!
+//! Exact paths and segment prefixes are hash lookups (one per path segment); anchored regexes
+//! with a literal first segment (`^/invoices/[0-9]+$`) are bucketed by that segment; only the
+//! remaining regexes go through one [`RegexSet`] pass, and routes with no path condition are
+//! always candidates. The result is the candidate route numbers in file order, so the caller can
+//! keep first-match-wins semantics by checking the other conditions in that order.
+
+use ahash::AHashMap;
+use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex_syntax::hir::Look;
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use smallvec::SmallVec;
+
+/// Candidate route numbers for one request; inline up to a size no sane config exceeds often.
+pub type Candidates = SmallVec<[u32; 16]>;
+
+/// A route's path condition, as the index needs it.
+pub enum PathCondition {
+    Any,
+    Exact(String),
+    /// Stored without trailing slash (except `/`).
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Default)]
+pub struct RouteIndex {
+    exact: AHashMap<Box<str>, Vec<u32>>,
+    prefix: AHashMap<Box<str>, Vec<u32>>,
+    /// Regex routes keyed by the literal first path segment every match must have.
+    regex_by_segment: AHashMap<Box<str>, Vec<u32>>,
+    regex_set: Option<(RegexSet, Vec<u32>)>,
+    /// Routes that must be checked on every request: no path condition, or a regex we could
+    /// neither bucket nor fit in the set (those carry their own check, see `needs_regex_check`).
+    always: Vec<u32>,
+    /// Per route: whether the candidate still has to run its own regex.
+    needs_regex_check: Vec<bool>,
+}
+
+impl RouteIndex {
+    pub fn build(conditions: &[&PathCondition]) -> Self {
+        let mut index = RouteIndex {
+            needs_regex_check: vec![false; conditions.len()],
+            ..Default::default()
+        };
+        let mut set_patterns = Vec::new();
+        let mut set_routes = Vec::new();
+        for (route, condition) in conditions.iter().enumerate() {
+            let route = route as u32;
+            match condition {
+                PathCondition::Any => index.always.push(route),
+                PathCondition::Exact(path) => index
+                    .exact
+                    .entry(path.as_str().into())
+                    .or_default()
+                    .push(route),
+                PathCondition::Prefix(prefix) => index
+                    .prefix
+                    .entry(prefix.as_str().into())
+                    .or_default()
+                    .push(route),
+                PathCondition::Regex(regex) => match required_first_segment(regex.as_str()) {
+                    Some(segment) => {
+                        index
+                            .regex_by_segment
+                            .entry(segment.into())
+                            .or_default()
+                            .push(route);
+                        index.needs_regex_check[route as usize] = true;
+                    }
+                    None => {
+                        set_patterns.push(regex.as_str());
+                        set_routes.push(route);
+                    }
+                },
+            }
+        }
+        if !set_patterns.is_empty() {
+            match RegexSetBuilder::new(&set_patterns)
+                .size_limit(64 << 20)
+                .build()
+            {
+                Ok(set) => index.regex_set = Some((set, set_routes)),
+                // Too big for one automaton: check these one by one instead.
+                Err(_) => {
+                    for route in set_routes {
+                        index.needs_regex_check[route as usize] = true;
+                        index.always.push(route);
+                    }
+                    index.always.sort_unstable();
+                }
+            }
+        }
+        index
+    }
+
+    /// Routes whose path condition may hold for `path`, in file order. Those with
+    /// [`Self::needs_regex_check`] still have to run their regex.
+    pub fn candidates(&self, path: &str) -> Candidates {
+        let mut out = Candidates::new();
+        if let Some(routes) = self.exact.get(path) {
+            out.extend_from_slice(routes);
+        }
+        if !self.prefix.is_empty() {
+            self.prefix_candidates(path, &mut out);
+        }
+        if !self.regex_by_segment.is_empty()
+            && let Some(routes) = self.regex_by_segment.get(first_segment(path))
+        {
+            out.extend_from_slice(routes);
+        }
+        if let Some((set, routes)) = &self.regex_set {
+            out.extend(set.matches(path).iter().map(|pattern| routes[pattern]));
+        }
+        out.extend_from_slice(&self.always);
+        out.sort_unstable();
+        out
+    }
+
+    pub fn needs_regex_check(&self, route: u32) -> bool {
+        self.needs_regex_check[route as usize]
+    }
+
+    /// Looks up `path` and every ancestor on a `/` boundary, down to `/`.
+    fn prefix_candidates(&self, path: &str, out: &mut Candidates) {
+        let mut lookup = |key: &str| {
+            if let Some(routes) = self.prefix.get(key) {
+                out.extend_from_slice(routes);
+            }
+        };
+        lookup(path);
+        for (position, byte) in path.bytes().enumerate().skip(1) {
+            if byte == b'/' {
+                lookup(&path[..position]);
+            }
+        }
+        if path != "/" {
+            lookup("/");
+        }
+    }
+}
+
+/// `/a/b` -> `a`; `/` -> ``.
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
+}
+
+/// The literal first path segment every match of `pattern` must start with, when the pattern
+/// is anchored at the start and spells that segment out: `^/invoices/[0-9]+$` -> `invoices`.
+fn required_first_segment(pattern: &str) -> Option<String> {
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    if !hir.properties().look_set_prefix().contains(Look::Start) {
+        return None;
+    }
+    let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    let literals = prefixes.literals()?;
+    let (first, rest) = literals.split_first()?;
+    let mut common = first.as_bytes();
+    for literal in rest {
+        let shared = common
+            .iter()
+            .zip(literal.as_bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        common = &common[..shared];
+    }
+    let common = std::str::from_utf8(common).ok()?;
+    let after_slash = common.strip_prefix('/')?;
+    let (segment, _) = after_slash.split_once('/')?;
+    (!segment.is_empty()).then(|| segment.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_segments_of_anchored_regexes() {
+        assert_eq!(
+            required_first_segment(r"^/invoices/[0-9]+$").as_deref(),
+            Some("invoices")
+        );
+        assert_eq!(required_first_segment(r"^/a/(b|c)").as_deref(), Some("a"));
+        assert_eq!(
+            required_first_segment(r"/invoices/[0-9]+$"),
+            None,
+            "not anchored"
+        );
+        assert_eq!(
+            required_first_segment(r"^/inv[a-z]+/"),
+            None,
+            "segment not literal"
+        );
+        assert_eq!(required_first_segment(r"^/(a|b)/x"), None);
+        assert_eq!(required_first_segment(r"^/health$"), None);
+    }
+
+    #[test]
+    fn candidates_come_in_file_order() {
+        let conditions = [
+            PathCondition::Prefix("/api".into()),
+            PathCondition::Exact("/api/orders".into()),
+            PathCondition::Regex(Regex::new(r"^/api/orders$").unwrap()),
+            PathCondition::Regex(Regex::new(r"orders").unwrap()),
+            PathCondition::Any,
+            PathCondition::Prefix("/apix".into()),
+            PathCondition::Prefix("/".into()),
+        ];
+        let index = RouteIndex::build(&conditions.iter().collect::<Vec<_>>());
+        assert_eq!(
+            index.candidates("/api/orders").as_slice(),
+            [0, 1, 2, 3, 4, 6]
+        );
+        assert_eq!(index.candidates("/apix").as_slice(), [4, 5, 6]);
+        assert!(index.needs_regex_check(2));
+        assert!(!index.needs_regex_check(3));
+    }
+}

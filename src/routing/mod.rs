@@ -1,0 +1,126 @@
+//! The compiled route table: what the hot path consults for every request.
+//!
+//! [`RouteTable::compile`] turns a parsed [`Config`] into immutable, validated runtime data
+//! (compiled regexes, resolved upstreams, parsed header names) or reports every problem it finds.
+//! A table is never modified after it is built: a new config generation is a new table, published
+//! with one store into the [`SharedRouteTable`]. A request loads one table at its start and uses
+//! it throughout, so it is routed and rewritten by exactly one generation.
+//!
+//! This module decides *where* a request goes and *what* is done to it. Talking to backends is
+//! [`crate::upstream`]'s job; wiring the decision into Pingora is [`crate::proxy`]'s.
+
+mod compile;
+mod index;
+mod matcher;
+mod rewrite;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use pingora_http::RequestHeader;
+use regex::Regex;
+
+use crate::config::{Config, ConfigError, load_file};
+use crate::upstream::UpstreamPool;
+use index::RouteIndex;
+pub use matcher::{RequestMatcher, request_host};
+pub use rewrite::{HeaderActions, PathRewrite, set_path};
+
+/// The live table, swapped whole on reload.
+pub type SharedRouteTable = Arc<ArcSwap<RouteTable>>;
+
+/// Index of an upstream within its table.
+pub type UpstreamId = usize;
+
+/// One config generation, compiled.
+#[derive(Debug)]
+pub struct RouteTable {
+    generation: u64,
+    sha256: String,
+    loaded_at: SystemTime,
+    config: Config,
+    routes: Vec<Route>,
+    index: RouteIndex,
+    upstreams: Vec<UpstreamPool>,
+    default_upstream: UpstreamId,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    matcher: RequestMatcher,
+    /// The route's `path_regex`, kept for candidates the index could not verify itself.
+    path_regex: Option<Regex>,
+    pub upstream: UpstreamId,
+    pub path_rewrite: Option<PathRewrite>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub request_headers: HeaderActions,
+    pub response_headers: HeaderActions,
+}
+
+impl RouteTable {
+    /// The index (into [`Self::routes`]) of the first route, in file order, that matches
+    /// `request`; `None` means the default upstream serves it.
+    pub fn find(&self, request: &RequestHeader) -> Option<usize> {
+        let path = request.uri.path();
+        self.index
+            .candidates(path)
+            .into_iter()
+            .find(|number| {
+                let route = &self.routes[*number as usize];
+                (!self.index.needs_regex_check(*number)
+                    || route
+                        .path_regex
+                        .as_ref()
+                        .is_some_and(|regex| regex.is_match(path)))
+                    && route.matcher.matches(request)
+            })
+            .map(|number| number as usize)
+    }
+
+    pub fn upstream(&self, id: UpstreamId) -> &UpstreamPool {
+        &self.upstreams[id]
+    }
+
+    pub fn default_upstream(&self) -> UpstreamId {
+        self.default_upstream
+    }
+
+    pub fn upstreams(&self) -> &[UpstreamPool] {
+        &self.upstreams
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Increases by one with every config applied since the process started.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Hex SHA-256 of the file this table was compiled from.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The config as parsed, with defaults filled in.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// Reads, parses and compiles `path` into generation `generation` of the table.
+pub fn load_route_table(path: &Path, generation: u64) -> Result<RouteTable, ConfigError> {
+    let loaded = load_file(path)?;
+    RouteTable::compile(loaded.config, generation, loaded.source.sha256.clone())
+        .map_err(|diagnostics| loaded.source.invalid(diagnostics))
+}

@@ -1,0 +1,175 @@
+//! What a route does to the request and response on their way through: path and host rewrites,
+//! header edits. Compiled once per config generation; applied on the hot path.
+
+use std::borrow::Cow;
+
+use http::{HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+use regex::Regex;
+
+/// A path rewrite. Prefixes are matched on segment boundaries, as `path_prefix` is.
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    StripPrefix(String),
+    ReplacePrefix { from: String, to: String },
+    Regex { regex: Regex, replacement: String },
+}
+
+impl PathRewrite {
+    /// The rewritten path, or `None` when the rule does not apply to `path`.
+    pub fn apply<'a>(&self, path: &'a str) -> Option<Cow<'a, str>> {
+        match self {
+            PathRewrite::StripPrefix(prefix) => {
+                let rest = strip_segment_prefix(path, prefix)?;
+                Some(if rest.is_empty() {
+                    Cow::Borrowed("/")
+                } else {
+                    Cow::Borrowed(rest)
+                })
+            }
+            PathRewrite::ReplacePrefix { from, to } => {
+                let rest = strip_segment_prefix(path, from)?;
+                let to = to.trim_end_matches('/');
+                let joined = match (to.is_empty(), rest.is_empty()) {
+                    (true, true) => "/".to_owned(),
+                    (true, false) => rest.to_owned(),
+                    (false, _) => format!("{to}{rest}"),
+                };
+                Some(Cow::Owned(joined))
+            }
+            PathRewrite::Regex { regex, replacement } => {
+                if !regex.is_match(path) {
+                    return None;
+                }
+                let replaced = regex.replace(path, replacement.as_str());
+                Some(if replaced.starts_with('/') {
+                    replaced
+                } else {
+                    Cow::Owned(format!("/{replaced}"))
+                })
+            }
+        }
+    }
+}
+
+/// `path` minus `prefix` when `prefix` covers whole segments of it: the remainder is empty or
+/// starts with `/`. `prefix` is stored without a trailing slash (except for `/` itself).
+pub fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix == "/" {
+        return Some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Applies a new path to the upstream request, keeping the query string.
+pub fn set_path(request: &mut RequestHeader, path: &str) -> pingora_error::Result<()> {
+    let path_and_query = match request.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|error| {
+            pingora_error::Error::because(
+                pingora_error::ErrorType::InternalError,
+                "rewritten path is not a valid URI",
+                error,
+            )
+        })?;
+    request.set_uri(uri);
+    Ok(())
+}
+
+/// Header edits for one direction; order: remove, set, add.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderActions {
+    pub(super) remove: Vec<HeaderName>,
+    pub(super) set: Vec<(HeaderName, HeaderValue)>,
+    pub(super) add: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The header operations both pingora header types share.
+pub trait HeaderEdit {
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora_error::Result<()>;
+    fn add(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora_error::Result<()>;
+}
+
+macro_rules! impl_header_edit {
+    ($ty:ty) => {
+        impl HeaderEdit for $ty {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora_error::Result<()> {
+                self.insert_header(name.clone(), value.clone())
+            }
+            fn add(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora_error::Result<()> {
+                self.append_header(name.clone(), value.clone()).map(|_| ())
+            }
+        }
+    };
+}
+impl_header_edit!(RequestHeader);
+impl_header_edit!(ResponseHeader);
+
+impl HeaderActions {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut impl HeaderEdit) -> pingora_error::Result<()> {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.set(name, value)?;
+        }
+        for (name, value) in &self.add {
+            headers.add(name, value)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_respects_segments() {
+        let rule = PathRewrite::StripPrefix("/api".into());
+        assert_eq!(rule.apply("/api/orders").as_deref(), Some("/orders"));
+        assert_eq!(rule.apply("/api").as_deref(), Some("/"));
+        assert_eq!(rule.apply("/apix/orders"), None);
+    }
+
+    #[test]
+    fn replace_prefix_joins_cleanly() {
+        let rule = PathRewrite::ReplacePrefix {
+            from: "/api/v1".into(),
+            to: "/v2/".into(),
+        };
+        assert_eq!(
+            rule.apply("/api/v1/users/7").as_deref(),
+            Some("/v2/users/7")
+        );
+        assert_eq!(rule.apply("/api/v1").as_deref(), Some("/v2"));
+        assert_eq!(rule.apply("/api/v10"), None);
+    }
+
+    #[test]
+    fn regex_rewrite_expands_groups() {
+        let rule = PathRewrite::Regex {
+            regex: Regex::new(r"^/users/(\d+)/profile$").unwrap(),
+            replacement: "/v2/profiles/$1".into(),
+        };
+        assert_eq!(
+            rule.apply("/users/42/profile").as_deref(),
+            Some("/v2/profiles/42")
+        );
+        assert_eq!(rule.apply("/users/x/profile"), None);
+    }
+}
