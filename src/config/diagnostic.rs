@@ -105,11 +105,11 @@ fn render_one(
     } else {
         writeln!(out, "error: {}: {}", diagnostic.path, diagnostic.message)?;
     }
+    let gutter = diagnostic.location.map_or(1, |l| l.line.to_string().len());
     match diagnostic.location {
         Some(Location { line, column }) => {
-            writeln!(out, "  --> {file}:{line}:{column}")?;
+            writeln!(out, "{:gutter$}--> {file}:{line}:{column}", "")?;
             if let Some(source_line) = text.lines().nth(line.saturating_sub(1)) {
-                let gutter = line.to_string().len();
                 writeln!(out, "{:gutter$} |", "")?;
                 writeln!(out, "{line} | {source_line}")?;
                 writeln!(
@@ -121,10 +121,10 @@ fn render_one(
                 )?;
             }
         }
-        None => writeln!(out, "  --> {file}")?,
+        None => writeln!(out, "{:gutter$}--> {file}", "")?,
     }
     if let Some(hint) = &diagnostic.hint {
-        writeln!(out, "  = hint: {hint}")?;
+        writeln!(out, "{:gutter$} = hint: {hint}", "")?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Reading routes.yaml: YAML syntax, then each section and each list item on its own, so that one
 //! bad route does not hide the problems of the next one.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -37,13 +38,15 @@ impl SourceFile {
         }
     }
 
-    /// Turns path-only diagnostics into an error that points at lines in this file.
+    /// Turns path-only diagnostics into an error that points at lines in this file, in file
+    /// order.
     pub fn invalid(&self, mut diagnostics: Vec<Diagnostic>) -> ConfigError {
         for diagnostic in &mut diagnostics {
             if diagnostic.location.is_none() {
                 diagnostic.location = self.positions.locate(&diagnostic.path);
             }
         }
+        diagnostics.sort_by_key(|d| d.location.map(|l| (l.line, l.column)));
         ConfigError::Invalid {
             file: self.name.clone(),
             text: self.text.clone(),
@@ -53,10 +56,21 @@ impl SourceFile {
 }
 
 /// A parsed config and the file it came from.
+///
+/// When some sections did not parse, `config` holds the ones that did (and defaults for the
+/// rest) and `problems` says what is wrong, so the compiler can still check the remainder and
+/// the user sees every error in one pass. Such a config must never be served.
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub config: Config,
     pub source: SourceFile,
+    /// Errors found while parsing; non-empty means the file is invalid.
+    pub problems: Vec<Diagnostic>,
+    /// Upstreams that exist in the file but did not parse; references to them are not errors
+    /// of their own.
+    pub unparsed_upstreams: BTreeSet<String>,
+    /// For each entry of `config.routes`, its position in the file's `routes` list.
+    pub route_numbers: Vec<usize>,
 }
 
 /// Reads and parses the file at `path`.
@@ -68,7 +82,8 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
     parse(SourceFile::new(path.display().to_string(), text))
 }
 
-/// Parses config text; every problem found is reported at once.
+/// Parses config text. YAML syntax errors end parsing; every other problem is collected in
+/// [`LoadedConfig::problems`].
 pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
     let mut document: Value = match serde_yaml::from_str(&source.text) {
         Ok(document) => document,
@@ -121,11 +136,12 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
     }
 
     let server = match top.remove("server") {
-        None | Some(Value::Null) => Some(ServerConfig::default()),
+        None | Some(Value::Null) => None,
         Some(value) => section::<ServerConfig>(value, "server", &mut diagnostics),
     };
 
-    let mut upstreams = std::collections::BTreeMap::new();
+    let mut upstreams = BTreeMap::new();
+    let mut unparsed_upstreams = BTreeSet::new();
     match top.remove("upstreams") {
         Some(Value::Mapping(entries)) => {
             for (name, value) in entries {
@@ -137,8 +153,13 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
                     continue;
                 };
                 let path = join_key("upstreams", &name);
-                if let Some(upstream) = section::<UpstreamConfig>(value, &path, &mut diagnostics) {
-                    upstreams.insert(name, upstream);
+                match section::<UpstreamConfig>(value, &path, &mut diagnostics) {
+                    Some(upstream) => {
+                        upstreams.insert(name, upstream);
+                    }
+                    None => {
+                        unparsed_upstreams.insert(name);
+                    }
                 }
             }
         }
@@ -156,7 +177,7 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
     }
 
     let default_upstream = match top.remove("default_upstream") {
-        Some(Value::String(name)) => Some(name),
+        Some(Value::String(name)) if !name.trim().is_empty() => Some(name),
         None | Some(Value::Null) => {
             diagnostics.push(
                 Diagnostic::new(
@@ -177,6 +198,7 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
     };
 
     let mut routes = Vec::new();
+    let mut route_numbers = Vec::new();
     match top.remove("routes") {
         None | Some(Value::Null) => {}
         Some(Value::Sequence(items)) => {
@@ -184,6 +206,7 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
                 let path = format!("routes[{index}]");
                 if let Some(route) = section::<RouteConfig>(value, &path, &mut diagnostics) {
                     routes.push(route);
+                    route_numbers.push(index);
                 }
             }
         }
@@ -194,18 +217,19 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
         ),
     }
 
-    match (server, default_upstream) {
-        (Some(server), Some(default_upstream)) if diagnostics.is_empty() => Ok(LoadedConfig {
-            config: Config {
-                server,
-                upstreams,
-                default_upstream,
-                routes,
-            },
-            source,
-        }),
-        _ => Err(source.invalid(diagnostics)),
-    }
+    Ok(LoadedConfig {
+        config: Config {
+            server: server.unwrap_or_default(),
+            upstreams,
+            // Empty only when already reported above; the compiler skips an empty name.
+            default_upstream: default_upstream.unwrap_or_default(),
+            routes,
+        },
+        source,
+        problems: diagnostics,
+        unparsed_upstreams,
+        route_numbers,
+    })
 }
 
 const SKELETON_HINT: &str = "a minimal config is:\n      upstreams:\n        legacy: { backends: [127.0.0.1:9001] }\n      default_upstream: legacy";
@@ -255,7 +279,10 @@ fn hint_for(message: &str) -> Option<String> {
     if message.contains("missing field") {
         return Some("add the field; docs/configuration.md lists every key".to_owned());
     }
-    if message.contains("time unit") || message.contains("expected number") {
+    if message.contains("time unit")
+        || message.contains("expected number")
+        || message.contains("expected a duration")
+    {
         return Some("durations look like 250ms, 5s, 1m30s".to_owned());
     }
     if message.contains("socket address") {

@@ -81,9 +81,10 @@ impl Walker {
     /// Called when any node starts; returns the path of that node if it is a value (a key
     /// returns `None`, since keys are recorded under the path they introduce).
     fn node_start(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
+        // yaml-rust2 counts lines from 1 but columns from 0.
         let location = Location {
             line: mark.line(),
-            column: mark.col(),
+            column: mark.col() + 1,
         };
         match self.stack.last_mut() {
             None => Some(String::new()),

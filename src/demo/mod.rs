@@ -152,9 +152,7 @@ fn load_demo_config(config: Option<PathBuf>) -> anyhow::Result<(RouteTable, Path
         return Ok((crate::routing::load_route_table(&path, 1)?, path));
     }
     let loaded = parse(SourceFile::new("routes.yaml (built in)", EMBEDDED_ROUTES))?;
-    let sha256 = loaded.source.sha256.clone();
-    let table = RouteTable::compile(loaded.config, 1, sha256)
-        .map_err(|diagnostics| loaded.source.invalid(diagnostics))?;
+    let table = RouteTable::compile_loaded(loaded, 1)?;
     Ok((table, Path::new("routes.yaml (built in)").to_owned()))
 }
 

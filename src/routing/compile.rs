@@ -1,7 +1,7 @@
 //! Config -> [`RouteTable`]: every cross-reference resolved and every pattern compiled, or the
 //! complete list of what is wrong, each with its field path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -12,7 +12,7 @@ use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
 use super::rewrite::{HeaderActions, PathRewrite};
 use super::{Route, RouteTable, UpstreamId};
 use crate::config::{
-    Config, Diagnostic, HeaderActionsConfig, MatchConfig, RewriteConfig, RouteConfig,
+    Config, ConfigError, Diagnostic, LoadedConfig, HeaderActionsConfig, MatchConfig, RewriteConfig, RouteConfig,
     ValueMatchConfig, did_you_mean,
 };
 use crate::upstream::UpstreamPool;
@@ -42,14 +42,44 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
 
 impl RouteTable {
     /// Validates and compiles `config`. `sha256` identifies the file it came from.
-    pub fn compile(
+    pub fn compile(config: Config, generation: u64, sha256: String) -> Result<RouteTable, Vec<Diagnostic>> {
+        let numbers: Vec<usize> = (0..config.routes.len()).collect();
+        Self::compile_with(config, generation, sha256, &BTreeSet::new(), &numbers)
+    }
+
+    /// Compiles a loaded file, reporting parse and compile problems together, in file order.
+    pub fn compile_loaded(loaded: LoadedConfig, generation: u64) -> Result<RouteTable, ConfigError> {
+        let LoadedConfig {
+            config,
+            source,
+            mut problems,
+            unparsed_upstreams,
+            route_numbers,
+        } = loaded;
+        let sha256 = source.sha256.clone();
+        match Self::compile_with(config, generation, sha256, &unparsed_upstreams, &route_numbers) {
+            Ok(table) if problems.is_empty() => Ok(table),
+            Ok(_) => Err(source.invalid(problems)),
+            Err(diagnostics) => {
+                problems.extend(diagnostics);
+                Err(source.invalid(problems))
+            }
+        }
+    }
+
+    /// `unparsed_upstreams` exist in the file but failed to parse (already reported): references
+    /// to them are not reported again. `route_numbers[i]` is the position in the file of
+    /// `config.routes[i]`, for field paths.
+    fn compile_with(
         config: Config,
         generation: u64,
         sha256: String,
+        unparsed_upstreams: &BTreeSet<String>,
+        route_numbers: &[usize],
     ) -> Result<RouteTable, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
 
-        if config.upstreams.is_empty() {
+        if config.upstreams.is_empty() && unparsed_upstreams.is_empty() {
             diagnostics.push(
                 Diagnostic::new("upstreams", "no upstreams are defined")
                     .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
@@ -67,6 +97,7 @@ impl RouteTable {
         let resolver = UpstreamResolver {
             ids: &upstream_ids,
             config: &config,
+            unparsed: unparsed_upstreams,
         };
 
         let default_upstream = resolver.resolve(
@@ -78,7 +109,7 @@ impl RouteTable {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut conditions = Vec::with_capacity(config.routes.len());
         let mut first_use: HashMap<&str, usize> = HashMap::new();
-        for (number, route) in config.routes.iter().enumerate() {
+        for (route, &number) in config.routes.iter().zip(route_numbers) {
             let path = format!("routes[{number}]");
             if route.name.trim().is_empty() {
                 diagnostics.push(Diagnostic::new(format!("{path}.name"), "is empty"));
@@ -125,6 +156,7 @@ impl RouteTable {
 struct UpstreamResolver<'a> {
     ids: &'a HashMap<&'a str, UpstreamId>,
     config: &'a Config,
+    unparsed: &'a BTreeSet<String>,
 }
 
 impl UpstreamResolver<'_> {
@@ -137,8 +169,8 @@ impl UpstreamResolver<'_> {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
-        // Defined but broken: its own diagnostics already say why.
-        if self.config.upstreams.contains_key(name) {
+        // Defined but broken, or missing where the parser already said so: reported elsewhere.
+        if self.config.upstreams.contains_key(name) || self.unparsed.contains(name) || name.is_empty() {
             return None;
         }
         let defined: Vec<&str> = self.config.upstreams.keys().map(String::as_str).collect();
@@ -456,7 +488,7 @@ fn compile_regex(pattern: &str, path: &str, diagnostics: &mut Vec<Diagnostic>) -
         Ok(regex) => Some(regex),
         Err(error) => {
             diagnostics.push(
-                Diagnostic::new(path, format!("invalid regex: {}", one_line(&error.to_string())))
+                Diagnostic::new(path, format!("invalid regex `{pattern}`: {}", regex_problem(&error)))
                     .with_hint("regex syntax: https://docs.rs/regex/latest/regex/#syntax (single-quote it in YAML)"),
             );
             None
@@ -464,17 +496,14 @@ fn compile_regex(pattern: &str, path: &str, diagnostics: &mut Vec<Diagnostic>) -
     }
 }
 
-/// regex errors span several lines with their own caret; keep the gist on one line.
-fn one_line(message: &str) -> String {
+/// regex errors span several lines (pattern, caret, `error: ...`); keep the `error:` part.
+fn regex_problem(error: &regex::Error) -> String {
+    let message = error.to_string();
     message
         .lines()
-        .filter(|line| {
-            let trimmed = line.trim();
-            !trimmed.is_empty() && !trimmed.chars().all(|c| c == '^' || c == '~')
-        })
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
+        .find_map(|line| line.trim().strip_prefix("error: "))
+        .unwrap_or(message.lines().last().unwrap_or_default())
+        .to_owned()
 }
 
 fn check_absolute(value: &str, path: &str, diagnostics: &mut Vec<Diagnostic>) -> bool {

@@ -120,7 +120,5 @@ impl RouteTable {
 
 /// Reads, parses and compiles `path` into generation `generation` of the table.
 pub fn load_route_table(path: &Path, generation: u64) -> Result<RouteTable, ConfigError> {
-    let loaded = load_file(path)?;
-    RouteTable::compile(loaded.config, generation, loaded.source.sha256.clone())
-        .map_err(|diagnostics| loaded.source.invalid(diagnostics))
+    RouteTable::compile_loaded(load_file(path)?, generation)
 }

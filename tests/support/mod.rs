@@ -1,0 +1,371 @@
+//! Test harness: real HTTP backends that record what they receive, the real `strangler` binary
+//! started on a config written to a temp dir, and a client that sends exactly the headers a test
+//! gives it. Everything binds to 127.0.0.1 on ephemeral ports; readiness is polled with deadlines.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// One request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, as received.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    /// All values of header `name` (lower-case), in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).first().copied()
+    }
+}
+
+type Responder = Arc<dyn Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A loopback HTTP/1.1 server that records every request and answers with `x-backend: <name>`.
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let label = name.to_owned();
+        Self::start_with(
+            name,
+            Arc::new(move |request: &Recorded| {
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .header("x-backend", label.as_str())
+                    .body(Full::new(Bytes::from(format!(
+                        "{{\"backend\":\"{label}\",\"target\":\"{}\"}}",
+                        request.target
+                    ))))
+                    .unwrap()
+            }),
+        )
+        .await
+    }
+
+    pub async fn start_with(name: &str, respond: Responder) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let log = log.clone();
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let log = log.clone();
+                        let respond = respond.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let recorded = Recorded {
+                                method: parts.method.to_string(),
+                                target: parts.uri.to_string(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(n, v)| {
+                                        (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                    })
+                                    .collect(),
+                                body,
+                            };
+                            let response = respond(&recorded);
+                            log.lock().unwrap().push(recorded);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_owned(),
+            address,
+            received,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().unwrap_or_else(|| panic!("backend {} received nothing", self.name))
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn dead_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_strangler")
+}
+
+/// A running `strangler run` process. Killed on drop.
+pub struct Proxy {
+    pub address: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Proxy {
+    /// Starts the proxy on `config`, which holds everything but the `server` section (the
+    /// harness adds one with fresh ports), and waits until it serves.
+    pub async fn start(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let full = format!("server:\n  listen: {address}\n  admin: {admin}\n  threads: 1\n{config}");
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, full).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy {
+            address,
+            admin,
+            dir,
+            child,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("strangler exited with {status} before it was ready:\n{}", self.stderr());
+            }
+            let admin_ready = get(self.admin, "/readyz").await.is_ok_and(|r| r.status == 200);
+            if admin_ready && TcpStream::connect(self.address).await.is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "strangler was not ready within {DEADLINE:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("routes.yaml")
+    }
+
+    /// Sends a request through the proxy.
+    pub async fn send(&self, request: ClientRequest) -> ClientResponse {
+        send(self.address, request)
+            .await
+            .unwrap_or_else(|error| panic!("request failed: {error}\nproxy stderr:\n{}", self.stderr()))
+    }
+
+    pub async fn get(&self, target: &str) -> ClientResponse {
+        self.send(ClientRequest::get(target)).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request with exactly the headers given (plus `Host: localhost` unless one is given).
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl ClientRequest {
+    pub fn new(method: &str, target: &str) -> Self {
+        Self {
+            method: method.to_owned(),
+            target: target.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn get(target: &str) -> Self {
+        Self::new("GET", target)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+#[derive(Debug)]
+pub struct ClientResponse {
+    pub status: u16,
+    pub headers: HashMap<String, Vec<String>>,
+    pub body: Bytes,
+}
+
+impl ClientResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+}
+
+/// One request on a fresh connection, bounded by [`DEADLINE`].
+pub async fn send(address: SocketAddr, request: ClientRequest) -> Result<ClientResponse, String> {
+    tokio::time::timeout(DEADLINE, send_unbounded(address, request))
+        .await
+        .map_err(|_| format!("no response within {DEADLINE:?}"))?
+}
+
+async fn send_unbounded(address: SocketAddr, request: ClientRequest) -> Result<ClientResponse, String> {
+    let stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder().method(request.method.as_str()).uri(request.target.as_str());
+    if !request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", "localhost");
+    }
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let response = sender
+        .send_request(builder.body(Full::new(request.body)).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, value) in response.headers() {
+        headers
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(ClientResponse { status, headers, body })
+}
+
+pub async fn get(address: SocketAddr, target: &str) -> Result<ClientResponse, String> {
+    send(address, ClientRequest::get(target)).await
+}
+
+/// Runs `strangler` with `args` to completion (bounded), returning (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("strangler {args:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,264 @@
+//! `strangler validate` and `strangler run` on good and broken configs: every error class names
+//! the field path and the line, all errors come at once, and nothing starts on a bad file.
+
+mod support;
+
+use std::path::Path;
+
+use support::{free_port, repo_root, run_cli};
+
+/// Validates `yaml` (written to a temp file named routes.yaml); returns (exit code, stderr).
+fn validate(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), yaml).unwrap();
+    let (code, _, stderr) = run_cli(&["validate", "routes.yaml"], dir.path());
+    (code, stderr)
+}
+
+fn assert_error(stderr: &str, path: &str, message: &str, line: usize) {
+    let block = stderr
+        .split("\n\n")
+        .find(|block| block.starts_with(&format!("error: {path}: ")))
+        .unwrap_or_else(|| panic!("no error for `{path}` in:\n{stderr}"));
+    assert!(block.contains(message), "`{path}`: expected `{message}` in:\n{block}");
+    assert!(
+        block.contains(&format!("--> routes.yaml:{line}:")),
+        "`{path}`: expected line {line} in:\n{block}"
+    );
+}
+
+const VALID_BASE: &str = "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\n  orders-v2: { backends: [127.0.0.1:9002] }\ndefault_upstream: legacy\n";
+
+#[test]
+fn the_root_routes_yaml_and_the_examples_are_valid() {
+    let root = repo_root();
+    let (code, stdout, stderr) = run_cli(&["validate", "routes.yaml"], &root);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("routes.yaml: OK"), "{stdout}");
+
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") && path.to_string_lossy().contains("routes") {
+            let (code, _, stderr) = run_cli(&["validate", path.to_str().unwrap()], &root);
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+        }
+    }
+}
+
+#[test]
+fn a_broken_copy_of_the_root_file_fails_with_its_line() {
+    let original = std::fs::read_to_string(repo_root().join("routes.yaml")).unwrap();
+    let line = original
+        .lines()
+        .position(|l| l.contains("path_regex:"))
+        .expect("the example has a regex route")
+        + 1;
+    let broken = original.replacen("path_regex: '^/invoices/[0-9]+$'", "path_regex: '^/invoices/([0-9]+$'", 1);
+    assert_ne!(broken, original);
+    let (code, stderr) = validate(&broken);
+    assert_eq!(code, 1, "{stderr}");
+    assert_error(&stderr, "routes[2].match.path_regex", "unclosed group", line);
+    assert!(stderr.contains("1 error found; nothing was applied"), "{stderr}");
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_line() {
+    let (code, stderr) = validate("upstreams:\n  legacy:\n    backends: [127.0.0.1:9001\ndefault_upstream: legacy\n");
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("error: invalid YAML"), "{stderr}");
+    assert!(stderr.contains("--> routes.yaml:"), "{stderr}");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_suggestion() {
+    let (code, stderr) = validate(&format!(
+        "{VALID_BASE}routes:\n  - name: a\n    match:\n      pathprefix: /x\n  - name: b\n    upstreem: legacy\n"
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "routes[0].match.pathprefix", "unknown field `pathprefix`", 8);
+    assert!(stderr.contains("did you mean `path_prefix`?"), "{stderr}");
+    assert_error(&stderr, "routes[1].upstreem", "unknown field `upstreem`", 10);
+
+    let (code, stderr) = validate(&format!("{VALID_BASE}rootes: []\n"));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "rootes", "unknown top-level key", 5);
+    assert!(stderr.contains("did you mean `routes`?"), "{stderr}");
+}
+
+#[test]
+fn bad_regexes_are_reported_where_they_are() {
+    let (code, stderr) = validate(&format!(
+        "{VALID_BASE}routes:\n  - name: a\n    match:\n      path_regex: '^/orders/(\\d+'\n  - name: b\n    match: {{ headers: {{ x-v: {{ regex: '[' }} }} }}\n"
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "routes[0].match.path_regex", "unclosed group", 8);
+    assert_error(&stderr, "routes[1].match.headers.x-v.regex", "unclosed character class", 10);
+}
+
+#[test]
+fn undefined_upstreams_are_named_with_the_defined_ones() {
+    let (code, stderr) = validate(&format!(
+        "{VALID_BASE}routes:\n  - name: a\n    upstream: orders-v3\n"
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "routes[0].upstream", "unknown upstream `orders-v3`", 7);
+    assert!(stderr.contains("did you mean `orders-v2`?"), "{stderr}");
+
+    let (code, stderr) = validate("upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: nowhere\n");
+    assert_eq!(code, 1);
+    assert_error(&stderr, "default_upstream", "unknown upstream `nowhere`", 3);
+    assert!(stderr.contains("defined upstreams: legacy"), "{stderr}");
+}
+
+#[test]
+fn duplicate_route_names_point_at_the_first_use() {
+    let (code, stderr) = validate(&format!(
+        "{VALID_BASE}routes:\n  - name: orders\n  - name: users\n  - name: orders\n"
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "routes[2].name", "duplicate route name `orders`, first used by routes[0]", 8);
+}
+
+#[test]
+fn empty_or_unusable_backends_are_errors() {
+    let (code, stderr) = validate(
+        "upstreams:\n  legacy:\n    backends: []\n  other:\n    backends: [127.0.0.1]\ndefault_upstream: legacy\n",
+    );
+    assert_eq!(code, 1);
+    assert_error(&stderr, "upstreams.legacy.backends", "has no backends", 3);
+    assert_error(&stderr, "upstreams.other.backends[0]", "`127.0.0.1` has no port", 5);
+}
+
+#[test]
+fn bad_durations_are_errors_with_the_expected_format() {
+    let (code, stderr) = validate(
+        "upstreams:\n  legacy:\n    backends: [127.0.0.1:9001]\n    timeouts:\n      connect: 5 parsecs\n      read: 0s\ndefault_upstream: legacy\n",
+    );
+    assert_eq!(code, 1);
+    assert_error(&stderr, "upstreams.legacy.timeouts.connect", "expected a duration", 5);
+    assert!(stderr.contains("durations look like 250ms, 5s, 1m30s"), "{stderr}");
+
+    let (code, stderr) = validate(
+        "upstreams:\n  legacy:\n    backends: [127.0.0.1:9001]\n    timeouts: { read: 0s }\ndefault_upstream: legacy\n",
+    );
+    assert_eq!(code, 1);
+    assert_error(&stderr, "upstreams.legacy.timeouts.read", "must be greater than zero", 4);
+}
+
+#[test]
+fn rule_conflicts_and_reserved_headers_are_errors() {
+    let (code, stderr) = validate(&format!(
+        r#"{VALID_BASE}routes:
+  - name: a
+    match: {{ path: /a, path_prefix: /a }}
+  - name: b
+    rewrite: {{ strip_prefix: /b, replace_prefix: {{ from: /b, to: /c }} }}
+  - name: c
+    request_headers: {{ set: {{ content-length: "1" }} }}
+  - name: d
+    match: {{ host: 'a.*.com', methods: ["GET POST"] }}
+"#
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "routes[0].match", "path and path_prefix are exclusive", 7);
+    assert_error(&stderr, "routes[1].rewrite", "strip_prefix and replace_prefix are exclusive", 9);
+    assert_error(&stderr, "routes[2].request_headers.set.content-length", "cannot be edited by a route", 11);
+    assert_error(&stderr, "routes[3].match.host", "wildcard is only allowed as a leading", 13);
+    assert_error(&stderr, "routes[3].match.methods[0]", "is not an HTTP method", 13);
+}
+
+#[test]
+fn every_error_in_the_file_is_reported_at_once() {
+    let (code, stderr) = validate(
+        r#"server:
+  admn: 127.0.0.1:9901
+upstreams:
+  legacy:
+    backends: []
+  orders-v2:
+    backends: [127.0.0.1:9002]
+    timeouts: { connect: soon }
+default_upstream: legacy
+routes:
+  - name: a
+    match: { path_regex: '(' }
+    upstream: orders-v3
+  - name: b
+    match: { pathprefix: /x }
+    upstream: orders-v2
+  - name: a
+"#,
+    );
+    assert_eq!(code, 1);
+    assert_error(&stderr, "server.admn", "unknown field", 2);
+    assert_error(&stderr, "upstreams.legacy.backends", "has no backends", 5);
+    assert_error(&stderr, "upstreams.orders-v2.timeouts.connect", "expected a duration", 8);
+    assert_error(&stderr, "routes[0].match.path_regex", "invalid regex", 12);
+    assert_error(&stderr, "routes[0].upstream", "unknown upstream `orders-v3`", 13);
+    assert_error(&stderr, "routes[1].match.pathprefix", "unknown field", 15);
+    assert_error(&stderr, "routes[2].name", "duplicate route name `a`", 17);
+    assert!(stderr.contains("7 errors found; nothing was applied"), "{stderr}");
+}
+
+#[test]
+fn validate_speaks_json_for_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), VALID_BASE).unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), format!("{VALID_BASE}routes:\n  - name: a\n    upstream: x\n")).unwrap();
+    let (code, stdout, _) = run_cli(&["validate", "--format", "json", "good.yaml", "bad.yaml"], dir.path());
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report[0]["valid"], true);
+    assert_eq!(report[1]["valid"], false);
+    assert_eq!(report[1]["errors"][0]["path"], "routes[0].upstream");
+    assert_eq!(report[1]["errors"][0]["location"]["line"], 7);
+}
+
+#[test]
+fn validate_reports_a_missing_file() {
+    let (code, _, stderr) = run_cli(&["validate", "does-not-exist.yaml"], Path::new("/tmp"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read does-not-exist.yaml"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_an_invalid_config_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let admin = free_port();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "server: {{ listen: 127.0.0.1:{listen}, admin: 127.0.0.1:{admin} }}\nupstreams:\n  legacy: {{ backends: [127.0.0.1:9001] }}\ndefault_upstream: legacy\nroutes:\n  - name: a\n    match: {{ path_regex: '(' }}\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("routes[0].match.path_regex"), "{stderr}");
+    assert!(stderr.contains("not started"), "{stderr}");
+    for port in [listen, admin] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "something listens on {port}"
+        );
+    }
+}
+
+#[test]
+fn run_reports_a_busy_port_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "server: {{ listen: 127.0.0.1:{port}, admin: 127.0.0.1:{} }}\nupstreams:\n  legacy: {{ backends: [127.0.0.1:9001] }}\ndefault_upstream: legacy\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (proxy)")), "{stderr}");
+}
