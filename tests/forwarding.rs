@@ -21,7 +21,9 @@ async fn forwarding_headers_are_added() {
     let backend = Backend::start("legacy").await;
     let proxy = single_backend_proxy(&backend).await;
 
-    proxy.send(ClientRequest::get("/").header("host", "shop.example.com")).await;
+    proxy
+        .send(ClientRequest::get("/").header("host", "shop.example.com"))
+        .await;
     let seen = backend.last();
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
@@ -36,8 +38,15 @@ async fn forwarding_headers_are_added() {
         )
         .await;
     let seen = backend.last();
-    assert_eq!(seen.header_values("x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
-    assert_eq!(seen.header_values("x-forwarded-proto"), ["http"], "the proxy's own value replaces the client's");
+    assert_eq!(
+        seen.header_values("x-forwarded-for"),
+        ["203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(
+        seen.header_values("x-forwarded-proto"),
+        ["http"],
+        "the proxy's own value replaces the client's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,7 +67,11 @@ async fn hop_by_hop_request_headers_are_stripped() {
         .await;
     let seen = backend.last();
     for name in ["x-hop-secret", "keep-alive", "proxy-connection", "te"] {
-        assert!(seen.header(name).is_none(), "{name} reached the backend: {:?}", seen.headers);
+        assert!(
+            seen.header(name).is_none(),
+            "{name} reached the backend: {:?}",
+            seen.headers
+        );
     }
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
@@ -86,7 +99,11 @@ async fn connection_header_cannot_remove_the_proxys_own_headers() {
 
     // A harmless nomination is simply honoured.
     proxy
-        .send(ClientRequest::get("/").header("connection", "close, x-trace").header("x-trace", "1"))
+        .send(
+            ClientRequest::get("/")
+                .header("connection", "close, x-trace")
+                .header("x-trace", "1"),
+        )
         .await;
     let seen = backend.last();
     assert!(seen.header("x-trace").is_none());
@@ -111,8 +128,16 @@ async fn hop_by_hop_response_headers_are_stripped() {
     let proxy = single_backend_proxy(&backend).await;
     let response = proxy.get("/").await;
     assert_eq!(response.status, 200);
-    assert!(response.header("x-internal-hop").is_none(), "{:?}", response.headers);
-    assert!(response.header("keep-alive").is_none(), "{:?}", response.headers);
+    assert!(
+        response.header("x-internal-hop").is_none(),
+        "{:?}",
+        response.headers
+    );
+    assert!(
+        response.header("keep-alive").is_none(),
+        "{:?}",
+        response.headers
+    );
     assert_eq!(response.header("x-end-to-end"), Some("kept"));
     assert_eq!(&response.body[..], b"ok");
 }
@@ -123,23 +148,40 @@ async fn request_ids_are_generated_or_passed_through() {
     let proxy = single_backend_proxy(&backend).await;
 
     let response = proxy.get("/").await;
-    let generated = response.header("x-request-id").expect("a request id on the response").to_owned();
+    let generated = response
+        .header("x-request-id")
+        .expect("a request id on the response")
+        .to_owned();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");
-    assert_eq!(backend.last().header_values("x-request-id"), [generated.as_str()]);
+    assert_eq!(
+        backend.last().header_values("x-request-id"),
+        [generated.as_str()]
+    );
 
     let second = proxy.get("/").await;
-    assert_ne!(second.header("x-request-id"), Some(generated.as_str()), "ids are unique");
+    assert_ne!(
+        second.header("x-request-id"),
+        Some(generated.as_str()),
+        "ids are unique"
+    );
 
-    let response = proxy.send(ClientRequest::get("/").header("x-request-id", "client-chosen-42")).await;
+    let response = proxy
+        .send(ClientRequest::get("/").header("x-request-id", "client-chosen-42"))
+        .await;
     assert_eq!(response.header("x-request-id"), Some("client-chosen-42"));
-    assert_eq!(backend.last().header_values("x-request-id"), ["client-chosen-42"]);
+    assert_eq!(
+        backend.last().header_values("x-request-id"),
+        ["client-chosen-42"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_one_mebibyte_post_body_arrives_intact() {
     let backend = Backend::start("legacy").await;
     let proxy = single_backend_proxy(&backend).await;
-    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
 
     let response = proxy
         .send(
@@ -163,9 +205,14 @@ async fn a_dead_upstream_gets_a_502_with_a_reason() {
         "upstreams:\n  legacy: {{ backends: [{dead}] }}\ndefault_upstream: legacy\n"
     ))
     .await;
-    let response = proxy.send(ClientRequest::get("/").header("x-request-id", "dead-1")).await;
+    let response = proxy
+        .send(ClientRequest::get("/").header("x-request-id", "dead-1"))
+        .await;
     assert_eq!(response.status, 502, "{}", response.text());
-    assert_eq!(response.header("x-strangler-error"), Some("connect_refused"));
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("connect_refused")
+    );
     assert_eq!(response.header("x-request-id"), Some("dead-1"));
     let body = response.json();
     assert_eq!(body["error"], "connect_refused");
@@ -195,15 +242,26 @@ async fn admin_api_reports_health_readiness_and_the_live_config() {
     assert_eq!(document["generation"], 1);
     assert_eq!(document["config"]["default_upstream"], "legacy");
     assert_eq!(document["config"]["routes"][0]["name"], "orders");
-    assert_eq!(document["config"]["routes"][0]["match"]["path_prefix"], "/orders");
-    assert_eq!(document["config"]["upstreams"]["legacy"]["timeouts"]["connect"], "2s");
-    assert_eq!(document["upstreams"]["legacy"]["resolved"][0], backend.address.to_string());
+    assert_eq!(
+        document["config"]["routes"][0]["match"]["path_prefix"],
+        "/orders"
+    );
+    assert_eq!(
+        document["config"]["upstreams"]["legacy"]["timeouts"]["connect"],
+        "2s"
+    );
+    assert_eq!(
+        document["upstreams"]["legacy"]["resolved"][0],
+        backend.address.to_string()
+    );
     let file = std::fs::read(proxy.config_path()).unwrap();
     assert_eq!(document["sha256"].as_str().unwrap().len(), 64);
     assert!(!file.is_empty());
 
     let missing = support::get(proxy.admin, "/nope").await.unwrap();
     assert_eq!(missing.status, 404);
-    let post = support::send(proxy.admin, ClientRequest::new("POST", "/routes").body("x")).await.unwrap();
+    let post = support::send(proxy.admin, ClientRequest::new("POST", "/routes").body("x"))
+        .await
+        .unwrap();
     assert_eq!(post.status, 405);
 }

@@ -32,7 +32,10 @@ impl Setup {
 async fn served_by(proxy: &Proxy, request: ClientRequest) -> String {
     let response = proxy.send(request).await;
     assert_eq!(response.status, 200, "{}", response.text());
-    response.header("x-backend").expect("backend header").to_owned()
+    response
+        .header("x-backend")
+        .expect("backend header")
+        .to_owned()
 }
 
 async fn path_served_by(proxy: &Proxy, target: &str) -> String {
@@ -42,7 +45,9 @@ async fn path_served_by(proxy: &Proxy, target: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn unmatched_requests_go_to_the_default_upstream_unchanged() {
     let setup = Setup::new().await;
-    let proxy = setup.proxy("  - { name: only-b, match: { path: /b }, upstream: b }\n").await;
+    let proxy = setup
+        .proxy("  - { name: only-b, match: { path: /b }, upstream: b }\n")
+        .await;
 
     let response = proxy
         .send(
@@ -66,9 +71,15 @@ async fn unmatched_requests_go_to_the_default_upstream_unchanged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn exact_path_matches_only_that_path() {
     let setup = Setup::new().await;
-    let proxy = setup.proxy("  - { name: exact, match: { path: /health/deep }, upstream: b }\n").await;
+    let proxy = setup
+        .proxy("  - { name: exact, match: { path: /health/deep }, upstream: b }\n")
+        .await;
     assert_eq!(path_served_by(&proxy, "/health/deep").await, "b");
-    assert_eq!(path_served_by(&proxy, "/health/deep?verbose=1").await, "b", "query is not part of the path");
+    assert_eq!(
+        path_served_by(&proxy, "/health/deep?verbose=1").await,
+        "b",
+        "query is not part of the path"
+    );
     assert_eq!(path_served_by(&proxy, "/health/deep/x").await, "a");
     assert_eq!(path_served_by(&proxy, "/health").await, "a");
 }
@@ -76,7 +87,9 @@ async fn exact_path_matches_only_that_path() {
 #[tokio::test(flavor = "multi_thread")]
 async fn path_prefix_matches_on_segment_boundaries() {
     let setup = Setup::new().await;
-    let proxy = setup.proxy("  - { name: api, match: { path_prefix: /api }, upstream: b }\n").await;
+    let proxy = setup
+        .proxy("  - { name: api, match: { path_prefix: /api }, upstream: b }\n")
+        .await;
     assert_eq!(path_served_by(&proxy, "/api").await, "b");
     assert_eq!(path_served_by(&proxy, "/api/").await, "b");
     assert_eq!(path_served_by(&proxy, "/api/orders/7").await, "b");
@@ -96,7 +109,11 @@ async fn path_regex_matches_and_misses() {
     assert_eq!(path_served_by(&proxy, "/invoices/42").await, "b");
     assert_eq!(path_served_by(&proxy, "/invoices/42x").await, "a");
     assert_eq!(path_served_by(&proxy, "/invoices/").await, "a");
-    assert_eq!(path_served_by(&proxy, "/x/legacy-report/y").await, "c", "unanchored regexes search");
+    assert_eq!(
+        path_served_by(&proxy, "/x/legacy-report/y").await,
+        "c",
+        "unanchored regexes search"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,11 +126,25 @@ async fn host_matches_exact_and_wildcard_names() {
         .await;
     let with_host = |host: &str| ClientRequest::get("/").header("host", host);
     assert_eq!(served_by(&proxy, with_host("api.example.com")).await, "b");
-    assert_eq!(served_by(&proxy, with_host("API.Example.com:8080")).await, "b", "case and port ignored");
+    assert_eq!(
+        served_by(&proxy, with_host("API.Example.com:8080")).await,
+        "b",
+        "case and port ignored"
+    );
     assert_eq!(served_by(&proxy, with_host("x.api.example.com")).await, "a");
-    assert_eq!(served_by(&proxy, with_host("acme.tenants.example.com")).await, "c");
-    assert_eq!(served_by(&proxy, with_host("a.b.tenants.example.com")).await, "c");
-    assert_eq!(served_by(&proxy, with_host("tenants.example.com")).await, "a", "bare domain is not a subdomain");
+    assert_eq!(
+        served_by(&proxy, with_host("acme.tenants.example.com")).await,
+        "c"
+    );
+    assert_eq!(
+        served_by(&proxy, with_host("a.b.tenants.example.com")).await,
+        "c"
+    );
+    assert_eq!(
+        served_by(&proxy, with_host("tenants.example.com")).await,
+        "a",
+        "bare domain is not a subdomain"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,9 +154,18 @@ async fn methods_restrict_a_route() {
         .proxy("  - { name: reads, match: { path_prefix: /orders, methods: [GET, head] }, upstream: b }\n")
         .await;
     assert_eq!(served_by(&proxy, ClientRequest::get("/orders")).await, "b");
-    assert_eq!(served_by(&proxy, ClientRequest::new("HEAD", "/orders")).await, "b");
-    assert_eq!(served_by(&proxy, ClientRequest::new("POST", "/orders").body("{}")).await, "a");
-    assert_eq!(served_by(&proxy, ClientRequest::new("DELETE", "/orders/1")).await, "a");
+    assert_eq!(
+        served_by(&proxy, ClientRequest::new("HEAD", "/orders")).await,
+        "b"
+    );
+    assert_eq!(
+        served_by(&proxy, ClientRequest::new("POST", "/orders").body("{}")).await,
+        "a"
+    );
+    assert_eq!(
+        served_by(&proxy, ClientRequest::new("DELETE", "/orders/1")).await,
+        "a"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,14 +189,32 @@ async fn header_conditions_exact_regex_present_absent() {
         )
         .await;
     let get = |path: &str| ClientRequest::get(path);
-    assert_eq!(served_by(&proxy, get("/").header("x-tenant", "acme")).await, "b");
-    assert_eq!(served_by(&proxy, get("/").header("x-tenant", "acme-corp")).await, "a");
-    assert_eq!(served_by(&proxy, get("/").header("x-version", "2.13")).await, "c");
-    assert_eq!(served_by(&proxy, get("/").header("x-version", "12.1")).await, "a");
-    assert_eq!(served_by(&proxy, get("/p").header("x-debug", "")).await, "b");
+    assert_eq!(
+        served_by(&proxy, get("/").header("x-tenant", "acme")).await,
+        "b"
+    );
+    assert_eq!(
+        served_by(&proxy, get("/").header("x-tenant", "acme-corp")).await,
+        "a"
+    );
+    assert_eq!(
+        served_by(&proxy, get("/").header("x-version", "2.13")).await,
+        "c"
+    );
+    assert_eq!(
+        served_by(&proxy, get("/").header("x-version", "12.1")).await,
+        "a"
+    );
+    assert_eq!(
+        served_by(&proxy, get("/p").header("x-debug", "")).await,
+        "b"
+    );
     assert_eq!(served_by(&proxy, get("/p")).await, "a");
     assert_eq!(served_by(&proxy, get("/q")).await, "c");
-    assert_eq!(served_by(&proxy, get("/q").header("authorization", "Bearer t")).await, "a");
+    assert_eq!(
+        served_by(&proxy, get("/q").header("authorization", "Bearer t")).await,
+        "a"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,7 +240,10 @@ async fn query_and_cookie_conditions() {
     assert_eq!(path_served_by(&proxy, "/x?preview").await, "c");
     assert_eq!(path_served_by(&proxy, "/x?nopreview=1").await, "a");
     let with_cookie = |cookie: &str| ClientRequest::get("/x").header("cookie", cookie);
-    assert_eq!(served_by(&proxy, with_cookie("session=1; cohort=canary")).await, "b");
+    assert_eq!(
+        served_by(&proxy, with_cookie("session=1; cohort=canary")).await,
+        "b"
+    );
     assert_eq!(served_by(&proxy, with_cookie("cohort=stable")).await, "a");
     assert_eq!(served_by(&proxy, with_cookie("xcohort=beta")).await, "a");
 }
@@ -199,7 +260,10 @@ async fn first_matching_route_wins() {
         )
         .await;
     assert_eq!(path_served_by(&proxy, "/api/orders").await, "c");
-    assert_eq!(served_by(&proxy, ClientRequest::new("POST", "/api/orders").body("x")).await, "b");
+    assert_eq!(
+        served_by(&proxy, ClientRequest::new("POST", "/api/orders").body("x")).await,
+        "b"
+    );
     assert_eq!(path_served_by(&proxy, "/api/users").await, "b");
 }
 
@@ -238,10 +302,16 @@ async fn rewrites_change_path_and_host_but_keep_the_query() {
         assert_eq!(path_served_by(&proxy, sent).await, "b");
         assert_eq!(setup.b.last().target, expected, "{sent}");
     }
-    proxy.send(ClientRequest::get("/hosted").header("host", "shop.example.com")).await;
+    proxy
+        .send(ClientRequest::get("/hosted").header("host", "shop.example.com"))
+        .await;
     let seen = setup.b.last();
     assert_eq!(seen.header("host"), Some("orders.internal"));
-    assert_eq!(seen.header("x-forwarded-host"), Some("shop.example.com"), "the original host is kept");
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some("shop.example.com"),
+        "the original host is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -310,5 +380,8 @@ async fn requests_round_robin_across_backends() {
     }
     assert_eq!(one.count(), 5, "{served:?}");
     assert_eq!(two.count(), 5, "{served:?}");
-    assert!(served.windows(2).all(|pair| pair[0] != pair[1]), "strict alternation: {served:?}");
+    assert!(
+        served.windows(2).all(|pair| pair[0] != pair[1]),
+        "strict alternation: {served:?}"
+    );
 }

@@ -20,7 +20,10 @@ fn assert_error(stderr: &str, path: &str, message: &str, line: usize) {
         .split("\n\n")
         .find(|block| block.starts_with(&format!("error: {path}: ")))
         .unwrap_or_else(|| panic!("no error for `{path}` in:\n{stderr}"));
-    assert!(block.contains(message), "`{path}`: expected `{message}` in:\n{block}");
+    assert!(
+        block.contains(message),
+        "`{path}`: expected `{message}` in:\n{block}"
+    );
     assert!(
         block.contains(&format!("--> routes.yaml:{line}:")),
         "`{path}`: expected line {line} in:\n{block}"
@@ -38,7 +41,9 @@ fn the_root_routes_yaml_and_the_examples_are_valid() {
 
     for entry in std::fs::read_dir(root.join("examples")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") && path.to_string_lossy().contains("routes") {
+        if path.extension().is_some_and(|e| e == "yaml")
+            && path.to_string_lossy().contains("routes")
+        {
             let (code, _, stderr) = run_cli(&["validate", path.to_str().unwrap()], &root);
             assert_eq!(code, 0, "{}: {stderr}", path.display());
         }
@@ -53,17 +58,31 @@ fn a_broken_copy_of_the_root_file_fails_with_its_line() {
         .position(|l| l.contains("path_regex:"))
         .expect("the example has a regex route")
         + 1;
-    let broken = original.replacen("path_regex: '^/invoices/[0-9]+$'", "path_regex: '^/invoices/([0-9]+$'", 1);
+    let broken = original.replacen(
+        "path_regex: '^/invoices/[0-9]+$'",
+        "path_regex: '^/invoices/([0-9]+$'",
+        1,
+    );
     assert_ne!(broken, original);
     let (code, stderr) = validate(&broken);
     assert_eq!(code, 1, "{stderr}");
-    assert_error(&stderr, "routes[2].match.path_regex", "unclosed group", line);
-    assert!(stderr.contains("1 error found; nothing was applied"), "{stderr}");
+    assert_error(
+        &stderr,
+        "routes[2].match.path_regex",
+        "unclosed group",
+        line,
+    );
+    assert!(
+        stderr.contains("1 error found; nothing was applied"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn yaml_syntax_errors_name_the_line() {
-    let (code, stderr) = validate("upstreams:\n  legacy:\n    backends: [127.0.0.1:9001\ndefault_upstream: legacy\n");
+    let (code, stderr) = validate(
+        "upstreams:\n  legacy:\n    backends: [127.0.0.1:9001\ndefault_upstream: legacy\n",
+    );
     assert_eq!(code, 1);
     assert!(stderr.starts_with("error: invalid YAML"), "{stderr}");
     assert!(stderr.contains("--> routes.yaml:"), "{stderr}");
@@ -75,9 +94,19 @@ fn unknown_keys_are_errors_with_a_suggestion() {
         "{VALID_BASE}routes:\n  - name: a\n    match:\n      pathprefix: /x\n  - name: b\n    upstreem: legacy\n"
     ));
     assert_eq!(code, 1);
-    assert_error(&stderr, "routes[0].match.pathprefix", "unknown field `pathprefix`", 8);
+    assert_error(
+        &stderr,
+        "routes[0].match.pathprefix",
+        "unknown field `pathprefix`",
+        8,
+    );
     assert!(stderr.contains("did you mean `path_prefix`?"), "{stderr}");
-    assert_error(&stderr, "routes[1].upstreem", "unknown field `upstreem`", 10);
+    assert_error(
+        &stderr,
+        "routes[1].upstreem",
+        "unknown field `upstreem`",
+        10,
+    );
 
     let (code, stderr) = validate(&format!("{VALID_BASE}rootes: []\n"));
     assert_eq!(code, 1);
@@ -92,7 +121,12 @@ fn bad_regexes_are_reported_where_they_are() {
     ));
     assert_eq!(code, 1);
     assert_error(&stderr, "routes[0].match.path_regex", "unclosed group", 8);
-    assert_error(&stderr, "routes[1].match.headers.x-v.regex", "unclosed character class", 10);
+    assert_error(
+        &stderr,
+        "routes[1].match.headers.x-v.regex",
+        "unclosed character class",
+        10,
+    );
 }
 
 #[test]
@@ -101,10 +135,17 @@ fn undefined_upstreams_are_named_with_the_defined_ones() {
         "{VALID_BASE}routes:\n  - name: a\n    upstream: orders-v3\n"
     ));
     assert_eq!(code, 1);
-    assert_error(&stderr, "routes[0].upstream", "unknown upstream `orders-v3`", 7);
+    assert_error(
+        &stderr,
+        "routes[0].upstream",
+        "unknown upstream `orders-v3`",
+        7,
+    );
     assert!(stderr.contains("did you mean `orders-v2`?"), "{stderr}");
 
-    let (code, stderr) = validate("upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: nowhere\n");
+    let (code, stderr) = validate(
+        "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: nowhere\n",
+    );
     assert_eq!(code, 1);
     assert_error(&stderr, "default_upstream", "unknown upstream `nowhere`", 3);
     assert!(stderr.contains("defined upstreams: legacy"), "{stderr}");
@@ -116,7 +157,12 @@ fn duplicate_route_names_point_at_the_first_use() {
         "{VALID_BASE}routes:\n  - name: orders\n  - name: users\n  - name: orders\n"
     ));
     assert_eq!(code, 1);
-    assert_error(&stderr, "routes[2].name", "duplicate route name `orders`, first used by routes[0]", 8);
+    assert_error(
+        &stderr,
+        "routes[2].name",
+        "duplicate route name `orders`, first used by routes[0]",
+        8,
+    );
 }
 
 #[test]
@@ -126,7 +172,12 @@ fn empty_or_unusable_backends_are_errors() {
     );
     assert_eq!(code, 1);
     assert_error(&stderr, "upstreams.legacy.backends", "has no backends", 3);
-    assert_error(&stderr, "upstreams.other.backends[0]", "`127.0.0.1` has no port", 5);
+    assert_error(
+        &stderr,
+        "upstreams.other.backends[0]",
+        "`127.0.0.1` has no port",
+        5,
+    );
 }
 
 #[test]
@@ -135,14 +186,27 @@ fn bad_durations_are_errors_with_the_expected_format() {
         "upstreams:\n  legacy:\n    backends: [127.0.0.1:9001]\n    timeouts:\n      connect: 5 parsecs\n      read: 0s\ndefault_upstream: legacy\n",
     );
     assert_eq!(code, 1);
-    assert_error(&stderr, "upstreams.legacy.timeouts.connect", "expected a duration", 5);
-    assert!(stderr.contains("durations look like 250ms, 5s, 1m30s"), "{stderr}");
+    assert_error(
+        &stderr,
+        "upstreams.legacy.timeouts.connect",
+        "expected a duration",
+        5,
+    );
+    assert!(
+        stderr.contains("durations look like 250ms, 5s, 1m30s"),
+        "{stderr}"
+    );
 
     let (code, stderr) = validate(
         "upstreams:\n  legacy:\n    backends: [127.0.0.1:9001]\n    timeouts: { read: 0s }\ndefault_upstream: legacy\n",
     );
     assert_eq!(code, 1);
-    assert_error(&stderr, "upstreams.legacy.timeouts.read", "must be greater than zero", 4);
+    assert_error(
+        &stderr,
+        "upstreams.legacy.timeouts.read",
+        "must be greater than zero",
+        4,
+    );
 }
 
 #[test]
@@ -160,11 +224,36 @@ fn rule_conflicts_and_reserved_headers_are_errors() {
 "#
     ));
     assert_eq!(code, 1);
-    assert_error(&stderr, "routes[0].match", "path and path_prefix are exclusive", 7);
-    assert_error(&stderr, "routes[1].rewrite", "strip_prefix and replace_prefix are exclusive", 9);
-    assert_error(&stderr, "routes[2].request_headers.set.content-length", "cannot be edited by a route", 11);
-    assert_error(&stderr, "routes[3].match.host", "wildcard is only allowed as a leading", 13);
-    assert_error(&stderr, "routes[3].match.methods[0]", "is not an HTTP method", 13);
+    assert_error(
+        &stderr,
+        "routes[0].match",
+        "path and path_prefix are exclusive",
+        7,
+    );
+    assert_error(
+        &stderr,
+        "routes[1].rewrite",
+        "strip_prefix and replace_prefix are exclusive",
+        9,
+    );
+    assert_error(
+        &stderr,
+        "routes[2].request_headers.set.content-length",
+        "cannot be edited by a route",
+        11,
+    );
+    assert_error(
+        &stderr,
+        "routes[3].match.host",
+        "wildcard is only allowed as a leading",
+        13,
+    );
+    assert_error(
+        &stderr,
+        "routes[3].match.methods[0]",
+        "is not an HTTP method",
+        13,
+    );
 }
 
 #[test]
@@ -192,20 +281,40 @@ routes:
     assert_eq!(code, 1);
     assert_error(&stderr, "server.admn", "unknown field", 2);
     assert_error(&stderr, "upstreams.legacy.backends", "has no backends", 5);
-    assert_error(&stderr, "upstreams.orders-v2.timeouts.connect", "expected a duration", 8);
+    assert_error(
+        &stderr,
+        "upstreams.orders-v2.timeouts.connect",
+        "expected a duration",
+        8,
+    );
     assert_error(&stderr, "routes[0].match.path_regex", "invalid regex", 12);
-    assert_error(&stderr, "routes[0].upstream", "unknown upstream `orders-v3`", 13);
+    assert_error(
+        &stderr,
+        "routes[0].upstream",
+        "unknown upstream `orders-v3`",
+        13,
+    );
     assert_error(&stderr, "routes[1].match.pathprefix", "unknown field", 15);
     assert_error(&stderr, "routes[2].name", "duplicate route name `a`", 17);
-    assert!(stderr.contains("7 errors found; nothing was applied"), "{stderr}");
+    assert!(
+        stderr.contains("7 errors found; nothing was applied"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn validate_speaks_json_for_tools() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("good.yaml"), VALID_BASE).unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), format!("{VALID_BASE}routes:\n  - name: a\n    upstream: x\n")).unwrap();
-    let (code, stdout, _) = run_cli(&["validate", "--format", "json", "good.yaml", "bad.yaml"], dir.path());
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        format!("{VALID_BASE}routes:\n  - name: a\n    upstream: x\n"),
+    )
+    .unwrap();
+    let (code, stdout, _) = run_cli(
+        &["validate", "--format", "json", "good.yaml", "bad.yaml"],
+        dir.path(),
+    );
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report[0]["valid"], true);
@@ -218,7 +327,10 @@ fn validate_speaks_json_for_tools() {
 fn validate_reports_a_missing_file() {
     let (code, _, stderr) = run_cli(&["validate", "does-not-exist.yaml"], Path::new("/tmp"));
     assert_eq!(code, 1);
-    assert!(stderr.contains("cannot read does-not-exist.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read does-not-exist.yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -260,5 +372,8 @@ fn run_reports_a_busy_port_clearly() {
     .unwrap();
     let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
     assert_ne!(code, 0);
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (proxy)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (proxy)")),
+        "{stderr}"
+    );
 }

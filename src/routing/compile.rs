@@ -12,8 +12,8 @@ use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
 use super::rewrite::{HeaderActions, PathRewrite};
 use super::{Route, RouteTable, UpstreamId};
 use crate::config::{
-    Config, ConfigError, Diagnostic, LoadedConfig, HeaderActionsConfig, MatchConfig, RewriteConfig, RouteConfig,
-    ValueMatchConfig, did_you_mean,
+    Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
+    RouteConfig, ValueMatchConfig, did_you_mean,
 };
 use crate::upstream::UpstreamPool;
 
@@ -42,13 +42,20 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
 
 impl RouteTable {
     /// Validates and compiles `config`. `sha256` identifies the file it came from.
-    pub fn compile(config: Config, generation: u64, sha256: String) -> Result<RouteTable, Vec<Diagnostic>> {
+    pub fn compile(
+        config: Config,
+        generation: u64,
+        sha256: String,
+    ) -> Result<RouteTable, Vec<Diagnostic>> {
         let numbers: Vec<usize> = (0..config.routes.len()).collect();
         Self::compile_with(config, generation, sha256, &BTreeSet::new(), &numbers)
     }
 
     /// Compiles a loaded file, reporting parse and compile problems together, in file order.
-    pub fn compile_loaded(loaded: LoadedConfig, generation: u64) -> Result<RouteTable, ConfigError> {
+    pub fn compile_loaded(
+        loaded: LoadedConfig,
+        generation: u64,
+    ) -> Result<RouteTable, ConfigError> {
         let LoadedConfig {
             config,
             source,
@@ -57,7 +64,13 @@ impl RouteTable {
             route_numbers,
         } = loaded;
         let sha256 = source.sha256.clone();
-        match Self::compile_with(config, generation, sha256, &unparsed_upstreams, &route_numbers) {
+        match Self::compile_with(
+            config,
+            generation,
+            sha256,
+            &unparsed_upstreams,
+            &route_numbers,
+        ) {
             Ok(table) if problems.is_empty() => Ok(table),
             Ok(_) => Err(source.invalid(problems)),
             Err(diagnostics) => {
@@ -170,7 +183,10 @@ impl UpstreamResolver<'_> {
             return Some(*id);
         }
         // Defined but broken, or missing where the parser already said so: reported elsewhere.
-        if self.config.upstreams.contains_key(name) || self.unparsed.contains(name) || name.is_empty() {
+        if self.config.upstreams.contains_key(name)
+            || self.unparsed.contains(name)
+            || name.is_empty()
+        {
             return None;
         }
         let defined: Vec<&str> = self.config.upstreams.keys().map(String::as_str).collect();

@@ -84,7 +84,9 @@ impl Backend {
         let log = received.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let log = log.clone();
                 let respond = respond.clone();
                 tokio::spawn(async move {
@@ -93,7 +95,11 @@ impl Backend {
                         let respond = respond.clone();
                         async move {
                             let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let recorded = Recorded {
                                 method: parts.method.to_string(),
                                 target: parts.uri.to_string(),
@@ -101,7 +107,10 @@ impl Backend {
                                     .headers
                                     .iter()
                                     .map(|(n, v)| {
-                                        (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                        (
+                                            n.as_str().to_owned(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
                                     })
                                     .collect(),
                                 body,
@@ -130,7 +139,9 @@ impl Backend {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().pop().unwrap_or_else(|| panic!("backend {} received nothing", self.name))
+        self.requests()
+            .pop()
+            .unwrap_or_else(|| panic!("backend {} received nothing", self.name))
     }
 
     pub fn count(&self) -> usize {
@@ -146,7 +157,11 @@ impl Drop for Backend {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdTcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An address nothing listens on (bound, then released).
@@ -173,7 +188,8 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let full = format!("server:\n  listen: {address}\n  admin: {admin}\n  threads: 1\n{config}");
+        let full =
+            format!("server:\n  listen: {address}\n  admin: {admin}\n  threads: 1\n{config}");
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, full).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
@@ -199,9 +215,14 @@ impl Proxy {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("strangler exited with {status} before it was ready:\n{}", self.stderr());
+                panic!(
+                    "strangler exited with {status} before it was ready:\n{}",
+                    self.stderr()
+                );
             }
-            let admin_ready = get(self.admin, "/readyz").await.is_ok_and(|r| r.status == 200);
+            let admin_ready = get(self.admin, "/readyz")
+                .await
+                .is_ok_and(|r| r.status == 200);
             if admin_ready && TcpStream::connect(self.address).await.is_ok() {
                 return;
             }
@@ -224,9 +245,9 @@ impl Proxy {
 
     /// Sends a request through the proxy.
     pub async fn send(&self, request: ClientRequest) -> ClientResponse {
-        send(self.address, request)
-            .await
-            .unwrap_or_else(|error| panic!("request failed: {error}\nproxy stderr:\n{}", self.stderr()))
+        send(self.address, request).await.unwrap_or_else(|error| {
+            panic!("request failed: {error}\nproxy stderr:\n{}", self.stderr())
+        })
     }
 
     pub async fn get(&self, target: &str) -> ClientResponse {
@@ -284,7 +305,10 @@ pub struct ClientResponse {
 
 impl ClientResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 
     pub fn text(&self) -> String {
@@ -304,21 +328,36 @@ pub async fn send(address: SocketAddr, request: ClientRequest) -> Result<ClientR
         .map_err(|_| format!("no response within {DEADLINE:?}"))?
 }
 
-async fn send_unbounded(address: SocketAddr, request: ClientRequest) -> Result<ClientResponse, String> {
-    let stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+async fn send_unbounded(
+    address: SocketAddr,
+    request: ClientRequest,
+) -> Result<ClientResponse, String> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let mut builder = Request::builder().method(request.method.as_str()).uri(request.target.as_str());
-    if !request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+    let mut builder = Request::builder()
+        .method(request.method.as_str())
+        .uri(request.target.as_str());
+    if !request
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("host"))
+    {
         builder = builder.header("host", "localhost");
     }
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
     let response = sender
-        .send_request(builder.body(Full::new(request.body)).map_err(|e| e.to_string())?)
+        .send_request(
+            builder
+                .body(Full::new(request.body))
+                .map_err(|e| e.to_string())?,
+        )
         .await
         .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
@@ -329,8 +368,17 @@ async fn send_unbounded(address: SocketAddr, request: ClientRequest) -> Result<C
             .or_default()
             .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(ClientResponse { status, headers, body })
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(ClientResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub async fn get(address: SocketAddr, target: &str) -> Result<ClientResponse, String> {
