@@ -113,8 +113,12 @@ impl ProxyHttp for StranglerProxy {
         if let Some(client) = session.client_addr().and_then(|addr| addr.as_inet()) {
             append_forwarded_for(upstream_request, client.ip())?;
         }
-        if let Some(host) = session.req_header().headers.get(HOST) {
-            upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
+        match session.req_header().headers.get(HOST) {
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?,
+            // Never let a client's own value through as if the proxy had set it.
+            None => {
+                upstream_request.remove_header(&X_FORWARDED_HOST);
+            }
         }
         upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
 

@@ -36,6 +36,7 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
     "upgrade",
+    "te",
     "trailer",
     "proxy-connection",
 ];
@@ -422,7 +423,9 @@ fn compile_rewrite(
     }
 
     let host_rewrite = rewrite.host.as_ref().and_then(|host| {
-        let valid = !host.is_empty() && http::uri::Authority::try_from(host.as_str()).is_ok();
+        let valid = !host.is_empty()
+            && !host.contains('@')
+            && http::uri::Authority::try_from(host.as_str()).is_ok();
         match HeaderValue::from_str(host) {
             Ok(value) if valid => Some(value),
             _ => {

@@ -77,6 +77,11 @@ impl HostPattern {
         if lower.is_empty() {
             return Err("is empty".into());
         }
+        if lower.contains(':') && !lower.starts_with('[') {
+            return Err(format!(
+                "`{pattern}`: host patterns match the name only, the port is ignored; drop `:port`"
+            ));
+        }
         if let Some(suffix) = lower.strip_prefix('*') {
             if !suffix.starts_with('.') || suffix.len() < 2 || suffix.contains('*') {
                 return Err(format!(
@@ -90,10 +95,17 @@ impl HostPattern {
                 "`{pattern}`: a wildcard is only allowed as a leading `*.`, like *.example.com"
             ));
         }
-        if lower.contains(['/', ' ']) {
+        if lower.contains(['/', ' ', '@']) {
             return Err(format!("`{pattern}` is not a host name"));
         }
-        Ok(HostPattern::Exact(strip_port(&lower).to_owned()))
+        if let Some(bracketed) = lower.strip_prefix('[') {
+            // An IPv6 literal, written as in a URL.
+            let (ip, _) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("`{pattern}`: unclosed `[`"))?;
+            return Ok(HostPattern::Exact(ip.to_owned()));
+        }
+        Ok(HostPattern::Exact(lower))
     }
 
     fn matches(&self, host: &str) -> bool {
@@ -174,6 +186,14 @@ mod tests {
         assert!(!wildcard.matches("example.com"));
         assert!(!wildcard.matches("badexample.com"));
         assert!(HostPattern::parse("a.*.com").is_err());
+        assert!(
+            HostPattern::parse("*.example.com:8080").is_err(),
+            "ports are never compared"
+        );
+        assert_eq!(
+            HostPattern::parse("[::1]").unwrap(),
+            HostPattern::Exact("::1".into())
+        );
     }
 
     #[test]

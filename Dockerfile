@@ -1,0 +1,66 @@
+# strangler container image.
+#
+#   docker build -t strangler .
+#   docker run --rm -p 8080:8080 -v "$PWD/my-routes.yaml:/etc/strangler/routes.yaml:ro" strangler
+#   docker run --rm -v "$PWD/my-routes.yaml:/etc/strangler/routes.yaml:ro" strangler validate routes.yaml
+
+# ---- build -------------------------------------------------------------------------------------
+FROM rust:1-slim-bookworm AS builder
+
+# Pingora's zlib-ng (libz-ng-sys) is built with cmake; zstd-sys needs a C toolchain.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake build-essential \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /build
+
+# Dependencies first, against stub sources: this layer is rebuilt only when Cargo.toml,
+# Cargo.lock or the benches change, not on every source edit. benches/ comes along because
+# Cargo.toml declares [[bench]] targets, and cargo refuses a manifest whose targets are missing
+# (`cargo build` does not compile them).
+COPY Cargo.toml Cargo.lock ./
+COPY benches ./benches
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+
+# The crate itself. src/demo/mod.rs compiles in examples/apps/*.rs (via #[path]) and the root
+# routes.yaml (via include_str!), so both are needed to build.
+COPY src ./src
+COPY examples ./examples
+COPY routes.yaml ./
+# Touch the crate roots so cargo rebuilds over the stubs whatever the copied files' mtimes are.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked \
+    && cp target/release/strangler /usr/local/bin/strangler
+
+# ---- runtime -----------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# A fixed, non-root uid/gid, so that mounted files and runAsNonRoot policies can rely on it.
+RUN groupadd --gid 10001 strangler \
+    && useradd --uid 10001 --gid strangler --no-create-home --no-log-init \
+       --home-dir /nonexistent --shell /usr/sbin/nologin strangler
+
+COPY --from=builder /usr/local/bin/strangler /usr/local/bin/strangler
+
+# The repository's example config, so the image has something to validate and show. It listens on
+# 127.0.0.1:8080 (admin 127.0.0.1:9901), which nothing outside the container can reach, and its
+# backends are loopback addresses inside the container: mount your own config over this file,
+# with `listen: 0.0.0.0:8080` (and `admin: 0.0.0.0:9901` only if the admin API must be reachable
+# from a private network; it has no authentication). Backend names are resolved at start-up, so
+# they must resolve by then.
+COPY routes.yaml /etc/strangler/routes.yaml
+WORKDIR /etc/strangler
+
+USER 10001:10001
+
+# 8080: client traffic; 9901: admin API (/healthz, /readyz, /routes).
+EXPOSE 8080 9901
+
+# Docker stops containers with SIGTERM: strangler stops accepting at once and gives in-flight
+# requests up to 10 s, within `docker stop`'s default 10 s before SIGKILL.
+ENTRYPOINT ["strangler"]
+CMD ["run", "-c", "/etc/strangler/routes.yaml"]

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Load benchmark: strangler side by side with nginx and HAProxy, in interleaved rounds, through
+# the shared harness (../shared/bench: origins, peers, pinning, wrk, CPU per request).
+#
+#   bench/run.sh --quick        # ~2 minutes: forwarding + 10 / 10,000 routes
+#   bench/run.sh                # full: forwarding, 10 / 1,000 / 10,000 routes, 3 x 10 s rounds
+#   bench/run.sh -r 5 -d 10     # any other option is passed to the shared run.sh
+#
+# Every process is started and stopped by the harness (by PID). Results: /tmp/proxy-bench/<ts>/.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+shared="${SHARED_BENCH:-$root/../shared/bench}"
+if [ ! -x "$shared/run.sh" ]; then
+  echo "bench/run.sh: the shared harness is missing at $shared (set SHARED_BENCH)" >&2
+  exit 1
+fi
+
+quick=0
+for arg in "$@"; do [ "$arg" = "--quick" ] && quick=1; done
+
+# Debian packages the harness needs (wrk, nginx, haproxy, ...), once per machine.
+for tool in wrk nginx haproxy; do
+  command -v "$tool" >/dev/null 2>&1 || { "$shared/setup.sh"; break; }
+done
+
+"$root/scripts/setup"
+cargo build --release --manifest-path "$root/Cargo.toml"
+binary="$root/target/release/strangler"
+
+work="$(mktemp -d /tmp/strangler-bench.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+
+# A config with `routes` routes (segment prefixes and anchored regexes, alternating) in front of
+# the harness's origin A; the last route is the one the load hits, so a linear matcher would
+# walk them all. All upstreams are origin A, so the routes change only the matching work.
+write_config() {
+  local file="$1" port="$2" admin="$3" routes="$4"
+  {
+    echo "server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: 1 }"
+    echo "upstreams:"
+    echo "  origin: { backends: [127.0.0.1:19001] }"
+    echo "default_upstream: origin"
+    echo "routes:"
+    local i
+    for ((i = 0; i < routes - 1; i++)); do
+      if ((i % 2 == 0)); then
+        echo "  - { name: r$i, match: { path_prefix: /svc$i/items }, upstream: origin }"
+      else
+        echo "  - { name: r$i, match: { path_regex: '^/svc$i/orders/[0-9]+\$' }, upstream: origin }"
+      fi
+    done
+    ((routes > 0)) && echo "  - { name: last, match: { path_prefix: /item }, upstream: origin }"
+    true
+  } >"$file"
+  "$binary" validate "$file" >/dev/null
+}
+
+starts=()
+add_target() {
+  local name="$1" port="$2" admin="$3" routes="$4"
+  write_config "$work/$name.yaml" "$port" "$admin" "$routes"
+  starts+=(--start "$name=http://127.0.0.1:$port/item" "RUST_LOG=warn $binary run -c $work/$name.yaml")
+}
+
+add_target strangler 19580 19590 0
+add_target strangler-10r 19581 19591 10
+((quick)) || add_target strangler-1kr 19582 19592 1000
+add_target strangler-10kr 19583 19593 10000
+
+exec "$shared/run.sh" "$@" "${starts[@]}"

@@ -1,0 +1,139 @@
+//! Hot-path microbenchmarks: route lookup at 10 / 1,000 / 10,000 routes, config compile + swap,
+//! and the per-request header and path rewriting.
+//!
+//! `cargo bench --bench routing`. Compare numbers within one run; the machine is shared.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use pingora_http::RequestHeader;
+use strangler::config::{SourceFile, parse};
+use strangler::routing::RouteTable;
+
+/// A config with `routes` routes: alternating segment prefixes and anchored regexes, plus a
+/// host-and-header route every 50, so the index sees every kind of condition.
+fn config_text(routes: usize) -> String {
+    let mut text = String::from(
+        "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\n  new: { backends: [127.0.0.1:9002] }\ndefault_upstream: legacy\nroutes:\n",
+    );
+    for i in 0..routes {
+        let route = if i % 50 == 49 {
+            format!(
+                "  - {{ name: r{i}, match: {{ host: 'svc{i}.example.com', headers: {{ x-tenant: t{i} }} }}, upstream: new }}\n"
+            )
+        } else if i % 2 == 0 {
+            format!(
+                "  - {{ name: r{i}, match: {{ path_prefix: /svc{i}/items, methods: [GET] }}, upstream: new, rewrite: {{ strip_prefix: /svc{i} }} }}\n"
+            )
+        } else {
+            format!(
+                "  - {{ name: r{i}, match: {{ path_regex: '^/svc{i}/orders/[0-9]+$' }}, upstream: new }}\n"
+            )
+        };
+        text.push_str(&route);
+    }
+    text
+}
+
+fn table(routes: usize) -> RouteTable {
+    let loaded =
+        parse(SourceFile::new("bench.yaml", config_text(routes))).expect("bench config parses");
+    RouteTable::compile_loaded(loaded, 1).expect("bench config compiles")
+}
+
+fn request(path: &str) -> RequestHeader {
+    let mut request = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+    request.insert_header("host", "shop.example.com").unwrap();
+    request.insert_header("user-agent", "bench").unwrap();
+    request
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_lookup");
+    for routes in [10usize, 1_000, 10_000] {
+        let table = table(routes);
+        // The last prefix route and the last regex route: worst case for a linear scan.
+        let last_prefix = (0..routes)
+            .rev()
+            .find(|i| i % 2 == 0 && i % 50 != 49)
+            .unwrap();
+        let last_regex = (0..routes)
+            .rev()
+            .find(|i| i % 2 == 1 && i % 50 != 49)
+            .unwrap();
+        let cases = [
+            (
+                "last_prefix",
+                request(&format!("/svc{last_prefix}/items/42")),
+            ),
+            (
+                "last_regex",
+                request(&format!("/svc{last_regex}/orders/42")),
+            ),
+            ("miss", request("/nothing/here/at/all")),
+        ];
+        for (name, request) in &cases {
+            group.bench_with_input(BenchmarkId::new(*name, routes), request, |b, request| {
+                b.iter(|| black_box(table.find(black_box(request))))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn compile_and_swap(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compile_and_swap");
+    group.sample_size(20);
+    for routes in [10usize, 1_000] {
+        let text = config_text(routes);
+        let live = ArcSwap::from_pointee(table(routes));
+        group.bench_with_input(BenchmarkId::from_parameter(routes), &text, |b, text| {
+            b.iter(|| {
+                let loaded = parse(SourceFile::new("bench.yaml", text.clone())).unwrap();
+                live.store(Arc::new(RouteTable::compile_loaded(loaded, 2).unwrap()));
+            })
+        });
+    }
+    group.finish();
+}
+
+fn rewriting(c: &mut Criterion) {
+    let table = table(10);
+    let route = &table.routes()[0];
+    let rewrite = route
+        .path_rewrite
+        .as_ref()
+        .expect("route 0 strips a prefix");
+    let actions = strangler::config::parse(SourceFile::new(
+        "actions.yaml",
+        "upstreams:\n  a: { backends: [127.0.0.1:1] }\ndefault_upstream: a\nroutes:\n  - name: h\n    request_headers: { remove: [x-legacy-session], set: { x-env: prod }, add: { x-migrated: 'true' } }\n",
+    ))
+    .map(|loaded| RouteTable::compile_loaded(loaded, 1).unwrap())
+    .unwrap();
+    let header_actions = &actions.routes()[0].request_headers;
+    let base = request("/svc0/items/42?page=2");
+
+    c.bench_function("rewrite/strip_prefix_and_set_uri", |b| {
+        b.iter_batched_ref(
+            || base.clone(),
+            |request| {
+                if let Some(path) = rewrite.apply(request.uri.path()).map(|p| p.into_owned()) {
+                    strangler::routing::set_path(request, &path).unwrap();
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("rewrite/header_actions", |b| {
+        b.iter_batched_ref(
+            || base.clone(),
+            |request| header_actions.apply(request).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, route_lookup, compile_and_swap, rewriting);
+criterion_main!(benches);
