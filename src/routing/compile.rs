@@ -150,7 +150,14 @@ impl RouteTable {
 
         match default_upstream {
             Some(default_upstream) if diagnostics.is_empty() => {
-                let index = RouteIndex::build(&conditions.iter().collect::<Vec<_>>());
+                let indexed: Vec<_> = conditions
+                    .iter()
+                    .zip(&routes)
+                    .map(|(condition, route): (_, &Route)| {
+                        (condition, route.matcher.hosts.as_slice())
+                    })
+                    .collect();
+                let index = RouteIndex::build(&indexed);
                 Ok(RouteTable {
                     generation,
                     sha256,

@@ -2,15 +2,19 @@
 //!
 //! Exact paths and segment prefixes are hash lookups (one per path segment); anchored regexes
 //! with a literal first segment (`^/invoices/[0-9]+$`) are bucketed by that segment; only the
-//! remaining regexes go through one [`RegexSet`] pass, and routes with no path condition are
-//! always candidates. The result is the candidate route numbers in file order, so the caller can
-//! keep first-match-wins semantics by checking the other conditions in that order.
+//! remaining regexes go through one [`RegexSet`] pass. Routes with no path condition but a host
+//! condition are looked up by host (exact names, and `*.` suffixes one per label); only routes
+//! with neither are candidates for every request. The result is the candidate route numbers in
+//! file order, so the caller keeps first-match-wins semantics by checking the remaining
+//! conditions in that order.
 
 use ahash::AHashMap;
 use regex::{Regex, RegexSet, RegexSetBuilder};
 use regex_syntax::hir::Look;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use smallvec::SmallVec;
+
+use super::matcher::HostPattern;
 
 /// Candidate route numbers for one request; inline up to a size no sane config exceeds often.
 pub type Candidates = SmallVec<[u32; 16]>;
@@ -31,6 +35,10 @@ pub struct RouteIndex {
     /// Regex routes keyed by the literal first path segment every match must have.
     regex_by_segment: AHashMap<Box<str>, Vec<u32>>,
     regex_set: Option<(RegexSet, Vec<u32>)>,
+    /// Routes without a path condition, by lower-case exact host.
+    by_host: AHashMap<Box<str>, Vec<u32>>,
+    /// Routes without a path condition, by wildcard suffix including the dot (`.example.com`).
+    by_host_suffix: AHashMap<Box<str>, Vec<u32>>,
     /// Routes that must be checked on every request: no path condition, or a regex we could
     /// neither bucket nor fit in the set (those carry their own check, see `needs_regex_check`).
     always: Vec<u32>,
@@ -39,17 +47,27 @@ pub struct RouteIndex {
 }
 
 impl RouteIndex {
-    pub fn build(conditions: &[&PathCondition]) -> Self {
+    /// `routes[i]` is route `i`'s path condition and host patterns (empty: any host).
+    pub fn build(routes: &[(&PathCondition, &[HostPattern])]) -> Self {
         let mut index = RouteIndex {
-            needs_regex_check: vec![false; conditions.len()],
+            needs_regex_check: vec![false; routes.len()],
             ..Default::default()
         };
         let mut set_patterns = Vec::new();
         let mut set_routes = Vec::new();
-        for (route, condition) in conditions.iter().enumerate() {
+        for (route, (condition, hosts)) in routes.iter().enumerate() {
             let route = route as u32;
             match condition {
-                PathCondition::Any => index.always.push(route),
+                PathCondition::Any if hosts.is_empty() => index.always.push(route),
+                PathCondition::Any => {
+                    for host in *hosts {
+                        let (map, key) = match host {
+                            HostPattern::Exact(name) => (&mut index.by_host, name),
+                            HostPattern::Subdomain(suffix) => (&mut index.by_host_suffix, suffix),
+                        };
+                        map.entry(key.as_str().into()).or_default().push(route);
+                    }
+                }
                 PathCondition::Exact(path) => index
                     .exact
                     .entry(path.as_str().into())
@@ -96,9 +114,13 @@ impl RouteIndex {
     }
 
     /// Routes whose path condition may hold for `path`, in file order. Those with
-    /// [`Self::needs_regex_check`] still have to run their regex.
-    pub fn candidates(&self, path: &str) -> Candidates {
+    /// [`Self::needs_regex_check`] still have to run their regex. `host` is the request's host,
+    /// lower-case, without port.
+    pub fn candidates(&self, path: &str, host: Option<&str>) -> Candidates {
         let mut out = Candidates::new();
+        if let Some(host) = host {
+            self.host_candidates(host, &mut out);
+        }
         if let Some(routes) = self.exact.get(path) {
             out.extend_from_slice(routes);
         }
@@ -115,7 +137,29 @@ impl RouteIndex {
         }
         out.extend_from_slice(&self.always);
         out.sort_unstable();
+        // A route listing several matching hosts (`a.example.com` and `*.example.com`) comes twice.
+        out.dedup();
         out
+    }
+
+    /// Whether any route is indexed by host, i.e. whether `candidates` needs the host at all.
+    pub fn uses_host(&self) -> bool {
+        !self.by_host.is_empty() || !self.by_host_suffix.is_empty()
+    }
+
+    fn host_candidates(&self, host: &str, out: &mut Candidates) {
+        if let Some(routes) = self.by_host.get(host) {
+            out.extend_from_slice(routes);
+        }
+        if !self.by_host_suffix.is_empty() {
+            for (position, byte) in host.bytes().enumerate() {
+                if byte == b'.'
+                    && let Some(routes) = self.by_host_suffix.get(&host[position..])
+                {
+                    out.extend_from_slice(routes);
+                }
+            }
+        }
     }
 
     pub fn needs_regex_check(&self, route: u32) -> bool {
@@ -207,13 +251,29 @@ mod tests {
             PathCondition::Any,
             PathCondition::Prefix("/apix".into()),
             PathCondition::Prefix("/".into()),
+            PathCondition::Any,
+            PathCondition::Any,
         ];
-        let index = RouteIndex::build(&conditions.iter().collect::<Vec<_>>());
-        assert_eq!(
-            index.candidates("/api/orders").as_slice(),
-            [0, 1, 2, 3, 4, 6]
-        );
-        assert_eq!(index.candidates("/apix").as_slice(), [4, 5, 6]);
+        let hosts = [
+            HostPattern::Exact("a.example.com".into()),
+            HostPattern::Subdomain(".example.com".into()),
+        ];
+        let routes: Vec<(&PathCondition, &[HostPattern])> = conditions
+            .iter()
+            .enumerate()
+            .map(|(i, condition)| match i {
+                7 => (condition, &hosts[..1]),
+                8 => (condition, &hosts[..]),
+                _ => (condition, &[][..]),
+            })
+            .collect();
+        let index = RouteIndex::build(&routes);
+        let candidates = |path, host| index.candidates(path, host).to_vec();
+        assert_eq!(candidates("/api/orders", None), [0, 1, 2, 3, 4, 6]);
+        assert_eq!(candidates("/apix", Some("other.org")), [4, 5, 6]);
+        assert_eq!(candidates("/apix", Some("a.example.com")), [4, 5, 6, 7, 8]);
+        assert_eq!(candidates("/", Some("b.c.example.com")), [4, 6, 8]);
+        assert_eq!(candidates("/", Some("example.com")), [4, 6]);
         assert!(index.needs_regex_check(2));
         assert!(!index.needs_regex_check(3));
     }

@@ -67,8 +67,14 @@ impl RouteTable {
     /// `request`; `None` means the default upstream serves it.
     pub fn find(&self, request: &RequestHeader) -> Option<usize> {
         let path = request.uri.path();
+        let mut host_buffer = [0u8; 256];
+        let host = if self.index.uses_host() {
+            request_host(request).and_then(|host| lower_case(host, &mut host_buffer))
+        } else {
+            None
+        };
         self.index
-            .candidates(path)
+            .candidates(path, host)
             .into_iter()
             .find(|number| {
                 let route = &self.routes[*number as usize];
@@ -116,6 +122,18 @@ impl RouteTable {
     pub fn config(&self) -> &Config {
         &self.config
     }
+}
+
+/// `host` in lower case, in `buffer` when it needs changing; `None` for names too long to be
+/// indexed hosts (their routes' own host check still runs on the other candidates).
+fn lower_case<'a>(host: &'a str, buffer: &'a mut [u8; 256]) -> Option<&'a str> {
+    if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(host);
+    }
+    let lowered = buffer.get_mut(..host.len())?;
+    lowered.copy_from_slice(host.as_bytes());
+    lowered.make_ascii_lowercase();
+    std::str::from_utf8(lowered).ok()
 }
 
 /// Reads, parses and compiles `path` into generation `generation` of the table.
