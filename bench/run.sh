@@ -59,7 +59,7 @@ starts=()
 add_target() {
   local name="$1" port="$2" admin="$3" routes="$4"
   write_config "$work/$name.yaml" "$port" "$admin" "$routes"
-  starts+=(--start "$name=http://127.0.0.1:$port/item" "RUST_LOG=warn $binary run -c $work/$name.yaml")
+  starts+=(--start "$name=http://127.0.0.1:$port/item" "env RUST_LOG=warn $binary run -c $work/$name.yaml")
 }
 
 add_target strangler 19580 19590 0

@@ -7,9 +7,11 @@
 //! |--------|------------|---------------------------------------------------------------|
 //! | GET    | `/healthz` | 200 while the process runs                                    |
 //! | GET    | `/readyz`  | 200 with the config generation once the proxy can serve       |
-//! | GET    | `/routes`  | the live config as JSON, with its generation and SHA-256      |
+//! | GET    | `/routes`  | the live config as JSON, its generation, SHA-256, last reload  |
+//! | GET    | `/metrics` | Prometheus text exposition                                    |
+//! | POST   | `/reload`  | re-read the config file now; 200 applied/unchanged, 422 not   |
 //!
-//! Mutating endpoints (reload, kill switch) arrive with later features and use POST only.
+//! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing.
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
@@ -17,15 +19,60 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::reload::{Reloader, Trigger};
 use crate::routing::SharedRouteTable;
 
 pub struct AdminApp {
     routes: SharedRouteTable,
+    metrics: Arc<Metrics>,
+    /// `None` when the config did not come from a file (the demo's built-in copy).
+    reloader: Option<Arc<Reloader>>,
 }
 
+const ENDPOINTS: &[&str] = &["/healthz", "/readyz", "/routes", "/metrics", "/reload"];
+
 impl AdminApp {
-    pub fn new(routes: SharedRouteTable) -> Self {
-        Self { routes }
+    pub fn new(
+        routes: SharedRouteTable,
+        metrics: Arc<Metrics>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> Self {
+        Self {
+            routes,
+            metrics,
+            reloader,
+        }
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let Some(reloader) = self.reloader.clone() else {
+            return json_response(
+                StatusCode::CONFLICT,
+                &json!({ "error": "this config is built in, not read from a file; nothing to reload" }),
+            );
+        };
+        // Compiling a large config takes a while; keep it off the admin's I/O thread.
+        let report = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        match report {
+            Ok(report) => {
+                let status = if report.outcome.is_success() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                json_response(
+                    status,
+                    &serde_json::to_value(&report).expect("reports serialize"),
+                )
+            }
+            Err(error) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": format!("reload task failed: {error}") }),
+            ),
+        }
     }
 
     fn routes_document(&self) -> serde_json::Value {
@@ -38,10 +85,13 @@ impl AdminApp {
                 (pool.name().to_owned(), json!({ "resolved": addresses }))
             })
             .collect();
+        let reload = self.reloader.as_ref();
         json!({
             "generation": table.generation(),
             "sha256": table.sha256(),
             "loaded_at": humantime::format_rfc3339_seconds(table.loaded_at()).to_string(),
+            "config_path": reload.map(|r| r.path().display().to_string()),
+            "last_reload": reload.and_then(|r| r.last_report()),
             "config": table.config(),
             "upstreams": upstreams,
         })
@@ -68,22 +118,32 @@ impl ServeHttp for AdminApp {
             (Method::GET | Method::HEAD, "/routes") => {
                 json_response(StatusCode::OK, &self.routes_document())
             }
-            (_, "/healthz" | "/readyz" | "/routes") => {
-                let mut response = json_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    &json!({ "error": "method not allowed" }),
-                );
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-                response
-            }
+            (Method::GET | Method::HEAD, "/metrics") => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(self.metrics.render())
+                .expect("static response parts are valid"),
+            (Method::POST, "/reload") => self.reload().await,
+            (_, "/reload") => method_not_allowed("POST"),
+            (_, "/healthz" | "/readyz" | "/routes" | "/metrics") => method_not_allowed("GET, HEAD"),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({ "error": "not found", "endpoints": ["/healthz", "/readyz", "/routes"] }),
+                &json!({ "error": "not found", "endpoints": ENDPOINTS }),
             ),
         }
     }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Vec<u8>> {
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({ "error": "method not allowed", "allow": allow }),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {

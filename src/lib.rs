@@ -2,12 +2,15 @@
 //!
 //! Reading order for newcomers: [`config`] (the file) → [`routing`] (the compiled table) →
 //! [`upstream`] (backend pools) → [`proxy`] (the Pingora phases) → [`server`] (process
-//! assembly) → [`admin`] (the admin listener). [`demo`] is the embedded demo.
+//! assembly) → [`reload`] (hot reload) → [`admin`] (the admin listener) → [`metrics`].
+//! [`demo`] is the embedded demo.
 
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod upstream;

@@ -10,11 +10,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora_core::server::Server;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::metrics::Metrics;
 use crate::proxy::StranglerProxy;
+use crate::reload::Reloader;
 use crate::routing::{RouteTable, SharedRouteTable, load_route_table};
 
 /// What `strangler run` was asked to do.
@@ -40,11 +44,12 @@ pub enum StartError {
 /// error; Pingora exits the process itself on shutdown.
 pub fn run(options: &RunOptions) -> Result<(), StartError> {
     let table = load_route_table(&options.config_path, 1)?;
-    serve(table, &options.config_path)
+    serve(table, Some(&options.config_path))
 }
 
-/// Serves an already compiled table.
-pub fn serve(table: RouteTable, config_path: &Path) -> Result<(), StartError> {
+/// Serves an already compiled table. With a `config_path`, the file is watched and reloaded on
+/// change, SIGHUP and `POST /reload`; without one (the demo's built-in config) it never changes.
+pub fn serve(table: RouteTable, config_path: Option<&Path>) -> Result<(), StartError> {
     let server_config = table.config().server.clone();
     // Pingora reports a bind failure from deep inside a service thread; check up front so the
     // user gets one clear line and a non-zero exit instead.
@@ -76,6 +81,14 @@ pub fn serve(table: RouteTable, config_path: &Path) -> Result<(), StartError> {
     server.bootstrap();
 
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
+    let metrics = Arc::new(Metrics::new());
+    let reloader = config_path.map(|path| {
+        Arc::new(Reloader::new(
+            path.to_owned(),
+            routes.clone(),
+            metrics.clone(),
+        ))
+    });
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -84,15 +97,19 @@ pub fn serve(table: RouteTable, config_path: &Path) -> Result<(), StartError> {
     );
     proxy.add_tcp(&server_config.listen.to_string());
 
-    let mut admin = Service::new("strangler admin".to_owned(), AdminApp::new(routes.clone()));
+    let admin_app = AdminApp::new(routes.clone(), metrics.clone(), reloader.clone());
+    let mut admin = Service::new("strangler admin".to_owned(), admin_app);
     admin.add_tcp(&server_config.admin.to_string());
 
     server.add_service(proxy);
     server.add_service(admin);
+    if let Some(reloader) = reloader {
+        server.add_service(background_service("config watch", ConfigWatch { reloader }));
+    }
 
     let table = routes.load();
     tracing::info!(
-        config = %config_path.display(),
+        config = %config_path.map_or("(built in)".into(), |path| path.display().to_string()),
         generation = table.generation(),
         sha256 = table.sha256(),
         routes = table.routes().len(),
@@ -102,4 +119,16 @@ pub fn serve(table: RouteTable, config_path: &Path) -> Result<(), StartError> {
         "strangler is serving"
     );
     server.run_forever()
+}
+
+/// Runs [`crate::reload::watch`] inside Pingora's lifecycle, so it stops with the server.
+struct ConfigWatch {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ConfigWatch {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::reload::watch(self.reloader.clone(), shutdown).await;
+    }
 }

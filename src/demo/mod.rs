@@ -141,22 +141,22 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         )
     })?;
 
-    print_tour(&table);
-    crate::server::serve(table, &shown_path)?;
+    print_tour(&table, shown_path.as_deref());
+    crate::server::serve(table, shown_path.as_deref())?;
     Ok(())
 }
 
-fn load_demo_config(config: Option<PathBuf>) -> anyhow::Result<(RouteTable, PathBuf)> {
+/// The demo's table, and the file it came from (`None`: the built-in copy, never reloaded).
+fn load_demo_config(config: Option<PathBuf>) -> anyhow::Result<(RouteTable, Option<PathBuf>)> {
     let path = config.unwrap_or_else(|| PathBuf::from("routes.yaml"));
     if path.exists() {
-        return Ok((crate::routing::load_route_table(&path, 1)?, path));
+        return Ok((crate::routing::load_route_table(&path, 1)?, Some(path)));
     }
     let loaded = parse(SourceFile::new("routes.yaml (built in)", EMBEDDED_ROUTES))?;
-    let table = RouteTable::compile_loaded(loaded, 1)?;
-    Ok((table, Path::new("routes.yaml (built in)").to_owned()))
+    Ok((RouteTable::compile_loaded(loaded, 1)?, None))
 }
 
-fn print_tour(table: &RouteTable) {
+fn print_tour(table: &RouteTable, config: Option<&Path>) {
     let server = &table.config().server;
     let proxy: SocketAddr = if server.listen.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], server.listen.port()))
@@ -179,5 +179,11 @@ fn print_tour(table: &RouteTable) {
     println!(
         "  curl -s  http://{admin}/routes                # the live config and its generation"
     );
+    if let Some(config) = config {
+        println!(
+            "\nEdit {} and save: the change is live within a second; invalid edits are refused and logged.",
+            config.display()
+        );
+    }
     println!("\nCtrl-C stops everything.\n");
 }

@@ -1,0 +1,85 @@
+//! Prometheus metrics: one registry per process, the metric definitions, and text exposition.
+//!
+//! Label values come from config names (routes, upstreams) and fixed result words, never from
+//! request data, so cardinality stays bounded. This module defines metrics; the code that
+//! observes an event (a reload, a request) updates them.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric strangler exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `strangler_config_reloads_total{result}`: applied, unchanged, invalid, unreadable.
+    pub config_reloads: IntCounterVec,
+    /// `strangler_config_generation`: the generation now serving.
+    pub config_generation: IntGauge,
+    /// `strangler_config_last_reload_success`: 1 if the last reload attempt applied (or found
+    /// nothing to change), 0 if it was rejected.
+    pub config_last_reload_success: IntGauge,
+    /// `strangler_config_last_reload_timestamp_seconds`: when the last attempt finished.
+    pub config_last_reload_timestamp: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "strangler_config_reloads_total",
+                "Config reload attempts by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
+        let config_generation = IntGauge::new(
+            "strangler_config_generation",
+            "Generation of the config now serving; +1 per applied reload",
+        )
+        .expect("valid metric definition");
+        let config_last_reload_success = IntGauge::new(
+            "strangler_config_last_reload_success",
+            "1 if the last reload attempt succeeded, 0 if the file was rejected",
+        )
+        .expect("valid metric definition");
+        let config_last_reload_timestamp = IntGauge::new(
+            "strangler_config_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt",
+        )
+        .expect("valid metric definition");
+        for metric in [
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_generation.clone()),
+            Box::new(config_last_reload_success.clone()),
+            Box::new(config_last_reload_timestamp.clone()),
+        ] {
+            registry.register(metric).expect("metric names are unique");
+        }
+        // Results appear at 0 before they first happen, so rate() and alerts work from the start.
+        for result in ["applied", "unchanged", "invalid", "unreadable"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        config_last_reload_success.set(1);
+        Self {
+            registry,
+            config_reloads,
+            config_generation,
+            config_last_reload_success,
+            config_last_reload_timestamp,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,334 @@
+//! Config reloads: a file watch, SIGHUP and `POST /reload`, all funnelled into one
+//! validate-then-swap.
+//!
+//! A reload reads the file, compiles a whole new [`RouteTable`] and publishes it with a single
+//! `ArcSwap` store, or changes nothing: an invalid file is logged with its diagnostics, counted,
+//! and shown by the admin API while the previous generation keeps serving. Requests in flight
+//! keep the table they loaded when they started, so a swap never changes a request midway.
+//!
+//! The watch covers the file's *directory*, not its inode, so it follows every way a file is
+//! replaced: editors' write-to-temp-then-rename, `cp` over the file, delete and re-create, and the
+//! Kubernetes ConfigMap layout (`routes.yaml -> ..data/routes.yaml`, `..data` swapped
+//! atomically). Events are debounced ([`DEBOUNCE`]) and the file must read the same twice in a
+//! row ([`SETTLE`]) before it is parsed, so a half-written file is never applied.
+//!
+//! This module owns when and how a new table replaces the old one. What a table contains is
+//! [`crate::routing`]'s business.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Diagnostic, ServerConfig, SourceFile, parse};
+use crate::metrics::Metrics;
+use crate::routing::{RouteTable, SharedRouteTable};
+
+/// Quiet time after the last file event before the file is read.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Gap between the two reads that must agree before a changed file is parsed.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    FileWatch,
+    Signal,
+    Admin,
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new generation is serving.
+    Applied {
+        generation: u64,
+        /// Process-level settings that changed in the file but apply only after a restart.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        restart_required: Vec<String>,
+    },
+    /// The file is byte-for-byte what is already serving.
+    Unchanged { generation: u64 },
+    /// The file is invalid; the previous generation keeps serving.
+    Invalid {
+        generation: u64,
+        errors: Vec<Diagnostic>,
+    },
+    /// The file could not be read (missing, permissions); the previous generation keeps serving.
+    Unreadable { generation: u64, error: String },
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged { .. } => "unchanged",
+            Outcome::Invalid { .. } => "invalid",
+            Outcome::Unreadable { .. } => "unreadable",
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Applied { .. } | Outcome::Unchanged { .. })
+    }
+}
+
+/// The last reload attempt, for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub trigger: Trigger,
+    /// RFC 3339 time the attempt finished.
+    pub at: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Performs reloads for one config file. Shared by the watcher, the signal handler and admin.
+pub struct Reloader {
+    path: PathBuf,
+    routes: SharedRouteTable,
+    metrics: Arc<Metrics>,
+    /// The `server` section the process started with: listeners cannot move without a restart.
+    running_server: ServerConfig,
+    /// Serializes reloads, so generations are assigned one at a time.
+    in_progress: Mutex<()>,
+    last: Mutex<Option<ReloadReport>>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, routes: SharedRouteTable, metrics: Arc<Metrics>) -> Self {
+        let table = routes.load();
+        let running_server = table.config().server.clone();
+        metrics.config_generation.set(table.generation() as i64);
+        drop(table);
+        Self {
+            path,
+            routes,
+            metrics,
+            running_server,
+            in_progress: Mutex::new(()),
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_report(&self) -> Option<ReloadReport> {
+        self.last.lock().expect("reload report lock").clone()
+    }
+
+    /// Reads the file and, if it changed and is valid, swaps the new table in.
+    pub fn reload(&self, trigger: Trigger) -> ReloadReport {
+        let text = std::fs::read_to_string(&self.path);
+        self.reload_text(trigger, text)
+    }
+
+    fn reload_text(&self, trigger: Trigger, text: std::io::Result<String>) -> ReloadReport {
+        let _one_at_a_time = self.in_progress.lock().expect("reload lock");
+        let current = self.routes.load_full();
+        let generation = current.generation();
+        let outcome = match text {
+            Err(error) => Outcome::Unreadable {
+                generation,
+                error: format!("cannot read {}: {error}", self.path.display()),
+            },
+            Ok(text) if sha256_hex(&text) == current.sha256() => Outcome::Unchanged { generation },
+            Ok(text) => self.compile_and_swap(text, generation + 1),
+        };
+        self.record(trigger, outcome)
+    }
+
+    fn compile_and_swap(&self, text: String, next_generation: u64) -> Outcome {
+        let previous = next_generation - 1;
+        let source = SourceFile::new(self.path.display().to_string(), text);
+        let compiled =
+            parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next_generation));
+        match compiled {
+            Ok(table) => {
+                let restart_required = server_changes(&self.running_server, &table.config().server);
+                self.routes.store(Arc::new(table));
+                Outcome::Applied {
+                    generation: next_generation,
+                    restart_required,
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    config = %self.path.display(),
+                    serving_generation = previous,
+                    "config rejected, previous generation keeps serving:\n{error}"
+                );
+                Outcome::Invalid {
+                    generation: previous,
+                    errors: error.diagnostics().to_vec(),
+                }
+            }
+        }
+    }
+
+    fn record(&self, trigger: Trigger, outcome: Outcome) -> ReloadReport {
+        let now = SystemTime::now();
+        let metrics = &self.metrics;
+        metrics
+            .config_reloads
+            .with_label_values(&[outcome.label()])
+            .inc();
+        metrics
+            .config_last_reload_success
+            .set(i64::from(outcome.is_success()));
+        metrics.config_last_reload_timestamp.set(
+            now.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
+        match &outcome {
+            Outcome::Applied {
+                generation,
+                restart_required,
+            } => {
+                metrics.config_generation.set(*generation as i64);
+                tracing::info!(?trigger, generation, "config reloaded");
+                for setting in restart_required {
+                    tracing::warn!(setting = %setting, "changed in the file; takes effect after a restart");
+                }
+            }
+            Outcome::Unchanged { generation } => {
+                tracing::debug!(?trigger, generation, "config unchanged")
+            }
+            Outcome::Unreadable { error, generation } => {
+                tracing::error!(?trigger, serving_generation = generation, "{error}")
+            }
+            Outcome::Invalid { .. } => {}
+        }
+        let report = ReloadReport {
+            trigger,
+            at: humantime::format_rfc3339_seconds(now).to_string(),
+            outcome,
+        };
+        *self.last.lock().expect("reload report lock") = Some(report.clone());
+        report
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The `server.*` settings that differ; they need a restart.
+fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
+    let mut changed = Vec::new();
+    if running.listen != new.listen {
+        changed.push(format!(
+            "server.listen ({} -> {})",
+            running.listen, new.listen
+        ));
+    }
+    if running.admin != new.admin {
+        changed.push(format!("server.admin ({} -> {})", running.admin, new.admin));
+    }
+    if running.threads != new.threads {
+        changed.push("server.threads".to_owned());
+    }
+    changed
+}
+
+/// Runs the file watch and the SIGHUP handler until `shutdown` fires. Meant to run as a Pingora
+/// background service.
+pub async fn watch(reloader: Arc<Reloader>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _watcher = match start_file_watch(reloader.path(), events_tx) {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::error!(
+                config = %reloader.path().display(),
+                %error,
+                "cannot watch the config file; reload with SIGHUP or POST /reload"
+            );
+            None
+        }
+    };
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::error!(%error, "cannot handle SIGHUP");
+            None
+        }
+    };
+
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(()) = async { match hangups.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+            }
+            Some(()) = events.recv() => {
+                // Debounce: wait until the directory has been quiet for DEBOUNCE.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, events.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let text = read_settled(reloader.path()).await;
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload_text(Trigger::FileWatch, text)).await;
+            }
+        }
+    }
+}
+
+/// Reads the file until two reads [`SETTLE`] apart agree (at most a few tries), so a file still
+/// being written is not taken for its final content.
+async fn read_settled(path: &Path) -> std::io::Result<String> {
+    let mut previous = tokio::fs::read_to_string(path).await;
+    for _ in 0..10 {
+        tokio::time::sleep(SETTLE).await;
+        let current = tokio::fs::read_to_string(path).await;
+        let same = match (&previous, &current) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => a.kind() == b.kind(),
+            _ => false,
+        };
+        if same {
+            return current;
+        }
+        previous = current;
+    }
+    previous
+}
+
+/// Watches the directory holding `path` (and, if `path` is a symlink, the directory of its
+/// target), sending a unit on every event there.
+fn start_file_watch(
+    path: &Path,
+    events: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| !event.kind.is_access()) {
+            let _ = events.send(());
+        }
+    })?;
+    let absolute = std::path::absolute(path)?;
+    let directory = absolute.parent().unwrap_or(Path::new("/")).to_owned();
+    watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+    if let Ok(target) = std::fs::canonicalize(&absolute)
+        && let Some(target_directory) = target.parent()
+        && target_directory != directory
+    {
+        // A symlinked file changes where its target lives, not next to the link. For the
+        // ConfigMap layout (`..data/routes.yaml`), the `..data` swap is seen in `directory`.
+        watcher.watch(target_directory, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
