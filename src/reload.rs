@@ -27,9 +27,9 @@ use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable};
 
 /// Quiet time after the last file event before the file is read.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Gap between the two reads that must agree before a changed file is parsed.
-pub const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(25);
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -272,12 +272,7 @@ pub async fn watch(reloader: Arc<Reloader>, mut shutdown: tokio::sync::watch::Re
             }
             Some(()) = events.recv() => {
                 // Debounce: wait until the directory has been quiet for DEBOUNCE.
-                loop {
-                    match tokio::time::timeout(DEBOUNCE, events.recv()).await {
-                        Ok(Some(())) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
                 let text = read_settled(reloader.path()).await;
                 let reloader = reloader.clone();
                 let _ = tokio::task::spawn_blocking(move || reloader.reload_text(Trigger::FileWatch, text)).await;

@@ -95,6 +95,12 @@ impl Backend {
                         let respond = respond.clone();
                         async move {
                             let (parts, body) = request.into_parts();
+                            // `x-test-delay-ms: N` makes this backend answer N ms late (the
+                            // request is recorded on arrival, before the delay).
+                            let delay = parts
+                                .headers
+                                .get("x-test-delay-ms")
+                                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                             let body = body
                                 .collect()
                                 .await
@@ -117,6 +123,9 @@ impl Backend {
                             };
                             let response = respond(&recorded);
                             log.lock().unwrap().push(recorded);
+                            if let Some(delay) = delay {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -173,6 +182,30 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_strangler")
 }
 
+/// Listen and admin addresses for one proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Ports {
+    pub fn reserve() -> Ports {
+        Ports {
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+
+    /// `config` with a `server` section for these ports prepended.
+    pub fn with_server(&self, config: &str) -> String {
+        format!(
+            "server:\n  listen: {}\n  admin: {}\n  threads: 1\n{config}",
+            self.listen, self.admin
+        )
+    }
+}
+
 /// A running `strangler run` process. Killed on drop.
 pub struct Proxy {
     pub address: SocketAddr,
@@ -186,29 +219,53 @@ impl Proxy {
     /// harness adds one with fresh ports), and waits until it serves.
     pub async fn start(config: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let full =
-            format!("server:\n  listen: {address}\n  admin: {admin}\n  threads: 1\n{config}");
+        let ports = Ports::reserve();
         let path = dir.path().join("routes.yaml");
-        std::fs::write(&path, full).unwrap();
+        std::fs::write(&path, ports.with_server(config)).unwrap();
+        Proxy::start_on(dir, &path, ports).await
+    }
+
+    /// Starts the proxy on a config file the test laid out itself in `dir` (with
+    /// [`Ports::with_server`]), and waits until it serves.
+    pub async fn start_on(dir: tempfile::TempDir, config: &Path, ports: Ports) -> Proxy {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(binary())
             .args(["run", "-c"])
-            .arg(&path)
+            .arg(config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .unwrap();
         let mut proxy = Proxy {
-            address,
-            admin,
+            address: ports.listen,
+            admin: ports.admin,
             dir,
             child,
         };
         proxy.wait_ready().await;
         proxy
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin API's `GET /routes` document.
+    pub async fn routes(&self) -> serde_json::Value {
+        get(self.admin, "/routes").await.unwrap().json()
+    }
+
+    /// The value of metric sample `name` (with labels, as exposed), if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = get(self.admin, "/metrics").await.unwrap().text();
+        text.lines().find_map(|line| {
+            line.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     async fn wait_ready(&mut self) {
@@ -416,4 +473,54 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A client that sends every request over one kept-alive connection.
+pub struct KeepAliveClient {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAliveClient {
+    pub async fn connect(address: SocketAddr) -> KeepAliveClient {
+        let stream = TcpStream::connect(address).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        KeepAliveClient { sender }
+    }
+
+    /// GET `target`; returns (status, value of `header`), or an error for a failed exchange.
+    pub async fn get(
+        &mut self,
+        target: &str,
+        header: &str,
+    ) -> Result<(u16, Option<String>), String> {
+        let exchange = async {
+            self.sender.ready().await.map_err(|e| e.to_string())?;
+            let request = Request::get(target)
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = self
+                .sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let value = response
+                .headers()
+                .get(header)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((status, value))
+        };
+        tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .map_err(|_| format!("no response within {DEADLINE:?}"))?
+    }
 }
