@@ -62,6 +62,10 @@ add_target() {
   starts+=(--start "$name=http://127.0.0.1:$port/item" "env RUST_LOG=warn $binary run -c $work/$name.yaml")
 }
 
+# The floor: a bare Pingora forwarder with the same build settings (examples/bare_pingora.rs).
+cargo build --release --manifest-path "$root/Cargo.toml" --example bare_pingora
+starts+=(--start "bare-pingora=http://127.0.0.1:19579/item" "$root/target/release/examples/bare_pingora 127.0.0.1:19579 127.0.0.1:19001")
+
 add_target strangler 19580 19590 0
 add_target strangler-10r 19581 19591 10
 ((quick)) || add_target strangler-1kr 19582 19592 1000

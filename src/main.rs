@@ -36,6 +36,10 @@ enum Command {
         /// The routes file.
         #[arg(short, long, default_value = "routes.yaml")]
         config: PathBuf,
+        /// Take over the listening sockets of a running strangler (zero-downtime binary
+        /// upgrade): start the new process with this flag, then send SIGQUIT to the old one.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check config files without starting anything. Exit status 0 when all are valid, 1 if not.
     Validate {
@@ -64,8 +68,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run { config } => match strangler::server::run(&RunOptions {
+        Command::Run { config, upgrade } => match strangler::server::run(&RunOptions {
             config_path: config,
+            upgrade,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(StartError::Config(error)) => {

@@ -68,6 +68,10 @@ impl RequestContext {
 impl ProxyHttp for StranglerProxy {
     type CTX = RequestContext;
 
+    /// Pingora registers a (disabled) response-compression module by default, and every request
+    /// pays for its filter calls. strangler passes bodies through as the backend sent them.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Self::CTX {
         let table = self.routes.load_full();
         let upstream = table.default_upstream();

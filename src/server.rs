@@ -25,6 +25,9 @@ use crate::routing::{RouteTable, SharedRouteTable, load_route_table};
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config_path: PathBuf,
+    /// Take the listening sockets over from a running instance (Pingora's graceful upgrade):
+    /// start the new binary with this flag, then send SIGQUIT to the old one.
+    pub upgrade: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,19 +47,25 @@ pub enum StartError {
 /// error; Pingora exits the process itself on shutdown.
 pub fn run(options: &RunOptions) -> Result<(), StartError> {
     let table = load_route_table(&options.config_path, 1)?;
-    serve(table, Some(&options.config_path))
+    serve(table, Some(&options.config_path), options.upgrade)
 }
 
 /// Serves an already compiled table. With a `config_path`, the file is watched and reloaded on
 /// change, SIGHUP and `POST /reload`; without one (the demo's built-in config) it never changes.
-pub fn serve(table: RouteTable, config_path: Option<&Path>) -> Result<(), StartError> {
+/// With `upgrade`, the listening sockets are taken over from a running instance instead.
+pub fn serve(
+    table: RouteTable,
+    config_path: Option<&Path>,
+    upgrade: bool,
+) -> Result<(), StartError> {
     let server_config = table.config().server.clone();
     // Pingora reports a bind failure from deep inside a service thread; check up front so the
-    // user gets one clear line and a non-zero exit instead.
-    for (address, role) in [
+    // user gets one clear line and a non-zero exit instead. (An upgrade inherits the sockets.)
+    let addresses = [
         (server_config.listen, "proxy"),
         (server_config.admin, "admin"),
-    ] {
+    ];
+    for (address, role) in addresses.into_iter().filter(|_| !upgrade) {
         TcpListener::bind(address).map_err(|source| StartError::Bind {
             address,
             role,
@@ -75,9 +84,18 @@ pub fn serve(table: RouteTable, config_path: Option<&Path>) -> Result<(), StartE
             "/tmp/strangler-{}-upgrade.sock",
             server_config.listen.port()
         ),
+        // Pingora's own default keeps accepting for 300 s after SIGTERM; orchestrators kill long
+        // before that. Ours: `grace_period` (default 0 s) of accepting, then up to
+        // `drain_timeout` for requests in flight.
+        grace_period_seconds: Some(server_config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(server_config.drain_timeout.as_secs().max(1)),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), pingora_conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));

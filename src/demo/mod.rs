@@ -142,7 +142,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     })?;
 
     print_tour(&table, shown_path.as_deref());
-    crate::server::serve(table, shown_path.as_deref())?;
+    crate::server::serve(table, shown_path.as_deref(), false)?;
     Ok(())
 }
 
