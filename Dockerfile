@@ -61,6 +61,6 @@ USER 10001:10001
 EXPOSE 8080 9901
 
 # Docker stops containers with SIGTERM: strangler stops accepting at once and gives in-flight
-# requests up to 10 s, within `docker stop`'s default 10 s before SIGKILL.
+# requests server.drain_timeout (default 5 s), within `docker stop`'s default 10 s before SIGKILL.
 ENTRYPOINT ["strangler"]
 CMD ["run", "-c", "/etc/strangler/routes.yaml"]

@@ -85,8 +85,8 @@ fn route_lookup(c: &mut Criterion) {
 
 fn compile_and_swap(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile_and_swap");
-    group.sample_size(20);
-    for routes in [10usize, 1_000] {
+    group.sample_size(10);
+    for routes in [10usize, 1_000, 10_000] {
         let text = config_text(routes);
         let live = ArcSwap::from_pointee(table(routes));
         group.bench_with_input(BenchmarkId::from_parameter(routes), &text, |b, text| {

@@ -237,8 +237,8 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     if running.threads != new.threads {
         changed.push("server.threads".to_owned());
     }
-    if running.grace_period != new.grace_period || running.drain_timeout != new.drain_timeout {
-        changed.push("server.grace_period / server.drain_timeout".to_owned());
+    if running.drain_timeout != new.drain_timeout {
+        changed.push("server.drain_timeout".to_owned());
     }
     changed
 }

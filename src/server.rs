@@ -84,11 +84,11 @@ pub fn serve(
             "/tmp/strangler-{}-upgrade.sock",
             server_config.listen.port()
         ),
-        // Pingora's own default keeps accepting for 300 s after SIGTERM; orchestrators kill long
-        // before that. Ours: `grace_period` (default 0 s) of accepting, then up to
-        // `drain_timeout` for requests in flight.
-        grace_period_seconds: Some(server_config.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(server_config.drain_timeout.as_secs().max(1)),
+        // On SIGTERM Pingora closes the listeners at once, lets requests in flight run for
+        // `grace_period_seconds` (its default: 300 s, far past any orchestrator's patience),
+        // then stops the runtimes.
+        grace_period_seconds: Some(server_config.drain_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -35,11 +35,8 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     /// Worker threads for the proxy. Defaults to the CPUs this process may run on.
     pub threads: Option<usize>,
-    /// After SIGTERM, how long to keep accepting new connections (for load balancers that
-    /// take a moment to stop sending).
-    #[serde(with = "humantime_serde")]
-    pub grace_period: Duration,
-    /// After the grace period, how long requests in flight get to finish before exit.
+    /// After SIGTERM the listeners close at once; requests in flight get this long to finish,
+    /// then the process exits (Pingora waits out the whole period).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
@@ -50,8 +47,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             threads: None,
-            grace_period: Duration::ZERO,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
