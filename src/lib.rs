@@ -13,4 +13,5 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod upstream;

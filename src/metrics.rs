@@ -6,6 +6,8 @@
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
+use crate::shadow::ShadowEvent;
+
 /// Every metric strangler exports.
 pub struct Metrics {
     registry: Registry,
@@ -18,6 +20,10 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     /// `strangler_config_last_reload_timestamp_seconds`: when the last attempt finished.
     pub config_last_reload_timestamp: IntGauge,
+    /// `strangler_shadow_requests_total{route,outcome}`: see [`ShadowEvent`].
+    pub shadow_requests: IntCounterVec,
+    /// `strangler_shadow_inflight`: shadow exchanges under way.
+    pub shadow_inflight: IntGauge,
 }
 
 impl Metrics {
@@ -46,11 +52,24 @@ impl Metrics {
             "Unix time of the last reload attempt",
         )
         .expect("valid metric definition");
+        let shadow_requests = IntCounterVec::new(
+            Opts::new(
+                "strangler_shadow_requests_total",
+                "Shadow copies by route and outcome (sent, completed, dropped_full, skipped_*, error, timeout)",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric definition");
+        let shadow_inflight =
+            IntGauge::new("strangler_shadow_inflight", "Shadow exchanges under way")
+                .expect("valid metric definition");
         for metric in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
             Box::new(config_last_reload_success.clone()),
             Box::new(config_last_reload_timestamp.clone()),
+            Box::new(shadow_requests.clone()),
+            Box::new(shadow_inflight.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -65,7 +84,15 @@ impl Metrics {
             config_generation,
             config_last_reload_success,
             config_last_reload_timestamp,
+            shadow_requests,
+            shadow_inflight,
         }
+    }
+
+    pub fn shadow_event(&self, route: &str, event: ShadowEvent) {
+        self.shadow_requests
+            .with_label_values(&[route, event.label()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -7,7 +7,10 @@
 //! | `request_filter`          | request id, route match                                       |
 //! | `upstream_peer`           | round-robin backend of the route's upstream                   |
 //! | `upstream_request_filter` | X-Forwarded-*, path/host rewrite, request header edits        |
+//! | `request_body_filter`     | tee body chunks into the shadow copy; send it at the end      |
+//! | `upstream_response_*`     | capture the primary's response (bounded) for comparison       |
 //! | `response_filter`         | strip hop-by-hop, response header edits, echo the request id  |
+//! | `logging`                 | hand the primary's response to the shadow exchange            |
 //! | `fail_to_proxy`           | 502/504/400 with `x-strangler-error` and the request id       |
 //!
 //! Pingora itself strips the standard hop-by-hop request headers and those the client nominates in
@@ -26,6 +29,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::routing::{RouteTable, SharedRouteTable, UpstreamId, set_path};
+use crate::shadow::{ShadowCopy, ShadowDispatcher};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
@@ -41,11 +45,12 @@ const MAX_REQUEST_ID_LEN: usize = 200;
 /// The proxy service. Cheap to share: all state is behind the route table handle.
 pub struct StranglerProxy {
     routes: SharedRouteTable,
+    shadows: Arc<ShadowDispatcher>,
 }
 
 impl StranglerProxy {
-    pub fn new(routes: SharedRouteTable) -> Self {
-        Self { routes }
+    pub fn new(routes: SharedRouteTable, shadows: Arc<ShadowDispatcher>) -> Self {
+        Self { routes, shadows }
     }
 }
 
@@ -56,6 +61,8 @@ pub struct RequestContext {
     route: Option<usize>,
     upstream: UpstreamId,
     request_id: HeaderValue,
+    /// This request's shadow copy, when its route mirrors it and it was selected.
+    shadow: Option<Box<ShadowCopy>>,
 }
 
 impl RequestContext {
@@ -80,6 +87,7 @@ impl ProxyHttp for StranglerProxy {
             route: None,
             upstream,
             request_id: HeaderValue::from_static(""),
+            shadow: None,
         }
     }
 
@@ -94,10 +102,63 @@ impl ProxyHttp for StranglerProxy {
         }
 
         ctx.route = ctx.table.find(session.req_header());
-        if let Some(route) = ctx.route() {
+        if let Some(route) = ctx.route.map(|index| &ctx.table.routes()[index]) {
             ctx.upstream = route.upstream;
+            if let Some(rule) = &route.shadow {
+                ctx.shadow =
+                    self.shadows
+                        .begin(&route.name, rule, session.req_header(), &ctx.request_id);
+            }
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(copy) = ctx.shadow.as_mut()
+            && !copy.on_body_chunk(&self.shadows, body.as_ref(), end_of_stream)
+        {
+            ctx.shadow = None;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(copy) = ctx.shadow.as_mut()
+            && !response.status.is_informational()
+        {
+            copy.capture_primary_header(response);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(copy) = ctx.shadow.as_mut() {
+            copy.capture_primary_body(body.as_ref());
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some(copy) = ctx.shadow.as_mut() {
+            copy.finish(error.is_some());
+        }
     }
 
     async fn upstream_peer(
@@ -140,7 +201,11 @@ impl ProxyHttp for StranglerProxy {
         if let Some(host) = &route.host_rewrite {
             upstream_request.insert_header(HOST, host.clone())?;
         }
-        route.request_headers.apply(upstream_request)
+        route.request_headers.apply(upstream_request)?;
+        if let Some(copy) = ctx.shadow.as_mut() {
+            copy.set_upstream_request(upstream_request, session.req_header());
+        }
+        Ok(())
     }
 
     async fn response_filter(

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::StranglerProxy;
 use crate::reload::Reloader;
 use crate::routing::{RouteTable, SharedRouteTable, load_route_table};
+use crate::shadow::ShadowDispatcher;
 
 /// What `strangler run` was asked to do.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct RunOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot start the shadow runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot listen on {address} ({role}): {source}")]
     Bind {
         address: SocketAddr,
@@ -100,6 +103,10 @@ pub fn serve(
 
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
+    let shadows = Arc::new(
+        ShadowDispatcher::new(server_config.shadow_max_inflight.max(1), metrics.clone())
+            .map_err(StartError::Runtime)?,
+    );
     let reloader = config_path.map(|path| {
         Arc::new(Reloader::new(
             path.to_owned(),
@@ -110,7 +117,7 @@ pub fn serve(
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        StranglerProxy::new(routes.clone()),
+        StranglerProxy::new(routes.clone(), shadows),
         "strangler proxy",
     );
     proxy.add_tcp(&server_config.listen.to_string());

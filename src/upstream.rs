@@ -73,6 +73,12 @@ impl UpstreamPool {
         self.backends.iter().map(|backend| backend.address)
     }
 
+    /// The address of the next backend in round-robin order (for clients other than Pingora's).
+    pub fn select_address(&self) -> SocketAddr {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.backends[turn % self.backends.len()].address
+    }
+
     /// The next backend in round-robin order.
     pub fn select(&self) -> &HttpPeer {
         // Relaxed is enough: the counter only spreads load, it orders nothing.

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     /// then the process exits (Pingora waits out the whole period).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Shadow copies in flight at once across all routes; more are dropped, never queued.
+    pub shadow_max_inflight: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             threads: None,
             drain_timeout: Duration::from_secs(5),
+            shadow_max_inflight: 256,
         }
     }
 }
@@ -107,6 +110,75 @@ pub struct RouteConfig {
     pub request_headers: HeaderActionsConfig,
     #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
     pub response_headers: HeaderActionsConfig,
+    /// Mirror matching requests to a candidate upstream; the client only ever sees the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// A route's shadow traffic: copies of its requests sent to a candidate, off the request path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Where copies go: the new service, or legacy when the route already serves from the new.
+    pub upstream: String,
+    /// Fraction of eligible requests mirrored, 0.0 to 1.0.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Decide sampling by a request key instead of at random, so a given user is always (or
+    /// never) shadowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_key: Option<KeyConfig>,
+    /// Methods mirrored. Default: GET, HEAD, OPTIONS. A mirrored write may duplicate data in the
+    /// candidate: list unsafe methods only on purpose.
+    #[serde(default = "default_shadow_methods")]
+    pub methods: Vec<String>,
+    /// Requests with a larger body are not mirrored (counted as skipped_body).
+    #[serde(default = "default_shadow_max_body")]
+    pub max_body: bytesize::ByteSize,
+    /// Total time for one shadow exchange.
+    #[serde(with = "humantime_serde", default = "default_shadow_timeout")]
+    pub timeout: Duration,
+    /// Copies of this route in flight at once; more are dropped (dropped_full).
+    #[serde(default = "default_route_inflight")]
+    pub max_inflight: usize,
+    /// The shadow's own path/host rewrite of the client's request; by default the copy uses
+    /// the path and Host the primary upstream received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteConfig>,
+    /// Header edits on the copy (it always carries `x-strangler-shadow: 1`).
+    #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
+    pub headers: HeaderActionsConfig,
+    /// Headers whose values are replaced by `[redacted]` on the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+}
+
+/// Where a per-request key comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum KeyConfig {
+    Header(String),
+    Cookie(String),
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+
+fn default_shadow_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into(), "OPTIONS".into()]
+}
+
+fn default_shadow_max_body() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(1)
+}
+
+fn default_shadow_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_route_inflight() -> usize {
+    64
 }
 
 /// Conditions a request must meet, all of them, for the route to apply.

@@ -2,6 +2,7 @@
 //! complete list of what is wrong, each with its field path.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -13,8 +14,9 @@ use super::rewrite::{HeaderActions, PathRewrite};
 use super::{Route, RouteTable, UpstreamId};
 use crate::config::{
     Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
-    RouteConfig, ValueMatchConfig, did_you_mean,
+    RouteConfig, ShadowConfig, ValueMatchConfig, did_you_mean,
 };
+use crate::shadow::{ShadowRule, compile_shadow};
 use crate::upstream::UpstreamPool;
 
 /// Headers whose meaning is the proxy's business (framing, connection management); routes may
@@ -105,11 +107,12 @@ impl RouteTable {
             let path = format!("upstreams.{name}");
             if let Some(pool) = UpstreamPool::compile(name, upstream, &path, &mut diagnostics) {
                 upstream_ids.insert(name.as_str(), upstreams.len());
-                upstreams.push(pool);
+                upstreams.push(Arc::new(pool));
             }
         }
         let resolver = UpstreamResolver {
             ids: &upstream_ids,
+            pools: &upstreams,
             config: &config,
             unparsed: unparsed_upstreams,
         };
@@ -176,6 +179,7 @@ impl RouteTable {
 
 struct UpstreamResolver<'a> {
     ids: &'a HashMap<&'a str, UpstreamId>,
+    pools: &'a [Arc<UpstreamPool>],
     config: &'a Config,
     unparsed: &'a BTreeSet<String>,
 }
@@ -237,6 +241,9 @@ fn compile_route(
         RESERVED_RESPONSE_HEADERS,
         diagnostics,
     );
+    let shadow = route.shadow.as_ref().and_then(|shadow| {
+        compile_route_shadow(shadow, &format!("{path}.shadow"), resolver, diagnostics)
+    });
 
     if diagnostics.len() != before {
         return None;
@@ -256,9 +263,32 @@ fn compile_route(
             host_rewrite,
             request_headers,
             response_headers,
+            shadow,
         },
         condition,
     ))
+}
+
+fn compile_route_shadow(
+    shadow: &ShadowConfig,
+    path: &str,
+    resolver: &UpstreamResolver,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Arc<ShadowRule>> {
+    let upstream = resolver
+        .resolve(&shadow.upstream, &format!("{path}.upstream"), diagnostics)
+        .map(|id| resolver.pools[id].clone());
+    let rewrite = shadow
+        .rewrite
+        .as_ref()
+        .map(|rewrite| compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics));
+    let headers = compile_header_actions(
+        &shadow.headers,
+        &format!("{path}.headers"),
+        RESERVED_REQUEST_HEADERS,
+        diagnostics,
+    );
+    compile_shadow(shadow, path, upstream, rewrite, headers, diagnostics).map(Arc::new)
 }
 
 fn compile_path_condition(

@@ -44,7 +44,7 @@ pub struct RouteTable {
     config: Config,
     routes: Vec<Route>,
     index: RouteIndex,
-    upstreams: Vec<UpstreamPool>,
+    upstreams: Vec<Arc<UpstreamPool>>,
     default_upstream: UpstreamId,
 }
 
@@ -60,6 +60,8 @@ pub struct Route {
     pub host_rewrite: Option<HeaderValue>,
     pub request_headers: HeaderActions,
     pub response_headers: HeaderActions,
+    /// Mirroring of this route's requests, if configured.
+    pub shadow: Option<Arc<crate::shadow::ShadowRule>>,
 }
 
 impl RouteTable {
@@ -96,7 +98,7 @@ impl RouteTable {
         self.default_upstream
     }
 
-    pub fn upstreams(&self) -> &[UpstreamPool] {
+    pub fn upstreams(&self) -> &[Arc<UpstreamPool>] {
         &self.upstreams
     }
 

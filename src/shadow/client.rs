@@ -1,0 +1,71 @@
+//! The shadow's own HTTP client: a connection pool separate from the primary's, on the shadow
+//! runtime, every exchange bounded in time and in how much of the answer is read.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{CapturedResponse, ShadowFailure};
+
+#[derive(Clone)]
+pub struct ShadowClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ShadowClient {
+    pub fn new(runtime: &tokio::runtime::Runtime) -> Self {
+        let _inside = runtime.enter();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Sends `request` and reads at most `limit` bytes of the answer, all within `timeout`.
+    /// Reading stops at the limit: an endless body costs `limit` bytes, not more.
+    pub async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<CapturedResponse, ShadowFailure> {
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| ShadowFailure::Failed(error.to_string()))?;
+            let (parts, mut body) = response.into_parts();
+            let mut collected = BytesMut::new();
+            let mut truncated = false;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|error| ShadowFailure::Failed(error.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    let room = limit.saturating_sub(collected.len());
+                    collected.extend_from_slice(&data[..data.len().min(room)]);
+                    if data.len() > room {
+                        truncated = true;
+                        break;
+                    }
+                }
+            }
+            Ok(CapturedResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body: collected.freeze(),
+                truncated,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(ShadowFailure::Timeout))
+    }
+}

@@ -1,0 +1,354 @@
+//! Shadow traffic: copies of a route's requests sent to a candidate upstream, off the request
+//! path, so its answers can be compared with the primary's.
+//!
+//! The contract is that the primary never notices: a copy is decided when the request arrives
+//! (method, sample, declared body size, in-flight caps), its body is teed chunk by chunk by
+//! reference (no copy, no waiting), and the exchange runs on a dedicated runtime with its own
+//! connection pool and timeout. When the caps are full a copy is dropped and counted, never
+//! queued; memory is bounded by `max_inflight x max_body`. The primary's response is captured
+//! (bounded) and, once both answers are in, handed as one [`ShadowOutcome`] to [`observe`], the
+//! seam where comparison plugs in.
+//!
+//! This module owns deciding, copying and sending. Routing owns which upstream is primary; the
+//! proxy only calls the hooks here from its phases.
+
+mod client;
+mod rule;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+pub use client::ShadowClient;
+pub use rule::{ShadowRule, compile_shadow};
+
+use crate::metrics::Metrics;
+
+/// Shared by every request: the shadow runtime, client, global cap and metrics.
+pub struct ShadowDispatcher {
+    /// Handle of the shadow runtime, which lives as long as the process.
+    runtime: tokio::runtime::Handle,
+    client: ShadowClient,
+    global: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a request got no copy, or what became of it; the `outcome` label of
+/// `strangler_shadow_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowEvent {
+    Sent,
+    Completed,
+    DroppedFull,
+    SkippedSample,
+    SkippedMethod,
+    SkippedBody,
+    Error,
+    Timeout,
+}
+
+impl ShadowEvent {
+    pub fn label(self) -> &'static str {
+        match self {
+            ShadowEvent::Sent => "sent",
+            ShadowEvent::Completed => "completed",
+            ShadowEvent::DroppedFull => "dropped_full",
+            ShadowEvent::SkippedSample => "skipped_sample",
+            ShadowEvent::SkippedMethod => "skipped_method",
+            ShadowEvent::SkippedBody => "skipped_body",
+            ShadowEvent::Error => "error",
+            ShadowEvent::Timeout => "timeout",
+        }
+    }
+
+    pub const ALL: [ShadowEvent; 8] = [
+        ShadowEvent::Sent,
+        ShadowEvent::Completed,
+        ShadowEvent::DroppedFull,
+        ShadowEvent::SkippedSample,
+        ShadowEvent::SkippedMethod,
+        ShadowEvent::SkippedBody,
+        ShadowEvent::Error,
+        ShadowEvent::Timeout,
+    ];
+}
+
+/// A response as captured for comparison: status, headers and at most a capped body.
+#[derive(Debug, Clone)]
+pub struct CapturedResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The body was longer than the cap; `body` holds its start.
+    pub truncated: bool,
+}
+
+/// The request both answers are for.
+#[derive(Debug, Clone)]
+pub struct RequestSummary {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub request_id: String,
+}
+
+/// Everything known about one mirrored exchange; handed to [`observe`].
+#[derive(Debug)]
+pub struct ShadowOutcome {
+    pub route: String,
+    pub request: RequestSummary,
+    /// `None` when the primary failed before it answered.
+    pub primary: Option<CapturedResponse>,
+    pub shadow: Result<CapturedResponse, ShadowFailure>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShadowFailure {
+    #[error("shadow timed out")]
+    Timeout,
+    #[error("shadow request failed: {0}")]
+    Failed(String),
+}
+
+/// The comparison hook: everything that happens to a completed shadow exchange starts here.
+/// For now it counts; response diffing plugs in at this point.
+pub fn observe(outcome: ShadowOutcome, metrics: &Metrics) {
+    let event = match &outcome.shadow {
+        Ok(_) => ShadowEvent::Completed,
+        Err(ShadowFailure::Timeout) => ShadowEvent::Timeout,
+        Err(ShadowFailure::Failed(_)) => ShadowEvent::Error,
+    };
+    metrics.shadow_event(&outcome.route, event);
+    tracing::debug!(
+        route = %outcome.route,
+        request_id = %outcome.request.request_id,
+        primary = ?outcome.primary.as_ref().map(|r| r.status),
+        shadow = ?outcome.shadow.as_ref().map(|r| r.status),
+        "shadow exchange finished"
+    );
+}
+
+/// How many bytes of the primary response are kept for comparison.
+const PRIMARY_CAPTURE_LIMIT: usize = 1 << 20;
+
+/// One request's shadow copy while the primary is in progress. Lives in the request context.
+pub struct ShadowCopy {
+    route: String,
+    rule: Arc<ShadowRule>,
+    /// Global and per-route in-flight slots; they travel with the exchange and free on its end.
+    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    header: Option<RequestHeader>,
+    body: Vec<Bytes>,
+    body_len: usize,
+    request: RequestSummary,
+    /// Set once the copy is on its way; the primary's capture goes through it.
+    primary_tx: Option<oneshot::Sender<Option<CapturedResponse>>>,
+    primary: Option<CapturedResponse>,
+    primary_body: Vec<u8>,
+    dispatched: bool,
+}
+
+impl ShadowDispatcher {
+    pub fn new(global_inflight: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        // Shadow exchanges get a runtime of their own: a slow or broken candidate can pile up
+        // work there, never on the threads serving clients.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shadow")
+            .enable_all()
+            .build()?;
+        let client = ShadowClient::new(&runtime);
+        // Never dropped: dropping a runtime from inside another (Pingora's) panics, and this one
+        // must serve until the process exits anyway.
+        let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime));
+        Ok(Self {
+            runtime: runtime.handle().clone(),
+            client,
+            global: Arc::new(Semaphore::new(global_inflight)),
+            metrics,
+        })
+    }
+
+    /// Decides whether `request` gets a copy under `rule`. Returns the copy to fill, or records
+    /// why not.
+    pub fn begin(
+        &self,
+        route: &str,
+        rule: &Arc<ShadowRule>,
+        request: &RequestHeader,
+        request_id: &HeaderValue,
+    ) -> Option<Box<ShadowCopy>> {
+        let skip = |event| {
+            self.metrics.shadow_event(route, event);
+            None
+        };
+        if !rule.allows_method(&request.method) {
+            return skip(ShadowEvent::SkippedMethod);
+        }
+        if !rule.sampled(request) {
+            return skip(ShadowEvent::SkippedSample);
+        }
+        if declared_body_len(request).is_some_and(|len| len > rule.max_body) {
+            return skip(ShadowEvent::SkippedBody);
+        }
+        let Ok(global) = self.global.clone().try_acquire_owned() else {
+            return skip(ShadowEvent::DroppedFull);
+        };
+        let Ok(per_route) = rule.inflight.clone().try_acquire_owned() else {
+            return skip(ShadowEvent::DroppedFull);
+        };
+        Some(Box::new(ShadowCopy {
+            route: route.to_owned(),
+            rule: rule.clone(),
+            permits: Some((global, per_route)),
+            header: None,
+            body: Vec::new(),
+            body_len: 0,
+            request: RequestSummary {
+                method: request.method.to_string(),
+                path: request.uri.path().to_owned(),
+                query: request.uri.query().map(str::to_owned),
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            },
+            primary_tx: None,
+            primary: None,
+            primary_body: Vec::new(),
+            dispatched: false,
+        }))
+    }
+
+    /// Sends the copy once its body is complete. Never waits.
+    fn dispatch(&self, copy: &mut ShadowCopy) {
+        let Some(header) = copy.header.take() else {
+            return;
+        };
+        copy.dispatched = true;
+        let request = match copy
+            .rule
+            .build_request(header, std::mem::take(&mut copy.body))
+        {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(route = %copy.route, %error, "cannot build the shadow request");
+                self.metrics.shadow_event(&copy.route, ShadowEvent::Error);
+                return;
+            }
+        };
+        let (primary_tx, primary_rx) = oneshot::channel();
+        copy.primary_tx = Some(primary_tx);
+        self.metrics.shadow_event(&copy.route, ShadowEvent::Sent);
+
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        let rule = copy.rule.clone();
+        let route = copy.route.clone();
+        let summary = copy.request.clone();
+        let permits = copy.permits.take();
+        self.runtime.spawn(async move {
+            let _permits = permits;
+            metrics.shadow_inflight.inc();
+            let shadow = client
+                .send(request, rule.timeout, rule.response_limit)
+                .await;
+            metrics.shadow_inflight.dec();
+            // The primary has usually finished long before; if it failed, `None` arrives.
+            let primary = primary_rx.await.unwrap_or(None);
+            observe(
+                ShadowOutcome {
+                    route,
+                    request: summary,
+                    primary,
+                    shadow,
+                },
+                &metrics,
+            );
+        });
+    }
+}
+
+fn declared_body_len(request: &RequestHeader) -> Option<usize> {
+    request
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl ShadowCopy {
+    /// The request as the primary upstream gets it, after the route's rewrites.
+    pub fn set_upstream_request(&mut self, header: &RequestHeader, original: &RequestHeader) {
+        if self.dispatched {
+            return;
+        }
+        self.header = Some(self.rule.shadow_header(header, original));
+    }
+
+    /// Tees one chunk of the client's body (by reference) and sends the copy at the end.
+    /// Returns `false` when the copy was abandoned (body over `max_body`).
+    pub fn on_body_chunk(
+        &mut self,
+        dispatcher: &ShadowDispatcher,
+        chunk: Option<&Bytes>,
+        end_of_stream: bool,
+    ) -> bool {
+        if self.dispatched {
+            // A retry replays the body; the copy already left.
+            return true;
+        }
+        if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+            self.body_len += chunk.len();
+            if self.body_len > self.rule.max_body {
+                dispatcher
+                    .metrics
+                    .shadow_event(&self.route, ShadowEvent::SkippedBody);
+                return false;
+            }
+            self.body.push(chunk.clone());
+        }
+        if end_of_stream {
+            dispatcher.dispatch(self);
+        }
+        true
+    }
+
+    pub fn capture_primary_header(&mut self, response: &ResponseHeader) {
+        self.primary = Some(CapturedResponse {
+            status: response.status,
+            headers: response.headers.clone(),
+            body: Bytes::new(),
+            truncated: false,
+        });
+        self.primary_body.clear();
+    }
+
+    pub fn capture_primary_body(&mut self, chunk: Option<&Bytes>) {
+        let (Some(primary), Some(chunk)) = (self.primary.as_mut(), chunk) else {
+            return;
+        };
+        let room = PRIMARY_CAPTURE_LIMIT.saturating_sub(self.primary_body.len());
+        if chunk.len() > room {
+            primary.truncated = true;
+        }
+        self.primary_body
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    /// Hands the primary's response (or its absence) to the shadow task.
+    pub fn finish(&mut self, primary_failed: bool) {
+        if let Some(tx) = self.primary_tx.take() {
+            let primary = match self.primary.take() {
+                Some(mut primary) if !primary_failed => {
+                    primary.body = Bytes::from(std::mem::take(&mut self.primary_body));
+                    Some(primary)
+                }
+                _ => None,
+            };
+            let _ = tx.send(primary);
+        }
+    }
+}

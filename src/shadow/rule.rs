@@ -1,0 +1,217 @@
+//! A route's compiled `shadow:` settings and how they shape the copy of a request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method};
+use http_body_util::Full;
+use pingora_http::RequestHeader;
+use tokio::sync::Semaphore;
+
+use crate::config::{Diagnostic, KeyConfig, ShadowConfig};
+use crate::routing::{HeaderActions, PathRewrite, set_path};
+use crate::upstream::UpstreamPool;
+
+const SHADOW_MARK: HeaderName = HeaderName::from_static("x-strangler-shadow");
+const REDACTED: HeaderValue = HeaderValue::from_static("[redacted]");
+
+/// How many bytes of the shadow's response are kept for comparison.
+const RESPONSE_LIMIT: usize = 1 << 20;
+
+/// Compiled `shadow:` of one route.
+#[derive(Debug)]
+pub struct ShadowRule {
+    pub(super) upstream: Arc<UpstreamPool>,
+    sample: f64,
+    sample_key: Option<KeyConfig>,
+    methods: Vec<Method>,
+    pub(super) max_body: usize,
+    pub(super) timeout: Duration,
+    pub(super) inflight: Arc<Semaphore>,
+    /// `Some` when the shadow rewrites the client's request itself.
+    own_rewrite: Option<(Option<PathRewrite>, Option<HeaderValue>)>,
+    headers: HeaderActions,
+    redact: Vec<HeaderName>,
+    pub(super) response_limit: usize,
+}
+
+/// Builds a [`ShadowRule`]; `resolve` maps an upstream name to its pool, `compile_rewrite` and
+/// `compile_headers` are the route compiler's own, so shadow settings validate like the route's.
+pub fn compile_shadow(
+    config: &ShadowConfig,
+    path: &str,
+    upstream: Option<Arc<UpstreamPool>>,
+    rewrite: Option<(Option<PathRewrite>, Option<HeaderValue>)>,
+    headers: HeaderActions,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<ShadowRule> {
+    let before = diagnostics.len();
+    if !(0.0..=1.0).contains(&config.sample) || config.sample.is_nan() {
+        diagnostics.push(
+            Diagnostic::new(format!("{path}.sample"), "must be between 0.0 and 1.0")
+                .with_hint("0.1 mirrors one request in ten"),
+        );
+    }
+    let mut methods = Vec::new();
+    for (number, method) in config.methods.iter().enumerate() {
+        match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => diagnostics.push(Diagnostic::new(
+                format!("{path}.methods[{number}]"),
+                format!("`{method}` is not an HTTP method"),
+            )),
+        }
+    }
+    if config.max_inflight == 0 {
+        diagnostics.push(Diagnostic::new(
+            format!("{path}.max_inflight"),
+            "must be at least 1",
+        ));
+    }
+    if config.timeout.is_zero() {
+        diagnostics.push(Diagnostic::new(
+            format!("{path}.timeout"),
+            "must be greater than zero",
+        ));
+    }
+    let mut redact = Vec::new();
+    for (number, name) in config.redact.iter().enumerate() {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => redact.push(name),
+            Err(_) => diagnostics.push(Diagnostic::new(
+                format!("{path}.redact[{number}]"),
+                format!("`{name}` is not a valid header name"),
+            )),
+        }
+    }
+    if diagnostics.len() != before {
+        return None;
+    }
+    Some(ShadowRule {
+        upstream: upstream?,
+        sample: config.sample,
+        sample_key: config.sample_key.clone(),
+        methods,
+        max_body: usize::try_from(config.max_body.as_u64()).unwrap_or(usize::MAX),
+        timeout: config.timeout,
+        inflight: Arc::new(Semaphore::new(config.max_inflight)),
+        own_rewrite: rewrite,
+        headers,
+        redact,
+        response_limit: RESPONSE_LIMIT,
+    })
+}
+
+impl ShadowRule {
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.name()
+    }
+
+    pub(super) fn allows_method(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+    }
+
+    /// Whether this request is in the sample: by its key when one is configured and present
+    /// (the same key always gets the same answer), else at random.
+    pub(super) fn sampled(&self, request: &RequestHeader) -> bool {
+        if self.sample >= 1.0 {
+            return true;
+        }
+        if self.sample <= 0.0 {
+            return false;
+        }
+        let key = self
+            .sample_key
+            .as_ref()
+            .and_then(|key| request_key(request, key));
+        let point = match key {
+            Some(key) => (xxhash_rust::xxh3::xxh3_64(key) % 10_000) as f64 / 10_000.0,
+            None => fastrand::f64(),
+        };
+        point < self.sample
+    }
+
+    /// The copy's request header: the primary upstream's (or the client's, rewritten by the
+    /// shadow's own rules), with the shadow's header edits, redactions and mark.
+    pub(super) fn shadow_header(
+        &self,
+        upstream: &RequestHeader,
+        client: &RequestHeader,
+    ) -> RequestHeader {
+        let mut header = match &self.own_rewrite {
+            None => upstream.clone(),
+            Some((path_rewrite, host)) => {
+                let mut header = client.clone();
+                if let Some(path) = path_rewrite
+                    .as_ref()
+                    .and_then(|rule| rule.apply(client.uri.path()).map(|p| p.into_owned()))
+                {
+                    let _ = set_path(&mut header, &path);
+                }
+                if let Some(host) = host {
+                    let _ = header.insert_header(http::header::HOST, host.clone());
+                }
+                header
+            }
+        };
+        let _ = self.headers.apply(&mut header);
+        for name in &self.redact {
+            if header.headers.contains_key(name) {
+                let _ = header.insert_header(name.clone(), REDACTED);
+            }
+        }
+        let _ = header.insert_header(SHADOW_MARK, HeaderValue::from_static("1"));
+        // The body is sent whole, so the client sets its own length.
+        header.remove_header(&http::header::CONTENT_LENGTH);
+        header.remove_header(&http::header::TRANSFER_ENCODING);
+        header
+    }
+
+    /// The request to send: to the next backend of the shadow upstream, with the teed body.
+    pub(super) fn build_request(
+        &self,
+        header: RequestHeader,
+        body: Vec<Bytes>,
+    ) -> Result<http::Request<Full<Bytes>>, http::Error> {
+        let address = self.upstream.select_address();
+        let path_and_query = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = format!("http://{address}{path_and_query}");
+        let body = match body.len() {
+            0 => Bytes::new(),
+            1 => body.into_iter().next().expect("one chunk"),
+            _ => {
+                let mut joined = BytesMut::with_capacity(body.iter().map(Bytes::len).sum());
+                for chunk in &body {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
+        let mut request = http::Request::builder()
+            .method(header.method.clone())
+            .uri(uri)
+            .body(Full::new(body))?;
+        *request.headers_mut() = header.headers.clone();
+        Ok(request)
+    }
+}
+
+fn request_key<'a>(request: &'a RequestHeader, key: &KeyConfig) -> Option<&'a [u8]> {
+    match key {
+        KeyConfig::Header(name) => request
+            .headers
+            .get(name.as_str())
+            .map(HeaderValue::as_bytes),
+        KeyConfig::Cookie(name) => request
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+            }),
+    }
+}
