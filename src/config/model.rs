@@ -153,12 +153,14 @@ pub struct ShadowConfig {
     pub redact: Vec<String>,
 }
 
-/// Where a per-request key comes from.
+/// Where a per-request key comes from: exactly one of `header` or `cookie`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum KeyConfig {
-    Header(String),
-    Cookie(String),
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
 }
 
 fn default_sample() -> f64 {

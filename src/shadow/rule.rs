@@ -63,6 +63,17 @@ pub fn compile_shadow(
             )),
         }
     }
+    if let Some(key) = &config.sample_key
+        && key.header.is_some() == key.cookie.is_some()
+    {
+        diagnostics.push(
+            Diagnostic::new(
+                format!("{path}.sample_key"),
+                "set exactly one of `header` or `cookie`",
+            )
+            .with_hint("sample_key: { cookie: session_id }"),
+        );
+    }
     if config.max_inflight == 0 {
         diagnostics.push(Diagnostic::new(
             format!("{path}.max_inflight"),
@@ -198,20 +209,21 @@ impl ShadowRule {
 }
 
 fn request_key<'a>(request: &'a RequestHeader, key: &KeyConfig) -> Option<&'a [u8]> {
-    match key {
-        KeyConfig::Header(name) => request
+    if let Some(name) = &key.header {
+        return request
             .headers
             .get(name.as_str())
-            .map(HeaderValue::as_bytes),
-        KeyConfig::Cookie(name) => request
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|b| *b == b'=')?;
-                (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-            }),
+            .map(HeaderValue::as_bytes);
     }
+    let name = key.cookie.as_deref()?;
+    request
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
 }

@@ -524,3 +524,92 @@ impl KeepAliveClient {
             .map_err(|_| format!("no response within {DEADLINE:?}"))?
     }
 }
+
+/// How a [`Misbehaving`] server treats each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// Accepts and never answers, keeping the connection open.
+    Blackhole,
+    /// Accepts, then resets the connection.
+    Reset,
+    /// Answers with bytes that are not HTTP, then closes.
+    Garbage,
+}
+
+/// A loopback server that accepts connections and then misbehaves.
+pub struct Misbehaving {
+    pub address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Misbehaving {
+    pub async fn start(kind: Misbehaviour) -> Misbehaving {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                match kind {
+                    Misbehaviour::Blackhole => held.push(stream),
+                    Misbehaviour::Reset => {
+                        // Linger 0 makes the close a reset; it does not block on drop.
+                        #[allow(deprecated)]
+                        let _ = stream.set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                    }
+                    Misbehaviour::Garbage => {
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut stream = stream;
+                            let mut buffer = [0u8; 1024];
+                            let _ = stream.read(&mut buffer).await;
+                            let _ = stream
+                                .write_all(b"\x00\x01garbage that is not HTTP\r\n\r\n")
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+        Misbehaving { address, task }
+    }
+}
+
+impl Drop for Misbehaving {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends a raw HTTP/1.1 request (for framing a client library would not produce) and returns the
+/// status code of the answer.
+pub async fn send_raw(address: SocketAddr, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut buffer).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            response.extend_from_slice(&buffer[..read]);
+            if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&response);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("raw request timed out")
+}
