@@ -28,7 +28,8 @@ cargo build --release --manifest-path "$root/Cargo.toml"
 binary="$root/target/release/strangler"
 
 work="$(mktemp -d /tmp/strangler-bench.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+slow_origin=""
+trap 'rm -rf "$work"; [ -n "$slow_origin" ] && kill "$slow_origin" 2>/dev/null' EXIT
 
 # A config with `routes` routes (segment prefixes and anchored regexes, alternating) in front of
 # the harness's origin A; the last route is the one the load hits, so a linear matcher would
@@ -71,4 +72,32 @@ add_target strangler-10r 19581 19591 10
 ((quick)) || add_target strangler-1kr 19582 19592 1000
 add_target strangler-10kr 19583 19593 10000
 
-exec "$shared/run.sh" "$@" "${starts[@]}"
+# Shadowing: every request mirrored to origin B (the harness's "new service"), compared with
+# nginx `mirror`; and to a candidate that answers after 200 ms, one request at a time (a slow
+# shadow: copies pile up to the in-flight cap, the rest are dropped and counted).
+shadow_config() {
+  local file="$1" port="$2" admin="$3" candidate="$4"
+  cat >"$file" <<YAML
+server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: 1 }
+upstreams:
+  origin: { backends: [127.0.0.1:19001] }
+  candidate: { backends: [$candidate] }
+default_upstream: origin
+routes:
+  - name: all
+    match: { path_prefix: / }
+    shadow: { upstream: candidate, sample: 1.0, timeout: 2s, max_inflight: 256 }
+YAML
+  "$binary" validate "$file" >/dev/null
+}
+shadow_config "$work/shadow.yaml" 19584 19594 127.0.0.1:19002
+starts+=(--start "strangler-shadow=http://127.0.0.1:19584/item" "env RUST_LOG=warn $binary run -c $work/shadow.yaml")
+shadow_config "$work/slow-shadow.yaml" 19585 19595 127.0.0.1:19596
+starts+=(--start "strangler-slowshadow=http://127.0.0.1:19585/item" "env RUST_LOG=warn $binary run -c $work/slow-shadow.yaml")
+# The slow candidate runs on the load CPU with the origins, and is stopped by PID on exit.
+taskset -c "${ORIGIN_CPU:-0}" "$root/bench/slow-origin.py" 127.0.0.1:19596 0.2 &
+slow_origin=$!
+
+status=0
+"$shared/run.sh" "$@" "${starts[@]}" || status=$?
+exit "$status"
