@@ -35,8 +35,6 @@ pub struct RunOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot start the shadow runtime: {0}")]
-    Runtime(std::io::Error),
     #[error("cannot listen on {address} ({role}): {source}")]
     Bind {
         address: SocketAddr,
@@ -103,10 +101,10 @@ pub fn serve(
 
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
-    let shadows = Arc::new(
-        ShadowDispatcher::new(server_config.shadow_max_inflight.max(1), metrics.clone())
-            .map_err(StartError::Runtime)?,
-    );
+    let shadows = Arc::new(ShadowDispatcher::new(
+        server_config.shadow_max_inflight,
+        metrics.clone(),
+    ));
     let reloader = config_path.map(|path| {
         Arc::new(Reloader::new(
             path.to_owned(),

@@ -257,6 +257,76 @@ fn rule_conflicts_and_reserved_headers_are_errors() {
 }
 
 #[test]
+fn zero_threads_or_shadow_slots_are_errors() {
+    let (code, stderr) = validate(&format!(
+        "server:\n  threads: 0\n  shadow_max_inflight: 0\n{VALID_BASE}"
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "server.threads", "must be at least 1", 2);
+    assert_error(
+        &stderr,
+        "server.shadow_max_inflight",
+        "must be at least 1",
+        3,
+    );
+}
+
+#[test]
+fn shadow_settings_are_validated() {
+    let (code, stderr) = validate(&format!(
+        r#"{VALID_BASE}routes:
+  - name: a
+    shadow:
+      upstream: orders-v3
+      sample: 1.5
+      sample_key: {{ header: x-user, cookie: session }}
+      max_body: 12 parsecs
+  - name: b
+    shadow: {{ upstream: orders-v2, max_inflight: 0, methods: ["GET POST"] }}
+"#
+    ));
+    assert_eq!(code, 1);
+    assert_error(&stderr, "routes[0].shadow.max_body", "", 11);
+    assert_error(
+        &stderr,
+        "routes[1].shadow.max_inflight",
+        "must be at least 1",
+        13,
+    );
+    assert_error(
+        &stderr,
+        "routes[1].shadow.methods[0]",
+        "is not an HTTP method",
+        13,
+    );
+
+    let (code, stderr) = validate(&format!(
+        r#"{VALID_BASE}routes:
+  - name: a
+    shadow:
+      upstream: orders-v3
+      sample: 1.5
+      sample_key: {{ header: x-user, cookie: session }}
+"#
+    ));
+    assert_eq!(code, 1);
+    assert_error(
+        &stderr,
+        "routes[0].shadow.upstream",
+        "unknown upstream `orders-v3`",
+        8,
+    );
+    assert!(stderr.contains("did you mean `orders-v2`?"), "{stderr}");
+    assert_error(&stderr, "routes[0].shadow.sample", "between 0.0 and 1.0", 9);
+    assert_error(
+        &stderr,
+        "routes[0].shadow.sample_key",
+        "exactly one of `header` or `cookie`",
+        10,
+    );
+}
+
+#[test]
 fn every_error_in_the_file_is_reported_at_once() {
     let (code, stderr) = validate(
         r#"server:

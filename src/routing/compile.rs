@@ -122,6 +122,20 @@ impl RouteTable {
             "default_upstream",
             &mut diagnostics,
         );
+        for (field, value) in [
+            ("server.threads", config.server.threads),
+            (
+                "server.shadow_max_inflight",
+                Some(config.server.shadow_max_inflight),
+            ),
+        ] {
+            if value == Some(0) {
+                diagnostics.push(
+                    Diagnostic::new(field, "must be at least 1")
+                        .with_hint("leave it out to use the default"),
+                );
+            }
+        }
 
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut conditions = Vec::with_capacity(config.routes.len());

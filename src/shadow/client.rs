@@ -1,5 +1,5 @@
-//! The shadow's own HTTP client: a connection pool separate from the primary's, on the shadow
-//! runtime, every exchange bounded in time and in how much of the answer is read.
+//! The shadow's own HTTP client: a connection pool separate from the primary's, every exchange
+//! bounded in time and in how much of the answer is read.
 
 use std::time::Duration;
 
@@ -16,9 +16,14 @@ pub struct ShadowClient {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+impl Default for ShadowClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ShadowClient {
-    pub fn new(runtime: &tokio::runtime::Runtime) -> Self {
-        let _inside = runtime.enter();
+    pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
