@@ -179,6 +179,9 @@ fn print_tour(table: &RouteTable, config: Option<&Path>) {
     println!(
         "  curl -s  http://{admin}/routes                # the live config and its generation"
     );
+    println!(
+        "  curl -s  http://{admin}/metrics | grep shadow  # /invoices and /api/orders reads are mirrored"
+    );
     if let Some(config) = config {
         println!(
             "\nEdit {} and save: the change is live within a second; invalid edits are refused and logged.",
