@@ -8,10 +8,13 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod diff;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod store;
 pub mod upstream;

@@ -50,12 +50,40 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Summarise stored shadow diffs per route; exit 1 when a route fails the gate (for CI).
+    Report {
+        /// Diff store(s) to read; several (one per replica) are merged.
+        #[arg(long = "db", required = true)]
+        databases: Vec<PathBuf>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only exchanges newer than this (e.g. 1h, 30m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// Largest acceptable share of mismatching exchanges per route (0.01 = 1 %).
+        #[arg(long, default_value_t = 0.01)]
+        max_diff_rate: f64,
+        /// Fewest compared exchanges a route needs to pass.
+        #[arg(long, default_value_t = 1)]
+        min_samples: u64,
+    },
     /// Start a legacy app, a new service and the proxy on loopback, and print what to try.
     Demo {
         /// The routes file (default: ./routes.yaml, else the built-in copy).
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+    Junit,
+    Markdown,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,6 +112,42 @@ fn main() -> ExitCode {
             }
         },
         Command::Validate { files, format } => validate(&files, format),
+        Command::Report {
+            databases,
+            route,
+            since,
+            format,
+            max_diff_rate,
+            min_samples,
+        } => {
+            let options = strangler::report::ReportOptions {
+                databases,
+                route,
+                since_ms: since.map(|d| d.as_millis() as i64),
+                max_diff_rate,
+                min_samples,
+            };
+            let format = match format {
+                ReportFormat::Text => strangler::report::Format::Text,
+                ReportFormat::Json => strangler::report::Format::Json,
+                ReportFormat::Junit => strangler::report::Format::Junit,
+                ReportFormat::Markdown => strangler::report::Format::Markdown,
+            };
+            match strangler::report::build(&options) {
+                Ok(report) => {
+                    print!("{}", strangler::report::render(&report, format));
+                    if report.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("strangler report: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Demo { config } => match strangler::demo::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

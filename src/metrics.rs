@@ -24,6 +24,8 @@ pub struct Metrics {
     pub shadow_requests: IntCounterVec,
     /// `strangler_shadow_inflight`: shadow exchanges under way.
     pub shadow_inflight: IntGauge,
+    /// `strangler_diffs_total{route,result}`: match, mismatch, noise, skipped.
+    pub diffs: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,6 +65,14 @@ impl Metrics {
         let shadow_inflight =
             IntGauge::new("strangler_shadow_inflight", "Shadow exchanges under way")
                 .expect("valid metric definition");
+        let diffs = IntCounterVec::new(
+            Opts::new(
+                "strangler_diffs_total",
+                "Compared shadow exchanges by route and result (match, mismatch, noise, skipped)",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric definition");
         for metric in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
@@ -70,6 +80,7 @@ impl Metrics {
             Box::new(config_last_reload_timestamp.clone()),
             Box::new(shadow_requests.clone()),
             Box::new(shadow_inflight.clone()),
+            Box::new(diffs.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -86,7 +97,12 @@ impl Metrics {
             config_last_reload_timestamp,
             shadow_requests,
             shadow_inflight,
+            diffs,
         }
+    }
+
+    pub fn diff_result(&self, route: &str, result: &str) {
+        self.diffs.with_label_values(&[route, result]).inc();
     }
 
     pub fn shadow_event(&self, route: &str, event: ShadowEvent) {

@@ -16,6 +16,7 @@ use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::diff::{DiffSink, StoreSettings};
 use crate::metrics::Metrics;
 use crate::proxy::StranglerProxy;
 use crate::reload::Reloader;
@@ -35,6 +36,8 @@ pub struct RunOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot start the diff worker: {0}")]
+    Worker(std::io::Error),
     #[error("cannot listen on {address} ({role}): {source}")]
     Bind {
         address: SocketAddr,
@@ -101,9 +104,19 @@ pub fn serve(
 
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
+    let diffs = DiffSink::start(
+        StoreSettings {
+            path: server_config.diff_store.clone(),
+            max_rows: server_config.diff_max_rows,
+            max_age: server_config.diff_max_age,
+        },
+        metrics.clone(),
+    )
+    .map_err(StartError::Worker)?;
     let shadows = Arc::new(ShadowDispatcher::new(
         server_config.shadow_max_inflight,
         metrics.clone(),
+        diffs,
     ));
     let reloader = config_path.map(|path| {
         Arc::new(Reloader::new(

@@ -41,6 +41,13 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Shadow copies in flight at once across all routes; more are dropped, never queued.
     pub shadow_max_inflight: usize,
+    /// SQLite file where compared exchanges are stored (created on the first comparison).
+    pub diff_store: std::path::PathBuf,
+    /// Stored exchanges kept at most; the oldest go first.
+    pub diff_max_rows: u64,
+    /// Stored exchanges older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub diff_max_age: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +58,9 @@ impl Default for ServerConfig {
             threads: None,
             drain_timeout: Duration::from_secs(5),
             shadow_max_inflight: 256,
+            diff_store: "strangler-diffs.db".into(),
+            diff_max_rows: 100_000,
+            diff_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -151,6 +161,40 @@ pub struct ShadowConfig {
     /// Headers whose values are replaced by `[redacted]` on the copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// How the two responses are compared.
+    #[serde(default)]
+    pub compare: CompareConfig,
+}
+
+/// Comparison of the primary's and the shadow's responses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompareConfig {
+    /// Headers not compared, on top of the defaults (date, server, x-request-id, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore_headers: Vec<String>,
+    /// JSON paths not compared: `$.generated_at`, `$.items[*].etag`, `$.*.id`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore_json: Vec<String>,
+    /// Relative tolerance for numbers: 0.001 accepts 1000 vs 1000.9.
+    pub numeric_tolerance: f64,
+    /// JSON arrays compared as multisets (order ignored).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unordered_arrays: Vec<String>,
+    /// `legacy`: also send a second copy to the route's primary upstream; whatever differs
+    /// between the two primary answers is noise, not a candidate difference.
+    pub noise: NoiseMode,
+    /// JSON fields replaced by "[redacted]" in stored body samples.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redact_json: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseMode {
+    #[default]
+    Off,
+    Legacy,
 }
 
 /// Where a per-request key comes from: exactly one of `header` or `cookie`.

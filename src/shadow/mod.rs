@@ -25,11 +25,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 pub use client::ShadowClient;
 pub use rule::{ShadowRule, compile_shadow};
 
+use crate::diff::DiffSink;
 use crate::metrics::Metrics;
 
 /// Shared by every request: the shadow runtime, client, global cap and metrics.
 pub struct ShadowDispatcher {
     client: ShadowClient,
+    diffs: DiffSink,
     global: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -111,9 +113,8 @@ pub enum ShadowFailure {
     Failed(String),
 }
 
-/// The comparison hook: everything that happens to a completed shadow exchange starts here.
-/// For now it counts; response diffing plugs in at this point.
-pub fn observe(outcome: ShadowOutcome, metrics: &Metrics) {
+/// Counts how a shadow exchange ended; the comparison itself happens in [`crate::diff`].
+pub fn observe(outcome: &ShadowOutcome, metrics: &Metrics) {
     let event = match &outcome.shadow {
         Ok(_) => ShadowEvent::Completed,
         Err(ShadowFailure::Timeout) => ShadowEvent::Timeout,
@@ -139,6 +140,8 @@ pub struct ShadowCopy {
     /// Global and per-route in-flight slots; they travel with the exchange and free on its end.
     permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     header: Option<RequestHeader>,
+    /// The primary upstream's request, for the noise copy.
+    noise_header: Option<RequestHeader>,
     body: Vec<Bytes>,
     body_len: usize,
     request: RequestSummary,
@@ -150,8 +153,9 @@ pub struct ShadowCopy {
 }
 
 impl ShadowDispatcher {
-    pub fn new(global_inflight: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(global_inflight: usize, metrics: Arc<Metrics>, diffs: DiffSink) -> Self {
         Self {
+            diffs,
             client: ShadowClient::new(),
             global: Arc::new(Semaphore::new(global_inflight)),
             metrics,
@@ -191,6 +195,7 @@ impl ShadowDispatcher {
             rule: rule.clone(),
             permits: Some((global, per_route)),
             header: None,
+            noise_header: None,
             body: Vec::new(),
             body_len: 0,
             request: RequestSummary {
@@ -212,10 +217,19 @@ impl ShadowDispatcher {
             return;
         };
         copy.dispatched = true;
-        let request = match copy
-            .rule
-            .build_request(header, std::mem::take(&mut copy.body))
-        {
+        let body = std::mem::take(&mut copy.body);
+        // With noise cancellation, the primary's upstream answers the same request a second time.
+        let noise_request = match (
+            copy.noise_header.take(),
+            copy.rule.noise_upstream.as_deref(),
+        ) {
+            (Some(noise_header), Some(pool)) => copy
+                .rule
+                .build_request(noise_header, body.clone(), Some(pool))
+                .ok(),
+            _ => None,
+        };
+        let request = match copy.rule.build_request(header, body, None) {
             Ok(request) => request,
             Err(error) => {
                 tracing::warn!(route = %copy.route, %error, "cannot build the shadow request");
@@ -229,6 +243,7 @@ impl ShadowDispatcher {
 
         let client = self.client.clone();
         let metrics = self.metrics.clone();
+        let diffs = self.diffs.clone();
         let rule = copy.rule.clone();
         let route = copy.route.clone();
         let summary = copy.request.clone();
@@ -236,21 +251,29 @@ impl ShadowDispatcher {
         let exchange = async move {
             let _permits = permits;
             metrics.shadow_inflight.inc();
-            let shadow = client
-                .send(request, rule.timeout, rule.response_limit)
-                .await;
+            let shadow = client.send(request, rule.timeout, rule.response_limit);
+            let noise = async {
+                match noise_request {
+                    Some(request) => Some(
+                        client
+                            .send(request, rule.timeout, rule.response_limit)
+                            .await,
+                    ),
+                    None => None,
+                }
+            };
+            let (shadow, noise) = tokio::join!(shadow, noise);
             metrics.shadow_inflight.dec();
             // The primary has usually finished long before; if it failed, `None` arrives.
             let primary = primary_rx.await.unwrap_or(None);
-            observe(
-                ShadowOutcome {
-                    route,
-                    request: summary,
-                    primary,
-                    shadow,
-                },
-                &metrics,
-            );
+            let outcome = ShadowOutcome {
+                route,
+                request: summary,
+                primary,
+                shadow,
+            };
+            observe(&outcome, &metrics);
+            diffs.submit(crate::diff::job(rule.compare.clone(), outcome, noise));
         };
         // A task of its own on the proxy's runtime: the request never awaits it. (A dedicated
         // runtime isolated nothing more, since every exchange is bounded by caps and timeouts,
@@ -276,6 +299,9 @@ impl ShadowCopy {
             return;
         }
         self.header = Some(self.rule.shadow_header(header, original));
+        if self.rule.noise_upstream.is_some() {
+            self.noise_header = Some(self.rule.noise_header(header));
+        }
     }
 
     /// Tees one chunk of the client's body (by reference) and sends the copy at the end.

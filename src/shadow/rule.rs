@@ -10,6 +10,7 @@ use pingora_http::RequestHeader;
 use tokio::sync::Semaphore;
 
 use crate::config::{Diagnostic, KeyConfig, ShadowConfig};
+use crate::diff::{CompareRule, compile_compare};
 use crate::routing::{HeaderActions, PathRewrite, set_path};
 use crate::upstream::UpstreamPool;
 
@@ -34,14 +35,19 @@ pub struct ShadowRule {
     headers: HeaderActions,
     redact: Vec<HeaderName>,
     pub(super) response_limit: usize,
+    pub(super) compare: Arc<CompareRule>,
+    /// The route's primary upstream, for noise copies (`compare.noise: legacy`).
+    pub(super) noise_upstream: Option<Arc<UpstreamPool>>,
 }
 
 /// Builds a [`ShadowRule`]; `resolve` maps an upstream name to its pool, `compile_rewrite` and
 /// `compile_headers` are the route compiler's own, so shadow settings validate like the route's.
+#[allow(clippy::too_many_arguments)]
 pub fn compile_shadow(
     config: &ShadowConfig,
     path: &str,
     upstream: Option<Arc<UpstreamPool>>,
+    primary: Option<Arc<UpstreamPool>>,
     rewrite: Option<(Option<PathRewrite>, Option<HeaderValue>)>,
     headers: HeaderActions,
     diagnostics: &mut Vec<Diagnostic>,
@@ -96,10 +102,14 @@ pub fn compile_shadow(
             )),
         }
     }
+    let compare = compile_compare(&config.compare, &format!("{path}.compare"), diagnostics);
     if diagnostics.len() != before {
         return None;
     }
+    let noise_upstream = if compare.noise { primary } else { None };
     Some(ShadowRule {
+        compare: Arc::new(compare),
+        noise_upstream,
         upstream: upstream?,
         sample: config.sample,
         sample_key: config.sample_key.clone(),
@@ -179,13 +189,24 @@ impl ShadowRule {
         header
     }
 
-    /// The request to send: to the next backend of the shadow upstream, with the teed body.
+    /// The noise copy's header: the primary upstream's request, marked as a copy.
+    pub(super) fn noise_header(&self, upstream: &RequestHeader) -> RequestHeader {
+        let mut header = upstream.clone();
+        let _ = header.insert_header(SHADOW_MARK, HeaderValue::from_static("1"));
+        header.remove_header(&http::header::CONTENT_LENGTH);
+        header.remove_header(&http::header::TRANSFER_ENCODING);
+        header
+    }
+
+    /// The request to send: to the next backend of `pool` (the shadow upstream unless given),
+    /// with the teed body.
     pub(super) fn build_request(
         &self,
         header: RequestHeader,
         body: Vec<Bytes>,
+        pool: Option<&UpstreamPool>,
     ) -> Result<http::Request<Full<Bytes>>, http::Error> {
-        let address = self.upstream.select_address();
+        let address = pool.unwrap_or(&self.upstream).select_address();
         let path_and_query = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let uri = format!("http://{address}{path_and_query}");
         let body = match body.len() {

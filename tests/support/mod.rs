@@ -200,9 +200,16 @@ impl Ports {
     /// `config` with a `server` section for these ports prepended.
     pub fn with_server(&self, config: &str) -> String {
         format!(
-            "server:\n  listen: {}\n  admin: {}\n  threads: 1\n{config}",
-            self.listen, self.admin
+            "server:\n  listen: {}\n  admin: {}\n  threads: 1\n  diff_store: {}\n{config}",
+            self.listen,
+            self.admin,
+            self.diff_store().display()
         )
+    }
+
+    /// Where this proxy stores diffs: a file in the system temp dir named after its port.
+    pub fn diff_store(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("strangler-test-diffs-{}.db", self.listen.port()))
     }
 }
 
