@@ -360,7 +360,10 @@ async fn post_reload_reports_errors_and_recovers_with_a_valid_file() {
     assert_eq!(report["result"], "invalid");
     assert_eq!(report["generation"], 1);
     assert_eq!(report["errors"][0]["path"], "routes[0].upstream");
-    assert_eq!(report["errors"][0]["location"]["line"], 11, "server section (5 lines) + 6");
+    assert_eq!(
+        report["errors"][0]["location"]["line"], 11,
+        "server section (5 lines) + 6"
+    );
     assert_eq!(proxy.get("/r").await.header("x-route"), Some("a"));
     assert_eq!(
         proxy.metric("strangler_config_last_reload_success").await,
