@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::{Backend, DEADLINE, Ports, Proxy, Recorded, run_cli};
+use support::{Backend, DEADLINE, Ports, Proxy, Recorded, Responder, run_cli};
 
 fn json_response(body: String) -> hyper::Response<Full<Bytes>> {
     hyper::Response::builder()
@@ -20,9 +20,7 @@ fn json_response(body: String) -> hyper::Response<Full<Bytes>> {
 }
 
 /// Legacy's orders: totals as strings, a generation timestamp that changes every call.
-fn legacy(
-    counter: Arc<AtomicU64>,
-) -> Arc<dyn Fn(&Recorded) -> hyper::Response<Full<Bytes>> + Send + Sync> {
+fn legacy(counter: Arc<AtomicU64>) -> Responder {
     Arc::new(move |request: &Recorded| {
         let tick = counter.fetch_add(1, Ordering::Relaxed);
         let id = request.target.rsplit('/').next().unwrap_or("0").to_owned();
@@ -33,9 +31,7 @@ fn legacy(
 }
 
 /// The new service: numbers for totals, tags in another order, and order 2 in another status.
-fn candidate(
-    counter: Arc<AtomicU64>,
-) -> Arc<dyn Fn(&Recorded) -> hyper::Response<Full<Bytes>> + Send + Sync> {
+fn candidate(counter: Arc<AtomicU64>) -> Responder {
     Arc::new(move |request: &Recorded| {
         let tick = counter.fetch_add(1, Ordering::Relaxed) + 1_000;
         let id = request.target.rsplit('/').next().unwrap_or("0").to_owned();

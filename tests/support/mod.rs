@@ -48,7 +48,7 @@ impl Recorded {
     }
 }
 
-type Responder = Arc<dyn Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync>;
+pub type Responder = Arc<dyn Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync>;
 
 /// A loopback HTTP/1.1 server that records every request and answers with `x-backend: <name>`.
 pub struct Backend {
