@@ -10,6 +10,7 @@
 //! | GET    | `/routes`  | the live config as JSON, its generation, SHA-256, last reload  |
 //! | GET    | `/metrics` | Prometheus text exposition                                    |
 //! | POST   | `/reload`  | re-read the config file now; 200 applied/unchanged, 422 not   |
+//! | GET    | `/diffs`   | the newest stored diffs; `?route=NAME&limit=N` (default 50)   |
 //!
 //! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing.
 
@@ -32,7 +33,9 @@ pub struct AdminApp {
     reloader: Option<Arc<Reloader>>,
 }
 
-const ENDPOINTS: &[&str] = &["/healthz", "/readyz", "/routes", "/metrics", "/reload"];
+const ENDPOINTS: &[&str] = &[
+    "/healthz", "/readyz", "/routes", "/metrics", "/reload", "/diffs",
+];
 
 impl AdminApp {
     pub fn new(
@@ -44,6 +47,38 @@ impl AdminApp {
             routes,
             metrics,
             reloader,
+        }
+    }
+
+    async fn diffs(&self, query: &str) -> Response<Vec<u8>> {
+        let mut route = None;
+        let mut limit = 50usize;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "route" => route = Some(value.into_owned()),
+                "limit" => limit = value.parse().unwrap_or(limit).clamp(1, 1000),
+                _ => {}
+            }
+        }
+        let store = self.routes.load().config().server.diff_store.clone();
+        if !store.exists() {
+            return json_response(StatusCode::OK, &json!({ "diffs": [] }));
+        }
+        // SQLite reads block; keep them off the admin's I/O thread.
+        let records = tokio::task::spawn_blocking(move || {
+            crate::store::read_latest(&store, route.as_deref(), limit)
+        })
+        .await;
+        match records {
+            Ok(Ok(records)) => json_response(StatusCode::OK, &json!({ "diffs": records })),
+            Ok(Err(error)) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": error.to_string() }),
+            ),
+            Err(error) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": format!("diff query failed: {error}") }),
+            ),
         }
     }
 
@@ -125,8 +160,14 @@ impl ServeHttp for AdminApp {
                 .body(self.metrics.render())
                 .expect("static response parts are valid"),
             (Method::POST, "/reload") => self.reload().await,
+            (Method::GET | Method::HEAD, "/diffs") => {
+                let query = session.req_header().uri.query().unwrap_or("").to_owned();
+                self.diffs(&query).await
+            }
             (_, "/reload") => method_not_allowed("POST"),
-            (_, "/healthz" | "/readyz" | "/routes" | "/metrics") => method_not_allowed("GET, HEAD"),
+            (_, "/healthz" | "/readyz" | "/routes" | "/metrics" | "/diffs") => {
+                method_not_allowed("GET, HEAD")
+            }
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({ "error": "not found", "endpoints": ENDPOINTS }),

@@ -173,6 +173,19 @@ routes:
         "{markdown}"
     );
 
+    let latest = support::get(proxy.admin, "/diffs?route=orders&limit=3")
+        .await
+        .unwrap()
+        .json();
+    let diffs = latest["diffs"].as_array().unwrap();
+    assert_eq!(diffs.len(), 3);
+    assert_eq!(diffs[0]["route"], "orders");
+    assert_eq!(diffs[0]["verdict"], "mismatch");
+    assert!(
+        diffs[0]["at_ms"].as_i64() >= diffs[2]["at_ms"].as_i64(),
+        "newest first"
+    );
+
     assert_eq!(
         proxy
             .metric("strangler_diffs_total{result=\"mismatch\",route=\"orders\"}")

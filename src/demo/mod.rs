@@ -180,7 +180,10 @@ fn print_tour(table: &RouteTable, config: Option<&Path>) {
         "  curl -s  http://{admin}/routes                # the live config and its generation"
     );
     println!(
-        "  curl -s  http://{admin}/metrics | grep shadow  # /invoices and /api/orders reads are mirrored"
+        "  curl -s  http://{admin}/metrics | grep -E 'shadow|diffs'  # /invoices and /api/orders reads are mirrored and compared"
+    );
+    println!(
+        "  strangler report --db strangler-diffs.db      # how the candidates compare, per route"
     );
     if let Some(config) = config {
         println!(

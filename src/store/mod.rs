@@ -168,6 +168,24 @@ pub fn read_records(
     route: Option<&str>,
     since_ms: i64,
 ) -> Result<Vec<DiffRecord>, StoreError> {
+    query_records(path, route, since_ms, None)
+}
+
+/// The `limit` newest records of `path`, newest first, optionally for one route.
+pub fn read_latest(
+    path: &Path,
+    route: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DiffRecord>, StoreError> {
+    query_records(path, route, 0, Some(limit))
+}
+
+fn query_records(
+    path: &Path,
+    route: Option<&str>,
+    since_ms: i64,
+    newest: Option<usize>,
+) -> Result<Vec<DiffRecord>, StoreError> {
     let shown = path.display().to_string();
     let error = |source| StoreError::Sqlite {
         path: shown.clone(),
@@ -182,11 +200,16 @@ pub fn read_records(
         .prepare(
             "SELECT at_ms, route, method, path, query, request_id, primary_status, shadow_status,
                     verdict, differences, noise, primary_sample, shadow_sample
-             FROM diffs WHERE at_ms >= ?1 AND (?2 IS NULL OR route = ?2) ORDER BY id",
+             FROM diffs WHERE at_ms >= ?1 AND (?2 IS NULL OR route = ?2)
+             ORDER BY id * ?3 LIMIT ?4",
         )
         .map_err(error)?;
+    let (order, limit) = match newest {
+        Some(limit) => (-1i64, i64::try_from(limit).unwrap_or(i64::MAX)),
+        None => (1, -1),
+    };
     let rows = statement
-        .query_map(params![since_ms, route], |row| {
+        .query_map(params![since_ms, route, order, limit], |row| {
             let differences: String = row.get(9)?;
             let noise: String = row.get(10)?;
             Ok(DiffRecord {

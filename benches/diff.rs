@@ -1,0 +1,94 @@
+//! The comparison engine on JSON bodies of 1 KiB, 100 KiB and 1 MiB: byte-identical bodies (the
+//! shortcut), equal bodies with keys in another order (a full parse and walk), and bodies with a
+//! difference in every record. `cargo bench --bench diff`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use http::{HeaderMap, StatusCode};
+use strangler::diff::{CompareRule, compare, path::PathPattern};
+use strangler::shadow::CapturedResponse;
+
+/// The same records with every object's keys in another order: equal as JSON, not as bytes,
+/// so the comparison parses and walks both documents.
+fn reordered(records: u32) -> Bytes {
+    let mut out = String::from(r#"{"orders":["#);
+    for id in 0..records {
+        if id > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"customer":{{"country":"FR","name":"Ada"}},"tags":["a","b","c"],"total":{}.5,"status":"open","id":{id}}}"#,
+            id * 10
+        ));
+    }
+    out.push_str(r#"],"generated_at":"2026-11-24T10:00:00Z"}"#);
+    Bytes::from(out)
+}
+
+/// A JSON document of about `size` bytes: a list of order records.
+fn document(size: usize, variant: u32) -> Bytes {
+    let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
+    let mut id = 0u32;
+    while out.len() < size {
+        if id > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"id":{id},"status":"open","total":{}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#,
+            id * 10 + variant
+        ));
+        id += 1;
+    }
+    out.push_str("]}");
+    Bytes::from(out)
+}
+
+fn response(body: Bytes) -> CapturedResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    CapturedResponse {
+        status: StatusCode::OK,
+        headers,
+        body,
+        truncated: false,
+    }
+}
+
+fn comparison(c: &mut Criterion) {
+    let rule = CompareRule {
+        ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
+        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap()],
+        ..CompareRule::default()
+    };
+    let mut group = c.benchmark_group("compare_json");
+    for (label, size) in [("1KiB", 1 << 10), ("100KiB", 100 << 10), ("1MiB", 1 << 20)] {
+        let primary = response(document(size, 0));
+        let same = response(document(size, 0));
+        let records = std::str::from_utf8(&same.body)
+            .unwrap()
+            .matches("\"id\"")
+            .count() as u32;
+        let reordered = response(reordered(records));
+        let different = response(document(size, 1));
+        group.throughput(Throughput::Bytes(primary.body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("equal", label), &same, |b, shadow| {
+            b.iter(|| black_box(compare(&rule, &primary, shadow)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("equal_reordered", label),
+            &reordered,
+            |b, shadow| b.iter(|| black_box(compare(&rule, &primary, shadow))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("every_record_differs", label),
+            &different,
+            |b, shadow| b.iter(|| black_box(compare(&rule, &primary, shadow))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, comparison);
+criterion_main!(benches);
