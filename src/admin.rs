@@ -117,7 +117,22 @@ impl AdminApp {
             .iter()
             .map(|pool| {
                 let addresses: Vec<String> = pool.addresses().map(|a| a.to_string()).collect();
-                (pool.name().to_owned(), json!({ "resolved": addresses }))
+                let backends: Vec<serde_json::Value> = pool
+                    .backends()
+                    .iter()
+                    .map(|backend| {
+                        json!({
+                            "address": backend.address().to_string(),
+                            "available": backend.available(),
+                            "failing_health_checks": backend.probed_down(),
+                            "ejected": backend.ejected(),
+                        })
+                    })
+                    .collect();
+                (
+                    pool.name().to_owned(),
+                    json!({ "resolved": addresses, "backends": backends }),
+                )
             })
             .collect();
         let reload = self.reloader.as_ref();

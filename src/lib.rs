@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod diff;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

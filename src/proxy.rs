@@ -33,6 +33,7 @@ use crate::shadow::{ShadowCopy, ShadowDispatcher};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
+pub const STRANGLER_FALLBACK: HeaderName = HeaderName::from_static("x-strangler-fallback");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -63,6 +64,16 @@ pub struct RequestContext {
     request_id: HeaderValue,
     /// This request's shadow copy, when its route mirrors it and it was selected.
     shadow: Option<Box<ShadowCopy>>,
+    /// The backend (index in its pool) of the current attempt.
+    backend: Option<usize>,
+    /// Connection attempts that failed so far.
+    failed_attempts: u32,
+    /// The route's fallback upstream took over.
+    fell_back: bool,
+    /// Why the proxy refused or failed the request, when it knows better than the error type.
+    refusal: Option<&'static str>,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
 }
 
 impl RequestContext {
@@ -88,6 +99,11 @@ impl ProxyHttp for StranglerProxy {
             upstream,
             request_id: HeaderValue::from_static(""),
             shadow: None,
+            backend: None,
+            failed_attempts: 0,
+            fell_back: false,
+            refusal: None,
+            body_bytes: 0,
         }
     }
 
@@ -99,6 +115,13 @@ impl ProxyHttp for StranglerProxy {
                 ctx.request_id = new_request_id();
                 request.insert_header(REQUEST_ID, ctx.request_id.clone())?;
             }
+        }
+        let refusal = check_limits(session.req_header(), &ctx.table.config().server.limits)
+            .or_else(|| chunked_with_content_length(session).then_some((400, "ambiguous_framing")));
+        if let Some((status, reason)) = refusal {
+            ctx.refusal = Some(reason);
+            write_error_response(session, status, reason, &ctx.request_id).await?;
+            return Ok(true);
         }
 
         ctx.route = ctx.table.find(session.req_header());
@@ -120,6 +143,16 @@ impl ProxyHttp for StranglerProxy {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // A body without Content-Length (chunked) is measured as it streams.
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > ctx.table.config().server.limits.max_body.as_u64() {
+            ctx.refusal = Some("body_too_large");
+            ctx.shadow = None;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body too large",
+            ));
+        }
         if let Some(copy) = ctx.shadow.as_mut()
             && !copy.on_body_chunk(&self.shadows, body.as_ref(), end_of_stream)
         {
@@ -134,6 +167,15 @@ impl ProxyHttp for StranglerProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(backend) = ctx.backend
+            && !response.status.is_informational()
+        {
+            let pool = ctx.table.upstream(ctx.upstream);
+            match response.status.as_u16() {
+                502..=504 => pool.report_failure(backend),
+                _ => pool.report_success(backend),
+            }
+        }
         if let Some(copy) = ctx.shadow.as_mut()
             && !response.status.is_informational()
         {
@@ -166,7 +208,77 @@ impl ProxyHttp for StranglerProxy {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(ctx.table.upstream(ctx.upstream).select().clone()))
+        loop {
+            if let Some((index, peer)) = ctx.table.upstream(ctx.upstream).select() {
+                ctx.backend = Some(index);
+                return Ok(Box::new(peer.clone()));
+            }
+            // Every backend is out: the fallback, if any, serves instead.
+            if !ctx.fell_back
+                && let Some(fallback) = ctx.route().and_then(|route| route.fallback)
+            {
+                ctx.fell_back = true;
+                ctx.upstream = fallback;
+                continue;
+            }
+            ctx.refusal = Some("no_healthy_backend");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend",
+            ));
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        let pool = ctx.table.upstream(ctx.upstream);
+        if let Some(backend) = ctx.backend {
+            pool.report_failure(backend);
+        }
+        ctx.failed_attempts += 1;
+        // Nothing reached the backend, so another attempt is safe for every method.
+        if ctx.failed_attempts <= pool.retries() {
+            error.set_retry(true);
+        } else if !ctx.fell_back
+            && let Some(fallback) = ctx.route().and_then(|route| route.fallback)
+        {
+            ctx.fell_back = true;
+            ctx.upstream = fallback;
+            ctx.failed_attempts = 0;
+            error.set_retry(true);
+        } else {
+            error.set_retry(false);
+        }
+        error
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let Some(backend) = ctx.backend {
+            ctx.table.upstream(ctx.upstream).report_failure(backend);
+        }
+        // Pingora's rule: retry only idempotent requests whose body is still replayable, and
+        // only when a reused (possibly stale) connection failed. A POST that reached a backend
+        // is never sent twice.
+        let mut error = error.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            error.set_retry(false);
+        } else {
+            error.retry.decide_reuse(client_reused);
+        }
+        error
     }
 
     async fn upstream_request_filter(
@@ -218,6 +330,10 @@ impl ProxyHttp for StranglerProxy {
         if !response.headers.contains_key(REQUEST_ID) {
             response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
         }
+        if ctx.fell_back {
+            let fallback = ctx.table.upstream(ctx.upstream).name().to_owned();
+            response.insert_header(STRANGLER_FALLBACK, fallback)?;
+        }
         match ctx.route() {
             Some(route) => route.response_headers.apply(response),
             None => Ok(()),
@@ -231,6 +347,7 @@ impl ProxyHttp for StranglerProxy {
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let (status, reason) = classify(error);
+        let reason = ctx.refusal.unwrap_or(reason);
         if status > 0 {
             let written = write_error_response(session, status, reason, &ctx.request_id).await;
             if let Err(write_error) = written {
@@ -251,6 +368,98 @@ impl ProxyHttp for StranglerProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// The limit `request` breaks, as (status, reason), checked before anything is routed or read.
+fn check_limits(
+    request: &pingora_http::RequestHeader,
+    limits: &crate::config::LimitsConfig,
+) -> Option<(u16, &'static str)> {
+    if request.raw_path().len() as u64 > limits.max_uri_length.as_u64() {
+        return Some((414, "uri_too_long"));
+    }
+    if request.headers.len() > limits.max_header_count {
+        return Some((431, "too_many_headers"));
+    }
+    let header_bytes: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes as u64 > limits.max_header_bytes.as_u64() {
+        return Some((431, "headers_too_large"));
+    }
+    if request.version == http::Version::HTTP_11 && !request.headers.contains_key(HOST) {
+        return Some((400, "missing_host"));
+    }
+    if let Some(reason) = ambiguous_framing(request) {
+        return Some((400, reason));
+    }
+    let declared = request
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body.as_u64()) {
+        return Some((413, "body_too_large"));
+    }
+    None
+}
+
+/// Pingora drops `Content-Length` when `Transfer-Encoding` is also present (reading the body as
+/// chunked, as RFC 9112 allows); the raw header still shows both, and such a request is refused.
+fn chunked_with_content_length(session: &Session) -> bool {
+    if !session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return false;
+    }
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    h1.get_headers_raw_bytes()
+        .split(|b| *b == b'\n')
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Request framing that two parsers could read differently (the stuff of request smuggling).
+/// Pingora tolerates some of it (it prefers Transfer-Encoding over Content-Length); a proxy in
+/// front of legacy servers of unknown vintage refuses all of it.
+fn ambiguous_framing(request: &pingora_http::RequestHeader) -> Option<&'static str> {
+    let lengths: Vec<&[u8]> = request
+        .headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|v| v.trim_ascii())
+        .collect();
+    let encodings = request
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .count();
+    if !lengths.is_empty() && encodings > 0 {
+        return Some("ambiguous_framing");
+    }
+    if lengths
+        .iter()
+        .any(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit))
+    {
+        return Some("invalid_content_length");
+    }
+    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
+        return Some("conflicting_content_length");
+    }
+    if encodings > 1
+        || request
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some("unsupported_transfer_encoding");
+    }
+    None
 }
 
 fn is_acceptable_request_id(id: &HeaderValue) -> bool {
@@ -341,6 +550,10 @@ async fn write_error_response(
     response.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
     response.insert_header(STRANGLER_ERROR, reason)?;
     response.insert_header(REQUEST_ID, request_id.clone())?;
+    if status == 503 {
+        // No backend is up: tell clients when trying again makes sense.
+        response.insert_header(http::header::RETRY_AFTER, "5")?;
+    }
     session
         .as_downstream_mut()
         .write_error_response(response, body)

@@ -139,6 +139,12 @@ pub fn serve(
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks {
+            routes: routes.clone(),
+        },
+    ));
     if let Some(reloader) = reloader {
         server.add_service(background_service("config watch", ConfigWatch { reloader }));
     }
@@ -155,6 +161,18 @@ pub fn serve(
         "strangler is serving"
     );
     server.run_forever()
+}
+
+/// Runs [`crate::health::run`] inside Pingora's lifecycle.
+struct HealthChecks {
+    routes: SharedRouteTable,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::health::run(self.routes.clone(), shutdown).await;
+    }
 }
 
 /// Runs [`crate::reload::watch`] inside Pingora's lifecycle, so it stops with the server.

@@ -2,15 +2,22 @@
 //!
 //! A pool is built once per config generation from [`UpstreamConfig`]: addresses are resolved and
 //! a ready-made Pingora [`HttpPeer`] (with the upstream's timeouts) is kept per backend, so picking
-//! a backend on the hot path is an atomic increment and a clone. Health checks and passive ejection
-//! will live here too; retries and fallbacks are routing decisions and do not.
+//! a backend on the hot path is an atomic increment and a clone.
+//!
+//! Each backend carries its health: taken out by active checks ([`crate::health`]) after
+//! `unhealthy_threshold` failed probes, or ejected passively for `passive.ejection` after
+//! `passive.consecutive_failures` failed requests. Selection skips backends that are out; when
+//! none is left the caller answers 503. Retries and fallbacks are the proxy's decisions.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pingora_core::upstreams::peer::HttpPeer;
 
-use crate::config::{Diagnostic, TimeoutsConfig, UpstreamConfig};
+use crate::config::{
+    Diagnostic, HealthCheckConfig, PassiveHealthConfig, TimeoutsConfig, UpstreamConfig,
+};
 
 /// One named upstream, ready to serve.
 #[derive(Debug)]
@@ -18,12 +25,99 @@ pub struct UpstreamPool {
     name: String,
     backends: Vec<Backend>,
     next: AtomicUsize,
+    retries: u32,
+    passive: PassiveHealthConfig,
+    health_check: Option<HealthCheckConfig>,
 }
 
 #[derive(Debug)]
-struct Backend {
+pub struct Backend {
     address: SocketAddr,
     peer: HttpPeer,
+    health: BackendHealth,
+}
+
+/// A backend's health, updated from any thread without locks.
+#[derive(Debug, Default)]
+pub struct BackendHealth {
+    /// Active checks' verdict; starts healthy.
+    probed_down: AtomicBool,
+    probe_failures: AtomicU32,
+    probe_successes: AtomicU32,
+    request_failures: AtomicU32,
+    /// Unix ms until which passive ejection keeps the backend out.
+    ejected_until_ms: AtomicU64,
+    /// Unix ms of the next active check.
+    next_probe_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Backend {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Whether requests may go here now.
+    pub fn available(&self) -> bool {
+        !self.health.probed_down.load(Ordering::Relaxed)
+            && self.health.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn probed_down(&self) -> bool {
+        self.health.probed_down.load(Ordering::Relaxed)
+    }
+
+    pub fn ejected(&self) -> bool {
+        self.health.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Records an active check's result; returns true when it changed the backend's state.
+    pub fn record_probe(&self, passed: bool, check: &HealthCheckConfig) -> bool {
+        let health = &self.health;
+        if passed {
+            health.probe_failures.store(0, Ordering::Relaxed);
+            let successes = health.probe_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if successes >= check.healthy_threshold
+                && health.probed_down.swap(false, Ordering::Relaxed)
+            {
+                // Back in service: forget old request failures too.
+                health.request_failures.store(0, Ordering::Relaxed);
+                health.ejected_until_ms.store(0, Ordering::Relaxed);
+                return true;
+            }
+        } else {
+            health.probe_successes.store(0, Ordering::Relaxed);
+            let failures = health.probe_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if failures >= check.unhealthy_threshold
+                && !health.probed_down.swap(true, Ordering::Relaxed)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether an active check is due now; if so, schedules the next one.
+    pub fn probe_due(&self, interval: Duration) -> bool {
+        let now = now_ms();
+        let due = self.health.next_probe_ms.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .health
+                .next_probe_ms
+                .compare_exchange(
+                    due,
+                    now + interval.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
 }
 
 impl UpstreamPool {
@@ -49,6 +143,7 @@ impl UpstreamPool {
                 Ok(address) => backends.push(Backend {
                     address,
                     peer: peer_for(address, &config.timeouts),
+                    health: BackendHealth::default(),
                 }),
                 Err(message) => diagnostics.push(
                     Diagnostic::new(format!("{path}.backends[{index}]"), message).with_hint(
@@ -58,10 +153,35 @@ impl UpstreamPool {
             }
         }
 
+        if let Some(check) = &config.health_check {
+            let check_path = format!("{path}.health_check");
+            if check.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                diagnostics.push(Diagnostic::new(
+                    format!("{check_path}.path"),
+                    "must start with `/`",
+                ));
+            }
+            if check.interval.is_zero() || check.timeout.is_zero() {
+                diagnostics.push(Diagnostic::new(
+                    &check_path,
+                    "interval and timeout must be greater than zero",
+                ));
+            }
+            if check.unhealthy_threshold == 0 || check.healthy_threshold == 0 {
+                diagnostics.push(Diagnostic::new(
+                    &check_path,
+                    "thresholds must be at least 1",
+                ));
+            }
+        }
+
         (diagnostics.len() == before).then(|| Self {
             name: name.to_owned(),
             backends,
             next: AtomicUsize::new(0),
+            retries: config.retries,
+            passive: config.passive.clone(),
+            health_check: config.health_check.clone(),
         })
     }
 
@@ -73,17 +193,71 @@ impl UpstreamPool {
         self.backends.iter().map(|backend| backend.address)
     }
 
-    /// The address of the next backend in round-robin order (for clients other than Pingora's).
+    /// The address of the next available backend (for clients other than Pingora's); when
+    /// none is available, the next one anyway (a copy may fail, a request must not be refused
+    /// for it).
     pub fn select_address(&self) -> SocketAddr {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.backends[turn % self.backends.len()].address
+        match self.select() {
+            Some((index, _)) => self.backends[index].address,
+            None => {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                self.backends[turn % self.backends.len()].address
+            }
+        }
     }
 
-    /// The next backend in round-robin order.
-    pub fn select(&self) -> &HttpPeer {
+    /// The next available backend in round-robin order, as (index, peer); `None` when every
+    /// backend is out.
+    pub fn select(&self) -> Option<(usize, &HttpPeer)> {
+        let count = self.backends.len();
         // Relaxed is enough: the counter only spreads load, it orders nothing.
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.backends[turn % self.backends.len()].peer
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|index| self.backends[*index].available())
+            .map(|index| (index, &self.backends[index].peer))
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    pub fn health_check(&self) -> Option<&HealthCheckConfig> {
+        self.health_check.as_ref()
+    }
+
+    /// Further attempts allowed when connecting fails.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// A real request to backend `index` failed (connect error, 502/503/504).
+    pub fn report_failure(&self, index: usize) {
+        let Some(backend) = self.backends.get(index) else {
+            return;
+        };
+        let limit = self.passive.consecutive_failures;
+        let failures = backend
+            .health
+            .request_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if limit > 0 && failures >= limit {
+            backend.health.request_failures.store(0, Ordering::Relaxed);
+            let until = now_ms() + self.passive.ejection.as_millis() as u64;
+            backend
+                .health
+                .ejected_until_ms
+                .store(until, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, backend = %backend.address, ejection = ?self.passive.ejection, "backend ejected after {failures} consecutive failures");
+        }
+    }
+
+    /// A real request to backend `index` succeeded.
+    pub fn report_success(&self, index: usize) {
+        if let Some(backend) = self.backends.get(index) {
+            backend.health.request_failures.store(0, Ordering::Relaxed);
+        }
     }
 }
 

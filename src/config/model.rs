@@ -48,6 +48,33 @@ pub struct ServerConfig {
     /// Stored exchanges older than this are deleted.
     #[serde(with = "humantime_serde")]
     pub diff_max_age: Duration,
+    /// Limits on what clients may send.
+    pub limits: LimitsConfig,
+}
+
+/// Request limits, checked before a request is routed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest request target (path and query); longer: 414.
+    pub max_uri_length: bytesize::ByteSize,
+    /// Most request headers; more: 431.
+    pub max_header_count: usize,
+    /// Largest request header section (names and values); larger: 431.
+    pub max_header_bytes: bytesize::ByteSize,
+    /// Largest request body; larger: 413, before the body is read when Content-Length says so.
+    pub max_body: bytesize::ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_uri_length: bytesize::ByteSize::kib(8),
+            max_header_count: 100,
+            max_header_bytes: bytesize::ByteSize::kib(64),
+            max_body: bytesize::ByteSize::mib(100),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -61,6 +88,7 @@ impl Default for ServerConfig {
             diff_store: "strangler-diffs.db".into(),
             diff_max_rows: 100_000,
             diff_max_age: Duration::from_secs(7 * 24 * 3600),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -73,6 +101,72 @@ pub struct UpstreamConfig {
     pub backends: Vec<String>,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Active health checks; absent: backends are only ejected passively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection of backends that keep failing real requests.
+    #[serde(default)]
+    pub passive: PassiveHealthConfig,
+    /// Further attempts on another backend when connecting fails (nothing was sent yet, so
+    /// this is safe for every method).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+/// Probing each backend on a schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// HTTP path to GET (healthy: a 2xx or 3xx answer); absent: a TCP connect is the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(with = "humantime_serde", default = "default_check_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_check_timeout")]
+    pub timeout: Duration,
+    /// Consecutive failed checks that take a backend out.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that bring it back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+/// Ejecting a backend after consecutive failures of real requests (connect errors, 502/503/504).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// Consecutive failures that eject a backend; 0 turns passive ejection off.
+    pub consecutive_failures: u32,
+    /// How long an ejected backend gets no traffic before it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub ejection: Duration,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            ejection: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Per-upstream timeouts. Pingora leaves all of these unset; we never do.
@@ -114,6 +208,10 @@ pub struct RouteConfig {
     /// Where matching requests go; `default_upstream` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Where requests go when the upstream cannot be reached (no healthy backend, or connecting
+    /// failed on every attempt). Answers carry `x-strangler-fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteConfig>,
     #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]

@@ -239,6 +239,10 @@ fn compile_route(
         Some(name) => resolver.resolve(name, &format!("{path}.upstream"), diagnostics),
         None => default_upstream,
     };
+    let fallback = route
+        .fallback
+        .as_ref()
+        .and_then(|name| resolver.resolve(name, &format!("{path}.fallback"), diagnostics));
     let (path_rewrite, host_rewrite) = match &route.rewrite {
         Some(rewrite) => compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics),
         None => (None, None),
@@ -279,6 +283,7 @@ fn compile_route(
             matcher,
             path_regex,
             upstream: upstream?,
+            fallback,
             path_rewrite,
             host_rewrite,
             request_headers,

@@ -62,6 +62,8 @@ pub struct Route {
     pub response_headers: HeaderActions,
     /// Mirroring of this route's requests, if configured.
     pub shadow: Option<Arc<crate::shadow::ShadowRule>>,
+    /// Serves the request when `upstream` cannot be reached.
+    pub fallback: Option<UpstreamId>,
 }
 
 impl RouteTable {

@@ -31,6 +31,8 @@ pub struct Recorded {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Whether the whole body arrived (false: the sender aborted mid-body).
+    pub complete: bool,
 }
 
 impl Recorded {
@@ -101,11 +103,9 @@ impl Backend {
                                 .headers
                                 .get("x-test-delay-ms")
                                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
+                            let collected = body.collect().await.map(|b| b.to_bytes());
+                            let complete = collected.is_ok();
+                            let body = collected.unwrap_or_default();
                             let recorded = Recorded {
                                 method: parts.method.to_string(),
                                 target: parts.uri.to_string(),
@@ -120,6 +120,7 @@ impl Backend {
                                     })
                                     .collect(),
                                 body,
+                                complete,
                             };
                             let response = respond(&recorded);
                             log.lock().unwrap().push(recorded);
@@ -541,11 +542,17 @@ pub enum Misbehaviour {
     Reset,
     /// Answers with bytes that are not HTTP, then closes.
     Garbage,
+    /// Announces a 100-byte body, sends 10 bytes, closes.
+    CutShort,
+    /// Reads the request, counts it, then resets the connection without answering.
+    ResetAfterRequest,
 }
 
 /// A loopback server that accepts connections and then misbehaves.
 pub struct Misbehaving {
     pub address: SocketAddr,
+    /// Requests read (for `ResetAfterRequest`).
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -553,6 +560,8 @@ impl Misbehaving {
     pub async fn start(kind: Misbehaviour) -> Misbehaving {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = requests.clone();
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
@@ -566,6 +575,40 @@ impl Misbehaving {
                         #[allow(deprecated)]
                         let _ = stream.set_linger(Some(Duration::ZERO));
                         drop(stream);
+                    }
+                    Misbehaviour::CutShort => {
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut stream = stream;
+                            let mut buffer = [0u8; 4096];
+                            let _ = stream.read(&mut buffer).await;
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+                                )
+                                .await;
+                        });
+                    }
+                    Misbehaviour::ResetAfterRequest => {
+                        let counter = counter.clone();
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncReadExt;
+                            let mut stream = stream;
+                            let mut buffer = [0u8; 65536];
+                            let mut seen = Vec::new();
+                            while let Ok(read) = stream.read(&mut buffer).await {
+                                if read == 0 {
+                                    return;
+                                }
+                                seen.extend_from_slice(&buffer[..read]);
+                                if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                                    break;
+                                }
+                            }
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            #[allow(deprecated)]
+                            let _ = stream.set_linger(Some(Duration::ZERO));
+                        });
                     }
                     Misbehaviour::Garbage => {
                         tokio::spawn(async move {
@@ -581,7 +624,11 @@ impl Misbehaving {
                 }
             }
         });
-        Misbehaving { address, task }
+        Misbehaving {
+            address,
+            requests,
+            task,
+        }
     }
 }
 

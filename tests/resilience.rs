@@ -1,0 +1,314 @@
+//! Upstream failures and client abuse, end to end: each misbehaving backend gets its status code
+//! within its bound; health checks, passive ejection, retries and fallback; request limits; and
+//! ambiguous framing refused before anything reaches a backend.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::{Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Proxy, Recorded};
+
+/// One upstream `u` on `backends`, with extra upstream settings (YAML flow entries).
+async fn proxy_to(backends: &[SocketAddr], settings: &str) -> Proxy {
+    let list: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
+    Proxy::start(&format!(
+        "upstreams:\n  u: {{ backends: [{}]{settings} }}\ndefault_upstream: u\n",
+        list.join(", ")
+    ))
+    .await
+}
+
+/// Sends GET `/` and checks status, reason and that the answer came within `bound`.
+async fn expect_error(proxy: &Proxy, status: u16, reason: &str, bound: Duration) {
+    let started = Instant::now();
+    let response = proxy.get("/").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, status, "{reason}: {}", response.text());
+    assert_eq!(response.header("x-strangler-error"), Some(reason));
+    assert!(response.header("x-request-id").is_some());
+    assert!(
+        elapsed < bound,
+        "{reason} took {elapsed:?}, bound {bound:?}"
+    );
+}
+
+const FAST: &str = ", retries: 0, timeouts: { connect: 500ms, read: 500ms }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_failing_upstream_gets_its_status_in_time() {
+    let refused = support::dead_address();
+    let proxy = proxy_to(&[refused], FAST).await;
+    expect_error(&proxy, 502, "connect_refused", Duration::from_secs(1)).await;
+
+    let blackhole = Misbehaving::start(Misbehaviour::Blackhole).await;
+    let proxy = proxy_to(&[blackhole.address], FAST).await;
+    expect_error(&proxy, 504, "upstream_timeout", Duration::from_millis(1500)).await;
+
+    let slow = Backend::start("slow").await;
+    let proxy = proxy_to(&[slow.address], FAST).await;
+    let started = Instant::now();
+    let response = proxy
+        .send(ClientRequest::get("/").header("x-test-delay-ms", "2000"))
+        .await;
+    assert_eq!(response.status, 504);
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("upstream_timeout")
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+
+    let reset = Misbehaving::start(Misbehaviour::Reset).await;
+    let proxy = proxy_to(&[reset.address], FAST).await;
+    let response = proxy.get("/").await;
+    assert_eq!(response.status, 502, "{}", response.text());
+
+    let garbage = Misbehaving::start(Misbehaviour::Garbage).await;
+    let proxy = proxy_to(&[garbage.address], FAST).await;
+    let response = proxy.get("/").await;
+    assert_eq!(response.status, 502, "{}", response.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_short_by_the_upstream_looks_cut_short() {
+    let cut = Misbehaving::start(Misbehaviour::CutShort).await;
+    let proxy = proxy_to(&[cut.address], FAST).await;
+    let outcome = support::send(proxy.address, ClientRequest::get("/")).await;
+    match outcome {
+        Err(error) => assert!(!error.is_empty()),
+        Ok(response) => panic!(
+            "a truncated body arrived as complete: {} bytes",
+            response.body.len()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_healthy_backend_is_an_immediate_503_with_retry_after() {
+    let proxy = proxy_to(
+        &[support::dead_address()],
+        ", retries: 0, passive: { consecutive_failures: 1, ejection: 30s }",
+    )
+    .await;
+    assert_eq!(
+        proxy.get("/").await.status,
+        502,
+        "the first failure ejects the only backend"
+    );
+    let started = Instant::now();
+    let response = proxy.get("/").await;
+    assert_eq!(response.status, 503);
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("no_healthy_backend")
+    );
+    assert_eq!(response.header("retry-after"), Some("5"));
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+/// A backend whose `/healthz` answers 503 while `down` is set.
+fn flapping(down: Arc<AtomicBool>) -> support::Responder {
+    Arc::new(move |request: &Recorded| {
+        let status = if request.target == "/healthz" && down.load(Ordering::Relaxed) {
+            503
+        } else {
+            200
+        };
+        hyper::Response::builder()
+            .status(status)
+            .header("x-backend", "flappy")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_take_a_backend_out_and_bring_it_back() {
+    let steady = Backend::start("steady").await;
+    let down = Arc::new(AtomicBool::new(false));
+    let flappy = Backend::start_with("flappy", flapping(down.clone())).await;
+    let proxy = proxy_to(
+        &[steady.address, flappy.address],
+        ", health_check: { path: /healthz, interval: 100ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2 }",
+    )
+    .await;
+
+    let served = |proxy: &Proxy| {
+        let proxy_address = proxy.address;
+        async move {
+            let mut backends = Vec::new();
+            for _ in 0..10 {
+                let response = support::send(proxy_address, ClientRequest::get("/work"))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status, 200);
+                backends.push(response.header("x-backend").unwrap().to_owned());
+            }
+            backends
+        }
+    };
+    assert!(served(&proxy).await.contains(&"flappy".to_owned()));
+
+    down.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    loop {
+        let document = proxy.routes().await;
+        if document["upstreams"]["u"]["backends"][1]["available"] == false {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never taken out: {}",
+            document["upstreams"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served(&proxy).await.iter().all(|b| b == "steady"),
+        "no traffic to a failing backend"
+    );
+
+    down.store(false, Ordering::Relaxed);
+    let started = Instant::now();
+    while !served(&proxy).await.contains(&"flappy".to_owned()) {
+        assert!(started.elapsed() < DEADLINE, "never re-admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failures_are_retried_on_another_backend_and_ejected() {
+    let good = Backend::start("good").await;
+    let proxy = proxy_to(
+        &[support::dead_address(), good.address],
+        ", retries: 1, passive: { consecutive_failures: 2, ejection: 30s }",
+    )
+    .await;
+    for _ in 0..10 {
+        let response = proxy
+            .send(ClientRequest::new("POST", "/orders").body("one"))
+            .await;
+        assert_eq!(response.status, 200, "the retry lands on the live backend");
+        assert_eq!(response.header("x-backend"), Some("good"));
+    }
+    assert_eq!(good.count(), 10, "each POST reached a backend exactly once");
+    let document = proxy.routes().await;
+    assert_eq!(document["upstreams"]["u"]["backends"][0]["ejected"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_that_reached_a_backend_is_never_sent_twice() {
+    let resetting = Misbehaving::start(Misbehaviour::ResetAfterRequest).await;
+    let good = Backend::start("good").await;
+    let proxy = proxy_to(&[resetting.address, good.address], ", retries: 3").await;
+    let response = proxy
+        .send(ClientRequest::new("POST", "/pay").body("charge"))
+        .await;
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert_eq!(resetting.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(good.count(), 0, "not replayed elsewhere either");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fallback_serves_when_the_new_service_is_down() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}], retries: 0, timeouts: {{ connect: 300ms }} }}
+default_upstream: legacy
+routes:
+  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: orders-v2, fallback: legacy }}
+"#,
+        legacy.address,
+        support::dead_address()
+    ))
+    .await;
+    let response = proxy.get("/orders/1").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-backend"), Some("legacy"));
+    assert_eq!(response.header("x-strangler-fallback"), Some("legacy"));
+    assert_eq!(legacy.last().target, "/orders/1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
+    let backend = Backend::start("b").await;
+    // Limits are process settings in the `server` section.
+    let dir = tempfile::tempdir().unwrap();
+    let ports = support::Ports::reserve();
+    let config = ports
+        .with_server(&format!("upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n", backend.address))
+        .replace(
+            "  threads: 1\n",
+            "  threads: 1\n  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB }\n",
+        );
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config).unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+
+    let long_uri = format!("/{}", "a".repeat(200));
+    assert_eq!(proxy.get(&long_uri).await.status, 414);
+    let mut many = ClientRequest::get("/");
+    for i in 0..20 {
+        many = many.header(&format!("x-h{i}"), "1");
+    }
+    assert_eq!(proxy.send(many).await.status, 431);
+    assert_eq!(
+        proxy
+            .send(ClientRequest::get("/").header("x-big", &"b".repeat(2000)))
+            .await
+            .status,
+        431
+    );
+    let response = proxy
+        .send(ClientRequest::new("POST", "/").body(vec![b'x'; 4096]))
+        .await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.header("x-strangler-error"), Some("body_too_large"));
+    assert_eq!(backend.count(), 0, "nothing over a limit was forwarded");
+
+    let mut chunked =
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'y'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(support::send_raw(proxy.address, &chunked).await, 413);
+
+    assert_eq!(proxy.get("/fine").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_framing_is_refused_and_never_forwarded() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_to(&[backend.address], "").await;
+    let cases: [(&str, &[u8]); 8] = [
+        ("CL and TE", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("differing CLs", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ("signed CL", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello"),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n"),
+        ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n"),
+        ("bare CR in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-Cr: a\rb\r\n\r\n"),
+        ("no Host on HTTP/1.1", b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n"),
+    ];
+    for (name, request) in cases {
+        let status = support::send_raw(proxy.address, request).await;
+        assert_eq!(status, 400, "{name}");
+    }
+    // A bad chunk size is found while the body streams, after the header went upstream: the
+    // upstream exchange is aborted, so the backend never gets a complete request.
+    assert!(
+        backend.requests().iter().all(|r| !r.complete),
+        "no ambiguous request was forwarded whole: {:?}",
+        backend.requests()
+    );
+}
