@@ -28,6 +28,8 @@ use crate::routing::SharedRouteTable;
 
 pub struct AdminApp {
     routes: SharedRouteTable,
+    /// Required as `Authorization: Bearer <token>` on everything but health and metrics.
+    token: Option<String>,
     metrics: Arc<Metrics>,
     /// `None` when the config did not come from a file (the demo's built-in copy).
     reloader: Option<Arc<Reloader>>,
@@ -42,12 +44,26 @@ impl AdminApp {
         routes: SharedRouteTable,
         metrics: Arc<Metrics>,
         reloader: Option<Arc<Reloader>>,
+        token: Option<String>,
     ) -> Self {
         Self {
             routes,
+            token,
             metrics,
             reloader,
         }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        presented.is_some_and(|presented| constant_time_eq(presented, token.as_bytes()))
     }
 
     async fn diffs(&self, query: &str) -> Response<Vec<u8>> {
@@ -154,6 +170,18 @@ impl ServeHttp for AdminApp {
         let request = session.req_header();
         let method = request.method.clone();
         let path = request.uri.path().to_owned();
+        let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+        if !open && !self.authorized(session) {
+            let mut response = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({ "error": "a valid bearer token is required" }),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
         match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/healthz") => {
                 json_response(StatusCode::OK, &json!({ "status": "ok" }))
@@ -172,7 +200,10 @@ impl ServeHttp for AdminApp {
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .header(header::CACHE_CONTROL, "no-store")
-                .body(self.metrics.render())
+                .body({
+                    self.metrics.refresh_upstreams(&self.routes.load());
+                    self.metrics.render()
+                })
                 .expect("static response parts are valid"),
             (Method::POST, "/reload") => self.reload().await,
             (Method::GET | Method::HEAD, "/diffs") => {
@@ -189,6 +220,12 @@ impl ServeHttp for AdminApp {
             ),
         }
     }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess was
+/// right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Vec<u8>> {

@@ -4,7 +4,10 @@
 //! request data, so cardinality stays bounded. This module defines metrics; the code that
 //! observes an event (a reload, a request) updates them.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::shadow::ShadowEvent;
 
@@ -26,6 +29,14 @@ pub struct Metrics {
     pub shadow_inflight: IntGauge,
     /// `strangler_diffs_total{route,result}`: match, mismatch, noise, skipped.
     pub diffs: IntCounterVec,
+    /// `strangler_requests_total{route,upstream,code}`.
+    pub requests: IntCounterVec,
+    /// `strangler_request_duration_seconds{route,upstream}`: arrival to last byte sent.
+    pub request_duration: HistogramVec,
+    /// `strangler_upstream_errors_total{route,upstream,kind}`: the `x-strangler-error` reasons.
+    pub upstream_errors: IntCounterVec,
+    /// `strangler_upstream_healthy{upstream,backend}`: 1 in rotation, 0 out.
+    pub upstream_healthy: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +84,42 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric definition");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "strangler_requests_total",
+                "Requests by route, upstream and status code",
+            ),
+            &["route", "upstream", "code"],
+        )
+        .expect("valid metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strangler_request_duration_seconds",
+                "Time from a request's arrival to the end of its response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route", "upstream"],
+        )
+        .expect("valid metric definition");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "strangler_upstream_errors_total",
+                "Failed requests by route, upstream and kind (the x-strangler-error reason)",
+            ),
+            &["route", "upstream", "kind"],
+        )
+        .expect("valid metric definition");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "strangler_upstream_healthy",
+                "1 while a backend is in rotation, 0 while it is out",
+            ),
+            &["upstream", "backend"],
+        )
+        .expect("valid metric definition");
         for metric in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
@@ -81,6 +128,10 @@ impl Metrics {
             Box::new(shadow_requests.clone()),
             Box::new(shadow_inflight.clone()),
             Box::new(diffs.clone()),
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(upstream_healthy.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -98,6 +149,23 @@ impl Metrics {
             shadow_requests,
             shadow_inflight,
             diffs,
+            requests,
+            request_duration,
+            upstream_errors,
+            upstream_healthy,
+        }
+    }
+
+    /// Sets `strangler_upstream_healthy` from the live table (called when metrics are read).
+    pub fn refresh_upstreams(&self, table: &crate::routing::RouteTable) {
+        self.upstream_healthy.reset();
+        for pool in table.upstreams() {
+            for backend in pool.backends() {
+                let address = backend.address().to_string();
+                self.upstream_healthy
+                    .with_label_values(&[pool.name(), address.as_str()])
+                    .set(i64::from(backend.available()));
+            }
         }
     }
 

@@ -28,6 +28,9 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use std::time::Instant;
+
+use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, UpstreamId, set_path};
 use crate::shadow::{ShadowCopy, ShadowDispatcher};
 
@@ -47,11 +50,20 @@ const MAX_REQUEST_ID_LEN: usize = 200;
 pub struct StranglerProxy {
     routes: SharedRouteTable,
     shadows: Arc<ShadowDispatcher>,
+    metrics: Arc<Metrics>,
 }
 
 impl StranglerProxy {
-    pub fn new(routes: SharedRouteTable, shadows: Arc<ShadowDispatcher>) -> Self {
-        Self { routes, shadows }
+    pub fn new(
+        routes: SharedRouteTable,
+        shadows: Arc<ShadowDispatcher>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            routes,
+            shadows,
+            metrics,
+        }
     }
 }
 
@@ -74,6 +86,7 @@ pub struct RequestContext {
     refusal: Option<&'static str>,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    started: Instant,
 }
 
 impl RequestContext {
@@ -104,6 +117,7 @@ impl ProxyHttp for StranglerProxy {
             fell_back: false,
             refusal: None,
             body_bytes: 0,
+            started: Instant::now(),
         }
     }
 
@@ -197,10 +211,46 @@ impl ProxyHttp for StranglerProxy {
         Ok(None)
     }
 
-    async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        let shadowed = ctx.shadow.is_some();
         if let Some(copy) = ctx.shadow.as_mut() {
             copy.finish(error.is_some());
         }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route().map_or("default", |route| route.name.as_str());
+        let pool = ctx.table.upstream(ctx.upstream);
+        let upstream = pool.name();
+        let mut code_buffer = itoa::Buffer::new();
+        let code = code_buffer.format(status);
+        self.metrics
+            .requests
+            .with_label_values(&[route, upstream, code])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route, upstream])
+            .observe(elapsed.as_secs_f64());
+        if let Some(reason) = ctx.refusal.or(error.map(|e| classify(e).1)) {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[route, upstream, reason])
+                .inc();
+        }
+        tracing::info!(
+            target: "strangler::access",
+            request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+            method = %session.req_header().method,
+            path = session.req_header().uri.path(),
+            route,
+            upstream,
+            backend = ?ctx.backend.map(|index| pool.backends()[index].address()),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes = session.body_bytes_sent(),
+            shadowed,
+            fallback = ctx.fell_back,
+        );
     }
 
     async fn upstream_peer(

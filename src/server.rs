@@ -36,6 +36,10 @@ pub struct RunOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(
+        "the admin listener {0} is not on loopback and has no token: set server.admin_token or STRANGLER_ADMIN_TOKEN"
+    )]
+    UnprotectedAdmin(SocketAddr),
     #[error("cannot start the diff worker: {0}")]
     Worker(std::io::Error),
     #[error("cannot listen on {address} ({role}): {source}")]
@@ -63,6 +67,14 @@ pub fn serve(
     upgrade: bool,
 ) -> Result<(), StartError> {
     let server_config = table.config().server.clone();
+    let admin_token = server_config
+        .admin_token
+        .clone()
+        .or_else(|| std::env::var("STRANGLER_ADMIN_TOKEN").ok())
+        .filter(|token| !token.is_empty());
+    if admin_token.is_none() && !server_config.admin.ip().is_loopback() {
+        return Err(StartError::UnprotectedAdmin(server_config.admin));
+    }
     // Pingora reports a bind failure from deep inside a service thread; check up front so the
     // user gets one clear line and a non-zero exit instead. (An upgrade inherits the sockets.)
     let addresses = [
@@ -128,12 +140,17 @@ pub fn serve(
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        StranglerProxy::new(routes.clone(), shadows),
+        StranglerProxy::new(routes.clone(), shadows, metrics.clone()),
         "strangler proxy",
     );
     proxy.add_tcp(&server_config.listen.to_string());
 
-    let admin_app = AdminApp::new(routes.clone(), metrics.clone(), reloader.clone());
+    let admin_app = AdminApp::new(
+        routes.clone(),
+        metrics.clone(),
+        reloader.clone(),
+        admin_token,
+    );
     let mut admin = Service::new("strangler admin".to_owned(), admin_app);
     admin.add_tcp(&server_config.admin.to_string());
 

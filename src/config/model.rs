@@ -33,6 +33,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where the admin API (`/healthz`, `/readyz`, `/routes`) listens. Loopback by default.
     pub admin: SocketAddr,
+    /// Bearer token required by the admin API (all but /healthz, /readyz, /metrics); falls back
+    /// to the `STRANGLER_ADMIN_TOKEN` environment variable. Mandatory when `admin` is not on
+    /// loopback. Never shown by the admin API.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<String>,
     /// Worker threads for the proxy. Defaults to the CPUs this process may run on.
     pub threads: Option<usize>,
     /// After SIGTERM the listeners close at once; requests in flight get this long to finish,
@@ -82,6 +87,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            admin_token: None,
             threads: None,
             drain_timeout: Duration::from_secs(5),
             shadow_max_inflight: 256,

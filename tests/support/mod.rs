@@ -236,11 +236,23 @@ impl Proxy {
     /// Starts the proxy on a config file the test laid out itself in `dir` (with
     /// [`Ports::with_server`]), and waits until it serves.
     pub async fn start_on(dir: tempfile::TempDir, config: &Path, ports: Ports) -> Proxy {
+        Proxy::start_with(dir, config, ports, &[], &[("RUST_LOG", "warn")]).await
+    }
+
+    /// [`Proxy::start_on`] with extra command-line arguments and environment.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        config: &Path,
+        ports: Ports,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(binary())
+            .args(args)
             .args(["run", "-c"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
