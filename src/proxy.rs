@@ -279,6 +279,11 @@ impl ProxyHttp for StranglerProxy {
         }
     }
 
+    /// Failed requests are logged once, by `fail_to_proxy`, with the route and request id.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        true
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -315,7 +320,10 @@ impl ProxyHttp for StranglerProxy {
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
-        if let Some(backend) = ctx.backend {
+        // Only the backend's own failures count against it, not a client that went away.
+        if let Some(backend) = ctx.backend
+            && *error.esource() == ErrorSource::Upstream
+        {
             ctx.table.upstream(ctx.upstream).report_failure(backend);
         }
         // Pingora's rule: retry only idempotent requests whose body is still replayable, and

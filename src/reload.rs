@@ -312,12 +312,34 @@ fn start_file_watch(
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
 
+    let absolute = std::path::absolute(path)?;
+    // Only events about the config file (under its name or its symlink target's) or about
+    // Kubernetes' `..data` swap matter; a busy directory such as /tmp must not keep the
+    // reloader awake.
+    let mut names: Vec<std::ffi::OsString> = absolute
+        .file_name()
+        .map(|n| n.to_owned())
+        .into_iter()
+        .collect();
+    if let Some(target_name) = std::fs::canonicalize(&absolute)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_owned()))
+    {
+        names.push(target_name);
+    }
+    let relevant = move |event: &notify::Event| {
+        event.paths.iter().any(|changed| {
+            changed.file_name().is_some_and(|name| {
+                names.iter().any(|wanted| wanted == name)
+                    || name.to_string_lossy().starts_with("..")
+            })
+        })
+    };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| !event.kind.is_access()) {
+        if event.is_ok_and(|event| !event.kind.is_access() && relevant(&event)) {
             let _ = events.send(());
         }
     })?;
-    let absolute = std::path::absolute(path)?;
     let directory = absolute.parent().unwrap_or(Path::new("/")).to_owned();
     watcher.watch(&directory, RecursiveMode::NonRecursive)?;
     if let Ok(target) = std::fs::canonicalize(&absolute)

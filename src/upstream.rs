@@ -242,7 +242,15 @@ impl UpstreamPool {
             .request_failures
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        if limit > 0 && failures >= limit {
+        // Passive ejection never takes out the last backend in rotation: a blip on a lone
+        // backend would otherwise turn into a 503 for everyone for the whole ejection period.
+        // (Active health checks can; they prove the backend is down.)
+        let others_available = self
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(other, candidate)| other != index && candidate.available());
+        if limit > 0 && failures >= limit && others_available {
             backend.health.request_failures.store(0, Ordering::Relaxed);
             let until = now_ms() + self.passive.ejection.as_millis() as u64;
             backend

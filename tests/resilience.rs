@@ -91,14 +91,18 @@ async fn a_body_cut_short_by_the_upstream_looks_cut_short() {
 async fn no_healthy_backend_is_an_immediate_503_with_retry_after() {
     let proxy = proxy_to(
         &[support::dead_address()],
-        ", retries: 0, passive: { consecutive_failures: 1, ejection: 30s }",
+        ", retries: 0, health_check: { interval: 50ms, timeout: 100ms, unhealthy_threshold: 1 }",
     )
     .await;
-    assert_eq!(
-        proxy.get("/").await.status,
-        502,
-        "the first failure ejects the only backend"
-    );
+    // The TCP check takes the dead backend out of rotation.
+    let started = Instant::now();
+    while proxy.routes().await["upstreams"]["u"]["backends"][0]["available"] != false {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the dead backend was never taken out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let response = proxy.get("/").await;
     assert_eq!(response.status, 503);
@@ -178,6 +182,47 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
         assert!(started.elapsed() < DEADLINE, "never re-admitted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_hanging_up_never_eject_a_backend() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_to(
+        &[backend.address],
+        ", passive: { consecutive_failures: 1, ejection: 60s }",
+    )
+    .await;
+    for _ in 0..3 {
+        let abandoned = support::send(
+            proxy.address,
+            ClientRequest::get("/").header("x-test-delay-ms", "300"),
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), abandoned)
+                .await
+                .is_err()
+        );
+    }
+    // Wait until the proxy has finished (and counted) the three abandoned exchanges.
+    let started = Instant::now();
+    while proxy
+        .metric("strangler_requests_total{code=\"0\",route=\"default\",upstream=\"u\"}")
+        .await
+        .unwrap_or(0.0)
+        < 3.0
+    {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the abandoned requests never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = proxy.get("/").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        proxy.routes().await["upstreams"]["u"]["backends"][0]["ejected"],
+        false
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
