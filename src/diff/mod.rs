@@ -139,7 +139,12 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
                 (true, false) => "noise",
                 (true, true) => "match",
             };
-            let sample = sample(&rule, shadow);
+            // Samples explain differences; a matching exchange needs none.
+            let sample = if verdict == "match" {
+                None
+            } else {
+                sample(&rule, shadow)
+            };
             (
                 verdict,
                 counted,
@@ -170,7 +175,11 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         verdict: verdict.to_owned(),
         differences,
         noise: noisy,
-        primary_sample: sample(&rule, primary),
+        primary_sample: if verdict == "match" {
+            None
+        } else {
+            sample(&rule, primary)
+        },
         shadow_sample,
     })
 }
