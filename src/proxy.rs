@@ -86,6 +86,8 @@ pub struct RequestContext {
     refusal: Option<&'static str>,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    /// The upstream answered with a fallback status; the next attempt goes to the fallback.
+    retry_on_fallback: bool,
     started: Instant,
 }
 
@@ -117,6 +119,7 @@ impl ProxyHttp for StranglerProxy {
             fell_back: false,
             refusal: None,
             body_bytes: 0,
+            retry_on_fallback: false,
             started: Instant::now(),
         }
     }
@@ -177,7 +180,7 @@ impl ProxyHttp for StranglerProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -189,6 +192,26 @@ impl ProxyHttp for StranglerProxy {
                 502..=504 => pool.report_failure(backend),
                 _ => pool.report_success(backend),
             }
+        }
+        // A listed 5xx from the route's upstream: an idempotent request whose body can still be
+        // replayed is served by the fallback instead; nothing was sent to the client yet.
+        if !ctx.fell_back
+            && let Some(route) = ctx.route()
+            && let Some(fallback) = route.fallback
+            && route.fallback_on.contains(&response.status.as_u16())
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            ctx.fell_back = true;
+            ctx.upstream = fallback;
+            ctx.retry_on_fallback = true;
+            ctx.shadow = None;
+            let mut error = Error::explain(
+                ErrorType::HTTPStatus(response.status.as_u16()),
+                "upstream answered with a fallback status",
+            );
+            error.set_retry(true);
+            return Err(error);
         }
         if let Some(copy) = ctx.shadow.as_mut()
             && !response.status.is_informational()
@@ -330,6 +353,10 @@ impl ProxyHttp for StranglerProxy {
         // only when a reused (possibly stale) connection failed. A POST that reached a backend
         // is never sent twice.
         let mut error = error.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retry_on_fallback) {
+            error.set_retry(true);
+            return error;
+        }
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
             error.set_retry(false);

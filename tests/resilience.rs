@@ -281,6 +281,46 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_listed_5xx_sends_idempotent_requests_to_the_fallback() {
+    let legacy = Backend::start("legacy").await;
+    let failing = Backend::start_with(
+        "orders-v2",
+        Arc::new(|_: &Recorded| {
+            hyper::Response::builder()
+                .status(503)
+                .header("x-backend", "orders-v2")
+                .body(Full::new(Bytes::from_static(b"busy")))
+                .unwrap()
+        }),
+    )
+    .await;
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}], passive: {{ consecutive_failures: 0 }} }}
+default_upstream: legacy
+routes:
+  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: orders-v2, fallback: legacy }}
+"#,
+        legacy.address, failing.address
+    ))
+    .await;
+    let response = proxy.get("/orders/7").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-backend"), Some("legacy"));
+    assert_eq!(response.header("x-strangler-fallback"), Some("legacy"));
+    assert_eq!(failing.count(), 1);
+
+    // A POST may have had effects: its 503 goes to the client as it is.
+    let response = proxy
+        .send(ClientRequest::new("POST", "/orders").body("x"))
+        .await;
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("x-backend"), Some("orders-v2"));
+    assert_eq!(legacy.count(), 1, "the POST was not replayed on legacy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
     let backend = Backend::start("b").await;
     // Limits are process settings in the `server` section.

@@ -218,6 +218,9 @@ pub struct RouteConfig {
     /// failed on every attempt). Answers carry `x-strangler-fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Answers from `upstream` that send an idempotent request to `fallback` instead.
+    #[serde(default = "default_fallback_on")]
+    pub fallback_on: Vec<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteConfig>,
     #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
@@ -329,6 +332,10 @@ fn default_shadow_timeout() -> Duration {
 
 fn default_route_inflight() -> usize {
     64
+}
+
+fn default_fallback_on() -> Vec<u16> {
+    vec![502, 503, 504]
 }
 
 /// Conditions a request must meet, all of them, for the route to apply.

@@ -284,6 +284,7 @@ fn compile_route(
             path_regex,
             upstream: upstream?,
             fallback,
+            fallback_on: route.fallback_on.clone(),
             path_rewrite,
             host_rewrite,
             request_headers,

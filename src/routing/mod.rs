@@ -64,6 +64,8 @@ pub struct Route {
     pub shadow: Option<Arc<crate::shadow::ShadowRule>>,
     /// Serves the request when `upstream` cannot be reached.
     pub fallback: Option<UpstreamId>,
+    /// Statuses from `upstream` that send idempotent requests to `fallback`.
+    pub fallback_on: Vec<u16>,
 }
 
 impl RouteTable {
