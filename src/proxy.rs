@@ -135,6 +135,11 @@ impl ProxyHttp for StranglerProxy {
         }
         let refusal = check_limits(session.req_header(), &ctx.table.config().server.limits)
             .or_else(|| chunked_with_content_length(session).then_some((400, "ambiguous_framing")));
+        // A client that stops sending its body mid-way is cut off (408) instead of holding a slot.
+        let body_idle = ctx.table.config().server.limits.body_idle_timeout;
+        session
+            .as_downstream_mut()
+            .set_read_timeout(Some(body_idle));
         if let Some((status, reason)) = refusal {
             ctx.refusal = Some(reason);
             write_error_response(session, status, reason, &ctx.request_id).await?;

@@ -330,7 +330,7 @@ async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
         .with_server(&format!("upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n", backend.address))
         .replace(
             "  threads: 1\n",
-            "  threads: 1\n  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB }\n",
+            "  threads: 1\n  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB, body_idle_timeout: 300ms }\n",
         );
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, config).unwrap();
@@ -369,6 +369,29 @@ async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
     assert_eq!(support::send_raw(proxy.address, &chunked).await, 413);
 
     assert_eq!(proxy.get("/fine").await.status, 200);
+
+    // A body that stalls half-way: 408 within the idle timeout (plus slack), no complete request
+    // upstream.
+    let started = Instant::now();
+    let stalled = support::send_raw(
+        proxy.address,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part of it",
+    )
+    .await;
+    assert_eq!(stalled, 408);
+    assert!(
+        started.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        backend
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .all(|r| !r.complete),
+        "no POST over a limit or stalled reached the backend whole"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -69,6 +69,9 @@ pub struct LimitsConfig {
     pub max_header_bytes: bytesize::ByteSize,
     /// Largest request body; larger: 413, before the body is read when Content-Length says so.
     pub max_body: bytesize::ByteSize,
+    /// Longest wait for the next bytes of a request body; then 408.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -78,6 +81,7 @@ impl Default for LimitsConfig {
             max_header_count: 100,
             max_header_bytes: bytesize::ByteSize::kib(64),
             max_body: bytesize::ByteSize::mib(100),
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }
