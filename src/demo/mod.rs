@@ -182,9 +182,19 @@ fn print_tour(table: &RouteTable, config: Option<&Path>) {
     println!(
         "  curl -s  http://{admin}/metrics | grep -E 'shadow|diffs'  # /invoices and /api/orders reads are mirrored and compared"
     );
-    println!(
-        "  strangler report --db strangler-diffs.db      # how the candidates compare, per route"
-    );
+    // Shown as it can be run from here: `target/release/strangler` after `cargo run`.
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|path| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(
+                path.strip_prefix(&cwd)
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or(path),
+            )
+        })
+        .map_or_else(|| "strangler".to_owned(), |path| path.display().to_string());
+    println!("  {binary} report --db strangler-diffs.db   # how the candidates compare, per route");
     if let Some(config) = config {
         println!(
             "\nEdit {} and save: the change is live within a second; invalid edits are refused and logged.",
