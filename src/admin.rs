@@ -36,7 +36,13 @@ pub struct AdminApp {
 }
 
 const ENDPOINTS: &[&str] = &[
-    "/healthz", "/readyz", "/routes", "/metrics", "/reload", "/diffs",
+    "/healthz",
+    "/readyz",
+    "/routes",
+    "/metrics",
+    "/reload",
+    "/diffs",
+    "/kill-switch",
 ];
 
 impl AdminApp {
@@ -152,8 +158,15 @@ impl AdminApp {
             })
             .collect();
         let reload = self.reloader.as_ref();
+        let stages: serde_json::Map<String, serde_json::Value> = table
+            .routes()
+            .iter()
+            .map(|route| (route.name.clone(), json!(route.stage.as_str())))
+            .collect();
         json!({
             "generation": table.generation(),
+            "kill_switch": table.kill_switch.load(std::sync::atomic::Ordering::Relaxed),
+            "stages": stages,
             "sha256": table.sha256(),
             "loaded_at": humantime::format_rfc3339_seconds(table.loaded_at()).to_string(),
             "config_path": reload.map(|r| r.path().display().to_string()),
@@ -206,6 +219,36 @@ impl ServeHttp for AdminApp {
                 })
                 .expect("static response parts are valid"),
             (Method::POST, "/reload") => self.reload().await,
+            (Method::POST, "/kill-switch") => {
+                let query = session.req_header().uri.query().unwrap_or("").to_owned();
+                let state = form_urlencoded::parse(query.as_bytes())
+                    .find(|(key, _)| key == "state")
+                    .map(|(_, value)| value.into_owned());
+                let on = match state.as_deref() {
+                    Some("on") => true,
+                    Some("off") => false,
+                    _ => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            &json!({ "error": "POST /kill-switch?state=on or ?state=off" }),
+                        );
+                    }
+                };
+                let table = self.routes.load();
+                table
+                    .kill_switch
+                    .store(on, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    on,
+                    generation = table.generation(),
+                    "kill switch set from the admin API"
+                );
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "kill_switch": on, "generation": table.generation(), "until": "the next reload" }),
+                )
+            }
+            (_, "/kill-switch") => method_not_allowed("POST"),
             (Method::GET | Method::HEAD, "/diffs") => {
                 let query = session.req_header().uri.query().unwrap_or("").to_owned();
                 self.diffs(&query).await

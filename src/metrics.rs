@@ -37,6 +37,10 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `strangler_upstream_healthy{upstream,backend}`: 1 in rotation, 0 out.
     pub upstream_healthy: IntGaugeVec,
+    /// `strangler_route_stage{route,stage}`: 1 for each route's migration stage.
+    pub route_stage: IntGaugeVec,
+    /// `strangler_kill_switch`: 1 while everything goes to legacy.
+    pub kill_switch: IntGauge,
 }
 
 impl Metrics {
@@ -120,6 +124,19 @@ impl Metrics {
             &["upstream", "backend"],
         )
         .expect("valid metric definition");
+        let route_stage = IntGaugeVec::new(
+            Opts::new(
+                "strangler_route_stage",
+                "1 for the migration stage of each route",
+            ),
+            &["route", "stage"],
+        )
+        .expect("valid metric definition");
+        let kill_switch = IntGauge::new(
+            "strangler_kill_switch",
+            "1 while the kill switch sends everything to legacy",
+        )
+        .expect("valid metric definition");
         for metric in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
@@ -132,6 +149,8 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(upstream_healthy.clone()),
+            Box::new(route_stage.clone()),
+            Box::new(kill_switch.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -153,11 +172,22 @@ impl Metrics {
             request_duration,
             upstream_errors,
             upstream_healthy,
+            route_stage,
+            kill_switch,
         }
     }
 
     /// Sets `strangler_upstream_healthy` from the live table (called when metrics are read).
     pub fn refresh_upstreams(&self, table: &crate::routing::RouteTable) {
+        self.route_stage.reset();
+        for route in table.routes() {
+            self.route_stage
+                .with_label_values(&[route.name.as_str(), route.stage.as_str()])
+                .set(1);
+        }
+        self.kill_switch.set(i64::from(
+            table.kill_switch.load(std::sync::atomic::Ordering::Relaxed),
+        ));
         self.upstream_healthy.reset();
         for pool in table.upstreams() {
             for backend in pool.backends() {

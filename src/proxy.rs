@@ -37,6 +37,7 @@ use crate::shadow::{ShadowCopy, ShadowDispatcher};
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
 pub const STRANGLER_FALLBACK: HeaderName = HeaderName::from_static("x-strangler-fallback");
+pub const STRANGLER_STAGE: HeaderName = HeaderName::from_static("x-strangler-stage");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -147,13 +148,48 @@ impl ProxyHttp for StranglerProxy {
         }
 
         ctx.route = ctx.table.find(session.req_header());
-        if let Some(route) = ctx.route.map(|index| &ctx.table.routes()[index]) {
-            ctx.upstream = route.upstream;
-            if let Some(rule) = &route.shadow {
-                ctx.shadow =
-                    self.shadows
-                        .begin(&route.name, rule, session.req_header(), &ctx.request_id);
+        let Some(route) = ctx.route.map(|index| &ctx.table.routes()[index]) else {
+            return Ok(false);
+        };
+        if let Some(retired) = &route.retired {
+            let mut response = ResponseHeader::build(retired.status, Some(4))?;
+            response.insert_header(CONTENT_LENGTH, retired.body.len())?;
+            response.insert_header(STRANGLER_STAGE, "retired")?;
+            response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+            session
+                .write_response_header(Box::new(response), retired.body.is_empty())
+                .await?;
+            if !retired.body.is_empty() {
+                session
+                    .write_response_body(Some(retired.body.clone()), true)
+                    .await?;
             }
+            return Ok(true);
+        }
+        ctx.upstream = route.upstream;
+        if let Some(split) = &route.split {
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            ctx.upstream = split.pick(session.req_header(), client);
+        }
+        if ctx
+            .table
+            .kill_switch
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // Everything back to legacy, and no copies anywhere.
+            ctx.upstream = route.legacy_upstream;
+            return Ok(false);
+        }
+        if let Some(forced) = tester_choice(&ctx.table, session.req_header()) {
+            ctx.upstream = forced;
+        }
+        if let Some(rule) = &route.shadow {
+            ctx.shadow =
+                self.shadows
+                    .begin(&route.name, rule, session.req_header(), &ctx.request_id);
         }
         Ok(false)
     }
@@ -458,6 +494,24 @@ impl ProxyHttp for StranglerProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// The upstream a tester forces with the override header, when the request carries the token.
+fn tester_choice(table: &RouteTable, request: &pingora_http::RequestHeader) -> Option<UpstreamId> {
+    let tester = table.tester_override.as_ref()?;
+    let wanted = request.headers.get(&tester.header)?;
+    let token = request.headers.get(&tester.token_header)?;
+    let token_matches = token.len() == tester.token.len()
+        && token
+            .as_bytes()
+            .iter()
+            .zip(tester.token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !token_matches {
+        return None;
+    }
+    table.upstream_id(wanted.to_str().ok()?)
 }
 
 /// The limit `request` breaks, as (status, reason), checked before anything is routed or read.

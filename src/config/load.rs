@@ -197,6 +197,15 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
         }
     };
 
+    let kill_switch = match top.remove("kill_switch") {
+        None | Some(Value::Null) => false,
+        Some(value) => section::<bool>(value, "kill_switch", &mut diagnostics).unwrap_or(false),
+    };
+    let tester_override = match top.remove("tester_override") {
+        None | Some(Value::Null) => None,
+        Some(value) => section(value, "tester_override", &mut diagnostics),
+    };
+
     let mut routes = Vec::new();
     let mut route_numbers = Vec::new();
     match top.remove("routes") {
@@ -224,6 +233,8 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
             // Empty only when already reported above; the compiler skips an empty name.
             default_upstream: default_upstream.unwrap_or_default(),
             routes,
+            kill_switch,
+            tester_override,
         },
         source,
         problems: diagnostics,

@@ -20,10 +20,104 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub default_upstream: String,
     pub routes: Vec<RouteConfig>,
+    /// Send every route to its legacy upstream and stop all shadows.
+    pub kill_switch: bool,
+    /// Lets testers force an upstream for one request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tester_override: Option<TesterOverrideConfig>,
+}
+
+/// A request header naming the upstream to use, honoured only with the secret token.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TesterOverrideConfig {
+    /// The header carrying the upstream name, e.g. `x-strangler-upstream`.
+    #[serde(default = "default_override_header")]
+    pub header: String,
+    /// The header carrying the token.
+    #[serde(default = "default_override_token_header")]
+    pub token_header: String,
+    /// The secret; never shown by the admin API.
+    #[serde(skip_serializing)]
+    pub token: String,
+}
+
+fn default_override_header() -> String {
+    "x-strangler-upstream".into()
+}
+
+fn default_override_token_header() -> String {
+    "x-strangler-token".into()
+}
+
+/// Where a route is in its migration; checked against its settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    #[default]
+    Legacy,
+    Shadow,
+    Canary,
+    New,
+    Retired,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Legacy => "legacy",
+            Stage::Shadow => "shadow",
+            Stage::Canary => "canary",
+            Stage::New => "new",
+            Stage::Retired => "retired",
+        }
+    }
+}
+
+/// One side of a weighted split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    pub upstream: String,
+    /// Percent of traffic, 0 to 100; a route's weights sum to 100.
+    pub weight: u32,
+}
+
+/// What keeps a user on the same side of a split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_ip: bool,
+}
+
+/// The answer of a retired route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredConfig {
+    #[serde(default = "default_retired_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+}
+
+fn default_retired_status() -> u16 {
+    410
 }
 
 /// The top-level keys of the file, in the order the loader reads them.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "default_upstream", "routes"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "upstreams",
+    "default_upstream",
+    "routes",
+    "kill_switch",
+    "tester_override",
+];
 
 /// Process-level settings: changing them takes a restart.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -234,6 +328,18 @@ pub struct RouteConfig {
     /// Mirror matching requests to a candidate upstream; the client only ever sees the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
+    /// Migration stage: legacy, shadow, canary, new or retired.
+    #[serde(default)]
+    pub stage: Stage,
+    /// Weighted upstreams (instead of `upstream`), listed new service first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitConfig>,
+    /// Keeps a user on one side of the split; without a key the side is random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyConfig>,
+    /// What a retired route answers (default 410 with no body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<RetiredConfig>,
 }
 
 /// A route's shadow traffic: copies of its requests sent to a candidate, off the request path.

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+use super::canary::{RetiredAnswer, TesterOverride, check_stage, compile_split};
 use super::index::{PathCondition, RouteIndex};
 use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
 use super::rewrite::{HeaderActions, PathRewrite};
@@ -137,6 +138,31 @@ impl RouteTable {
             }
         }
 
+        let tester_override = config.tester_override.as_ref().and_then(|tester| {
+            let header = HeaderName::from_bytes(tester.header.as_bytes());
+            let token_header = HeaderName::from_bytes(tester.token_header.as_bytes());
+            let token = HeaderValue::from_str(&tester.token);
+            match (header, token_header, token) {
+                (Ok(header), Ok(token_header), Ok(token)) if tester.token.len() >= 16 => {
+                    Some(TesterOverride {
+                        header,
+                        token_header,
+                        token,
+                    })
+                }
+                _ => {
+                    diagnostics.push(
+                        Diagnostic::new(
+                            "tester_override",
+                            "needs valid header names and a token of at least 16 characters",
+                        )
+                        .with_hint("tester_override: { token: <32 random characters> }"),
+                    );
+                    None
+                }
+            }
+        });
+
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut conditions = Vec::with_capacity(config.routes.len());
         let mut first_use: HashMap<&str, usize> = HashMap::new();
@@ -175,10 +201,22 @@ impl RouteTable {
                     })
                     .collect();
                 let index = RouteIndex::build(&indexed);
+                let upstream_names = config
+                    .upstreams
+                    .keys()
+                    .filter_map(|name| {
+                        upstream_ids
+                            .get(name.as_str())
+                            .map(|id| (name.clone(), *id))
+                    })
+                    .collect();
                 Ok(RouteTable {
                     generation,
                     sha256,
                     loaded_at: SystemTime::now(),
+                    kill_switch: std::sync::atomic::AtomicBool::new(config.kill_switch),
+                    tester_override,
+                    upstream_names,
                     config,
                     routes,
                     index,
@@ -243,6 +281,31 @@ fn compile_route(
         .fallback
         .as_ref()
         .and_then(|name| resolver.resolve(name, &format!("{path}.fallback"), diagnostics));
+    if !route.split.is_empty() && route.upstream.is_some() {
+        diagnostics.push(
+            Diagnostic::new(
+                format!("{path}.split"),
+                "use either `upstream` or `split`, not both",
+            )
+            .with_hint("a split lists every upstream with its weight"),
+        );
+    }
+    let split = compile_split(
+        &route.split,
+        route.sticky.as_ref(),
+        path,
+        |name, field, diagnostics| resolver.resolve(name, field, diagnostics),
+        diagnostics,
+    );
+    check_stage(
+        route.stage,
+        !route.split.is_empty(),
+        route.shadow.is_some(),
+        route.upstream.is_some(),
+        route.retired.as_ref(),
+        path,
+        diagnostics,
+    );
     let (path_rewrite, host_rewrite) = match &route.rewrite {
         Some(rewrite) => compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics),
         None => (None, None),
@@ -285,6 +348,11 @@ fn compile_route(
             upstream: upstream?,
             fallback,
             fallback_on: route.fallback_on.clone(),
+            stage: route.stage,
+            split,
+            legacy_upstream: fallback.or(default_upstream)?,
+            retired: (route.stage == crate::config::Stage::Retired)
+                .then(|| RetiredAnswer::from_config(route.retired.as_ref())),
             path_rewrite,
             host_rewrite,
             request_headers,

@@ -9,6 +9,7 @@
 //! This module decides *where* a request goes and *what* is done to it. Talking to backends is
 //! [`crate::upstream`]'s job; wiring the decision into Pingora is [`crate::proxy`]'s.
 
+mod canary;
 mod compile;
 mod index;
 mod matcher;
@@ -25,6 +26,7 @@ use regex::Regex;
 
 use crate::config::{Config, ConfigError, load_file};
 use crate::upstream::UpstreamPool;
+pub use canary::{RetiredAnswer, Split, TesterOverride};
 use index::RouteIndex;
 pub use matcher::{RequestMatcher, request_host};
 pub use rewrite::{HeaderActions, PathRewrite, set_path};
@@ -41,6 +43,11 @@ pub struct RouteTable {
     generation: u64,
     sha256: String,
     loaded_at: SystemTime,
+    /// Everything to legacy, no shadows. From the config; the admin API can flip it until the
+    /// next reload.
+    pub kill_switch: std::sync::atomic::AtomicBool,
+    pub tester_override: Option<TesterOverride>,
+    upstream_names: std::collections::HashMap<String, UpstreamId>,
     config: Config,
     routes: Vec<Route>,
     index: RouteIndex,
@@ -66,6 +73,13 @@ pub struct Route {
     pub fallback: Option<UpstreamId>,
     /// Statuses from `upstream` that send idempotent requests to `fallback`.
     pub fallback_on: Vec<u16>,
+    pub stage: crate::config::Stage,
+    /// Weighted upstreams, when the route is a canary.
+    pub split: Option<Split>,
+    /// Where the kill switch sends this route: its fallback, else the default upstream.
+    pub legacy_upstream: UpstreamId,
+    /// The answer of a retired route.
+    pub retired: Option<RetiredAnswer>,
 }
 
 impl RouteTable {
@@ -92,6 +106,11 @@ impl RouteTable {
                     && route.matcher.matches(request)
             })
             .map(|number| number as usize)
+    }
+
+    /// The upstream called `name`.
+    pub fn upstream_id(&self, name: &str) -> Option<UpstreamId> {
+        self.upstream_names.get(name).copied()
     }
 
     pub fn upstream(&self, id: UpstreamId) -> &UpstreamPool {

@@ -1,0 +1,228 @@
+//! Gradual migration per route: weighted, sticky splits between upstreams, the migration stage,
+//! and the per-request overrides (tester header, kill switch) that the proxy applies on top.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+
+use super::UpstreamId;
+use crate::config::{Diagnostic, RetiredConfig, SplitConfig, Stage, StickyConfig};
+
+/// Buckets a key hashes into; weights are percent, so one percent is 100 buckets.
+const BUCKETS: u64 = 10_000;
+
+/// A compiled split: upstream and the exclusive end of its bucket range, in list order.
+#[derive(Debug, Clone)]
+pub struct Split {
+    ranges: Vec<(UpstreamId, u64)>,
+    sticky: Option<StickyKey>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StickyKey {
+    Cookie(String),
+    Header(HeaderName),
+    ClientIp,
+}
+
+impl Split {
+    /// The side for this request: by its sticky key when there is one (the same key always
+    /// lands in the same bucket, and ranges only grow or shrink at their edges, so raising the
+    /// first entry's weight moves keys to it and never away), else at random.
+    pub fn pick(&self, request: &RequestHeader, client_ip: Option<std::net::IpAddr>) -> UpstreamId {
+        let bucket = match self
+            .sticky
+            .as_ref()
+            .and_then(|key| key_bytes(key, request, client_ip))
+        {
+            Some(key) => xxhash_rust::xxh3::xxh3_64(&key) % BUCKETS,
+            None => fastrand::u64(..BUCKETS),
+        };
+        self.ranges
+            .iter()
+            .find(|(_, end)| bucket < *end)
+            .or(self.ranges.last())
+            .map(|(upstream, _)| *upstream)
+            .expect("a split has at least one side")
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = UpstreamId> + '_ {
+        self.ranges.iter().map(|(upstream, _)| *upstream)
+    }
+}
+
+fn key_bytes(
+    key: &StickyKey,
+    request: &RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
+) -> Option<Vec<u8>> {
+    match key {
+        StickyKey::Header(name) => request.headers.get(name).map(|v| v.as_bytes().to_vec()),
+        StickyKey::ClientIp => client_ip.map(|ip| ip.to_string().into_bytes()),
+        StickyKey::Cookie(name) => request
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (pair[..eq].trim_ascii() == name.as_bytes())
+                    .then(|| pair[eq + 1..].trim_ascii().to_vec())
+            }),
+    }
+}
+
+/// Compiles `split:` and `sticky:`; `resolve` maps upstream names to ids (reporting unknown ones).
+pub fn compile_split(
+    split: &[SplitConfig],
+    sticky: Option<&StickyConfig>,
+    path: &str,
+    mut resolve: impl FnMut(&str, &str, &mut Vec<Diagnostic>) -> Option<UpstreamId>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Split> {
+    if split.is_empty() {
+        if sticky.is_some() {
+            diagnostics.push(Diagnostic::new(
+                format!("{path}.sticky"),
+                "only applies to a route with a split",
+            ));
+        }
+        return None;
+    }
+    let total: u32 = split.iter().map(|side| side.weight).sum();
+    if total != 100 {
+        diagnostics.push(
+            Diagnostic::new(
+                format!("{path}.split"),
+                format!("weights sum to {total}, not 100"),
+            )
+            .with_hint("weights are percent: 10 and 90, say"),
+        );
+    }
+    let mut ranges = Vec::with_capacity(split.len());
+    let mut end = 0u64;
+    for (number, side) in split.iter().enumerate() {
+        end += u64::from(side.weight) * (BUCKETS / 100);
+        if let Some(upstream) = resolve(
+            &side.upstream,
+            &format!("{path}.split[{number}].upstream"),
+            diagnostics,
+        ) {
+            ranges.push((upstream, end));
+        }
+    }
+    let sticky = match sticky {
+        None => None,
+        Some(config) => {
+            let given = [
+                config.cookie.is_some(),
+                config.header.is_some(),
+                config.client_ip,
+            ]
+            .into_iter()
+            .filter(|set| *set)
+            .count();
+            if given != 1 {
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("{path}.sticky"),
+                        "set exactly one of `cookie`, `header` or `client_ip`",
+                    )
+                    .with_hint("sticky: { cookie: session_id }"),
+                );
+                None
+            } else if let Some(cookie) = &config.cookie {
+                Some(StickyKey::Cookie(cookie.clone()))
+            } else if let Some(header) = &config.header {
+                match HeaderName::from_bytes(header.as_bytes()) {
+                    Ok(name) => Some(StickyKey::Header(name)),
+                    Err(_) => {
+                        diagnostics.push(Diagnostic::new(
+                            format!("{path}.sticky.header"),
+                            format!("`{header}` is not a valid header name"),
+                        ));
+                        None
+                    }
+                }
+            } else {
+                Some(StickyKey::ClientIp)
+            }
+        }
+    };
+    (ranges.len() == split.len()).then_some(Split { ranges, sticky })
+}
+
+/// Checks a route's `stage` against what it configures.
+pub fn check_stage(
+    stage: Stage,
+    has_split: bool,
+    has_shadow: bool,
+    has_upstream: bool,
+    retired: Option<&RetiredConfig>,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let problem = match stage {
+        Stage::Legacy if has_split => Some("a legacy route has no split; a split is stage: canary"),
+        Stage::Shadow if !has_shadow => Some("stage: shadow needs a `shadow:` section"),
+        Stage::Shadow if has_split => {
+            Some("a shadow-stage route serves from one upstream; a split is stage: canary")
+        }
+        Stage::Canary if !has_split => Some("stage: canary needs a `split:` of weighted upstreams"),
+        Stage::New if has_split => {
+            Some("a new-stage route serves from one upstream; a split is stage: canary")
+        }
+        Stage::Retired if has_split || has_shadow || has_upstream => {
+            Some("a retired route answers by itself: remove upstream, split and shadow")
+        }
+        _ => None,
+    };
+    if let Some(problem) = problem {
+        diagnostics.push(Diagnostic::new(format!("{path}.stage"), problem));
+    }
+    if retired.is_some() && stage != Stage::Retired {
+        diagnostics.push(Diagnostic::new(
+            format!("{path}.retired"),
+            "only applies with stage: retired",
+        ));
+    }
+    if let Some(retired) = retired
+        && !(200..=599).contains(&retired.status)
+    {
+        diagnostics.push(Diagnostic::new(
+            format!("{path}.retired.status"),
+            "must be an HTTP status, 200 to 599",
+        ));
+    }
+}
+
+/// The compiled answer of a retired route.
+#[derive(Debug, Clone)]
+pub struct RetiredAnswer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl RetiredAnswer {
+    pub fn from_config(config: Option<&RetiredConfig>) -> Self {
+        match config {
+            Some(config) => Self {
+                status: config.status,
+                body: Bytes::from(config.body.clone()),
+            },
+            None => Self {
+                status: 410,
+                body: Bytes::new(),
+            },
+        }
+    }
+}
+
+/// The tester override, compiled.
+#[derive(Debug, Clone)]
+pub struct TesterOverride {
+    pub header: HeaderName,
+    pub token_header: HeaderName,
+    pub token: HeaderValue,
+}

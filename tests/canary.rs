@@ -1,0 +1,279 @@
+//! Canary migration end to end: weighted splits, stickiness across a reload that raises the
+//! weight, the tester override, the kill switch, retired routes and stage validation.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, run_cli};
+
+fn config(ports: &Ports, legacy: &Backend, new: &Backend, new_weight: u32, extra: &str) -> String {
+    ports.with_server(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  invoices-v2: {{ backends: [{}] }}
+default_upstream: legacy
+{extra}routes:
+  - name: invoices
+    stage: canary
+    match: {{ path_prefix: /invoices }}
+    split:
+      - {{ upstream: invoices-v2, weight: {new_weight} }}
+      - {{ upstream: legacy, weight: {} }}
+    sticky: {{ cookie: session_id }}
+    shadow: {{ upstream: invoices-v2, sample: 1.0 }}
+  - name: old-reports
+    stage: retired
+    match: {{ path_prefix: /reports }}
+    retired: {{ status: 410, body: "reports moved to /analytics" }}
+"#,
+        legacy.address,
+        new.address,
+        100 - new_weight
+    ))
+}
+
+async fn start(
+    legacy: &Backend,
+    new: &Backend,
+    new_weight: u32,
+    extra: &str,
+) -> (Proxy, std::path::PathBuf, Ports) {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::reserve();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config(&ports, legacy, new, new_weight, extra)).unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    (proxy, path, ports)
+}
+
+async fn side(proxy: &Proxy, request: ClientRequest) -> String {
+    let response = proxy.send(request).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.header("x-backend").unwrap().to_owned()
+}
+
+fn user(id: usize) -> ClientRequest {
+    ClientRequest::get("/invoices/1").header("cookie", &format!("session_id=user-{id}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_without_a_key_follows_the_weights() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("invoices-v2").await;
+    let (proxy, _, _) = start(&legacy, &new, 20, "").await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..1000 {
+        *counts
+            .entry(side(&proxy, ClientRequest::get("/invoices/1")).await)
+            .or_default() += 1;
+    }
+    let to_new = counts.get("invoices-v2").copied().unwrap_or(0);
+    assert!(
+        (140..=260).contains(&to_new),
+        "{to_new} of 1000 at weight 20: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sticky_users_stay_put_and_raising_the_weight_only_moves_users_to_the_new_side() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("invoices-v2").await;
+    let (proxy, path, ports) = start(&legacy, &new, 10, "").await;
+
+    let mut before = Vec::new();
+    for id in 0..300 {
+        let first = side(&proxy, user(id)).await;
+        for _ in 0..2 {
+            assert_eq!(
+                side(&proxy, user(id)).await,
+                first,
+                "user {id} switched sides"
+            );
+        }
+        before.push(first);
+    }
+    let new_before = before.iter().filter(|s| *s == "invoices-v2").count();
+    assert!(
+        (10..=60).contains(&new_before),
+        "{new_before} of 300 users at weight 10"
+    );
+
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, config(&ports, &legacy, &new, 50, "")).unwrap();
+    std::fs::rename(&temporary, &path).unwrap();
+    let started = Instant::now();
+    while proxy.routes().await["generation"] != 2 {
+        assert!(started.elapsed() < DEADLINE, "the new weight never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut moved = 0;
+    for (id, was) in before.iter().enumerate() {
+        let now = side(&proxy, user(id)).await;
+        if was == "invoices-v2" {
+            assert_eq!(now, "invoices-v2", "user {id} moved back to legacy");
+        } else if now == "invoices-v2" {
+            moved += 1;
+        }
+    }
+    let new_after = new_before + moved;
+    assert!(
+        (110..=190).contains(&new_after),
+        "{new_after} of 300 users at weight 50"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tester_override_needs_the_token() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("invoices-v2").await;
+    let token = "t0k3n-t0k3n-t0k3n-t0k3n";
+    let (proxy, _, _) = start(
+        &legacy,
+        &new,
+        0,
+        &format!("tester_override: {{ token: {token} }}\n"),
+    )
+    .await;
+    let forced = |token: Option<&str>| {
+        let mut request =
+            ClientRequest::get("/invoices/1").header("x-strangler-upstream", "invoices-v2");
+        if let Some(token) = token {
+            request = request.header("x-strangler-token", token);
+        }
+        request
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            side(&proxy, forced(None)).await,
+            "legacy",
+            "no token: weight 0 rules"
+        );
+        assert_eq!(
+            side(&proxy, forced(Some("wrong-wrong-wrong-wrong"))).await,
+            "legacy"
+        );
+        assert_eq!(side(&proxy, forced(Some(token))).await, "invoices-v2");
+    }
+    let document = proxy.routes().await;
+    assert!(
+        !document.to_string().contains(token),
+        "the token is never shown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kill_switch_sends_everything_to_legacy_and_stops_shadows() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("invoices-v2").await;
+    let (proxy, _, _) = start(&legacy, &new, 100, "").await;
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/invoices/1")).await,
+        "invoices-v2"
+    );
+
+    let on = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/kill-switch?state=on"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(on.status, 200);
+    let new_before = new.count();
+    for _ in 0..10 {
+        assert_eq!(
+            side(&proxy, ClientRequest::get("/invoices/1")).await,
+            "legacy"
+        );
+    }
+    assert_eq!(
+        new.count(),
+        new_before,
+        "no traffic and no shadow copies to the new service"
+    );
+    assert_eq!(proxy.metric("strangler_kill_switch").await, Some(1.0));
+    assert_eq!(proxy.routes().await["kill_switch"], true);
+
+    let off = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/kill-switch?state=off"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(off.status, 200);
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/invoices/1")).await,
+        "invoices-v2"
+    );
+    assert_eq!(proxy.metric("strangler_kill_switch").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retired_routes_answer_by_themselves_and_stages_show_in_metrics() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("invoices-v2").await;
+    let (proxy, _, _) = start(&legacy, &new, 10, "").await;
+    let response = proxy.get("/reports/2024").await;
+    assert_eq!(response.status, 410);
+    assert_eq!(response.text(), "reports moved to /analytics");
+    assert_eq!(response.header("x-strangler-stage"), Some("retired"));
+    assert!(
+        legacy
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/reports"))
+    );
+    assert_eq!(
+        proxy
+            .metric("strangler_route_stage{route=\"invoices\",stage=\"canary\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("strangler_route_stage{route=\"old-reports\",stage=\"retired\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(proxy.routes().await["stages"]["invoices"], "canary");
+}
+
+#[test]
+fn stages_are_checked_against_the_route() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        r#"upstreams:
+  legacy: { backends: [127.0.0.1:9001] }
+  new: { backends: [127.0.0.1:9002] }
+default_upstream: legacy
+routes:
+  - { name: a, stage: canary, upstream: new }
+  - name: b
+    stage: legacy
+    split: [{ upstream: new, weight: 10 }, { upstream: legacy, weight: 80 }]
+  - { name: c, stage: shadow, upstream: legacy }
+  - { name: d, stage: retired, upstream: legacy }
+  - { name: e, upstream: new, sticky: { cookie: s } }
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = run_cli(&["validate", "routes.yaml"], Path::new(dir.path()));
+    assert_eq!(code, 1);
+    for expected in [
+        "routes[0].stage: stage: canary needs a `split:`",
+        "routes[1].split: weights sum to 90, not 100",
+        "routes[1].stage: a legacy route has no split",
+        "routes[2].stage: stage: shadow needs a `shadow:` section",
+        "routes[3].stage: a retired route answers by itself",
+        "routes[4].sticky: only applies to a route with a split",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+}
