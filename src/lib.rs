@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod report;
+pub mod routes_cli;
 pub mod routing;
 pub mod server;
 pub mod shadow;

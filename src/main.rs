@@ -50,6 +50,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Print the route table: stage, match, upstream or split, shadow. From a file, or from a
+    /// running proxy's admin API.
+    Routes {
+        /// The routes file.
+        #[arg(short, long, default_value = "routes.yaml", conflicts_with = "admin")]
+        config: PathBuf,
+        /// A running proxy's admin address, like 127.0.0.1:9901.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Admin token (default: $STRANGLER_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Summarise stored shadow diffs per route; exit 1 when a route fails the gate (for CI).
     Report {
         /// Diff store(s) to read; several (one per replica) are merged.
@@ -112,6 +125,20 @@ fn main() -> ExitCode {
             }
         },
         Command::Validate { files, format } => validate(&files, format),
+        Command::Routes {
+            config,
+            admin,
+            token,
+        } => match show_routes(&config, admin.as_deref(), token) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("strangler routes: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Report {
             databases,
             route,
@@ -210,6 +237,54 @@ fn validate(files: &[PathBuf], format: OutputFormat) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn show_routes(
+    config: &std::path::Path,
+    admin: Option<&str>,
+    token: Option<String>,
+) -> anyhow::Result<String> {
+    let Some(admin) = admin else {
+        let table = load_route_table(config, 1)?;
+        let document = serde_json::to_value(table.config())?;
+        return Ok(strangler::routes_cli::render(
+            &document,
+            None,
+            table.config().kill_switch,
+        ));
+    };
+    let token = token.or_else(|| std::env::var("STRANGLER_ADMIN_TOKEN").ok());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let document: serde_json::Value = runtime.block_on(async {
+        use http_body_util::BodyExt;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let mut request = http::Request::get(format!("http://{admin}/routes"));
+        if let Some(token) = &token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.request(request.body(http_body_util::Empty::new())?),
+        )
+        .await??;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "{admin} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok::<_, anyhow::Error>(serde_json::from_slice(&body)?)
+    })?;
+    Ok(strangler::routes_cli::render(
+        &document["config"],
+        document["generation"].as_u64(),
+        document["kill_switch"].as_bool().unwrap_or(false),
+    ))
 }
 
 fn init_logging(format: LogFormat) {

@@ -241,6 +241,36 @@ async fn retired_routes_answer_by_themselves_and_stages_show_in_metrics() {
     assert_eq!(proxy.routes().await["stages"]["invoices"], "canary");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn strangler_routes_prints_the_table_from_a_file_and_from_a_running_proxy() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("invoices-v2").await;
+    let (proxy, path, _) = start(&legacy, &new, 10, "").await;
+    let (code, from_file, stderr) =
+        run_cli(&["routes", "-c", path.to_str().unwrap()], Path::new("/tmp"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(from_file.contains("invoices"), "{from_file}");
+    assert!(from_file.contains("canary"), "{from_file}");
+    assert!(
+        from_file.contains("invoices-v2 10% / legacy 90% sticky by cookie session_id"),
+        "{from_file}"
+    );
+    assert!(
+        from_file.contains("shadow -> invoices-v2 (100%)"),
+        "{from_file}"
+    );
+    assert!(from_file.contains("answers 410 itself"), "{from_file}");
+
+    let admin = proxy.admin.to_string();
+    let (code, from_admin, stderr) = run_cli(&["routes", "--admin", &admin], Path::new("/tmp"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(from_admin.starts_with("generation 1"), "{from_admin}");
+    assert!(
+        from_admin.contains("invoices-v2 10% / legacy 90%"),
+        "{from_admin}"
+    );
+}
+
 #[test]
 fn stages_are_checked_against_the_route() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,130 @@
+//! `strangler routes`: the route table as a person reads it, from a file or a running proxy.
+
+use serde_json::Value;
+
+/// Renders the `config` part of a `/routes` document (or a config serialized the same way).
+pub fn render(config: &Value, generation: Option<u64>, kill_switch: bool) -> String {
+    let mut out = String::new();
+    if let Some(generation) = generation {
+        out.push_str(&format!("generation {generation}"));
+        if kill_switch {
+            out.push_str("  KILL SWITCH ON: every route goes to legacy, no shadows");
+        }
+        out.push('\n');
+    }
+    let default = config["default_upstream"].as_str().unwrap_or("?");
+    let empty = Vec::new();
+    let routes = config["routes"].as_array().unwrap_or(&empty);
+    let width = routes
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    out.push_str(&format!(
+        "{:<width$}  {:<8}  {:<40}  {}\n",
+        "ROUTE", "STAGE", "MATCH", "SERVED BY"
+    ));
+    for route in routes {
+        let name = route["name"].as_str().unwrap_or("?");
+        let stage = route["stage"].as_str().unwrap_or("legacy");
+        let served = served_by(route, default);
+        out.push_str(&format!(
+            "{name:<width$}  {stage:<8}  {:<40}  {served}\n",
+            describe_match(&route["match"])
+        ));
+    }
+    out.push_str(&format!(
+        "{:<width$}  {:<8}  {:<40}  {default}\n",
+        "(default)", "", "anything else"
+    ));
+    out
+}
+
+fn describe_match(matcher: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(methods) = matcher["methods"].as_array() {
+        parts.push(
+            methods
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    if let Some(hosts) = matcher["host"].as_array() {
+        parts.push(format!(
+            "host={}",
+            hosts
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("|")
+        ));
+    }
+    for (key, label) in [("path", "="), ("path_prefix", ""), ("path_regex", "~")] {
+        if let Some(value) = matcher[key].as_str() {
+            parts.push(match key {
+                "path_prefix" => format!("{value}/**"),
+                _ => format!("{label}{value}"),
+            });
+        }
+    }
+    for key in ["headers", "query", "cookies"] {
+        if let Some(map) = matcher[key].as_object() {
+            parts.extend(map.keys().map(|name| format!("{key}.{name}")));
+        }
+    }
+    if parts.is_empty() {
+        "*".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn served_by(route: &Value, default: &str) -> String {
+    if route["stage"] == "retired" {
+        let status = route["retired"]["status"].as_u64().unwrap_or(410);
+        return format!("answers {status} itself");
+    }
+    let mut served = match route["split"].as_array() {
+        Some(split) if !split.is_empty() => {
+            let sides: Vec<String> = split
+                .iter()
+                .map(|side| {
+                    format!(
+                        "{} {}%",
+                        side["upstream"].as_str().unwrap_or("?"),
+                        side["weight"]
+                    )
+                })
+                .collect();
+            let sticky = route["sticky"]
+                .as_object()
+                .and_then(|s| {
+                    s.iter()
+                        .next()
+                        .map(|(k, v)| format!(" sticky by {k} {}", v.as_str().unwrap_or("")))
+                })
+                .unwrap_or_default();
+            format!("{}{sticky}", sides.join(" / "))
+        }
+        _ => route["upstream"].as_str().unwrap_or(default).to_owned(),
+    };
+    if let Some(fallback) = route["fallback"].as_str() {
+        served.push_str(&format!(", fallback {fallback}"));
+    }
+    if let Some(shadow) = route["shadow"].as_object() {
+        let sample = shadow.get("sample").and_then(Value::as_f64).unwrap_or(1.0);
+        served.push_str(&format!(
+            ", shadow -> {} ({}%)",
+            shadow
+                .get("upstream")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            (sample * 100.0).round()
+        ));
+    }
+    served
+}
