@@ -183,7 +183,11 @@ impl ProxyHttp for StranglerProxy {
             ctx.upstream = route.legacy_upstream;
             return Ok(false);
         }
-        if let Some(forced) = tester_choice(&ctx.table, session.req_header()) {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(forced) = tester_choice(&ctx.table, session.req_header(), client) {
             ctx.upstream = forced;
         }
         if let Some(rule) = &route.shadow {
@@ -496,19 +500,15 @@ impl ProxyHttp for StranglerProxy {
     }
 }
 
-/// The upstream a tester forces with the override header, when the request carries the token.
-fn tester_choice(table: &RouteTable, request: &pingora_http::RequestHeader) -> Option<UpstreamId> {
+/// The upstream a tester forces with the override header, when the request is authorized.
+fn tester_choice(
+    table: &RouteTable,
+    request: &pingora_http::RequestHeader,
+    client: Option<std::net::IpAddr>,
+) -> Option<UpstreamId> {
     let tester = table.tester_override.as_ref()?;
     let wanted = request.headers.get(&tester.header)?;
-    let token = request.headers.get(&tester.token_header)?;
-    let token_matches = token.len() == tester.token.len()
-        && token
-            .as_bytes()
-            .iter()
-            .zip(tester.token.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !token_matches {
+    if !tester.authorizes(request, client) {
         return None;
     }
     table.upstream_id(wanted.to_str().ok()?)

@@ -163,6 +163,28 @@ async fn the_tester_override_needs_the_token() {
         !document.to_string().contains(token),
         "the token is never shown"
     );
+
+    // From an allowed network (loopback here), no token is needed.
+    let (proxy, _, _) = start(
+        &legacy,
+        &new,
+        0,
+        "tester_override: { allow_cidrs: [127.0.0.0/8] }\n",
+    )
+    .await;
+    assert_eq!(side(&proxy, forced(None)).await, "invoices-v2");
+    let (proxy, _, _) = start(
+        &legacy,
+        &new,
+        0,
+        "tester_override: { allow_cidrs: [10.0.0.0/8] }\n",
+    )
+    .await;
+    assert_eq!(
+        side(&proxy, forced(None)).await,
+        "legacy",
+        "not from an allowed network"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -37,9 +37,12 @@ pub struct TesterOverrideConfig {
     /// The header carrying the token.
     #[serde(default = "default_override_token_header")]
     pub token_header: String,
-    /// The secret; never shown by the admin API.
-    #[serde(skip_serializing)]
-    pub token: String,
+    /// The secret; never shown by the admin API. Either this or `allow_cidrs` (or both).
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    /// Client networks whose override header is honoured without a token, like 10.0.0.0/8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cidrs: Vec<String>,
 }
 
 fn default_override_header() -> String {

@@ -224,5 +224,27 @@ impl RetiredAnswer {
 pub struct TesterOverride {
     pub header: HeaderName,
     pub token_header: HeaderName,
-    pub token: HeaderValue,
+    pub token: Option<HeaderValue>,
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl TesterOverride {
+    /// Whether this request may choose its upstream: right token, or an allowed client address.
+    pub fn authorizes(&self, request: &RequestHeader, client: Option<std::net::IpAddr>) -> bool {
+        let by_token = self.token.as_ref().is_some_and(|expected| {
+            request
+                .headers
+                .get(&self.token_header)
+                .is_some_and(|given| {
+                    given.len() == expected.len()
+                        && given
+                            .as_bytes()
+                            .iter()
+                            .zip(expected.as_bytes())
+                            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                            == 0
+                })
+        });
+        by_token || client.is_some_and(|ip| self.allow.iter().any(|net| net.contains(&ip)))
+    }
 }

@@ -139,28 +139,51 @@ impl RouteTable {
         }
 
         let tester_override = config.tester_override.as_ref().and_then(|tester| {
+            let before = diagnostics.len();
             let header = HeaderName::from_bytes(tester.header.as_bytes());
             let token_header = HeaderName::from_bytes(tester.token_header.as_bytes());
-            let token = HeaderValue::from_str(&tester.token);
-            match (header, token_header, token) {
-                (Ok(header), Ok(token_header), Ok(token)) if tester.token.len() >= 16 => {
-                    Some(TesterOverride {
-                        header,
-                        token_header,
-                        token,
-                    })
-                }
-                _ => {
+            if header.is_err() || token_header.is_err() {
+                diagnostics.push(Diagnostic::new(
+                    "tester_override",
+                    "header names must be valid",
+                ));
+            }
+            let token = match &tester.token {
+                Some(token) if token.len() >= 16 => HeaderValue::from_str(token).ok(),
+                Some(_) => {
                     diagnostics.push(
-                        Diagnostic::new(
-                            "tester_override",
-                            "needs valid header names and a token of at least 16 characters",
-                        )
-                        .with_hint("tester_override: { token: <32 random characters> }"),
+                        Diagnostic::new("tester_override.token", "must be at least 16 characters")
+                            .with_hint("use 32 random characters"),
                     );
                     None
                 }
+                None => None,
+            };
+            let mut allow = Vec::new();
+            for (number, cidr) in tester.allow_cidrs.iter().enumerate() {
+                match cidr.parse::<ipnet::IpNet>() {
+                    Ok(net) => allow.push(net),
+                    Err(_) => diagnostics.push(
+                        Diagnostic::new(
+                            format!("tester_override.allow_cidrs[{number}]"),
+                            format!("`{cidr}` is not a network"),
+                        )
+                        .with_hint("like 10.0.0.0/8 or fd00::/8"),
+                    ),
+                }
             }
+            if token.is_none() && allow.is_empty() && diagnostics.len() == before {
+                diagnostics.push(
+                    Diagnostic::new("tester_override", "needs a `token`, `allow_cidrs`, or both")
+                        .with_hint("tester_override: { token: <32 random characters> }"),
+                );
+            }
+            (diagnostics.len() == before).then(|| TesterOverride {
+                header: header.expect("checked above"),
+                token_header: token_header.expect("checked above"),
+                token,
+                allow,
+            })
         });
 
         let mut routes = Vec::with_capacity(config.routes.len());
