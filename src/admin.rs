@@ -69,7 +69,8 @@ impl AdminApp {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-        presented.is_some_and(|presented| constant_time_eq(presented, token.as_bytes()))
+        presented
+            .is_some_and(|presented| crate::routing::constant_time_eq(presented, token.as_bytes()))
     }
 
     async fn diffs(&self, query: &str) -> Response<Vec<u8>> {
@@ -263,12 +264,6 @@ impl ServeHttp for AdminApp {
             ),
         }
     }
-}
-
-/// Compares without an early exit, so response timing does not reveal how much of a guess was
-/// right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Vec<u8>> {

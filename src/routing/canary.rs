@@ -30,14 +30,11 @@ impl Split {
     /// lands in the same bucket, and ranges only grow or shrink at their edges, so raising the
     /// first entry's weight moves keys to it and never away), else at random.
     pub fn pick(&self, request: &RequestHeader, client_ip: Option<std::net::IpAddr>) -> UpstreamId {
-        let bucket = match self
+        let bucket = self
             .sticky
             .as_ref()
-            .and_then(|key| key_bytes(key, request, client_ip))
-        {
-            Some(key) => xxhash_rust::xxh3::xxh3_64(&key) % BUCKETS,
-            None => fastrand::u64(..BUCKETS),
-        };
+            .and_then(|key| key_hash(key, request, client_ip))
+            .map_or_else(|| fastrand::u64(..BUCKETS), |hash| hash % BUCKETS);
         self.ranges
             .iter()
             .find(|(_, end)| bucket < *end)
@@ -51,25 +48,20 @@ impl Split {
     }
 }
 
-fn key_bytes(
+/// The hash of this request's sticky key, when it has one; no allocation.
+fn key_hash(
     key: &StickyKey,
     request: &RequestHeader,
     client_ip: Option<std::net::IpAddr>,
-) -> Option<Vec<u8>> {
+) -> Option<u64> {
+    use xxhash_rust::xxh3::xxh3_64;
     match key {
-        StickyKey::Header(name) => request.headers.get(name).map(|v| v.as_bytes().to_vec()),
-        StickyKey::ClientIp => client_ip.map(|ip| ip.to_string().into_bytes()),
-        StickyKey::Cookie(name) => request
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|b| *b == b'=')?;
-                (pair[..eq].trim_ascii() == name.as_bytes())
-                    .then(|| pair[eq + 1..].trim_ascii().to_vec())
-            }),
+        StickyKey::Header(name) => request.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
+        StickyKey::Cookie(name) => super::cookie_values(request, name).next().map(xxh3_64),
+        StickyKey::ClientIp => client_ip.map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => xxh3_64(&v4.octets()),
+            std::net::IpAddr::V6(v6) => xxh3_64(&v6.octets()),
+        }),
     }
 }
 
@@ -247,4 +239,10 @@ impl TesterOverride {
         });
         by_token || client.is_some_and(|ip| self.allow.iter().any(|net| net.contains(&ip)))
     }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal how much of a guess was
+/// right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

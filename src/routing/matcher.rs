@@ -150,7 +150,10 @@ fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a [
 }
 
 /// Values of cookie `name` across all `Cookie` headers.
-fn cookie_values<'a>(request: &'a RequestHeader, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+pub fn cookie_values<'a>(
+    request: &'a RequestHeader,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> {
     request
         .headers
         .get_all(COOKIE)

@@ -26,9 +26,9 @@ use regex::Regex;
 
 use crate::config::{Config, ConfigError, load_file};
 use crate::upstream::UpstreamPool;
-pub use canary::{RetiredAnswer, Split, TesterOverride};
+pub use canary::{RetiredAnswer, Split, TesterOverride, constant_time_eq};
 use index::RouteIndex;
-pub use matcher::{RequestMatcher, request_host};
+pub use matcher::{RequestMatcher, cookie_values, request_host};
 pub use rewrite::{HeaderActions, PathRewrite, set_path};
 
 /// The live table, swapped whole on reload.

@@ -229,7 +229,7 @@ impl ShadowRule {
     }
 }
 
-fn request_key<'a>(request: &'a RequestHeader, key: &KeyConfig) -> Option<&'a [u8]> {
+fn request_key<'a>(request: &'a RequestHeader, key: &'a KeyConfig) -> Option<&'a [u8]> {
     if let Some(name) = &key.header {
         return request
             .headers
@@ -237,14 +237,5 @@ fn request_key<'a>(request: &'a RequestHeader, key: &KeyConfig) -> Option<&'a [u
             .map(HeaderValue::as_bytes);
     }
     let name = key.cookie.as_deref()?;
-    request
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
+    crate::routing::cookie_values(request, name).next()
 }
