@@ -276,11 +276,11 @@ fn describe_bytes(body: &[u8], truncated: bool) -> String {
     )
 }
 
-fn compare_json(
+fn compare_json<'v>(
     rule: &CompareRule,
-    a: &Value,
-    b: &Value,
-    path: &mut Vec<Step>,
+    a: &'v Value,
+    b: &'v Value,
+    path: &mut Vec<Step<'v>>,
     out: &mut Vec<Difference>,
 ) {
     if out.len() >= MAX_DIFFERENCES || rule.ignore_json.iter().any(|p| p.covers(path)) {
@@ -288,10 +288,31 @@ fn compare_json(
     }
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for key in keys {
-                path.push(Step::Key(key.clone()));
-                match (x.get(key), y.get(key)) {
+            // Both maps iterate in key order: walk them side by side, borrowing the keys.
+            let (mut xs, mut ys) = (x.iter().peekable(), y.iter().peekable());
+            loop {
+                let (key, va, vb) = match (xs.peek(), ys.peek()) {
+                    (None, None) => break,
+                    (Some((kx, _)), Some((ky, _))) if kx == ky => {
+                        let (key, va) = xs.next().expect("peeked");
+                        let (_, vb) = ys.next().expect("peeked");
+                        (key, Some(va), Some(vb))
+                    }
+                    (Some((kx, _)), Some((ky, _))) if kx > ky => {
+                        let (key, vb) = ys.next().expect("peeked");
+                        (key, None, Some(vb))
+                    }
+                    (Some(_), _) => {
+                        let (key, va) = xs.next().expect("peeked");
+                        (key, Some(va), None)
+                    }
+                    (None, Some(_)) => {
+                        let (key, vb) = ys.next().expect("peeked");
+                        (key, None, Some(vb))
+                    }
+                };
+                path.push(Step::Key(std::borrow::Cow::Borrowed(key.as_str())));
+                match (va, vb) {
                     (Some(va), Some(vb)) => compare_json(rule, va, vb, path, out),
                     (va, vb) => {
                         if !rule.ignore_json.iter().any(|p| p.covers(path)) {
@@ -348,7 +369,7 @@ fn compare_json(
 }
 
 /// Elements compared as a multiset: order is irrelevant, counts are not.
-fn compare_multiset(x: &[Value], y: &[Value], path: &[Step], out: &mut Vec<Difference>) {
+fn compare_multiset(x: &[Value], y: &[Value], path: &[Step<'_>], out: &mut Vec<Difference>) {
     let count = |values: &[Value]| {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for value in values {
@@ -402,7 +423,7 @@ fn numbers_equal(x: &serde_json::Number, y: &serde_json::Number, tolerance: f64)
     }
 }
 
-fn changed(path: &[Step], a: &Value, b: &Value, kind: Kind) -> Difference {
+fn changed(path: &[Step<'_>], a: &Value, b: &Value, kind: Kind) -> Difference {
     Difference {
         path: render(path),
         kind,

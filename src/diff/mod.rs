@@ -209,7 +209,11 @@ fn sample(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
     Some(text)
 }
 
-fn redact(value: &mut serde_json::Value, patterns: &[PathPattern], path: &mut Vec<path::Step>) {
+fn redact(
+    value: &mut serde_json::Value,
+    patterns: &[PathPattern],
+    path: &mut Vec<path::Step<'static>>,
+) {
     if patterns.iter().any(|p| p.matches(path)) {
         *value = serde_json::Value::String("[redacted]".into());
         return;
@@ -217,7 +221,7 @@ fn redact(value: &mut serde_json::Value, patterns: &[PathPattern], path: &mut Ve
     match value {
         serde_json::Value::Object(map) => {
             for (key, child) in map.iter_mut() {
-                path.push(path::Step::Key(key.clone()));
+                path.push(path::Step::Key(key.clone().into()));
                 redact(child, patterns, path);
                 path.pop();
             }

@@ -1,11 +1,12 @@
 //! JSON paths for ignore rules and unordered arrays: `$`, `.key`, `.*`, `[3]`, `[*]`.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
-/// One step of a concrete location in a document.
+/// One step of a concrete location in a document; keys borrow from the document when they can.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    Key(String),
+pub enum Step<'a> {
+    Key(Cow<'a, str>),
     Index(usize),
 }
 
@@ -80,16 +81,16 @@ impl PathPattern {
     }
 
     /// Whether `path` is this location or lies under it.
-    pub fn covers(&self, path: &[Step]) -> bool {
+    pub fn covers(&self, path: &[Step<'_>]) -> bool {
         self.steps.len() <= path.len() && self.matches_steps(&path[..self.steps.len()])
     }
 
     /// Whether `path` is exactly this location.
-    pub fn matches(&self, path: &[Step]) -> bool {
+    pub fn matches(&self, path: &[Step<'_>]) -> bool {
         self.steps.len() == path.len() && self.matches_steps(path)
     }
 
-    fn matches_steps(&self, path: &[Step]) -> bool {
+    fn matches_steps(&self, path: &[Step<'_>]) -> bool {
         self.steps
             .iter()
             .zip(path)
@@ -105,7 +106,7 @@ impl PathPattern {
 }
 
 /// `$.items[3].id`
-pub fn render(path: &[Step]) -> String {
+pub fn render(path: &[Step<'_>]) -> String {
     let mut out = String::from("$");
     for step in path {
         match step {
@@ -149,12 +150,12 @@ fn is_plain(key: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn path(steps: &[&str]) -> Vec<Step> {
+    fn path(steps: &[&'static str]) -> Vec<Step<'static>> {
         steps
             .iter()
             .map(|s| match s.parse() {
                 Ok(i) => Step::Index(i),
-                Err(_) => Step::Key((*s).to_owned()),
+                Err(_) => Step::Key((*s).into()),
             })
             .collect()
     }
