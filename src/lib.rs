@@ -1,9 +1,10 @@
 //! strangler: a reverse proxy for strangler-fig migrations, built on Pingora.
 //!
 //! Reading order for newcomers: [`config`] (the file) → [`routing`] (the compiled table) →
-//! [`upstream`] (backend pools) → [`proxy`] (the Pingora phases) → [`server`] (process
-//! assembly) → [`reload`] (hot reload) → [`admin`] (the admin listener) → [`metrics`].
-//! [`demo`] is the embedded demo.
+//! [`upstream`] and [`health`] (backend pools and their health) → [`proxy`] (the Pingora
+//! phases) → [`shadow`] → [`diff`] → [`store`] (mirroring, comparing, keeping the results) →
+//! [`server`] (process assembly) → [`reload`] (hot reload) → [`admin`] (the admin listener) →
+//! [`metrics`]. [`report`] and [`routes_cli`] are CLI commands; [`demo`] is the embedded demo.
 
 pub mod admin;
 pub mod config;
