@@ -404,7 +404,7 @@ pub struct CompareConfig {
     /// `legacy`: also send a second copy to the route's primary upstream; whatever differs
     /// between the two primary answers is noise, not a candidate difference.
     pub noise: NoiseMode,
-    /// JSON fields replaced by "[redacted]" in stored body samples.
+    /// JSON fields replaced by `"[redacted]"` in stored body samples.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redact_json: Vec<String>,
 }

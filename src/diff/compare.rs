@@ -95,7 +95,7 @@ pub struct Difference {
     pub shadow: Option<String>,
 }
 
-/// Every difference between `primary` and `shadow` under `rule`, at most [`MAX_DIFFERENCES`].
+/// Every difference between `primary` and `shadow` under `rule`, at most 100.
 pub fn compare(
     rule: &CompareRule,
     primary: &CapturedResponse,
