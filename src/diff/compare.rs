@@ -312,23 +312,7 @@ fn compare_json<'v>(
                     }
                 };
                 path.push(Step::Key(std::borrow::Cow::Borrowed(key.as_str())));
-                match (va, vb) {
-                    (Some(va), Some(vb)) => compare_json(rule, va, vb, path, out),
-                    (va, vb) => {
-                        if !rule.ignore_json.iter().any(|p| p.covers(path)) {
-                            out.push(Difference {
-                                path: render(path),
-                                kind: if va.is_some() {
-                                    Kind::Missing
-                                } else {
-                                    Kind::Extra
-                                },
-                                primary: va.map(show),
-                                shadow: vb.map(show),
-                            });
-                        }
-                    }
-                }
+                compare_slot(rule, va, vb, path, out);
                 path.pop();
             }
         }
@@ -340,19 +324,7 @@ fn compare_json<'v>(
         (Value::Array(x), Value::Array(y)) => {
             for index in 0..x.len().max(y.len()) {
                 path.push(Step::Index(index));
-                match (x.get(index), y.get(index)) {
-                    (Some(va), Some(vb)) => compare_json(rule, va, vb, path, out),
-                    (va, vb) => out.push(Difference {
-                        path: render(path),
-                        kind: if va.is_some() {
-                            Kind::Missing
-                        } else {
-                            Kind::Extra
-                        },
-                        primary: va.map(show),
-                        shadow: vb.map(show),
-                    }),
-                }
+                compare_slot(rule, x.get(index), y.get(index), path, out);
                 path.pop();
             }
         }
@@ -364,6 +336,30 @@ fn compare_json<'v>(
             out.push(changed(path, a, b, Kind::Type));
         }
         _ if a != b => out.push(changed(path, a, b, Kind::Changed)),
+        _ => {}
+    }
+}
+
+/// One member or element, present on one side or both.
+fn compare_slot<'v>(
+    rule: &CompareRule,
+    primary: Option<&'v Value>,
+    shadow: Option<&'v Value>,
+    path: &mut Vec<Step<'v>>,
+    out: &mut Vec<Difference>,
+) {
+    match (primary, shadow) {
+        (Some(a), Some(b)) => compare_json(rule, a, b, path, out),
+        (a, b) if !rule.ignore_json.iter().any(|p| p.covers(path)) => out.push(Difference {
+            path: render(path),
+            kind: if a.is_some() {
+                Kind::Missing
+            } else {
+                Kind::Extra
+            },
+            primary: a.map(show),
+            shadow: b.map(show),
+        }),
         _ => {}
     }
 }
