@@ -192,10 +192,16 @@ pub struct Ports {
 
 impl Ports {
     pub fn reserve() -> Ports {
-        Ports {
+        let ports = Ports {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
+        // A store left by an earlier run on the same port must not leak into this one.
+        let store = ports.diff_store();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
         }
+        ports
     }
 
     /// `config` with a `server` section for these ports prepended.
