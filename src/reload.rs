@@ -20,9 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::config::{Diagnostic, ServerConfig, SourceFile, parse};
+use crate::config::{Diagnostic, ServerConfig, SourceFile, parse, sha256_hex};
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable};
 
@@ -213,13 +212,6 @@ impl Reloader {
         *self.last.lock().expect("reload report lock") = Some(report.clone());
         report
     }
-}
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// The `server.*` settings that differ; they need a restart.

@@ -26,10 +26,7 @@ pub struct SourceFile {
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
         let text = text.into();
-        let sha256 = Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let sha256 = sha256_hex(&text);
         Self {
             name: name.into(),
             positions: Positions::index(&text),
@@ -53,6 +50,14 @@ impl SourceFile {
             diagnostics,
         }
     }
+}
+
+/// Hex SHA-256 of config text: how a file is identified in `/routes`, logs and reloads.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// A parsed config and the file it came from.

@@ -11,5 +11,5 @@ mod model;
 mod positions;
 
 pub use diagnostic::{ConfigError, Diagnostic, Location, did_you_mean};
-pub use load::{LoadedConfig, SourceFile, load_file, parse};
+pub use load::{LoadedConfig, SourceFile, load_file, parse, sha256_hex};
 pub use model::*;
