@@ -156,11 +156,7 @@ async fn traceparent_reaches_the_backend_and_the_shadow() {
         .send(ClientRequest::get("/t").header("traceparent", traceparent))
         .await;
     assert_eq!(backend.last().header("traceparent"), Some(traceparent));
-    let started = Instant::now();
-    while shadow.count() == 0 {
-        assert!(started.elapsed() < DEADLINE);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    shadow.wait_for_requests(1).await;
     let copy = shadow.last();
     assert_eq!(copy.header("traceparent"), Some(traceparent));
     assert_eq!(

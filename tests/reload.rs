@@ -407,14 +407,7 @@ async fn a_request_in_flight_finishes_under_the_routes_it_started_with() {
         .await
     });
     // Once the old backend has the request, swap the routes under it.
-    let started = Instant::now();
-    while old.count() == 0 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the slow request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    old.wait_for_requests(1).await;
     replace_by_rename(&path, &routes_to(&ports, &old, &new, "new", "b"));
     wait_for_route(&proxy, "b").await;
 
@@ -444,14 +437,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_then_exits() {
         )
         .await
     });
-    let started = Instant::now();
-    while backend.count() == 0 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the slow request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    backend.wait_for_requests(1).await;
 
     let status = std::process::Command::new("kill")
         .args(["-TERM", &proxy.pid().to_string()])

@@ -25,20 +25,6 @@ routes:
     .await
 }
 
-/// Waits until `backend` has received `count` requests.
-async fn wait_for_count(backend: &Backend, count: usize) {
-    let started = Instant::now();
-    while backend.count() < count {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{} received {} of {count} requests",
-            backend.name,
-            backend.count()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Waits until the metric sample reaches `value`.
 async fn wait_for_metric(proxy: &Proxy, sample: &str, value: f64) {
     let started = Instant::now();
@@ -80,7 +66,7 @@ async fn a_get_without_a_body_is_mirrored_with_the_shadow_mark() {
         "the client sees the primary"
     );
 
-    wait_for_count(&candidate, 1).await;
+    candidate.wait_for_requests(1).await;
     let copy = candidate.last();
     assert_eq!(copy.method, "GET");
     assert_eq!(copy.target, "/r/items?page=2");
@@ -117,7 +103,7 @@ async fn post_bodies_fixed_and_chunked_reach_the_shadow_intact_when_opted_in() {
         .send(ClientRequest::new("POST", "/r/upload").body(body.clone()))
         .await;
     assert_eq!(response.status, 200);
-    wait_for_count(&candidate, 1).await;
+    candidate.wait_for_requests(1).await;
     assert!(
         candidate.last().body == body,
         "fixed-length body differs on the shadow"
@@ -129,7 +115,7 @@ async fn post_bodies_fixed_and_chunked_reach_the_shadow_intact_when_opted_in() {
 
     let chunked = b"POST /r/chunked HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
     assert_eq!(support::send_raw(proxy.address, chunked).await, 200);
-    wait_for_count(&candidate, 2).await;
+    candidate.wait_for_requests(2).await;
     assert_eq!(&candidate.last().body[..], b"hello, world");
     assert_eq!(&primary.last().body[..], b"hello, world");
 }
@@ -147,7 +133,7 @@ async fn unsafe_methods_are_not_mirrored_by_default() {
         assert_eq!(response.status, 200);
     }
     proxy.get("/r").await;
-    wait_for_count(&candidate, 1).await;
+    candidate.wait_for_requests(1).await;
     wait_for_metric(
         &proxy,
         "strangler_shadow_requests_total{outcome=\"skipped_method\",route=\"r\"}",
@@ -187,7 +173,7 @@ routes:
         proxy.get("/zero").await;
         proxy.get("/one").await;
     }
-    wait_for_count(&always, 20).await;
+    always.wait_for_requests(20).await;
     wait_for_metric(
         &proxy,
         "strangler_shadow_requests_total{outcome=\"skipped_sample\",route=\"zero\"}",
@@ -215,7 +201,7 @@ routes:
         .metric("strangler_shadow_requests_total{outcome=\"sent\",route=\"half\"}")
         .await
         .unwrap_or(0.0) as usize;
-    wait_for_count(&keyed, sent).await;
+    keyed.wait_for_requests(sent).await;
     let mut per_user = std::collections::HashMap::<String, usize>::new();
     for request in keyed.requests() {
         *per_user
@@ -269,7 +255,7 @@ async fn a_body_over_max_body_skips_the_shadow_and_the_primary_succeeds() {
     proxy
         .send(ClientRequest::new("POST", "/r").body("small"))
         .await;
-    wait_for_count(&candidate, 1).await;
+    candidate.wait_for_requests(1).await;
     wait_for_metric(
         &proxy,
         "strangler_shadow_requests_total{outcome=\"skipped_body\",route=\"r\"}",

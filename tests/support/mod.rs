@@ -157,6 +157,20 @@ impl Backend {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+
+    /// Waits (bounded by [`DEADLINE`]) until this backend has received `count` requests.
+    pub async fn wait_for_requests(&self, count: usize) {
+        let started = Instant::now();
+        while self.count() < count {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{} received {} of {count} requests",
+                self.name,
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Drop for Backend {
