@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod diff;
 pub mod health;

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub route_stage: IntGaugeVec,
     /// `strangler_kill_switch`: 1 while everything goes to legacy.
     pub kill_switch: IntGauge,
+    /// `strangler_open_connections`: client connections open now.
+    pub open_connections: IntGauge,
+    /// `strangler_connections_closed_total{reason}`: client connections the proxy closed
+    /// itself: too_many_connections, header_timeout, request_timeout.
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -137,6 +142,18 @@ impl Metrics {
             "1 while the kill switch sends everything to legacy",
         )
         .expect("valid metric definition");
+        let open_connections =
+            IntGauge::new("strangler_open_connections", "Client connections open now")
+                .expect("valid metric definition");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "strangler_connections_closed_total",
+                "Client connections closed by the proxy, by reason (too_many_connections, \
+                 header_timeout, request_timeout)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric definition");
         for metric in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
@@ -151,12 +168,17 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(route_stage.clone()),
             Box::new(kill_switch.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(connections_closed.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
         // Results appear at 0 before they first happen, so rate() and alerts work from the start.
         for result in ["applied", "unchanged", "invalid", "unreadable"] {
             config_reloads.with_label_values(&[result]);
+        }
+        for reason in ["too_many_connections", "header_timeout", "request_timeout"] {
+            connections_closed.with_label_values(&[reason]);
         }
         config_last_reload_success.set(1);
         Self {
@@ -174,6 +196,8 @@ impl Metrics {
             upstream_healthy,
             route_stage,
             kill_switch,
+            open_connections,
+            connections_closed,
         }
     }
 

@@ -28,8 +28,9 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::connection;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, UpstreamId, set_path};
 use crate::shadow::{ShadowCopy, ShadowDispatcher};
@@ -43,6 +44,10 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A timeout this close to the request's deadline was cut to it (timers fire a little early or
+/// late).
+const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 
 /// Longest client-supplied request id we pass through; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 200;
@@ -90,11 +95,26 @@ pub struct RequestContext {
     /// The upstream answered with a fallback status; the next attempt goes to the fallback.
     retry_on_fallback: bool,
     started: Instant,
+    /// When the whole exchange must be over (`timeout` of the route, else the server's).
+    deadline: Instant,
 }
 
 impl RequestContext {
     fn route(&self) -> Option<&crate::routing::Route> {
         self.route.map(|index| &self.table.routes()[index])
+    }
+
+    /// The time left before the request's deadline; a 504 error once it has passed.
+    fn check_deadline(&mut self) -> Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.refusal = Some("request_timeout");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "request deadline passed",
+            ));
+        }
+        Ok(left)
     }
 }
 
@@ -109,6 +129,8 @@ impl ProxyHttp for StranglerProxy {
     fn new_ctx(&self) -> Self::CTX {
         let table = self.routes.load_full();
         let upstream = table.default_upstream();
+        let started = Instant::now();
+        let deadline = started + table.config().server.request_timeout;
         RequestContext {
             table,
             route: None,
@@ -121,11 +143,13 @@ impl ProxyHttp for StranglerProxy {
             refusal: None,
             body_bytes: 0,
             retry_on_fallback: false,
-            started: Instant::now(),
+            started,
+            deadline,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        connection::request_started(ctx.deadline);
         let request = session.req_header_mut();
         match request.headers.get(REQUEST_ID) {
             Some(id) if is_acceptable_request_id(id) => ctx.request_id = id.clone(),
@@ -165,6 +189,10 @@ impl ProxyHttp for StranglerProxy {
                     .await?;
             }
             return Ok(true);
+        }
+        if let Some(timeout) = route.timeout {
+            ctx.deadline = ctx.started + timeout;
+            connection::request_started(ctx.deadline);
         }
         ctx.upstream = route.upstream;
         if let Some(split) = &route.split {
@@ -229,6 +257,7 @@ impl ProxyHttp for StranglerProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        ctx.check_deadline()?;
         if let Some(backend) = ctx.backend
             && !response.status.is_informational()
         {
@@ -273,6 +302,8 @@ impl ProxyHttp for StranglerProxy {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
+        // Past the deadline mid-body: the client must see the response cut short.
+        ctx.check_deadline()?;
         if let Some(copy) = ctx.shadow.as_mut() {
             copy.capture_primary_body(body.as_ref());
         }
@@ -280,6 +311,7 @@ impl ProxyHttp for StranglerProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        connection::request_finished();
         let shadowed = ctx.shadow.is_some();
         if let Some(copy) = ctx.shadow.as_mut() {
             copy.finish(error.is_some());
@@ -326,10 +358,22 @@ impl ProxyHttp for StranglerProxy {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        // Every wait on the upstream is cut to the time left, so a slow upstream gets its 504
+        // at the request's deadline, not a read timeout later.
+        let left = ctx.check_deadline()?;
         loop {
             if let Some((index, peer)) = ctx.table.upstream(ctx.upstream).select() {
                 ctx.backend = Some(index);
-                return Ok(Box::new(peer.clone()));
+                let mut peer = Box::new(peer.clone());
+                let options = &mut peer.options;
+                for timeout in [
+                    &mut options.connection_timeout,
+                    &mut options.read_timeout,
+                    &mut options.write_timeout,
+                ] {
+                    *timeout = Some(timeout.map_or(left, |timeout| timeout.min(left)));
+                }
+                return Ok(peer);
             }
             // Every backend is out: the fallback, if any, serves instead.
             if !ctx.fell_back
@@ -456,6 +500,7 @@ impl ProxyHttp for StranglerProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        connection::response_started();
         strip_response_hop_by_hop(response);
         if !response.headers.contains_key(REQUEST_ID) {
             response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
@@ -477,7 +522,12 @@ impl ProxyHttp for StranglerProxy {
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let (status, reason) = classify(error);
-        let reason = ctx.refusal.unwrap_or(reason);
+        let mut reason = ctx.refusal.unwrap_or(reason);
+        // An upstream timeout cut to the request's deadline is the deadline's doing.
+        if status == 504 && Instant::now() + DEADLINE_SLACK >= ctx.deadline {
+            reason = "request_timeout";
+            ctx.refusal = Some(reason);
+        }
         if status > 0 {
             let written = write_error_response(session, status, reason, &ctx.request_id).await;
             if let Err(write_error) = written {

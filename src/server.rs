@@ -16,6 +16,7 @@ use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::connection::GuardedProxy;
 use crate::diff::{DiffSink, StoreSettings};
 use crate::metrics::Metrics;
 use crate::proxy::StranglerProxy;
@@ -138,10 +139,13 @@ pub fn serve(
         ))
     });
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         StranglerProxy::new(routes.clone(), shadows, metrics.clone()),
-        "strangler proxy",
+    );
+    let mut proxy = Service::new(
+        "strangler proxy".to_owned(),
+        GuardedProxy::new(proxy_app, routes.clone(), metrics.clone()),
     );
     proxy.add_tcp(&server_config.listen.to_string());
 

@@ -420,3 +420,224 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
         backend.requests()
     );
 }
+
+/// A proxy whose `server` section also holds `server_extra` (YAML lines, indented two spaces).
+async fn proxy_with_server(config: &str, server_extra: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = support::Ports::reserve();
+    let config = ports
+        .with_server(config)
+        .replace("  threads: 1\n", &format!("  threads: 1\n{server_extra}"));
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config).unwrap();
+    Proxy::start_on(dir, &path, ports).await
+}
+
+/// Reads from `stream` until the peer closes it (or `DEADLINE`); returns what arrived and
+/// whether the close was seen.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_timeout_bounds_the_whole_request() {
+    let slow = Backend::start("slow").await;
+    let trickle = Misbehaving::start(Misbehaviour::Trickle).await;
+    let stall = Misbehaving::start(Misbehaviour::LateStall).await;
+    // Each upstream's own read timeout (10 s) is far longer than the routes' 800 ms.
+    let config = format!(
+        "upstreams:
+  slow: {{ backends: [{}], retries: 0, timeouts: {{ read: 10s }} }}
+  trickle: {{ backends: [{}], retries: 0, timeouts: {{ read: 10s }} }}
+  stall: {{ backends: [{}], retries: 0, timeouts: {{ read: 10s }} }}
+default_upstream: slow
+routes:
+  - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: slow, timeout: 800ms }}
+  - {{ name: trickle, match: {{ path_prefix: /trickle }}, upstream: trickle, timeout: 800ms }}
+  - {{ name: stall, match: {{ path_prefix: /stall }}, upstream: stall, timeout: 800ms }}
+",
+        slow.address, trickle.address, stall.address
+    );
+    let proxy = Proxy::start(&config).await;
+    let bound = Duration::from_millis(1800);
+
+    // Nothing back before the deadline: 504 at the deadline.
+    let started = Instant::now();
+    let response = proxy
+        .send(ClientRequest::get("/slow").header("x-test-delay-ms", "5000"))
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("request_timeout")
+    );
+    assert!(response.header("x-request-id").is_some());
+    assert!(
+        elapsed >= Duration::from_millis(750) && elapsed < bound,
+        "{elapsed:?}"
+    );
+    // Within the deadline: served.
+    let response = proxy
+        .send(ClientRequest::get("/slow").header("x-test-delay-ms", "100"))
+        .await;
+    assert_eq!(response.status, 200);
+
+    // A body still trickling at the deadline, and one that stalls after a late start: both are
+    // cut short (the connection closes) instead of completing or hanging.
+    for target in ["/trickle", "/stall"] {
+        let started = Instant::now();
+        let outcome = support::send(proxy.address, ClientRequest::get(target)).await;
+        let elapsed = started.elapsed();
+        assert!(outcome.is_err(), "{target}: a cut response arrived whole");
+        assert!(elapsed < bound, "{target}: cut after {elapsed:?}");
+    }
+    let timeouts = |route: &'static str| {
+        format!(
+            "strangler_upstream_errors_total{{kind=\"request_timeout\",route=\"{route}\",upstream=\"{route}\"}}"
+        )
+    };
+    assert_eq!(proxy.metric(&timeouts("slow")).await, Some(1.0));
+    assert_eq!(proxy.metric(&timeouts("trickle")).await, Some(1.0));
+    // The stalled response is cut by the connection's deadline watch, beside Pingora's loop.
+    let closed = proxy
+        .metric("strangler_connections_closed_total{reason=\"request_timeout\"}")
+        .await;
+    assert_eq!(closed, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_request_headers_get_408_but_idle_keep_alive_does_not() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_server(
+        &format!(
+            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+            backend.address
+        ),
+        "  limits: { header_timeout: 600ms }\n",
+    )
+    .await;
+    let bound = Duration::from_millis(1600);
+
+    // Slowloris: a header line every 100 ms, never the end of the headers.
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        let _ = writer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        for number in 0..100 {
+            let line = format!("x-slow-{number}: 1\r\n");
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, async {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 1024];
+        while let Ok(read @ 1..) = reader.read(&mut buffer).await {
+            answer.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await
+    .is_ok();
+    let elapsed = started.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        answer.contains("x-strangler-error: header_timeout"),
+        "{answer:?}"
+    );
+    assert!(
+        closed && elapsed < bound,
+        "closed: {closed}, after {elapsed:?}"
+    );
+
+    // A connection that sends nothing at all is closed the same way.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut silent).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(closed && started.elapsed() < bound);
+    assert_eq!(backend.count(), 0, "no partial request reached the backend");
+
+    // An idle kept-alive connection is not a slow request: it stays usable past the header
+    // timeout (Pingora's keep-alive timeout governs it).
+    let mut client = support::KeepAliveClient::connect(proxy.address).await;
+    assert_eq!(client.get("/", "x-request-id").await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(client.get("/", "x-request-id").await.unwrap().0, 200);
+    assert_eq!(
+        proxy
+            .metric("strangler_connections_closed_total{reason=\"header_timeout\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_get_503_until_a_slot_frees() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_server(
+        &format!(
+            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+            backend.address
+        ),
+        "  limits: { max_connections: 2 }\n",
+    )
+    .await;
+    let mut first = support::KeepAliveClient::connect(proxy.address).await;
+    let mut second = support::KeepAliveClient::connect(proxy.address).await;
+    assert_eq!(first.get("/", "x-request-id").await.unwrap().0, 200);
+    assert_eq!(second.get("/", "x-request-id").await.unwrap().0, 200);
+
+    let mut third = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        third
+            .write_all(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    let (answer, closed) = read_until_closed(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("retry-after: 1"), "{answer:?}");
+    assert!(answer.contains("x-strangler-error: too_many_connections"));
+    assert!(closed);
+    assert!(backend.requests().iter().all(|r| r.target != "/third"));
+
+    // Closing a connection frees its slot.
+    drop(first);
+    let started = Instant::now();
+    loop {
+        let response = support::send(proxy.address, ClientRequest::get("/again")).await;
+        if response.is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        proxy
+            .metric("strangler_connections_closed_total{reason=\"too_many_connections\"}")
+            .await
+            >= Some(1.0)
+    );
+}

@@ -141,6 +141,11 @@ pub struct ServerConfig {
     /// then the process exits (Pingora waits out the whole period).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Longest a request may take from its headers' arrival to its last response byte, unless
+    /// its route sets `timeout`: 504 if the answer has not started by then, else the connection
+    /// is closed (the response visibly cut short).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Shadow copies in flight at once across all routes; more are dropped, never queued.
     pub shadow_max_inflight: usize,
     /// SQLite file where compared exchanges are stored (created on the first comparison).
@@ -152,6 +157,32 @@ pub struct ServerConfig {
     pub diff_max_age: Duration,
     /// Limits on what clients may send.
     pub limits: LimitsConfig,
+    /// Export one span per request with OpenTelemetry OTLP; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// OpenTelemetry span export (OTLP over HTTP).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP base URL; spans are POSTed to `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_otlp_service_name")]
+    pub service_name: String,
+    /// Share of requests without a sampled parent that get a span (0.0 to 1.0). A request
+    /// whose `traceparent` is sampled is always traced.
+    #[serde(default = "default_otlp_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_otlp_service_name() -> String {
+    "strangler".to_owned()
+}
+
+fn default_otlp_sample_ratio() -> f64 {
+    1.0
 }
 
 /// Request limits, checked before a request is routed.
@@ -169,6 +200,14 @@ pub struct LimitsConfig {
     /// Longest wait for the next bytes of a request body; then 408.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// Longest a client may take to send a request's headers, counted from the connection's
+    /// accept (first request) or the request's first byte (later requests); then 408 and close.
+    /// Bounds slowloris clients, which Pingora alone lets trickle a byte a minute.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Client connections open at once; past it, new ones get 503 with `Retry-After` and are
+    /// closed.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -179,6 +218,8 @@ impl Default for LimitsConfig {
             max_header_bytes: bytesize::ByteSize::kib(64),
             max_body: bytesize::ByteSize::mib(100),
             body_idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -191,11 +232,13 @@ impl Default for ServerConfig {
             admin_token: None,
             threads: None,
             drain_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
             shadow_max_inflight: 256,
             diff_store: "strangler-diffs.db".into(),
             diff_max_rows: 100_000,
             diff_max_age: Duration::from_secs(7 * 24 * 3600),
             limits: LimitsConfig::default(),
+            otlp: None,
         }
     }
 }
@@ -343,6 +386,13 @@ pub struct RouteConfig {
     /// What a retired route answers (default 410 with no body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<RetiredConfig>,
+    /// Total time for one request on this route (overrides `server.request_timeout`).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 /// A route's shadow traffic: copies of its requests sent to a candidate, off the request path.

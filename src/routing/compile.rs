@@ -137,6 +137,30 @@ impl RouteTable {
                 );
             }
         }
+        let limits = &config.server.limits;
+        for (field, value) in [
+            ("server.limits.max_connections", limits.max_connections),
+            ("server.limits.max_header_count", limits.max_header_count),
+        ] {
+            if value == 0 {
+                diagnostics.push(
+                    Diagnostic::new(field, "must be at least 1")
+                        .with_hint("leave it out to use the default"),
+                );
+            }
+        }
+        for (field, value) in [
+            ("server.request_timeout", config.server.request_timeout),
+            ("server.limits.header_timeout", limits.header_timeout),
+            ("server.limits.body_idle_timeout", limits.body_idle_timeout),
+        ] {
+            if value.is_zero() {
+                diagnostics.push(
+                    Diagnostic::new(field, "must be greater than zero")
+                        .with_hint("a duration like 30s or 500ms"),
+                );
+            }
+        }
 
         let tester_override = config.tester_override.as_ref().and_then(|tester| {
             let before = diagnostics.len();
@@ -304,6 +328,12 @@ fn compile_route(
         .fallback
         .as_ref()
         .and_then(|name| resolver.resolve(name, &format!("{path}.fallback"), diagnostics));
+    if route.timeout.is_some_and(|timeout| timeout.is_zero()) {
+        diagnostics.push(
+            Diagnostic::new(format!("{path}.timeout"), "must be greater than zero")
+                .with_hint("leave it out to use server.request_timeout"),
+        );
+    }
     if !route.split.is_empty() && route.upstream.is_some() {
         diagnostics.push(
             Diagnostic::new(
@@ -371,6 +401,7 @@ fn compile_route(
             upstream: upstream?,
             fallback,
             fallback_on: route.fallback_on.clone(),
+            timeout: route.timeout,
             stage: route.stage,
             split,
             legacy_upstream: fallback.or(default_upstream)?,

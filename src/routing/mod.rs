@@ -73,6 +73,8 @@ pub struct Route {
     pub fallback: Option<UpstreamId>,
     /// Statuses from `upstream` that send idempotent requests to `fallback`.
     pub fallback_on: Vec<u16>,
+    /// Total time for a request on this route; `server.request_timeout` when `None`.
+    pub timeout: Option<std::time::Duration>,
     pub stage: crate::config::Stage,
     /// Weighted upstreams, when the route is a canary.
     pub split: Option<Split>,

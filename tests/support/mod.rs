@@ -578,6 +578,10 @@ pub enum Misbehaviour {
     CutShort,
     /// Reads the request, counts it, then resets the connection without answering.
     ResetAfterRequest,
+    /// Announces a 100-byte body and sends it one byte every 100 ms.
+    Trickle,
+    /// Answers after 400 ms with headers and 10 of 100 body bytes, then holds the connection.
+    LateStall,
 }
 
 /// A loopback server that accepts connections and then misbehaves.
@@ -619,6 +623,33 @@ impl Misbehaving {
                                     b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
                                 )
                                 .await;
+                        });
+                    }
+                    Misbehaviour::Trickle | Misbehaviour::LateStall => {
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut stream = stream;
+                            let mut buffer = [0u8; 4096];
+                            let _ = stream.read(&mut buffer).await;
+                            if kind == Misbehaviour::LateStall {
+                                tokio::time::sleep(Duration::from_millis(400)).await;
+                            }
+                            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+                            if stream.write_all(head).await.is_err() {
+                                return;
+                            }
+                            if kind == Misbehaviour::LateStall {
+                                let _ = stream.write_all(b"0123456789").await;
+                                // Hold the connection until the proxy gives up on it.
+                                let _ = stream.read(&mut buffer).await;
+                                return;
+                            }
+                            for _ in 0..100 {
+                                if stream.write_all(b"x").await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
                         });
                     }
                     Misbehaviour::ResetAfterRequest => {

@@ -1,0 +1,509 @@
+//! Client connections: how many may be open at once, how long a client may take to send its
+//! request headers, and the hard stop at each request's deadline.
+//!
+//! Pingora offers no hook before a request's headers are parsed (it bounds each read by 60 s, so
+//! a slowloris client trickling one byte a minute holds its connection forever), no cap on open
+//! connections, and no total request timeout. [`GuardedProxy`] wraps Pingora's HTTP application
+//! (the [`ServerApp`] it builds from our `ProxyHttp`) to add all three:
+//!
+//! - a connection past `server.limits.max_connections` gets a 503 with `Retry-After` and is closed;
+//! - the client's stream is wrapped in a [`GuardedStream`], which fails the read of a request's
+//!   headers once `server.limits.header_timeout` has passed (answering 408 first);
+//! - the request's deadline (set by the proxy once the route is known, see [`request_started`])
+//!   is watched beside the connection: the proxy answers 504 itself when the upstream is slow
+//!   (its upstream timeouts are cut to the time left), so this watch only fires when a response
+//!   already under way stalls, or an upstream trickles its headers; the connection is then
+//!   closed, so the client sees the response cut short rather than complete.
+//!
+//! The proxy phases reach their connection's state through a task-local ([`CURRENT`]), since
+//! Pingora drives a whole HTTP/1 connection, request after request, inside one task.
+//!
+//! What this module does not own: the request limits checked on parsed headers (URI length,
+//! header count and size, body size; see `proxy.rs`) and the body idle timeout (Pingora's
+//! downstream read timeout, set per request by the proxy).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+use crate::metrics::Metrics;
+use crate::routing::SharedRouteTable;
+
+/// How long past a request's deadline the watch waits before it closes the connection, so the
+/// proxy's own checks (which answer 504, or cut the response and log it) go first: they see
+/// every upstream read, the watch only a stalled one.
+const STARTED_RESPONSE_GRACE: Duration = Duration::from_millis(200);
+/// The same for a response that has not started: the proxy's 504 is due at the deadline itself.
+const UNSTARTED_RESPONSE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a refused connection is given to send its request before the 503 goes out.
+const REFUSAL_READ_WAIT: Duration = Duration::from_millis(50);
+
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    content-length: 0\r\n\
+    retry-after: 1\r\n\
+    x-strangler-error: too_many_connections\r\n\
+    connection: close\r\n\r\n";
+
+const HEADER_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+    content-length: 0\r\n\
+    x-strangler-error: header_timeout\r\n\
+    connection: close\r\n\r\n";
+
+tokio::task_local! {
+    /// The state of the connection the current task serves.
+    static CURRENT: Arc<ConnectionState>;
+}
+
+/// Called by the proxy once a request's headers are parsed and its route is known: header
+/// reading is over, and the request must be done by `deadline`.
+pub fn request_started(deadline: Instant) {
+    let _ = CURRENT.try_with(|state| state.request_started(deadline));
+}
+
+/// Called by the proxy when it starts sending the response: from now on a missed deadline can
+/// only be shown by closing the connection.
+pub fn response_started() {
+    let _ = CURRENT.try_with(|state| state.response_started.store(true, Ordering::Relaxed));
+}
+
+/// Called by the proxy when a request is over; the connection waits for the next one.
+pub fn request_finished() {
+    let _ = CURRENT.try_with(|state| state.request_finished());
+}
+
+/// Pingora's HTTP application with connection limits around it.
+pub struct GuardedProxy<A> {
+    proxy: Arc<A>,
+    routes: SharedRouteTable,
+    metrics: Arc<Metrics>,
+    open: AtomicUsize,
+}
+
+impl<A> GuardedProxy<A> {
+    pub fn new(proxy: A, routes: SharedRouteTable, metrics: Arc<Metrics>) -> Self {
+        Self {
+            proxy: Arc::new(proxy),
+            routes,
+            metrics,
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for GuardedProxy<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Limits are read per connection, so a reload applies to the next connections.
+        let (max_connections, header_timeout) = {
+            let table = self.routes.load();
+            let limits = &table.config().server.limits;
+            (limits.max_connections, limits.header_timeout)
+        };
+        let Some(_slot) = ConnectionSlot::take(self, max_connections) else {
+            self.metrics
+                .connections_closed
+                .with_label_values(&["too_many_connections"])
+                .inc();
+            tracing::warn!(
+                max_connections,
+                "connection refused: too many open connections"
+            );
+            refuse(stream).await;
+            return None;
+        };
+
+        let state = Arc::new(ConnectionState::new());
+        let guarded: Stream = Box::new(GuardedStream::new(
+            stream,
+            state.clone(),
+            header_timeout,
+            self.metrics.clone(),
+        ));
+        let serve = CURRENT.scope(state.clone(), self.proxy.process_new(guarded, shutdown));
+        tokio::select! {
+            biased;
+            _ = serve => {}
+            () = state.overdue() => {
+                // Dropping `serve` closes the connection (and the upstream's, if any).
+                self.metrics
+                    .connections_closed
+                    .with_label_values(&["request_timeout"])
+                    .inc();
+                tracing::warn!(
+                    response_started = state.response_started.load(Ordering::Relaxed),
+                    "request deadline passed: connection closed"
+                );
+            }
+        }
+        // Every HTTP/1 request of the connection ran inside `serve`; nothing to hand back.
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
+/// Answers a connection over the limit with a 503 and closes it, best effort: the client may not
+/// be listening, and nothing more is owed to it.
+async fn refuse(mut stream: Stream) {
+    // Read what the client sent first (briefly): closing a socket with unread data resets it,
+    // and a reset can destroy the 503 before the client reads it.
+    let mut request = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_READ_WAIT, stream.read(&mut request)).await;
+    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+    let _ = stream.flush().await;
+    Shutdown::shutdown(&mut *stream).await;
+}
+
+/// One of `max_connections`; dropping it frees the slot.
+struct ConnectionSlot<'a> {
+    open: &'a AtomicUsize,
+    metrics: &'a Metrics,
+}
+
+impl<'a> ConnectionSlot<'a> {
+    fn take<A>(app: &'a GuardedProxy<A>, max: usize) -> Option<Self> {
+        let taken = app
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok();
+        taken.then(|| {
+            app.metrics.open_connections.inc();
+            Self {
+                open: &app.open,
+                metrics: &app.metrics,
+            }
+        })
+    }
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.open_connections.dec();
+    }
+}
+
+/// Where a connection is in its request cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Reading a request's headers; bounded by the header timeout.
+    Headers = 0,
+    /// Headers parsed; the proxy is handling the request, bounded by its deadline.
+    Request = 1,
+    /// Between requests on a kept-alive connection; Pingora's keep-alive timeout applies.
+    Idle = 2,
+}
+
+/// What the proxy phases, the stream wrapper and the deadline watch share about a connection.
+#[derive(Debug)]
+struct ConnectionState {
+    phase: AtomicU8,
+    /// The current request's deadline as nanoseconds since [`EPOCH`]; 0 when none.
+    deadline: AtomicU64,
+    /// The deadline the watch sleeps until; 0 when it waits for a request.
+    watched: AtomicU64,
+    response_started: AtomicBool,
+    rearm: Notify,
+}
+
+/// A fixed origin so deadlines fit in an atomic.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn to_nanos(instant: Instant) -> u64 {
+    // 0 means "none"; a deadline can never be at the epoch itself.
+    (instant.saturating_duration_since(*EPOCH).as_nanos() as u64).max(1)
+}
+
+fn from_nanos(nanos: u64) -> Instant {
+    *EPOCH + Duration::from_nanos(nanos)
+}
+
+impl ConnectionState {
+    fn new() -> Self {
+        Self {
+            phase: AtomicU8::new(Phase::Headers as u8),
+            deadline: AtomicU64::new(0),
+            watched: AtomicU64::new(0),
+            response_started: AtomicBool::new(false),
+            rearm: Notify::new(),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Headers,
+            1 => Phase::Request,
+            _ => Phase::Idle,
+        }
+    }
+
+    fn request_started(&self, deadline: Instant) {
+        self.phase.store(Phase::Request as u8, Ordering::Relaxed);
+        self.response_started.store(false, Ordering::Relaxed);
+        let deadline = to_nanos(deadline);
+        self.deadline.store(deadline, Ordering::Release);
+        // The watch wakes by itself at the deadline it sleeps until and then looks again; it
+        // needs waking only if it sleeps for no deadline or a later one.
+        let watched = self.watched.load(Ordering::Acquire);
+        if watched == 0 || watched > deadline {
+            self.rearm.notify_one();
+        }
+    }
+
+    fn request_finished(&self) {
+        self.deadline.store(0, Ordering::Release);
+        self.phase.store(Phase::Idle as u8, Ordering::Relaxed);
+    }
+
+    /// Resolves when the request under way has run past its deadline by a grace period (longer
+    /// while its response has not started, as the proxy answers 504 itself then).
+    async fn overdue(&self) {
+        loop {
+            let deadline = self.deadline.load(Ordering::Acquire);
+            if deadline == 0 {
+                self.watched.store(0, Ordering::Release);
+                self.rearm.notified().await;
+                continue;
+            }
+            let due = from_nanos(deadline) + STARTED_RESPONSE_GRACE;
+            self.watched.store(deadline, Ordering::Release);
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                () = self.rearm.notified() => continue,
+            }
+            if self.deadline.load(Ordering::Acquire) != deadline {
+                continue; // that request finished; a later one may be under way
+            }
+            if !self.response_started.load(Ordering::Relaxed) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(
+                        (from_nanos(deadline) + UNSTARTED_RESPONSE_GRACE).into()
+                    ) => {}
+                    () = self.rearm.notified() => continue,
+                }
+                if self.deadline.load(Ordering::Acquire) != deadline {
+                    continue;
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// The client's stream, failing the read of request headers that take too long.
+///
+/// The timer is only set when a read of headers has to wait, so a request whose headers arrive
+/// at once (nearly all of them) costs an `Instant::now()` and no timer.
+struct GuardedStream {
+    inner: Stream,
+    state: Arc<ConnectionState>,
+    header_timeout: Duration,
+    /// When the headers being read must be complete.
+    header_deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .field("header_deadline", &self.header_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedStream {
+    fn new(
+        inner: Stream,
+        state: Arc<ConnectionState>,
+        header_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner,
+            state,
+            header_timeout,
+            // The first request's headers are due `header_timeout` after the accept.
+            header_deadline: Instant::now() + header_timeout,
+            timer: None,
+            metrics,
+        }
+    }
+
+    /// Polls the header deadline; `Ready` once it has passed.
+    fn poll_header_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.header_deadline.into();
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let filled = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                // The first bytes after an idle keep-alive period start the next request.
+                if buf.filled().len() > filled && this.state.phase() == Phase::Idle {
+                    this.state
+                        .phase
+                        .store(Phase::Headers as u8, Ordering::Relaxed);
+                    this.header_deadline = Instant::now() + this.header_timeout;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if this.state.phase() != Phase::Headers
+                    || this.poll_header_deadline(cx).is_pending()
+                {
+                    return Poll::Pending;
+                }
+                // Best effort, once: a fresh socket's send buffer takes these few bytes whole.
+                let _ = Pin::new(&mut this.inner).poll_write(cx, HEADER_TIMEOUT);
+                this.state.phase.store(Phase::Idle as u8, Ordering::Relaxed);
+                this.metrics
+                    .connections_closed
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+                tracing::warn!(
+                    timeout = ?this.header_timeout,
+                    "request headers not received in time: 408 and close"
+                );
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request headers not received in time",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
