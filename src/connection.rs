@@ -54,16 +54,22 @@ const UNSTARTED_RESPONSE_GRACE: Duration = Duration::from_millis(500);
 /// How long a refused connection is given to send its request before the 503 goes out.
 const REFUSAL_READ_WAIT: Duration = Duration::from_millis(50);
 
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-    content-length: 0\r\n\
-    retry-after: 1\r\n\
-    x-strangler-error: too_many_connections\r\n\
-    connection: close\r\n\r\n";
+/// An answer written straight to the socket, before (or instead of) Pingora parsing a request,
+/// with a fresh request id, as every proxy-generated error carries one.
+fn raw_error_response(status_line: &str, reason: &str, extra_headers: &str) -> (String, Vec<u8>) {
+    let request_id = crate::proxy::new_request_id();
+    let request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+    let response = format!(
+        "HTTP/1.1 {status_line}\r\ncontent-length: 0\r\n{extra_headers}\
+         x-strangler-error: {reason}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+    );
+    (request_id, response.into_bytes())
+}
 
-const HEADER_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
-    content-length: 0\r\n\
-    x-strangler-error: header_timeout\r\n\
-    connection: close\r\n\r\n";
+fn peer_address(stream: &Stream) -> Option<String> {
+    let digest = stream.get_socket_digest()?;
+    Some(digest.peer_addr()?.to_string())
+}
 
 tokio::task_local! {
     /// The state of the connection the current task serves.
@@ -127,11 +133,7 @@ where
                 .connections_closed
                 .with_label_values(&["too_many_connections"])
                 .inc();
-            tracing::warn!(
-                max_connections,
-                "connection refused: too many open connections"
-            );
-            refuse(stream).await;
+            refuse(stream, max_connections).await;
             return None;
         };
 
@@ -169,12 +171,23 @@ where
 
 /// Answers a connection over the limit with a 503 and closes it, best effort: the client may not
 /// be listening, and nothing more is owed to it.
-async fn refuse(mut stream: Stream) {
+async fn refuse(mut stream: Stream, max_connections: usize) {
+    let (request_id, response) = raw_error_response(
+        "503 Service Unavailable",
+        "too_many_connections",
+        "retry-after: 1\r\n",
+    );
+    tracing::warn!(
+        request_id,
+        client = peer_address(&stream),
+        max_connections,
+        "connection refused: too many open connections"
+    );
     // Read what the client sent first (briefly): closing a socket with unread data resets it,
     // and a reset can destroy the 503 before the client reads it.
     let mut request = [0u8; 4096];
     let _ = tokio::time::timeout(REFUSAL_READ_WAIT, stream.read(&mut request)).await;
-    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+    let _ = stream.write_all(&response).await;
     let _ = stream.flush().await;
     Shutdown::shutdown(&mut *stream).await;
 }
@@ -398,14 +411,18 @@ impl AsyncRead for GuardedStream {
                 {
                     return Poll::Pending;
                 }
+                let (request_id, response) =
+                    raw_error_response("408 Request Timeout", "header_timeout", "");
                 // Best effort, once: a fresh socket's send buffer takes these few bytes whole.
-                let _ = Pin::new(&mut this.inner).poll_write(cx, HEADER_TIMEOUT);
+                let _ = Pin::new(&mut this.inner).poll_write(cx, &response);
                 this.state.phase.store(Phase::Idle as u8, Ordering::Relaxed);
                 this.metrics
                     .connections_closed
                     .with_label_values(&["header_timeout"])
                     .inc();
                 tracing::warn!(
+                    request_id,
+                    client = peer_address(&this.inner),
                     timeout = ?this.header_timeout,
                     "request headers not received in time: 408 and close"
                 );

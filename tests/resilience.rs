@@ -565,6 +565,7 @@ async fn slow_request_headers_get_408_but_idle_keep_alive_does_not() {
         answer.contains("x-strangler-error: header_timeout"),
         "{answer:?}"
     );
+    assert!(answer.contains("x-request-id: "), "{answer:?}");
     assert!(
         closed && elapsed < bound,
         "closed: {closed}, after {elapsed:?}"
