@@ -151,6 +151,7 @@ impl Reloader {
         match compiled {
             Ok(table) => {
                 let restart_required = server_changes(&self.running_server, &table.config().server);
+                table.inherit_health(&self.routes.load());
                 self.routes.store(Arc::new(table));
                 Outcome::Applied {
                     generation: next_generation,
@@ -229,8 +230,31 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     if running.threads != new.threads {
         changed.push("server.threads".to_owned());
     }
-    if running.drain_timeout != new.drain_timeout {
-        changed.push("server.drain_timeout".to_owned());
+    let read_at_start = [
+        (
+            "server.drain_timeout",
+            running.drain_timeout != new.drain_timeout,
+        ),
+        ("server.admin_token", running.admin_token != new.admin_token),
+        (
+            "server.shadow_max_inflight",
+            running.shadow_max_inflight != new.shadow_max_inflight,
+        ),
+        ("server.diff_store", running.diff_store != new.diff_store),
+        (
+            "server.diff_max_rows",
+            running.diff_max_rows != new.diff_max_rows,
+        ),
+        (
+            "server.diff_max_age",
+            running.diff_max_age != new.diff_max_age,
+        ),
+        ("server.otlp", running.otlp != new.otlp),
+    ];
+    for (field, differs) in read_at_start {
+        if differs {
+            changed.push(field.to_owned());
+        }
     }
     changed
 }

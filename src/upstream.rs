@@ -51,6 +51,29 @@ pub struct BackendHealth {
     next_probe_ms: AtomicU64,
 }
 
+impl BackendHealth {
+    fn copy_from(&self, other: &BackendHealth, with_probes: bool) {
+        let copy = |to: &AtomicU32, from: &AtomicU32| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+        };
+        copy(&self.request_failures, &other.request_failures);
+        self.ejected_until_ms.store(
+            other.ejected_until_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        if with_probes {
+            copy(&self.probe_failures, &other.probe_failures);
+            copy(&self.probe_successes, &other.probe_successes);
+            self.probed_down
+                .store(other.probed_down.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.next_probe_ms.store(
+                other.next_probe_ms.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -74,6 +97,25 @@ impl Backend {
 
     pub fn ejected(&self) -> bool {
         self.health.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// When a passive ejection in force ends; `None` when the backend is not ejected.
+    pub fn ejected_until(&self) -> Option<SystemTime> {
+        let until = self.health.ejected_until_ms.load(Ordering::Relaxed);
+        (until > now_ms()).then(|| UNIX_EPOCH + Duration::from_millis(until))
+    }
+
+    /// Real requests failed in a row (reset by a success or an ejection).
+    pub fn consecutive_request_failures(&self) -> u32 {
+        self.health.request_failures.load(Ordering::Relaxed)
+    }
+
+    /// Active checks in a row as (failed, passed); a result of the other kind resets each.
+    pub fn probe_streak(&self) -> (u32, u32) {
+        (
+            self.health.probe_failures.load(Ordering::Relaxed),
+            self.health.probe_successes.load(Ordering::Relaxed),
+        )
     }
 
     /// Records an active check's result; returns true when it changed the backend's state.
@@ -226,12 +268,33 @@ impl UpstreamPool {
         self.health_check.as_ref()
     }
 
+    pub fn passive(&self) -> &PassiveHealthConfig {
+        &self.passive
+    }
+
     /// Further attempts allowed when connecting fails.
     pub fn retries(&self) -> u32 {
         self.retries
     }
 
     /// A real request to backend `index` failed (connect error, 502/503/504).
+    /// Takes over the health of the backends `previous` (the same upstream in the generation
+    /// being replaced) also had, matched by address: a reload must neither re-admit a backend
+    /// the checks took out nor forget an ejection. Without an active check in this generation
+    /// nothing would ever bring a probed-down backend back, so that verdict is not carried.
+    pub fn inherit_health(&self, previous: &UpstreamPool) {
+        let checked = self.health_check.is_some();
+        for backend in &self.backends {
+            if let Some(old) = previous
+                .backends
+                .iter()
+                .find(|old| old.address == backend.address)
+            {
+                backend.health.copy_from(&old.health, checked);
+            }
+        }
+    }
+
     pub fn report_failure(&self, index: usize) {
         let Some(backend) = self.backends.get(index) else {
             return;

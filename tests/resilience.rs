@@ -176,6 +176,26 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
         "no traffic to a failing backend"
     );
 
+    // A reload (here: one more route) keeps what the checks learned; the failing backend does
+    // not get traffic again just because the config changed.
+    let path = proxy.config_path();
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str("routes:\n  - { name: extra, match: { path: /extra } }\n");
+    std::fs::write(&path, config).unwrap();
+    let reload = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
+        .await
+        .unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    assert_eq!(proxy.routes().await["generation"], 2);
+    assert_eq!(
+        proxy.routes().await["upstreams"]["u"]["backends"][1]["available"],
+        false
+    );
+    assert!(
+        served(&proxy).await.iter().all(|b| b == "steady"),
+        "a reload re-admitted a failing backend"
+    );
+
     down.store(false, Ordering::Relaxed);
     let started = Instant::now();
     while !served(&proxy).await.contains(&"flappy".to_owned()) {

@@ -122,7 +122,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "tester_override",
 ];
 
-/// Process-level settings: changing them takes a restart.
+/// Process-level settings. Most take a restart (a reload names those that changed);
+/// `request_timeout` and `limits` apply on reload (`limits` to new connections).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {

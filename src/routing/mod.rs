@@ -127,6 +127,20 @@ impl RouteTable {
         &self.upstreams
     }
 
+    /// Carries backend health from the generation this table replaces, upstream by upstream
+    /// (matched by name), so a reload does not reset what health checks and ejections learned.
+    pub fn inherit_health(&self, previous: &RouteTable) {
+        for pool in self.upstreams() {
+            if let Some(old) = previous
+                .upstreams()
+                .iter()
+                .find(|old| old.name() == pool.name())
+            {
+                pool.inherit_health(old);
+            }
+        }
+    }
+
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
