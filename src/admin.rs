@@ -3,16 +3,20 @@
 //! It runs as its own Pingora service on its own address (loopback by default), so it can be
 //! firewalled separately and never competes with client traffic for a port. Endpoints:
 //!
-//! | method | path       | answer                                                        |
-//! |--------|------------|---------------------------------------------------------------|
-//! | GET    | `/healthz` | 200 while the process runs                                    |
-//! | GET    | `/readyz`  | 200 with the config generation once the proxy can serve       |
-//! | GET    | `/routes`  | the live config as JSON, its generation, SHA-256, last reload  |
-//! | GET    | `/metrics` | Prometheus text exposition                                    |
-//! | POST   | `/reload`  | re-read the config file now; 200 applied/unchanged, 422 not   |
-//! | GET    | `/diffs`   | the newest stored diffs; `?route=NAME&limit=N` (default 50)   |
+//! | method | path           | answer                                                        |
+//! |--------|----------------|---------------------------------------------------------------|
+//! | GET    | `/healthz`     | 200 while the process runs                                    |
+//! | GET    | `/readyz`      | 200 with the config generation once the proxy can serve       |
+//! | GET    | `/routes`      | the live config as JSON, its generation, SHA-256, last reload |
+//! | GET    | `/upstreams`   | every upstream's backends, their health and health settings   |
+//! | GET    | `/metrics`     | Prometheus text exposition                                    |
+//! | POST   | `/reload`      | re-read the config file now; 200 applied/unchanged, 422 not   |
+//! | GET    | `/diffs`       | the newest stored diffs; `?route=NAME&limit=N` (default 50)   |
+//! | POST   | `/kill-switch` | `?state=on`: every route to legacy until `off` or a reload    |
 //!
-//! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing.
+//! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing; any
+//! other method gets 405 with `Allow`. With a token configured, everything but `/healthz`,
+//! `/readyz` and `/metrics` requires `Authorization: Bearer <token>` (401 otherwise).
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
@@ -39,6 +43,7 @@ const ENDPOINTS: &[&str] = &[
     "/healthz",
     "/readyz",
     "/routes",
+    "/upstreams",
     "/metrics",
     "/reload",
     "/diffs",
@@ -176,6 +181,71 @@ impl AdminApp {
             "upstreams": upstreams,
         })
     }
+
+    /// `GET /upstreams`: each pool of the live generation, its health settings and every
+    /// backend's state. `healthy` is what `strangler_upstream_healthy` exports.
+    fn upstreams_document(&self) -> serde_json::Value {
+        let table = self.routes.load();
+        let upstreams: Vec<serde_json::Value> = table
+            .upstreams()
+            .iter()
+            .map(|pool| {
+                let backends: Vec<serde_json::Value> =
+                    pool.backends().iter().map(backend_document).collect();
+                let healthy = pool.backends().iter().filter(|b| b.available()).count();
+                let passive = pool.passive();
+                json!({
+                    "name": pool.name(),
+                    "healthy_backends": healthy,
+                    "total_backends": backends.len(),
+                    "retries": pool.retries(),
+                    "health_check": pool.health_check().map(|check| json!({
+                        "kind": if check.path.is_some() { "http" } else { "tcp" },
+                        "path": check.path,
+                        "interval": humantime::format_duration(check.interval).to_string(),
+                        "timeout": humantime::format_duration(check.timeout).to_string(),
+                        "unhealthy_threshold": check.unhealthy_threshold,
+                        "healthy_threshold": check.healthy_threshold,
+                    })),
+                    "passive": {
+                        "consecutive_failures": passive.consecutive_failures,
+                        "ejection": humantime::format_duration(passive.ejection).to_string(),
+                    },
+                    "backends": backends,
+                })
+            })
+            .collect();
+        json!({
+            "generation": table.generation(),
+            "upstreams": upstreams,
+        })
+    }
+}
+
+fn backend_document(backend: &crate::upstream::Backend) -> serde_json::Value {
+    // One read of each flag, so the fields agree with each other (`healthy` is `available()`).
+    let probed_down = backend.probed_down();
+    let ejected_until = backend.ejected_until();
+    let (check_failures, check_passes) = backend.probe_streak();
+    let state = if probed_down {
+        "unhealthy"
+    } else if ejected_until.is_some() {
+        "ejected"
+    } else {
+        "healthy"
+    };
+    json!({
+        "address": backend.address().to_string(),
+        "healthy": !probed_down && ejected_until.is_none(),
+        "state": state,
+        "probed_down": probed_down,
+        "ejected": ejected_until.is_some(),
+        "ejected_until": ejected_until
+            .map(|until| humantime::format_rfc3339_millis(until).to_string()),
+        "consecutive_request_failures": backend.consecutive_request_failures(),
+        "consecutive_check_failures": check_failures,
+        "consecutive_check_passes": check_passes,
+    })
 }
 
 #[async_trait]
@@ -209,6 +279,9 @@ impl ServeHttp for AdminApp {
             }
             (Method::GET | Method::HEAD, "/routes") => {
                 json_response(StatusCode::OK, &self.routes_document())
+            }
+            (Method::GET | Method::HEAD, "/upstreams") => {
+                json_response(StatusCode::OK, &self.upstreams_document())
             }
             (Method::GET | Method::HEAD, "/metrics") => Response::builder()
                 .status(StatusCode::OK)
@@ -255,7 +328,7 @@ impl ServeHttp for AdminApp {
                 self.diffs(&query).await
             }
             (_, "/reload") => method_not_allowed("POST"),
-            (_, "/healthz" | "/readyz" | "/routes" | "/metrics" | "/diffs") => {
+            (_, "/healthz" | "/readyz" | "/routes" | "/upstreams" | "/metrics" | "/diffs") => {
                 method_not_allowed("GET, HEAD")
             }
             _ => json_response(

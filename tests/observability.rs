@@ -1,4 +1,5 @@
-//! Metrics, access logs, trace context and the admin API's authentication, end to end.
+//! Metrics, access logs, request ids, trace context and the admin API (auth, methods, `/upstreams`,
+//! readiness, the loopback default), end to end.
 
 mod support;
 
@@ -41,7 +42,25 @@ async fn metrics_count_requests_durations_errors_and_health() {
     assert_eq!(proxy.get("/other").await.status, 200);
     assert_eq!(proxy.get("/broken").await.status, 502);
 
-    let text = support::get(proxy.admin, "/metrics").await.unwrap().text();
+    // A request is counted in its logging phase, which runs just after the client has its
+    // answer: wait until all seven are in.
+    let started = Instant::now();
+    let text = loop {
+        let text = support::get(proxy.admin, "/metrics").await.unwrap().text();
+        let counted: f64 = text
+            .lines()
+            .filter(|line| line.starts_with("strangler_requests_total{"))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        if counted >= 7.0 {
+            break text;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{counted} of 7 requests counted in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let value = |sample: &str| -> f64 {
         text.lines()
             .find_map(|line| {
@@ -83,6 +102,21 @@ async fn metrics_count_requests_durations_errors_and_health() {
         1.0
     );
     assert_eq!(value("strangler_config_generation"), 1.0);
+    assert_eq!(value("strangler_config_last_reload_success"), 1.0);
+    // Reload results exist at 0 before the first reload, so rate() and alerts work at once.
+    for result in ["applied", "unchanged", "invalid", "unreadable"] {
+        assert_eq!(
+            value(&format!(
+                "strangler_config_reloads_total{{result=\"{result}\"}}"
+            )),
+            0.0
+        );
+    }
+    assert_eq!(
+        value("strangler_route_stage{route=\"api\",stage=\"legacy\"}"),
+        1.0
+    );
+    assert_eq!(value("strangler_kill_switch"), 0.0);
     // Every line is Prometheus text: a comment, or `name{labels} value`.
     for line in text
         .lines()
@@ -127,6 +161,16 @@ async fn json_access_logs_carry_the_request_id_the_backend_saw() {
             assert_eq!(fields["upstream"], "u");
             assert_eq!(fields["shadowed"], false);
             assert!(fields["duration_ms"].as_f64().is_some());
+            assert_eq!(event["level"], "INFO");
+            assert!(event["timestamp"].is_string());
+            // Every line on stderr is one JSON event, the proxy's and Pingora's alike (a last
+            // line still being written is left out).
+            let complete = &stderr[..stderr.rfind('\n').map_or(0, |end| end + 1)];
+            for line in complete.lines().filter(|line| !line.trim().is_empty()) {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+                assert!(event["target"].is_string(), "{line}");
+            }
             break;
         }
         assert!(
@@ -164,6 +208,30 @@ async fn traceparent_reaches_the_backend_and_the_shadow() {
         Some("1"),
         "the shadow's span context is marked"
     );
+    let id = backend.last().header("x-request-id").unwrap().to_owned();
+    assert_eq!(
+        copy.header("x-request-id"),
+        Some(id.as_str()),
+        "the copy carries the request's id"
+    );
+
+    // The copy is counted once sent, once completed, and its comparison once (the two backends
+    // answer different bodies: a mismatch).
+    for sample in [
+        "strangler_shadow_requests_total{outcome=\"sent\",route=\"r\"}",
+        "strangler_shadow_requests_total{outcome=\"completed\",route=\"r\"}",
+        "strangler_diffs_total{result=\"mismatch\",route=\"r\"}",
+    ] {
+        let started = Instant::now();
+        while proxy.metric(sample).await != Some(1.0) {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{sample} is not 1 in:\n{}",
+                support::get(proxy.admin, "/metrics").await.unwrap().text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,12 +261,37 @@ async fn the_admin_api_requires_its_token_except_for_health_and_metrics() {
     );
     assert_eq!(admin("/reload", "POST", None).await.unwrap().status, 401);
     assert_eq!(admin("/diffs", "GET", None).await.unwrap().status, 401);
-    let routes = admin("/routes", "GET", Some("s3cret-token")).await.unwrap();
-    assert_eq!(routes.status, 200);
-    assert!(
-        !routes.text().contains("s3cret-token"),
-        "the token is never shown"
+    assert_eq!(admin("/upstreams", "GET", None).await.unwrap().status, 401);
+    assert_eq!(
+        admin("/upstreams", "GET", Some("wrong"))
+            .await
+            .unwrap()
+            .status,
+        401
     );
+    assert_eq!(
+        admin("/kill-switch?state=on", "POST", None)
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    let refused = admin("/upstreams", "GET", Some("s3cret-token-but-longer"))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status, 401,
+        "a token with the right prefix is wrong"
+    );
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    for path in ["/routes", "/upstreams"] {
+        let shown = admin(path, "GET", Some("s3cret-token")).await.unwrap();
+        assert_eq!(shown.status, 200, "{path}");
+        assert!(
+            !shown.text().contains("s3cret-token"),
+            "the token is never shown by {path}"
+        );
+    }
     for open in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(
             admin(open, "GET", None).await.unwrap().status,
@@ -230,4 +323,300 @@ fn an_admin_listener_off_loopback_without_a_token_refuses_to_start() {
         stderr.contains("is not on loopback and has no token"),
         "{stderr}"
     );
+}
+
+/// GET `path` on the admin API (no token).
+async fn admin_json(proxy: &Proxy, path: &str) -> serde_json::Value {
+    let response = support::get(proxy.admin, path).await.unwrap();
+    assert_eq!(response.status, 200, "{path}: {}", response.text());
+    response.json()
+}
+
+/// The entry for backend `address` of upstream `name` in a `GET /upstreams` document.
+fn backend_entry<'a>(
+    document: &'a serde_json::Value,
+    name: &str,
+    address: std::net::SocketAddr,
+) -> &'a serde_json::Value {
+    let upstream = document["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|upstream| upstream["name"] == name)
+        .unwrap_or_else(|| panic!("no upstream {name} in {document:#}"));
+    upstream["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|backend| backend["address"] == address.to_string().as_str())
+        .unwrap_or_else(|| panic!("no backend {address} under {name} in {document:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstreams_lists_every_backend_with_the_health_checks_verdict() {
+    let live = Backend::start("live").await;
+    let dead = support::dead_address();
+    let proxy = start(
+        &format!(
+            "upstreams:\n  checked:\n    backends: [{live}, {dead}]\n    health_check: {{ path: /health, interval: 100ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1 }}\n  plain: {{ backends: [{live}] }}\ndefault_upstream: plain\n",
+            live = live.address
+        ),
+        "",
+        &[],
+        &[("RUST_LOG", "warn")],
+    )
+    .await;
+
+    let document = admin_json(&proxy, "/upstreams").await;
+    assert_eq!(document["generation"], 1);
+    let names: Vec<&str> = document["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|upstream| upstream["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["checked", "plain"]);
+    let checked = &document["upstreams"][0];
+    assert_eq!(checked["total_backends"], 2);
+    assert_eq!(checked["retries"], 1);
+    assert_eq!(
+        checked["health_check"],
+        serde_json::json!({
+            "kind": "http",
+            "path": "/health",
+            "interval": "100ms",
+            "timeout": "500ms",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+        })
+    );
+    assert_eq!(
+        checked["passive"],
+        serde_json::json!({ "consecutive_failures": 5, "ejection": "30s" })
+    );
+    let plain = &document["upstreams"][1];
+    assert!(plain["health_check"].is_null(), "{plain:#}");
+    assert_eq!(plain["backends"][0]["address"], live.address.to_string());
+    assert_eq!(plain["backends"][0]["healthy"], true);
+
+    // The checks run every 100 ms: the dead backend goes out after two failures, the live one
+    // keeps passing.
+    let started = Instant::now();
+    let document = loop {
+        let document = admin_json(&proxy, "/upstreams").await;
+        let down = backend_entry(&document, "checked", dead);
+        let up = backend_entry(&document, "checked", live.address);
+        if down["healthy"] == false && up["consecutive_check_passes"].as_u64() >= Some(1) {
+            break document;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the health checks did not settle: {document:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let down = backend_entry(&document, "checked", dead);
+    assert_eq!(down["state"], "unhealthy");
+    assert_eq!(down["probed_down"], true);
+    assert_eq!(down["ejected"], false);
+    assert!(down["ejected_until"].is_null());
+    assert!(down["consecutive_check_failures"].as_u64().unwrap() >= 2);
+    assert_eq!(down["consecutive_check_passes"], 0);
+    let up = backend_entry(&document, "checked", live.address);
+    assert_eq!(up["healthy"], true);
+    assert_eq!(up["state"], "healthy");
+    assert_eq!(up["probed_down"], false);
+    assert_eq!(up["consecutive_check_failures"], 0);
+    assert_eq!(document["upstreams"][0]["healthy_backends"], 1);
+    assert!(
+        live.requests()
+            .iter()
+            .any(|r| r.target == "/health"
+                && r.header("user-agent") == Some("strangler-health-check")),
+        "the live backend was probed on its path"
+    );
+
+    // The metric says the same.
+    let healthy = |upstream: &str, backend: std::net::SocketAddr| {
+        format!("strangler_upstream_healthy{{backend=\"{backend}\",upstream=\"{upstream}\"}}")
+    };
+    assert_eq!(proxy.metric(&healthy("checked", dead)).await, Some(0.0));
+    assert_eq!(
+        proxy.metric(&healthy("checked", live.address)).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy.metric(&healthy("plain", live.address)).await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstreams_shows_a_passive_ejection_and_when_it_ends() {
+    let live = Backend::start("live").await;
+    let dead = support::dead_address();
+    let proxy = start(
+        &format!(
+            "upstreams:\n  u:\n    backends: [{}, {dead}]\n    passive: {{ consecutive_failures: 1, ejection: 1m }}\ndefault_upstream: u\n",
+            live.address
+        ),
+        "",
+        &[],
+        &[("RUST_LOG", "error")],
+    )
+    .await;
+    // Round robin sends one of the first requests to the dead backend; the retry answers.
+    let started = Instant::now();
+    let document = loop {
+        assert_eq!(proxy.get("/").await.status, 200);
+        let document = admin_json(&proxy, "/upstreams").await;
+        if backend_entry(&document, "u", dead)["ejected"] == true {
+            break document;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the dead backend was never ejected: {document:#}"
+        );
+    };
+    let down = backend_entry(&document, "u", dead);
+    assert_eq!(down["healthy"], false);
+    assert_eq!(down["state"], "ejected");
+    assert_eq!(down["probed_down"], false);
+    let until = humantime::parse_rfc3339(down["ejected_until"].as_str().unwrap()).unwrap();
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .expect("the ejection ends in the future");
+    assert!(
+        left > Duration::from_secs(45) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    assert_eq!(backend_entry(&document, "u", live.address)["healthy"], true);
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "strangler_upstream_healthy{{backend=\"{dead}\",upstream=\"u\"}}"
+            ))
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_answer_the_wrong_method_with_405_and_allow() {
+    let backend = Backend::start("b").await;
+    let proxy = start(
+        &format!(
+            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+            backend.address
+        ),
+        "  admin_token: s3cret-token\n",
+        &[],
+        &[("RUST_LOG", "warn")],
+    )
+    .await;
+    for (method, path, allow) in [
+        ("POST", "/upstreams", "GET, HEAD"),
+        ("DELETE", "/upstreams", "GET, HEAD"),
+        ("POST", "/routes", "GET, HEAD"),
+        ("PUT", "/metrics", "GET, HEAD"),
+        ("GET", "/reload", "POST"),
+        ("GET", "/kill-switch?state=on", "POST"),
+    ] {
+        let response = support::send(
+            proxy.admin,
+            ClientRequest::new(method, path).header("authorization", "Bearer s3cret-token"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 405, "{method} {path}");
+        assert_eq!(response.header("allow"), Some(allow), "{method} {path}");
+    }
+    // The GETs changed nothing.
+    let routes = support::send(
+        proxy.admin,
+        ClientRequest::get("/routes").header("authorization", "Bearer s3cret-token"),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(routes["kill_switch"], false);
+    assert_eq!(routes["generation"], 1);
+    assert!(routes["last_reload"].is_null(), "{routes:#}");
+}
+
+#[test]
+fn the_admin_listener_defaults_to_loopback_port_9901() {
+    // Hold the default admin address: a config without `admin` must then fail to bind exactly
+    // there. (If something else holds it already, that serves the same purpose.)
+    let _held = std::net::TcpListener::bind("127.0.0.1:9901");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = support::free_port();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "server: {{ listen: 127.0.0.1:{listen} }}\nupstreams:\n  u: {{ backends: [127.0.0.1:9] }}\ndefault_upstream: u\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("cannot listen on 127.0.0.1:9901 (admin)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_never_ready_without_a_loaded_config() {
+    let ports = Ports::reserve();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    // Valid YAML, invalid config: the default upstream does not exist.
+    std::fs::write(
+        &path,
+        ports.with_server("upstreams:\n  u: { backends: [127.0.0.1:9] }\ndefault_upstream: nope\n"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(support::binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ask /readyz as fast as possible for as long as the process lives: no answer may be 200.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if let Ok(response) = support::get(ports.admin, "/readyz").await {
+            assert_ne!(response.status, 200, "ready on an invalid config");
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "strangler kept running on an invalid config"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("not started"), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect(ports.admin).is_err(),
+        "the admin listener was never bound"
+    );
+
+    // The same file made valid: the first 200 carries generation 1.
+    std::fs::write(
+        &path,
+        ports.with_server("upstreams:\n  u: { backends: [127.0.0.1:9] }\ndefault_upstream: u\n"),
+    )
+    .unwrap();
+    let proxy = Proxy::start_with(dir, &path, ports, &[], &[("RUST_LOG", "warn")]).await;
+    let ready = admin_json(&proxy, "/readyz").await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["generation"], 1);
 }
