@@ -45,6 +45,18 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// A backend address for the access log: the address, or `-` when no backend was picked.
+struct OptionalAddress(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for OptionalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// A timeout this close to the request's deadline was cut to it (timers fire a little early or
 /// late).
 const DEADLINE_SLACK: Duration = Duration::from_millis(20);
@@ -344,9 +356,10 @@ impl ProxyHttp for StranglerProxy {
             path = session.req_header().uri.path(),
             route,
             upstream,
-            backend = ?ctx.backend.map(|index| pool.backends()[index].address()),
+            backend = %OptionalAddress(ctx.backend.map(|index| pool.backends()[index].address())),
             status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            // Whole microseconds, so the value prints without float noise (1.911, not 1.9109999).
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
             bytes = session.body_bytes_sent(),
             shadowed,
             fallback = ctx.fell_back,

@@ -277,7 +277,6 @@ impl UpstreamPool {
         self.retries
     }
 
-    /// A real request to backend `index` failed (connect error, 502/503/504).
     /// Takes over the health of the backends `previous` (the same upstream in the generation
     /// being replaced) also had, matched by address: a reload must neither re-admit a backend
     /// the checks took out nor forget an ejection. Without an active check in this generation
@@ -295,6 +294,7 @@ impl UpstreamPool {
         }
     }
 
+    /// A real request to backend `index` failed (connect error, 502/503/504).
     pub fn report_failure(&self, index: usize) {
         let Some(backend) = self.backends.get(index) else {
             return;
