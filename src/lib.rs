@@ -21,4 +21,5 @@ pub mod routing;
 pub mod server;
 pub mod shadow;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;

@@ -34,6 +34,7 @@ use crate::connection;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, UpstreamId, set_path};
 use crate::shadow::{ShadowCopy, ShadowDispatcher};
+use crate::telemetry::{RequestSpan, RequestTracer, SpanEnd, TRACEPARENT, TRACESTATE};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
@@ -69,6 +70,8 @@ pub struct StranglerProxy {
     routes: SharedRouteTable,
     shadows: Arc<ShadowDispatcher>,
     metrics: Arc<Metrics>,
+    /// Exports a span per request when `server.otlp` is set.
+    tracer: Option<RequestTracer>,
 }
 
 impl StranglerProxy {
@@ -81,7 +84,13 @@ impl StranglerProxy {
             routes,
             shadows,
             metrics,
+            tracer: None,
         }
+    }
+
+    pub fn with_tracer(mut self, tracer: Option<RequestTracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 }
 
@@ -109,6 +118,8 @@ pub struct RequestContext {
     started: Instant,
     /// When the whole exchange must be over (`timeout` of the route, else the server's).
     deadline: Instant,
+    /// This request's span, when traces are exported.
+    span: Option<RequestSpan>,
 }
 
 impl RequestContext {
@@ -157,11 +168,22 @@ impl ProxyHttp for StranglerProxy {
             retry_on_fallback: false,
             started,
             deadline,
+            span: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         connection::request_started(ctx.deadline);
+        // First, so refused requests (413, 431, 400, retired) are traced too.
+        if let Some(tracer) = &self.tracer {
+            let request = session.req_header();
+            ctx.span = Some(tracer.start(
+                &request.method,
+                request.uri.path(),
+                request.headers.get(TRACEPARENT),
+                request.headers.get(TRACESTATE),
+            ));
+        }
         let request = session.req_header_mut();
         match request.headers.get(REQUEST_ID) {
             Some(id) if is_acceptable_request_id(id) => ctx.request_id = id.clone(),
@@ -324,6 +346,7 @@ impl ProxyHttp for StranglerProxy {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
         connection::request_finished();
+        let span = ctx.span.take();
         let shadowed = ctx.shadow.is_some();
         if let Some(copy) = ctx.shadow.as_mut() {
             copy.finish(error.is_some());
@@ -343,11 +366,24 @@ impl ProxyHttp for StranglerProxy {
             .request_duration
             .with_label_values(&[route, upstream])
             .observe(elapsed.as_secs_f64());
-        if let Some(reason) = ctx.refusal.or(error.map(|e| classify(e).1)) {
+        let reason = ctx.refusal.or(error.map(|e| classify(e).1));
+        if let Some(reason) = reason {
             self.metrics
                 .upstream_errors
                 .with_label_values(&[route, upstream, reason])
                 .inc();
+        }
+        let backend = ctx.backend.map(|index| pool.backends()[index].address());
+        if let Some(span) = span {
+            span.finish(&SpanEnd {
+                status,
+                route,
+                upstream,
+                backend,
+                request_id: ctx.request_id.to_str().unwrap_or_default(),
+                error: reason,
+                fallback: ctx.fell_back,
+            });
         }
         tracing::info!(
             target: "strangler::access",
@@ -356,7 +392,7 @@ impl ProxyHttp for StranglerProxy {
             path = session.req_header().uri.path(),
             route,
             upstream,
-            backend = %OptionalAddress(ctx.backend.map(|index| pool.backends()[index].address())),
+            backend = %OptionalAddress(backend),
             status,
             // Whole microseconds, so the value prints without float noise (1.911, not 1.9109999).
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
@@ -485,6 +521,10 @@ impl ProxyHttp for StranglerProxy {
             }
         }
         upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+        // The backend's spans nest under the proxy's own span.
+        if let Some(traceparent) = ctx.span.as_ref().and_then(RequestSpan::traceparent) {
+            upstream_request.insert_header(TRACEPARENT, traceparent)?;
+        }
 
         let Some(route) = ctx.route() else {
             return Ok(());

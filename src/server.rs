@@ -37,6 +37,8 @@ pub struct RunOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error(
         "the admin listener {0} is not on loopback and has no token: set server.admin_token or STRANGLER_ADMIN_TOKEN"
     )]
@@ -139,9 +141,14 @@ pub fn serve(
         ))
     });
 
+    let tracer = server_config
+        .otlp
+        .as_ref()
+        .map(crate::telemetry::RequestTracer::new)
+        .transpose()?;
     let proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
-        StranglerProxy::new(routes.clone(), shadows, metrics.clone()),
+        StranglerProxy::new(routes.clone(), shadows, metrics.clone()).with_tracer(tracer.clone()),
     );
     let mut proxy = Service::new(
         "strangler proxy".to_owned(),
@@ -181,7 +188,13 @@ pub fn serve(
         threads,
         "strangler is serving"
     );
-    server.run_forever()
+    // `run` returns once every service has stopped (after the drain), so the last spans are
+    // queued; flush them (at most 2 s), then exit as `run_forever` would.
+    server.run(pingora_core::server::RunArgs::default());
+    if let Some(tracer) = tracer {
+        tracer.shutdown();
+    }
+    std::process::exit(0)
 }
 
 /// Runs [`crate::health::run`] inside Pingora's lifecycle.

@@ -137,6 +137,12 @@ impl RouteTable {
                 );
             }
         }
+        if let Some(otlp) = &config.server.otlp
+            && let Err(crate::telemetry::TelemetryError::Invalid { field, message }) =
+                crate::telemetry::validate(otlp)
+        {
+            diagnostics.push(Diagnostic::new(field, message));
+        }
         let limits = &config.server.limits;
         for (field, value) in [
             ("server.limits.max_connections", limits.max_connections),
