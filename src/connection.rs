@@ -25,12 +25,13 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
@@ -76,10 +77,18 @@ tokio::task_local! {
     static CURRENT: Arc<ConnectionState>;
 }
 
-/// Called by the proxy once a request's headers are parsed and its route is known: header
-/// reading is over, and the request must be done by `deadline`.
-pub fn request_started(deadline: Instant) {
-    let _ = CURRENT.try_with(|state| state.request_started(deadline));
+/// Called by the proxy once a request's headers are parsed: header reading is over, and the
+/// request (known by `request_id` in logs) must be done by `deadline`.
+pub fn request_started(deadline: Instant, request_id: &HeaderValue) {
+    let _ = CURRENT.try_with(|state| {
+        *state.request_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id.clone());
+        state.set_deadline(deadline);
+    });
+}
+
+/// Called by the proxy when the route sets its own deadline.
+pub fn deadline_moved(deadline: Instant) {
+    let _ = CURRENT.try_with(|state| state.set_deadline(deadline));
 }
 
 /// Called by the proxy when it starts sending the response: from now on a missed deadline can
@@ -154,7 +163,9 @@ where
                     .connections_closed
                     .with_label_values(&["request_timeout"])
                     .inc();
+                let request_id = state.request_id.lock().unwrap_or_else(|e| e.into_inner()).take();
                 tracing::warn!(
+                    request_id = request_id.as_ref().map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned()),
                     response_started = state.response_started.load(Ordering::Relaxed),
                     "request deadline passed: connection closed"
                 );
@@ -245,6 +256,8 @@ struct ConnectionState {
     watched: AtomicU64,
     response_started: AtomicBool,
     rearm: Notify,
+    /// The current request's id, for the log line when the watch closes the connection.
+    request_id: Mutex<Option<HeaderValue>>,
 }
 
 /// A fixed origin so deadlines fit in an atomic.
@@ -267,6 +280,7 @@ impl ConnectionState {
             watched: AtomicU64::new(0),
             response_started: AtomicBool::new(false),
             rearm: Notify::new(),
+            request_id: Mutex::new(None),
         }
     }
 
@@ -278,7 +292,7 @@ impl ConnectionState {
         }
     }
 
-    fn request_started(&self, deadline: Instant) {
+    fn set_deadline(&self, deadline: Instant) {
         self.phase.store(Phase::Request as u8, Ordering::Relaxed);
         self.response_started.store(false, Ordering::Relaxed);
         let deadline = to_nanos(deadline);

@@ -173,7 +173,6 @@ impl ProxyHttp for StranglerProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        connection::request_started(ctx.deadline);
         // First, so refused requests (413, 431, 400, retired) are traced too.
         if let Some(tracer) = &self.tracer {
             let request = session.req_header();
@@ -192,6 +191,7 @@ impl ProxyHttp for StranglerProxy {
                 request.insert_header(REQUEST_ID, ctx.request_id.clone())?;
             }
         }
+        connection::request_started(ctx.deadline, &ctx.request_id);
         let refusal = check_limits(session.req_header(), &ctx.table.config().server.limits)
             .or_else(|| chunked_with_content_length(session).then_some((400, "ambiguous_framing")));
         // A client that stops sending its body mid-way is cut off (408) instead of holding a slot.
@@ -226,7 +226,7 @@ impl ProxyHttp for StranglerProxy {
         }
         if let Some(timeout) = route.timeout {
             ctx.deadline = ctx.started + timeout;
-            connection::request_started(ctx.deadline);
+            connection::deadline_moved(ctx.deadline);
         }
         ctx.upstream = route.upstream;
         if let Some(split) = &route.split {

@@ -537,6 +537,12 @@ routes:
         .metric("strangler_connections_closed_total{reason=\"request_timeout\"}")
         .await;
     assert_eq!(closed, Some(1.0));
+    let log = proxy.stderr();
+    let line = log
+        .lines()
+        .find(|line| line.contains("request deadline passed"))
+        .unwrap_or_else(|| panic!("the watch's close is logged: {log}"));
+    assert!(line.contains("request_id="), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
