@@ -146,8 +146,16 @@ impl DiffStore {
     pub fn trim(&mut self) -> Result<(), StoreError> {
         let oldest = now_ms() - self.max_age.as_millis() as i64;
         let max_rows = i64::try_from(self.max_rows).unwrap_or(i64::MAX);
+        // Rows are written in time order, so the old ones are a prefix of the rowid order: walk
+        // the rowids up to the first row young enough instead of scanning the whole table for
+        // `at_ms` (which has no index of its own), as a plain `WHERE at_ms < ?` would.
         self.connection
-            .execute("DELETE FROM diffs WHERE at_ms < ?1", params![oldest])
+            .execute(
+                "DELETE FROM diffs WHERE id < COALESCE(
+                     (SELECT id FROM diffs WHERE at_ms >= ?1 ORDER BY id LIMIT 1),
+                     (SELECT MAX(id) FROM diffs) + 1)",
+                params![oldest],
+            )
             .and_then(|_| {
                 self.connection.execute(
                     "DELETE FROM diffs WHERE id <= (SELECT MAX(id) FROM diffs) - ?1",
@@ -275,5 +283,31 @@ mod tests {
         let left = read_records(&path, None, 0).unwrap();
         assert_eq!(left.len(), 3);
         assert_eq!(left.last().unwrap().route, "b", "the newest survive");
+    }
+
+    #[test]
+    fn rows_past_the_age_limit_are_trimmed_even_when_all_are_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        let mut store = DiffStore::open(&path, 1000, Duration::from_secs(3600)).unwrap();
+        let two_hours_ago = now_ms() - 2 * 3600 * 1000;
+        let mut records: Vec<_> = (0..4).map(|_| record("old", "match")).collect();
+        for record in &mut records {
+            record.at_ms = two_hours_ago;
+        }
+        records.push(record("new", "mismatch"));
+        store.insert(&records).unwrap();
+        store.trim().unwrap();
+        let left = read_records(&path, None, 0).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].route, "new");
+
+        let path = dir.path().join("all-old.db");
+        let mut store = DiffStore::open(&path, 1000, Duration::from_secs(3600)).unwrap();
+        let mut old = record("old", "match");
+        old.at_ms = two_hours_ago;
+        store.insert(&[old.clone(), old]).unwrap();
+        store.trim().unwrap();
+        assert!(read_records(&path, None, 0).unwrap().is_empty());
     }
 }
