@@ -10,16 +10,7 @@ use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, run_cli};
 /// Writes `config` (with a server section for fresh ports, plus `server_extra` lines) and starts
 /// the proxy with `args` and `env`.
 async fn start(config: &str, server_extra: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let text = ports.with_server(config).replacen(
-        "  threads: 1\n",
-        &format!("  threads: 1\n{server_extra}"),
-        1,
-    );
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, text).unwrap();
-    Proxy::start_with(dir, &path, ports, args, env).await
+    Proxy::start_with_settings(config, server_extra, args, env).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
 
-use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy};
+use support::{Backend, ClientRequest, DEADLINE, Proxy};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -201,20 +201,13 @@ async fn start_with_env(
     otlp_extra: &str,
     env: &[(&str, &str)],
 ) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
     let otlp = format!(
-        "  threads: 1\n  otlp:\n    endpoint: \"http://{}\"\n    service_name: strangler-e2e\n{otlp_extra}",
+        "  otlp:\n    endpoint: \"http://{}\"\n    service_name: strangler-e2e\n{otlp_extra}",
         collector.address
     );
-    let text = ports
-        .with_server(config)
-        .replacen("  threads: 1\n", &otlp, 1);
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, text).unwrap();
     let mut env = env.to_vec();
     env.push(("RUST_LOG", "warn"));
-    Proxy::start_with(dir, &path, ports, &[], &env).await
+    Proxy::start_with_settings(config, &otlp, &[], &env).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -344,17 +344,11 @@ routes:
 async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
     let backend = Backend::start("b").await;
     // Limits are process settings in the `server` section.
-    let dir = tempfile::tempdir().unwrap();
-    let ports = support::Ports::reserve();
-    let config = ports
-        .with_server(&format!("upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n", backend.address))
-        .replace(
-            "  threads: 1\n",
-            "  threads: 1\n  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB, body_idle_timeout: 300ms }\n",
-        );
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = proxy_with_server(
+        &format!("upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n", backend.address),
+        "  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB, body_idle_timeout: 300ms }\n",
+    )
+    .await;
 
     let long_uri = format!("/{}", "a".repeat(200));
     assert_eq!(proxy.get(&long_uri).await.status, 414);
@@ -377,15 +371,7 @@ async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
     assert_eq!(response.header("x-strangler-error"), Some("body_too_large"));
     assert_eq!(backend.count(), 0, "nothing over a limit was forwarded");
 
-    let mut chunked =
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            .to_vec();
-    for _ in 0..4 {
-        chunked.extend_from_slice(b"400\r\n");
-        chunked.extend_from_slice(&[b'y'; 1024]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
+    let chunked = support::chunked_post("/", 4, 1024);
     assert_eq!(support::send_raw(proxy.address, &chunked).await, 413);
 
     assert_eq!(proxy.get("/fine").await.status, 200);
@@ -443,14 +429,7 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
 
 /// A proxy whose `server` section also holds `server_extra` (YAML lines, indented two spaces).
 async fn proxy_with_server(config: &str, server_extra: &str) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = support::Ports::reserve();
-    let config = ports
-        .with_server(config)
-        .replace("  threads: 1\n", &format!("  threads: 1\n{server_extra}"));
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config).unwrap();
-    Proxy::start_on(dir, &path, ports).await
+    Proxy::start_with_settings(config, server_extra, &[], &[("RUST_LOG", "warn")]).await
 }
 
 /// Reads from `stream` until the peer closes it (or `DEADLINE`); returns what arrived and

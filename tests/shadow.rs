@@ -242,13 +242,7 @@ async fn a_body_over_max_body_skips_the_shadow_and_the_primary_succeeds() {
     );
 
     // Chunked, so the size is only known while streaming: abandoned on the way.
-    let mut chunked = b"POST /r HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
-    for _ in 0..4 {
-        chunked.extend_from_slice(b"400\r\n");
-        chunked.extend_from_slice(&[b'y'; 1024]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
+    let chunked = support::chunked_post("/r", 4, 1024);
     assert_eq!(support::send_raw(proxy.address, &chunked).await, 200);
     assert_eq!(primary.last().body.len(), 4096);
 

@@ -220,8 +220,13 @@ impl Ports {
 
     /// `config` with a `server` section for these ports prepended.
     pub fn with_server(&self, config: &str) -> String {
+        self.with_server_settings(config, "")
+    }
+
+    /// [`Ports::with_server`] with more `server` settings: YAML lines indented two spaces.
+    pub fn with_server_settings(&self, config: &str, settings: &str) -> String {
         format!(
-            "server:\n  listen: {}\n  admin: {}\n  threads: 1\n  diff_store: {}\n{config}",
+            "server:\n  listen: {}\n  admin: {}\n  threads: 1\n  diff_store: {}\n{settings}{config}",
             self.listen,
             self.admin,
             self.diff_store().display()
@@ -246,11 +251,22 @@ impl Proxy {
     /// Starts the proxy on `config`, which holds everything but the `server` section (the
     /// harness adds one with fresh ports), and waits until it serves.
     pub async fn start(config: &str) -> Proxy {
+        Proxy::start_with_settings(config, "", &[], &[("RUST_LOG", "warn")]).await
+    }
+
+    /// [`Proxy::start`] with more `server` settings (YAML lines indented two spaces), extra
+    /// command-line arguments and environment.
+    pub async fn start_with_settings(
+        config: &str,
+        server_settings: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let ports = Ports::reserve();
         let path = dir.path().join("routes.yaml");
-        std::fs::write(&path, ports.with_server(config)).unwrap();
-        Proxy::start_on(dir, &path, ports).await
+        std::fs::write(&path, ports.with_server_settings(config, server_settings)).unwrap();
+        Proxy::start_with(dir, &path, ports, args, env).await
     }
 
     /// Starts the proxy on a config file the test laid out itself in `dir` (with
@@ -699,6 +715,22 @@ impl Drop for Misbehaving {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A raw chunked POST to `target`: `chunks` chunks of `chunk_size` bytes each, then the last
+/// chunk; the connection closes after the answer.
+pub fn chunked_post(target: &str, chunks: usize, chunk_size: usize) -> Vec<u8> {
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..chunks {
+        request.extend_from_slice(format!("{chunk_size:x}\r\n").as_bytes());
+        request.extend(std::iter::repeat_n(b'y', chunk_size));
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
 }
 
 /// Sends a raw HTTP/1.1 request (for framing a client library would not produce) and returns the
