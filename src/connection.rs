@@ -7,7 +7,7 @@
 //! (the [`ServerApp`] it builds from our `ProxyHttp`) to add all three:
 //!
 //! - a connection past `server.limits.max_connections` gets a 503 with `Retry-After` and is closed;
-//! - the client's stream is wrapped in a [`GuardedStream`], which fails the read of a request's
+//! - the client's stream is wrapped in a `GuardedStream`, which fails the read of a request's
 //!   headers once `server.limits.header_timeout` has passed (answering 408 first);
 //! - the request's deadline (set by the proxy once the route is known, see [`request_started`])
 //!   is watched beside the connection: the proxy answers 504 itself when the upstream is slow
@@ -15,7 +15,7 @@
 //!   already under way stalls, or an upstream trickles its headers; the connection is then
 //!   closed, so the client sees the response cut short rather than complete.
 //!
-//! The proxy phases reach their connection's state through a task-local ([`CURRENT`]), since
+//! The proxy phases reach their connection's state through a task-local (`CURRENT`), since
 //! Pingora drives a whole HTTP/1 connection, request after request, inside one task.
 //!
 //! What this module does not own: the request limits checked on parsed headers (URI length,

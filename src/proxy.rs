@@ -3,15 +3,23 @@
 //!
 //! | phase                     | what happens                                                  |
 //! |---------------------------|---------------------------------------------------------------|
-//! | `new_ctx`                 | load the current route table snapshot                         |
-//! | `request_filter`          | request id, route match                                       |
-//! | `upstream_peer`           | round-robin backend of the route's upstream                   |
-//! | `upstream_request_filter` | X-Forwarded-*, path/host rewrite, request header edits        |
-//! | `request_body_filter`     | tee body chunks into the shadow copy; send it at the end      |
-//! | `upstream_response_*`     | capture the primary's response (bounded) for comparison       |
+//! | `new_ctx`                 | load the current route table snapshot; start the deadline     |
+//! | `request_filter`          | span, request id, limits and framing, route match, split,     |
+//! |                           | kill switch, tester override, shadow decision, route deadline |
+//! | `upstream_peer`           | a backend in rotation (else the fallback, else 503), with its |
+//! |                           | timeouts cut to the time left before the deadline             |
+//! | `fail_to_connect`         | passive health, connect retries, fallback when unreachable    |
+//! | `error_while_proxy`       | passive health; retry only what cannot have been sent twice   |
+//! | `upstream_request_filter` | X-Forwarded-*, traceparent, path/host rewrite, header edits   |
+//! | `request_body_filter`     | body size limit; tee body chunks into the shadow copy         |
+//! | `upstream_response_*`     | deadline, passive health, fallback on listed 5xx, capture the |
+//! |                           | primary's response (bounded) for comparison                   |
 //! | `response_filter`         | strip hop-by-hop, response header edits, echo the request id  |
-//! | `logging`                 | hand the primary's response to the shadow exchange            |
-//! | `fail_to_proxy`           | 502/504/400 with `x-strangler-error` and the request id       |
+//! | `logging`                 | shadow hand-off, metrics, span, access log                    |
+//! | `fail_to_proxy`           | 502/503/504/4xx with `x-strangler-error` and the request id   |
+//!
+//! Connection-level limits (connection cap, header-read deadline, the watch that cuts a stalled
+//! response at its deadline) live in [`crate::connection`], which these phases keep informed.
 //!
 //! Pingora itself strips the standard hop-by-hop request headers and those the client nominates in
 //! `Connection`, and rejects nominations of `Host` or `X-Forwarded-*` (so a client cannot make
