@@ -7,9 +7,12 @@ pub fn render(config: &Value, generation: Option<u64>, kill_switch: bool) -> Str
     let mut out = String::new();
     if let Some(generation) = generation {
         out.push_str(&format!("generation {generation}"));
-        if kill_switch {
-            out.push_str("  KILL SWITCH ON: every route goes to legacy, no shadows");
-        }
+    }
+    if kill_switch {
+        out.push_str(if generation.is_some() { "  " } else { "" });
+        out.push_str("KILL SWITCH ON: every route goes to legacy, no shadows");
+    }
+    if generation.is_some() || kill_switch {
         out.push('\n');
     }
     let default = config["default_upstream"].as_str().unwrap_or("?");

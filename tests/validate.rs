@@ -447,3 +447,27 @@ fn run_reports_a_busy_port_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn unusable_tester_tokens_and_overflowing_split_weights_are_errors() {
+    let (code, stderr) = validate(&format!(
+        "{VALID_BASE}tester_override: {{ token: \"abcdefghijklmnop\\n\" }}\nroutes:\n  - {{ name: r, stage: canary, match: {{ path_prefix: /r }}, split: [{{ upstream: legacy, weight: 4294967196 }}, {{ upstream: orders-v2, weight: 200 }}] }}\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("tester_override.token: has characters a header cannot carry"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("weights sum to 4294967396, not 100"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = validate("upstreams: {}\ndefault_upstream: u\n");
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.matches("error:").count(),
+        1,
+        "one error, not one per symptom: {stderr}"
+    );
+}

@@ -145,10 +145,12 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
         Some(value) => section::<ServerConfig>(value, "server", &mut diagnostics),
     };
 
+    /// Shown wherever the `upstreams` section is missing or malformed.
+    const UPSTREAMS_EXAMPLE: &str = "upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]";
     let mut upstreams = BTreeMap::new();
     let mut unparsed_upstreams = BTreeSet::new();
     match top.remove("upstreams") {
-        Some(Value::Mapping(entries)) => {
+        Some(Value::Mapping(entries)) if !entries.is_empty() => {
             for (name, value) in entries {
                 let Some(name) = name.as_str().map(str::to_owned) else {
                     diagnostics.push(Diagnostic::new(
@@ -168,16 +170,16 @@ pub fn parse(source: SourceFile) -> Result<LoadedConfig, ConfigError> {
                 }
             }
         }
-        None | Some(Value::Null) => diagnostics.push(
+        None | Some(Value::Null) | Some(Value::Mapping(_)) => diagnostics.push(
             Diagnostic::new("upstreams", "missing: at least one upstream is required")
-                .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
+                .with_hint(UPSTREAMS_EXAMPLE),
         ),
         Some(_) => diagnostics.push(
             Diagnostic::new(
                 "upstreams",
                 "must be a mapping of upstream name to settings",
             )
-            .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
+            .with_hint(UPSTREAMS_EXAMPLE),
         ),
     }
 

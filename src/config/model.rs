@@ -3,7 +3,7 @@
 //! Every struct rejects unknown keys, durations and sizes are human-readable (`250ms`, `5s`),
 //! and defaults live here so that `GET /routes` shows the effective values. Nothing in this file
 //! checks cross-references (does an upstream exist, does a regex compile): that is the job of
-//! [`crate::routing::RouteTable::compile`], which turns this model into the runtime table.
+//! [`crate::routing::RouteTable::compile_loaded`], which turns this model into the runtime table.
 
 use std::collections::BTreeMap;
 use std::fmt;

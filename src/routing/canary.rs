@@ -42,10 +42,6 @@ impl Split {
             .map(|(upstream, _)| *upstream)
             .expect("a split has at least one side")
     }
-
-    pub fn upstreams(&self) -> impl Iterator<Item = UpstreamId> + '_ {
-        self.ranges.iter().map(|(upstream, _)| *upstream)
-    }
 }
 
 /// The hash of this request's sticky key, when it has one; no allocation.
@@ -82,7 +78,8 @@ pub fn compile_split(
         }
         return None;
     }
-    let total: u32 = split.iter().map(|side| side.weight).sum();
+    // Summed wide: weights near u32::MAX must not wrap around to a plausible total.
+    let total: u64 = split.iter().map(|side| u64::from(side.weight)).sum();
     if total != 100 {
         diagnostics.push(
             Diagnostic::new(
@@ -227,15 +224,7 @@ impl TesterOverride {
             request
                 .headers
                 .get(&self.token_header)
-                .is_some_and(|given| {
-                    given.len() == expected.len()
-                        && given
-                            .as_bytes()
-                            .iter()
-                            .zip(expected.as_bytes())
-                            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                            == 0
-                })
+                .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
         });
         by_token || client.is_some_and(|ip| self.allow.iter().any(|net| net.contains(&ip)))
     }

@@ -45,16 +45,6 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
 ];
 
 impl RouteTable {
-    /// Validates and compiles `config`. `sha256` identifies the file it came from.
-    pub fn compile(
-        config: Config,
-        generation: u64,
-        sha256: String,
-    ) -> Result<RouteTable, Vec<Diagnostic>> {
-        let numbers: Vec<usize> = (0..config.routes.len()).collect();
-        Self::compile_with(config, generation, sha256, &BTreeSet::new(), &numbers)
-    }
-
     /// Compiles a loaded file, reporting parse and compile problems together, in file order.
     pub fn compile_loaded(
         loaded: LoadedConfig,
@@ -96,12 +86,6 @@ impl RouteTable {
     ) -> Result<RouteTable, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
 
-        if config.upstreams.is_empty() && unparsed_upstreams.is_empty() {
-            diagnostics.push(
-                Diagnostic::new("upstreams", "no upstreams are defined")
-                    .with_hint("upstreams:\n      legacy:\n        backends: [127.0.0.1:9001]"),
-            );
-        }
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let mut upstream_ids = HashMap::new();
         for (name, upstream) in &config.upstreams {
@@ -179,7 +163,19 @@ impl RouteTable {
                 ));
             }
             let token = match &tester.token {
-                Some(token) if token.len() >= 16 => HeaderValue::from_str(token).ok(),
+                Some(token) if token.len() >= 16 => {
+                    let value = HeaderValue::from_str(token);
+                    if value.is_err() {
+                        diagnostics.push(
+                            Diagnostic::new(
+                                "tester_override.token",
+                                "has characters a header cannot carry",
+                            )
+                            .with_hint("printable ASCII only; no line break at the end"),
+                        );
+                    }
+                    value.ok()
+                }
                 Some(_) => {
                     diagnostics.push(
                         Diagnostic::new("tester_override.token", "must be at least 16 characters")
@@ -303,6 +299,7 @@ impl UpstreamResolver<'_> {
         if self.config.upstreams.contains_key(name)
             || self.unparsed.contains(name)
             || name.is_empty()
+            || (self.config.upstreams.is_empty() && self.unparsed.is_empty())
         {
             return None;
         }
@@ -606,10 +603,7 @@ fn compile_rewrite(
             diagnostics,
         );
         if from_ok && to_ok {
-            path_rewrite = Some(PathRewrite::ReplacePrefix {
-                from: normalize_prefix(&replace.from),
-                to: replace.to.clone(),
-            });
+            path_rewrite = Some(PathRewrite::replace_prefix(&replace.from, &replace.to));
         }
     } else if let Some(regex) = &rewrite.regex
         && let Some(compiled) = compile_regex(

@@ -1,6 +1,6 @@
 //! The compiled route table: what the hot path consults for every request.
 //!
-//! [`RouteTable::compile`] turns a parsed [`Config`] into immutable, validated runtime data
+//! [`RouteTable::compile_loaded`] turns a parsed [`Config`] into immutable, validated runtime data
 //! (compiled regexes, resolved upstreams, parsed header names) or reports every problem it finds.
 //! A table is never modified after it is built: a new config generation is a new table, published
 //! with one store into the [`SharedRouteTable`]. A request loads one table at its start and uses
@@ -131,12 +131,8 @@ impl RouteTable {
     /// (matched by name), so a reload does not reset what health checks and ejections learned.
     pub fn inherit_health(&self, previous: &RouteTable) {
         for pool in self.upstreams() {
-            if let Some(old) = previous
-                .upstreams()
-                .iter()
-                .find(|old| old.name() == pool.name())
-            {
-                pool.inherit_health(old);
+            if let Some(old) = previous.upstream_id(pool.name()) {
+                pool.inherit_health(previous.upstream(old));
             }
         }
     }

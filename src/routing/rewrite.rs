@@ -16,6 +16,16 @@ pub enum PathRewrite {
 }
 
 impl PathRewrite {
+    /// Replaces the whole-segment prefix `from` with `to`; both are stored without a trailing
+    /// slash, so joining them with the rest of a path never doubles one.
+    pub fn replace_prefix(from: &str, to: &str) -> Self {
+        let from = from.trim_end_matches('/');
+        PathRewrite::ReplacePrefix {
+            from: if from.is_empty() { "/" } else { from }.to_owned(),
+            to: to.trim_end_matches('/').to_owned(),
+        }
+    }
+
     /// The rewritten path, or `None` when the rule does not apply to `path`.
     pub fn apply<'a>(&self, path: &'a str) -> Option<Cow<'a, str>> {
         match self {
@@ -29,7 +39,6 @@ impl PathRewrite {
             }
             PathRewrite::ReplacePrefix { from, to } => {
                 let rest = strip_segment_prefix(path, from)?;
-                let to = to.trim_end_matches('/');
                 let joined = match (to.is_empty(), rest.is_empty()) {
                     (true, true) => "/".to_owned(),
                     (true, false) => rest.to_owned(),
@@ -38,15 +47,12 @@ impl PathRewrite {
                 Some(Cow::Owned(joined))
             }
             PathRewrite::Regex { regex, replacement } => {
-                if !regex.is_match(path) {
-                    return None;
+                // One pass: `replace` borrows the path back exactly when nothing matched.
+                match regex.replace(path, replacement.as_str()) {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(replaced) if replaced.starts_with('/') => Some(Cow::Owned(replaced)),
+                    Cow::Owned(replaced) => Some(Cow::Owned(format!("/{replaced}"))),
                 }
-                let replaced = regex.replace(path, replacement.as_str());
-                Some(if replaced.starts_with('/') {
-                    replaced
-                } else {
-                    Cow::Owned(format!("/{replaced}"))
-                })
             }
         }
     }
@@ -54,7 +60,7 @@ impl PathRewrite {
 
 /// `path` minus `prefix` when `prefix` covers whole segments of it: the remainder is empty or
 /// starts with `/`. `prefix` is stored without a trailing slash (except for `/` itself).
-pub fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     if prefix == "/" {
         return Some(path);
     }
@@ -116,10 +122,6 @@ impl_header_edit!(RequestHeader);
 impl_header_edit!(ResponseHeader);
 
 impl HeaderActions {
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
     pub fn apply(&self, headers: &mut impl HeaderEdit) -> pingora_error::Result<()> {
         for name in &self.remove {
             headers.remove(name);
@@ -148,10 +150,7 @@ mod tests {
 
     #[test]
     fn replace_prefix_joins_cleanly() {
-        let rule = PathRewrite::ReplacePrefix {
-            from: "/api/v1".into(),
-            to: "/v2/".into(),
-        };
+        let rule = PathRewrite::replace_prefix("/api/v1", "/v2/");
         assert_eq!(
             rule.apply("/api/v1/users/7").as_deref(),
             Some("/v2/users/7")
