@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::config::{Diagnostic, ServerConfig, SourceFile, parse, sha256_hex};
+use crate::config::{Diagnostic, ServerConfig, SourceFile, parse};
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable};
 
@@ -137,21 +137,27 @@ impl Reloader {
                 generation,
                 error: format!("cannot read {}: {error}", self.path.display()),
             },
-            Ok(text) if sha256_hex(&text) == current.sha256() => Outcome::Unchanged { generation },
-            Ok(text) => self.compile_and_swap(text, generation + 1),
+            Ok(text) => {
+                let source = SourceFile::new(self.path.display().to_string(), text);
+                if source.sha256 == current.sha256() {
+                    Outcome::Unchanged { generation }
+                } else {
+                    self.compile_and_swap(source, &current)
+                }
+            }
         };
         self.record(trigger, outcome)
     }
 
-    fn compile_and_swap(&self, text: String, next_generation: u64) -> Outcome {
-        let previous = next_generation - 1;
-        let source = SourceFile::new(self.path.display().to_string(), text);
+    fn compile_and_swap(&self, source: SourceFile, current: &RouteTable) -> Outcome {
+        let previous = current.generation();
+        let next_generation = previous + 1;
         let compiled =
             parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next_generation));
         match compiled {
             Ok(table) => {
                 let restart_required = server_changes(&self.running_server, &table.config().server);
-                table.inherit_health(&self.routes.load());
+                table.inherit_health(current);
                 self.routes.store(Arc::new(table));
                 Outcome::Applied {
                     generation: next_generation,

@@ -12,7 +12,7 @@ use super::diagnostic::{ConfigError, Diagnostic, Location, did_you_mean};
 use super::model::{Config, RouteConfig, ServerConfig, TOP_LEVEL_KEYS, UpstreamConfig};
 use super::positions::{Positions, join_key};
 
-/// A config file as read from disk: the text (for error quotes) and where each field stands.
+/// A config file as read from disk: its text (for error quotes) and its hash.
 #[derive(Debug)]
 pub struct SourceFile {
     /// The name to show in messages, normally the path as the user gave it.
@@ -20,7 +20,6 @@ pub struct SourceFile {
     pub text: String,
     /// Hex SHA-256 of `text`, so a user can match a running config with `sha256sum`.
     pub sha256: String,
-    positions: Positions,
 }
 
 impl SourceFile {
@@ -29,7 +28,6 @@ impl SourceFile {
         let sha256 = sha256_hex(&text);
         Self {
             name: name.into(),
-            positions: Positions::index(&text),
             sha256,
             text,
         }
@@ -38,9 +36,11 @@ impl SourceFile {
     /// Turns path-only diagnostics into an error that points at lines in this file, in file
     /// order.
     pub fn invalid(&self, mut diagnostics: Vec<Diagnostic>) -> ConfigError {
+        // The second, position-mapping parse is only needed when there is something to point at.
+        let positions = Positions::index(&self.text);
         for diagnostic in &mut diagnostics {
             if diagnostic.location.is_none() {
-                diagnostic.location = self.positions.locate(&diagnostic.path);
+                diagnostic.location = positions.locate(&diagnostic.path);
             }
         }
         diagnostics.sort_by_key(|d| d.location.map(|l| (l.line, l.column)));

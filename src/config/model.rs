@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The whole file, after every section deserialized without error.
+/// The whole file. Sections that failed to deserialize hold their defaults, so that compiling
+/// can still report its own problems; such a file is never served.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub server: ServerConfig,
@@ -112,7 +113,7 @@ fn default_retired_status() -> u16 {
     410
 }
 
-/// The top-level keys of the file, in the order the loader reads them.
+/// The top-level keys of the file (what unknown keys are checked against).
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "upstreams",

@@ -107,11 +107,20 @@ impl RouteTable {
             "default_upstream",
             &mut diagnostics,
         );
+        let limits = &config.server.limits;
         for (field, value) in [
             ("server.threads", config.server.threads),
             (
                 "server.shadow_max_inflight",
                 Some(config.server.shadow_max_inflight),
+            ),
+            (
+                "server.limits.max_connections",
+                Some(limits.max_connections),
+            ),
+            (
+                "server.limits.max_header_count",
+                Some(limits.max_header_count),
             ),
         ] {
             if value == Some(0) {
@@ -126,18 +135,6 @@ impl RouteTable {
                 crate::telemetry::validate(otlp)
         {
             diagnostics.push(Diagnostic::new(field, message));
-        }
-        let limits = &config.server.limits;
-        for (field, value) in [
-            ("server.limits.max_connections", limits.max_connections),
-            ("server.limits.max_header_count", limits.max_header_count),
-        ] {
-            if value == 0 {
-                diagnostics.push(
-                    Diagnostic::new(field, "must be at least 1")
-                        .with_hint("leave it out to use the default"),
-                );
-            }
         }
         for (field, value) in [
             ("server.request_timeout", config.server.request_timeout),
