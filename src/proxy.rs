@@ -135,6 +135,38 @@ impl RequestContext {
         self.route.map(|index| &self.table.routes()[index])
     }
 
+    /// Switches the request to its route's fallback upstream: once, and never to the upstream
+    /// already serving it (a canary split or the kill switch may have picked legacy already).
+    /// Returns whether it did.
+    fn take_fallback(&mut self) -> bool {
+        let Some(fallback) = self.route().and_then(|route| route.fallback) else {
+            return false;
+        };
+        if self.fell_back || fallback == self.upstream {
+            return false;
+        }
+        self.fell_back = true;
+        self.upstream = fallback;
+        self.failed_attempts = 0;
+        // The old index means nothing in the new pool.
+        self.backend = None;
+        true
+    }
+
+    /// Whether the request's deadline has (all but) passed.
+    fn deadline_reached(&self) -> bool {
+        Instant::now() + DEADLINE_SLACK >= self.deadline
+    }
+
+    /// Whether `error` is an upstream timeout that was cut short to the request's deadline: the
+    /// route's budget ran out, which says nothing about the backend's health.
+    fn cut_by_deadline(&self, error: &Error) -> bool {
+        matches!(
+            error.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && self.deadline_reached()
+    }
+
     /// The time left before the request's deadline; a 504 error once it has passed.
     fn check_deadline(&mut self) -> Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -236,14 +268,6 @@ impl ProxyHttp for StranglerProxy {
             ctx.deadline = ctx.started + timeout;
             connection::deadline_moved(ctx.deadline);
         }
-        ctx.upstream = route.upstream;
-        if let Some(split) = &route.split {
-            let client = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
-            ctx.upstream = split.pick(session.req_header(), client);
-        }
         if ctx
             .table
             .kill_switch
@@ -257,6 +281,10 @@ impl ProxyHttp for StranglerProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.upstream = match &route.split {
+            Some(split) => split.pick(session.req_header(), client),
+            None => route.upstream,
+        };
         if let Some(forced) = tester_choice(&ctx.table, session.req_header(), client) {
             ctx.upstream = forced;
         }
@@ -311,15 +339,13 @@ impl ProxyHttp for StranglerProxy {
         }
         // A listed 5xx from the route's upstream: an idempotent request whose body can still be
         // replayed is served by the fallback instead; nothing was sent to the client yet.
-        if !ctx.fell_back
-            && let Some(route) = ctx.route()
-            && let Some(fallback) = route.fallback
-            && route.fallback_on.contains(&response.status.as_u16())
+        if ctx
+            .route()
+            .is_some_and(|route| route.fallback_on.contains(&response.status.as_u16()))
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
+            && ctx.take_fallback()
         {
-            ctx.fell_back = true;
-            ctx.upstream = fallback;
             ctx.retry_on_fallback = true;
             ctx.shadow = None;
             let mut error = Error::explain(
@@ -433,11 +459,7 @@ impl ProxyHttp for StranglerProxy {
                 return Ok(peer);
             }
             // Every backend is out: the fallback, if any, serves instead.
-            if !ctx.fell_back
-                && let Some(fallback) = ctx.route().and_then(|route| route.fallback)
-            {
-                ctx.fell_back = true;
-                ctx.upstream = fallback;
+            if ctx.take_fallback() {
                 continue;
             }
             ctx.refusal = Some("no_healthy_backend");
@@ -461,23 +483,15 @@ impl ProxyHttp for StranglerProxy {
         mut error: Box<Error>,
     ) -> Box<Error> {
         let pool = ctx.table.upstream(ctx.upstream);
-        if let Some(backend) = ctx.backend {
+        if let Some(backend) = ctx.backend
+            && !ctx.cut_by_deadline(&error)
+        {
             pool.report_failure(backend);
         }
         ctx.failed_attempts += 1;
         // Nothing reached the backend, so another attempt is safe for every method.
-        if ctx.failed_attempts <= pool.retries() {
-            error.set_retry(true);
-        } else if !ctx.fell_back
-            && let Some(fallback) = ctx.route().and_then(|route| route.fallback)
-        {
-            ctx.fell_back = true;
-            ctx.upstream = fallback;
-            ctx.failed_attempts = 0;
-            error.set_retry(true);
-        } else {
-            error.set_retry(false);
-        }
+        let retry = ctx.failed_attempts <= pool.retries() || ctx.take_fallback();
+        error.set_retry(retry);
         error
     }
 
@@ -492,6 +506,7 @@ impl ProxyHttp for StranglerProxy {
         // Only the backend's own failures count against it, not a client that went away.
         if let Some(backend) = ctx.backend
             && *error.esource() == ErrorSource::Upstream
+            && !ctx.cut_by_deadline(&error)
         {
             ctx.table.upstream(ctx.upstream).report_failure(backend);
         }
@@ -585,7 +600,7 @@ impl ProxyHttp for StranglerProxy {
         let (status, reason) = classify(error);
         let mut reason = ctx.refusal.unwrap_or(reason);
         // An upstream timeout cut to the request's deadline is the deadline's doing.
-        if status == 504 && Instant::now() + DEADLINE_SLACK >= ctx.deadline {
+        if status == 504 && ctx.deadline_reached() {
             reason = "request_timeout";
             ctx.refusal = Some(reason);
         }

@@ -87,8 +87,12 @@ impl Backend {
 
     /// Whether requests may go here now.
     pub fn available(&self) -> bool {
-        !self.health.probed_down.load(Ordering::Relaxed)
-            && self.health.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+        if self.health.probed_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Most backends were never ejected: no clock read for them.
+        let ejected_until = self.health.ejected_until_ms.load(Ordering::Relaxed);
+        ejected_until == 0 || ejected_until <= now_ms()
     }
 
     pub fn probed_down(&self) -> bool {
@@ -308,12 +312,13 @@ impl UpstreamPool {
         // Passive ejection never takes out the last backend in rotation: a blip on a lone
         // backend would otherwise turn into a 503 for everyone for the whole ejection period.
         // (Active health checks can; they prove the backend is down.)
-        let others_available = self
-            .backends
-            .iter()
-            .enumerate()
-            .any(|(other, candidate)| other != index && candidate.available());
-        if limit > 0 && failures >= limit && others_available {
+        let others_available = || {
+            self.backends
+                .iter()
+                .enumerate()
+                .any(|(other, candidate)| other != index && candidate.available())
+        };
+        if limit > 0 && failures >= limit && others_available() {
             backend.health.request_failures.store(0, Ordering::Relaxed);
             let until = now_ms() + self.passive.ejection.as_millis() as u64;
             backend
@@ -326,7 +331,10 @@ impl UpstreamPool {
 
     /// A real request to backend `index` succeeded.
     pub fn report_success(&self, index: usize) {
-        if let Some(backend) = self.backends.get(index) {
+        // Only write when there is something to reset: every core reads this cache line.
+        if let Some(backend) = self.backends.get(index)
+            && backend.health.request_failures.load(Ordering::Relaxed) != 0
+        {
             backend.health.request_failures.store(0, Ordering::Relaxed);
         }
     }

@@ -341,6 +341,46 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_already_on_the_fallback_is_not_sent_to_it_again() {
+    let busy_legacy = Backend::start_with(
+        "legacy",
+        Arc::new(|_: &Recorded| {
+            hyper::Response::builder()
+                .status(503)
+                .header("x-backend", "legacy")
+                .body(Full::new(Bytes::from_static(b"busy")))
+                .unwrap()
+        }),
+    )
+    .await;
+    let orders = Backend::start("orders-v2").await;
+    // The kill switch (like a canary split that picked legacy) sends the request to the
+    // route's fallback in the first place.
+    let proxy = Proxy::start(&format!(
+        r#"kill_switch: true
+upstreams:
+  legacy: {{ backends: [{}], passive: {{ consecutive_failures: 0 }} }}
+  orders-v2: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: orders-v2, fallback: legacy }}
+"#,
+        busy_legacy.address, orders.address
+    ))
+    .await;
+    let response = proxy.get("/orders/7").await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header("x-backend"), Some("legacy"));
+    assert_eq!(response.header("x-strangler-fallback"), None);
+    assert_eq!(
+        busy_legacy.count(),
+        1,
+        "legacy's 503 was not replayed on legacy"
+    );
+    assert_eq!(orders.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
     let backend = Backend::start("b").await;
     // Limits are process settings in the `server` section.
