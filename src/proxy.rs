@@ -232,8 +232,7 @@ impl ProxyHttp for StranglerProxy {
             }
         }
         connection::request_started(ctx.deadline, &ctx.request_id);
-        let refusal = check_limits(session.req_header(), &ctx.table.config().server.limits)
-            .or_else(|| chunked_with_content_length(session).then_some((400, "ambiguous_framing")));
+        let refusal = check_limits(session, &ctx.table.config().server.limits);
         // A client that stops sending its body mid-way is cut off (408) instead of holding a slot.
         let body_idle = ctx.table.config().server.limits.body_idle_timeout;
         session
@@ -642,9 +641,10 @@ fn tester_choice(
 
 /// The limit `request` breaks, as (status, reason), checked before anything is routed or read.
 fn check_limits(
-    request: &pingora_http::RequestHeader,
+    session: &Session,
     limits: &crate::config::LimitsConfig,
 ) -> Option<(u16, &'static str)> {
+    let request = session.req_header();
     if request.raw_path().len() as u64 > limits.max_uri_length.as_u64() {
         return Some((414, "uri_too_long"));
     }
@@ -662,7 +662,7 @@ fn check_limits(
     if request.version == http::Version::HTTP_11 && !request.headers.contains_key(HOST) {
         return Some((400, "missing_host"));
     }
-    if let Some(reason) = ambiguous_framing(request) {
+    if let Some(reason) = ambiguous_framing(session) {
         return Some((400, reason));
     }
     let declared = request
@@ -675,59 +675,56 @@ fn check_limits(
     None
 }
 
-/// Pingora drops `Content-Length` when `Transfer-Encoding` is also present (reading the body as
-/// chunked, as RFC 9112 allows); the raw header still shows both, and such a request is refused.
-fn chunked_with_content_length(session: &Session) -> bool {
-    if !session
-        .req_header()
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING)
-    {
-        return false;
-    }
-    let Some(h1) = session.as_downstream().as_http1() else {
-        return false;
-    };
-    h1.get_headers_raw_bytes()
-        .split(|b| *b == b'\n')
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-}
-
 /// Request framing that two parsers could read differently (the stuff of request smuggling).
-/// Pingora tolerates some of it (it prefers Transfer-Encoding over Content-Length); a proxy in
-/// front of legacy servers of unknown vintage refuses all of it.
-fn ambiguous_framing(request: &pingora_http::RequestHeader) -> Option<&'static str> {
-    let lengths: Vec<&[u8]> = request
+/// Pingora tolerates some of it; a proxy in front of legacy servers of unknown vintage refuses
+/// all of it.
+fn ambiguous_framing(session: &Session) -> Option<&'static str> {
+    let request = session.req_header();
+    let mut encodings = request
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter();
+    if let Some(encoding) = encodings.next() {
+        // Pingora drops `Content-Length` when `Transfer-Encoding` is also present (reading the
+        // body as chunked, as RFC 9112 allows); only the raw header still shows both.
+        let raw = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        if raw.is_some_and(|raw| {
+            raw.split(|b| *b == b'\n')
+                .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        }) {
+            return Some("ambiguous_framing");
+        }
+        if encodings.next().is_some()
+            || !encoding
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Some("unsupported_transfer_encoding");
+        }
+        return None;
+    }
+    // Every Content-Length value (repeated headers, or a comma-separated list) must be plain
+    // digits and all must agree; compared in place, without collecting them.
+    let mut first: Option<&[u8]> = None;
+    let lengths = request
         .headers
         .get_all(CONTENT_LENGTH)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|v| v.trim_ascii())
-        .collect();
-    let encodings = request
-        .headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .count();
-    if !lengths.is_empty() && encodings > 0 {
-        return Some("ambiguous_framing");
-    }
-    if lengths
-        .iter()
-        .any(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit))
-    {
-        return Some("invalid_content_length");
-    }
-    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
-        return Some("conflicting_content_length");
-    }
-    if encodings > 1
-        || request
-            .headers
-            .get(http::header::TRANSFER_ENCODING)
-            .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    {
-        return Some("unsupported_transfer_encoding");
+        .map(<[u8]>::trim_ascii);
+    for length in lengths {
+        if length.is_empty() || !length.iter().all(u8::is_ascii_digit) {
+            return Some("invalid_content_length");
+        }
+        match first {
+            None => first = Some(length),
+            Some(first) if first != length => return Some("conflicting_content_length"),
+            Some(_) => {}
+        }
     }
     None
 }
