@@ -287,10 +287,7 @@ impl ServeHttp for AdminApp {
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .header(header::CACHE_CONTROL, "no-store")
-                .body({
-                    self.metrics.refresh_upstreams(&self.routes.load());
-                    self.metrics.render()
-                })
+                .body(self.metrics.render(&self.routes.load()))
                 .expect("static response parts are valid"),
             (Method::POST, "/reload") => self.reload().await,
             (Method::POST, "/kill-switch") => {

@@ -9,8 +9,8 @@
 //! - a connection past `server.limits.max_connections` gets a 503 with `Retry-After` and is closed;
 //! - the client's stream is wrapped in a `GuardedStream`, which fails the read of a request's
 //!   headers once `server.limits.header_timeout` has passed (answering 408 first);
-//! - the request's deadline (set by the proxy once the route is known, see [`request_started`])
-//!   is watched beside the connection: the proxy answers 504 itself when the upstream is slow
+//! - the request's deadline (set by the proxy once the headers are parsed, see
+//!   [`request_started`], and moved by [`deadline_moved`] when the route has its own) is watched beside the connection: the proxy answers 504 itself when the upstream is slow
 //!   (its upstream timeouts are cut to the time left), so this watch only fires when a response
 //!   already under way stalls, or an upstream trickles its headers; the connection is then
 //!   closed, so the client sees the response cut short rather than complete.

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub route_stage: IntGaugeVec,
     /// `strangler_kill_switch`: 1 while everything goes to legacy.
     pub kill_switch: IntGauge,
+    /// Serializes scrapes; see [`Self::render`].
+    scrape: std::sync::Mutex<()>,
     /// `strangler_open_connections`: client connections open now.
     pub open_connections: IntGauge,
     /// `strangler_connections_closed_total{reason}`: client connections the proxy closed
@@ -196,13 +198,14 @@ impl Metrics {
             upstream_healthy,
             route_stage,
             kill_switch,
+            scrape: std::sync::Mutex::new(()),
             open_connections,
             connections_closed,
         }
     }
 
-    /// Sets `strangler_upstream_healthy` from the live table (called when metrics are read).
-    pub fn refresh_upstreams(&self, table: &crate::routing::RouteTable) {
+    /// Sets the gauges read off the live table (route stages, kill switch, backend health).
+    fn refresh_from_table(&self, table: &crate::routing::RouteTable) {
         self.route_stage.reset();
         for route in table.routes() {
             self.route_stage
@@ -233,8 +236,12 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// The Prometheus text exposition of every metric, with the table-derived gauges fresh.
+    /// Scrapes take turns: the refresh resets those gauges before refilling them, and a
+    /// concurrent scrape (two Prometheus replicas) must not catch them empty.
+    pub fn render(&self, table: &crate::routing::RouteTable) -> Vec<u8> {
+        let _one_scrape_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_from_table(table);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

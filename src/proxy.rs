@@ -73,7 +73,8 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 /// Longest client-supplied request id we pass through; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 200;
 
-/// The proxy service. Cheap to share: all state is behind the route table handle.
+/// The proxy service. Cheap to share: the route table handle, the shadow dispatcher, the
+/// metrics and the tracer are all shared, immutable or atomic.
 pub struct StranglerProxy {
     routes: SharedRouteTable,
     shadows: Arc<ShadowDispatcher>,
