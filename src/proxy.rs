@@ -289,9 +289,13 @@ impl ProxyHttp for StranglerProxy {
             ctx.upstream = forced;
         }
         if let Some(rule) = &route.shadow {
-            ctx.shadow =
-                self.shadows
-                    .begin(&route.name, rule, session.req_header(), &ctx.request_id);
+            ctx.shadow = self.shadows.begin(
+                &route.name,
+                rule,
+                session.req_header(),
+                &ctx.request_id,
+                &ctx.table.upstreams()[ctx.upstream],
+            );
         }
         Ok(false)
     }

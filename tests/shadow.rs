@@ -364,3 +364,42 @@ async fn a_misbehaving_shadow_never_changes_the_primary_response_or_its_latency(
         eprintln!("{name}: {elapsed:?} (no shadow: {baseline:?})");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_served_by_the_shadow_upstream_is_not_mirrored_to_it() {
+    let primary = Backend::start("primary").await;
+    let candidate = Backend::start("candidate").await;
+    // A tester (allowed by address) forces the candidate: it serves the request, so a copy
+    // would compare the candidate with itself.
+    let proxy = Proxy::start(&format!(
+        r#"tester_override: {{ allow_cidrs: [127.0.0.0/8] }}
+upstreams:
+  primary: {{ backends: [{}] }}
+  candidate: {{ backends: [{}] }}
+default_upstream: primary
+routes:
+  - name: r
+    match: {{ path_prefix: /r }}
+    shadow: {{ upstream: candidate }}
+"#,
+        primary.address, candidate.address
+    ))
+    .await;
+    let forced = proxy
+        .send(ClientRequest::get("/r/1").header("x-strangler-upstream", "candidate"))
+        .await;
+    assert_eq!(forced.status, 200);
+    wait_for_metric(
+        &proxy,
+        "strangler_shadow_requests_total{outcome=\"skipped_same_upstream\",route=\"r\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(candidate.count(), 1, "served once, mirrored never");
+    assert_eq!(primary.count(), 0);
+
+    // Served by the primary, it is mirrored as usual.
+    assert_eq!(proxy.get("/r/2").await.status, 200);
+    candidate.wait_for_requests(2).await;
+    assert_eq!(primary.count(), 1);
+}

@@ -376,13 +376,7 @@ fn compile_route(
         diagnostics,
     );
     let shadow = route.shadow.as_ref().and_then(|shadow| {
-        compile_route_shadow(
-            shadow,
-            &format!("{path}.shadow"),
-            upstream,
-            resolver,
-            diagnostics,
-        )
+        compile_route_shadow(shadow, &format!("{path}.shadow"), resolver, diagnostics)
     });
 
     if diagnostics.len() != before {
@@ -420,11 +414,9 @@ fn compile_route(
 fn compile_route_shadow(
     shadow: &ShadowConfig,
     path: &str,
-    primary: Option<UpstreamId>,
     resolver: &UpstreamResolver,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Arc<ShadowRule>> {
-    let primary = primary.map(|id| resolver.pools[id].clone());
     let upstream = resolver
         .resolve(&shadow.upstream, &format!("{path}.upstream"), diagnostics)
         .map(|id| resolver.pools[id].clone());
@@ -438,16 +430,7 @@ fn compile_route_shadow(
         RESERVED_REQUEST_HEADERS,
         diagnostics,
     );
-    compile_shadow(
-        shadow,
-        path,
-        upstream,
-        primary,
-        rewrite,
-        headers,
-        diagnostics,
-    )
-    .map(Arc::new)
+    compile_shadow(shadow, path, upstream, rewrite, headers, diagnostics).map(Arc::new)
 }
 
 fn compile_path_condition(

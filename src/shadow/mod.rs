@@ -27,6 +27,7 @@ pub use rule::{ShadowRule, compile_shadow};
 
 use crate::diff::DiffSink;
 use crate::metrics::Metrics;
+use crate::upstream::UpstreamPool;
 
 /// Shared by every request: the shadow runtime, client, global cap and metrics.
 pub struct ShadowDispatcher {
@@ -46,6 +47,9 @@ pub enum ShadowEvent {
     SkippedSample,
     SkippedMethod,
     SkippedBody,
+    /// The request was served by the shadow's own upstream (a canary split or the tester
+    /// override chose it): comparing it with itself would only count fake matches.
+    SkippedSameUpstream,
     Error,
     Timeout,
 }
@@ -59,21 +63,11 @@ impl ShadowEvent {
             ShadowEvent::SkippedSample => "skipped_sample",
             ShadowEvent::SkippedMethod => "skipped_method",
             ShadowEvent::SkippedBody => "skipped_body",
+            ShadowEvent::SkippedSameUpstream => "skipped_same_upstream",
             ShadowEvent::Error => "error",
             ShadowEvent::Timeout => "timeout",
         }
     }
-
-    pub const ALL: [ShadowEvent; 8] = [
-        ShadowEvent::Sent,
-        ShadowEvent::Completed,
-        ShadowEvent::DroppedFull,
-        ShadowEvent::SkippedSample,
-        ShadowEvent::SkippedMethod,
-        ShadowEvent::SkippedBody,
-        ShadowEvent::Error,
-        ShadowEvent::Timeout,
-    ];
 }
 
 /// A response as captured for comparison: status, headers and at most a capped body.
@@ -142,6 +136,9 @@ pub struct ShadowCopy {
     header: Option<RequestHeader>,
     /// The primary upstream's request, for the noise copy.
     noise_header: Option<RequestHeader>,
+    /// The upstream that serves the request, which answers the noise copy (with
+    /// `compare.noise`).
+    noise_upstream: Option<Arc<UpstreamPool>>,
     body: Vec<Bytes>,
     body_len: usize,
     request: RequestSummary,
@@ -162,19 +159,23 @@ impl ShadowDispatcher {
         }
     }
 
-    /// Decides whether `request` gets a copy under `rule`. Returns the copy to fill, or records
-    /// why not.
+    /// Decides whether `request`, served by `served`, gets a copy under `rule`. Returns the copy
+    /// to fill, or records why not.
     pub fn begin(
         &self,
         route: &str,
         rule: &Arc<ShadowRule>,
         request: &RequestHeader,
         request_id: &HeaderValue,
+        served: &Arc<UpstreamPool>,
     ) -> Option<Box<ShadowCopy>> {
         let skip = |event| {
             self.metrics.shadow_event(route, event);
             None
         };
+        if Arc::ptr_eq(&rule.upstream, served) {
+            return skip(ShadowEvent::SkippedSameUpstream);
+        }
         if !rule.allows_method(&request.method) {
             return skip(ShadowEvent::SkippedMethod);
         }
@@ -196,6 +197,7 @@ impl ShadowDispatcher {
             permits: Some((global, per_route)),
             header: None,
             noise_header: None,
+            noise_upstream: rule.compare.noise.then(|| served.clone()),
             body: Vec::new(),
             body_len: 0,
             request: RequestSummary {
@@ -219,10 +221,7 @@ impl ShadowDispatcher {
         copy.dispatched = true;
         let body = std::mem::take(&mut copy.body);
         // With noise cancellation, the primary's upstream answers the same request a second time.
-        let noise_request = match (
-            copy.noise_header.take(),
-            copy.rule.noise_upstream.as_deref(),
-        ) {
+        let noise_request = match (copy.noise_header.take(), copy.noise_upstream.as_deref()) {
             (Some(noise_header), Some(pool)) => copy
                 .rule
                 .build_request(noise_header, body.clone(), Some(pool))
@@ -299,7 +298,7 @@ impl ShadowCopy {
             return;
         }
         self.header = Some(self.rule.shadow_header(header, original));
-        if self.rule.noise_upstream.is_some() {
+        if self.noise_upstream.is_some() {
             self.noise_header = Some(self.rule.noise_header(header));
         }
     }

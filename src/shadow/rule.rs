@@ -36,8 +36,6 @@ pub struct ShadowRule {
     redact: Vec<HeaderName>,
     pub(super) response_limit: usize,
     pub(super) compare: Arc<CompareRule>,
-    /// The route's primary upstream, for noise copies (`compare.noise: legacy`).
-    pub(super) noise_upstream: Option<Arc<UpstreamPool>>,
 }
 
 /// Builds a [`ShadowRule`]; `resolve` maps an upstream name to its pool, `compile_rewrite` and
@@ -47,7 +45,6 @@ pub fn compile_shadow(
     config: &ShadowConfig,
     path: &str,
     upstream: Option<Arc<UpstreamPool>>,
-    primary: Option<Arc<UpstreamPool>>,
     rewrite: Option<(Option<PathRewrite>, Option<HeaderValue>)>,
     headers: HeaderActions,
     diagnostics: &mut Vec<Diagnostic>,
@@ -106,10 +103,8 @@ pub fn compile_shadow(
     if diagnostics.len() != before {
         return None;
     }
-    let noise_upstream = if compare.noise { primary } else { None };
     Some(ShadowRule {
         compare: Arc::new(compare),
-        noise_upstream,
         upstream: upstream?,
         sample: config.sample,
         sample_key: config.sample_key.clone(),
