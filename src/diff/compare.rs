@@ -154,7 +154,7 @@ fn compare_headers(
         }
         let shown = |v: Option<String>| {
             if sensitive {
-                v.map(|_| "[redacted]".to_owned())
+                v.map(|_| REDACTED.to_owned())
             } else {
                 v.map(truncate)
             }
@@ -319,7 +319,7 @@ fn compare_json<'v>(
         (Value::Array(x), Value::Array(y))
             if rule.unordered_arrays.iter().any(|p| p.matches(path)) =>
         {
-            compare_multiset(x, y, path, out);
+            compare_multiset(rule, x, y, path, out);
         }
         (Value::Array(x), Value::Array(y)) => {
             for index in 0..x.len().max(y.len()) {
@@ -329,13 +329,13 @@ fn compare_json<'v>(
             }
         }
         (Value::Number(x), Value::Number(y)) if !numbers_equal(x, y, rule.numeric_tolerance) => {
-            out.push(changed(path, a, b, Kind::Changed));
+            out.push(changed(rule, path, a, b, Kind::Changed));
         }
         (Value::Number(_), Value::Number(_)) => {}
         _ if std::mem::discriminant(a) != std::mem::discriminant(b) => {
-            out.push(changed(path, a, b, Kind::Type));
+            out.push(changed(rule, path, a, b, Kind::Type));
         }
-        _ if a != b => out.push(changed(path, a, b, Kind::Changed)),
+        _ if a != b => out.push(changed(rule, path, a, b, Kind::Changed)),
         _ => {}
     }
 }
@@ -357,15 +357,21 @@ fn compare_slot<'v>(
             } else {
                 Kind::Extra
             },
-            primary: a.map(show),
-            shadow: b.map(show),
+            primary: a.map(|value| shown(rule, path, value)),
+            shadow: b.map(|value| shown(rule, path, value)),
         }),
         _ => {}
     }
 }
 
 /// Elements compared as a multiset: order is irrelevant, counts are not.
-fn compare_multiset(x: &[Value], y: &[Value], path: &[Step<'_>], out: &mut Vec<Difference>) {
+fn compare_multiset(
+    rule: &CompareRule,
+    x: &[Value],
+    y: &[Value],
+    path: &[Step<'_>],
+    out: &mut Vec<Difference>,
+) {
     let count = |values: &[Value]| {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for value in values {
@@ -385,11 +391,19 @@ fn compare_multiset(x: &[Value], y: &[Value], path: &[Step<'_>], out: &mut Vec<D
         .map(|(k, _)| k)
         .collect();
     if !only_a.is_empty() || !only_b.is_empty() {
+        let redacted = redacted(rule, path);
+        let shown = |only: &[&String]| {
+            if redacted {
+                REDACTED.to_owned()
+            } else {
+                truncate(format!("only here: [{}]", join(only)))
+            }
+        };
         out.push(Difference {
             path: render(path),
             kind: Kind::Changed,
-            primary: Some(truncate(format!("only here: [{}]", join(&only_a)))),
-            shadow: Some(truncate(format!("only here: [{}]", join(&only_b)))),
+            primary: Some(shown(&only_a)),
+            shadow: Some(shown(&only_b)),
         });
     }
 }
@@ -419,22 +433,40 @@ fn numbers_equal(x: &serde_json::Number, y: &serde_json::Number, tolerance: f64)
     }
 }
 
-fn changed(path: &[Step<'_>], a: &Value, b: &Value, kind: Kind) -> Difference {
+fn changed(rule: &CompareRule, path: &[Step<'_>], a: &Value, b: &Value, kind: Kind) -> Difference {
     Difference {
         path: render(path),
         kind,
-        primary: Some(show(a)),
-        shadow: Some(show(b)),
+        primary: Some(shown(rule, path, a)),
+        shadow: Some(shown(rule, path, b)),
     }
 }
 
-fn show(value: &Value) -> String {
-    truncate(value.to_string())
+/// What replaces a value that must not be stored.
+pub(super) const REDACTED: &str = "[redacted]";
+
+/// Whether `path` is at or under a `redact_json` path.
+fn redacted(rule: &CompareRule, path: &[Step<'_>]) -> bool {
+    rule.redact_json.iter().any(|pattern| pattern.covers(path))
 }
 
-fn truncate(mut text: String) -> String {
-    if text.len() > MAX_VALUE_LEN {
-        let mut cut = MAX_VALUE_LEN;
+/// A JSON value as a difference stores it: shortened, or `[redacted]` under `redact_json`.
+fn shown(rule: &CompareRule, path: &[Step<'_>], value: &Value) -> String {
+    if redacted(rule, path) {
+        REDACTED.to_owned()
+    } else {
+        truncate(value.to_string())
+    }
+}
+
+fn truncate(text: String) -> String {
+    truncate_to(text, MAX_VALUE_LEN)
+}
+
+/// `text` cut to at most `limit` bytes (on a character boundary), with `…` when cut.
+pub(super) fn truncate_to(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut cut = limit;
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -496,6 +528,34 @@ mod tests {
             .into_iter()
             .map(|d| (d.path, d.kind))
             .collect()
+    }
+
+    #[test]
+    fn differences_under_a_redacted_path_keep_no_values() {
+        let rule = CompareRule {
+            redact_json: vec![PathPattern::parse("$.user").unwrap()],
+            unordered_arrays: vec![PathPattern::parse("$.user.roles").unwrap()],
+            ..CompareRule::default()
+        };
+        let found = compare(
+            &rule,
+            &json(r#"{"user":{"token":"secret-a","roles":["x"],"extra":1},"n":1}"#),
+            &json(r#"{"user":{"token":"secret-b","roles":["y"]},"n":2}"#),
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+        for difference in &found {
+            let values = [&difference.primary, &difference.shadow];
+            if difference.path.starts_with("$.user") {
+                assert!(
+                    values
+                        .iter()
+                        .all(|v| v.as_deref().is_none_or(|v| v == REDACTED)),
+                    "{difference:?}"
+                );
+            } else {
+                assert_eq!(difference.primary.as_deref(), Some("1"));
+            }
+        }
     }
 
     #[test]

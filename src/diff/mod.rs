@@ -189,24 +189,16 @@ fn sample(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
     if response.body.is_empty() {
         return None;
     }
-    let text = match serde_json::from_slice::<serde_json::Value>(&response.body) {
-        Ok(mut value) if !rule.redact_json.is_empty() => {
-            let mut path = Vec::new();
-            redact(&mut value, &rule.redact_json, &mut path);
-            value.to_string()
-        }
-        _ => String::from_utf8_lossy(&response.body).into_owned(),
+    let text = if rule.redact_json.is_empty() {
+        String::from_utf8_lossy(&response.body).into_owned()
+    } else {
+        // A body that does not parse (not JSON, or cut at the capture limit) cannot be redacted,
+        // so none of it is kept.
+        let mut value = serde_json::from_slice::<serde_json::Value>(&response.body).ok()?;
+        redact(&mut value, &rule.redact_json, &mut Vec::new());
+        value.to_string()
     };
-    let mut text = text;
-    if text.len() > SAMPLE_LIMIT {
-        let mut cut = SAMPLE_LIMIT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    Some(text)
+    Some(compare::truncate_to(text, SAMPLE_LIMIT))
 }
 
 fn redact(
@@ -215,7 +207,7 @@ fn redact(
     path: &mut Vec<path::Step<'static>>,
 ) {
     if patterns.iter().any(|p| p.matches(path)) {
-        *value = serde_json::Value::String("[redacted]".into());
+        *value = serde_json::Value::String(compare::REDACTED.into());
         return;
     }
     match value {
@@ -297,5 +289,37 @@ pub fn job(
         rule,
         outcome,
         noise,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &str) -> CapturedResponse {
+        CapturedResponse {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_owned()),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn samples_are_redacted_or_not_kept() {
+        let rule = CompareRule {
+            redact_json: vec![PathPattern::parse("$.token").unwrap()],
+            ..CompareRule::default()
+        };
+        assert_eq!(
+            sample(&rule, &response(r#"{"token":"secret","n":1}"#)).as_deref(),
+            Some(r#"{"n":1,"token":"[redacted]"}"#)
+        );
+        // Cut short (or not JSON at all), it cannot be redacted: nothing is stored.
+        assert_eq!(sample(&rule, &response(r#"{"token":"secr"#)), None);
+        assert_eq!(
+            sample(&CompareRule::default(), &response("plain text")).as_deref(),
+            Some("plain text")
+        );
     }
 }
