@@ -204,20 +204,30 @@ fn query_records(
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(error)?;
-    let mut statement = connection
-        .prepare(
-            "SELECT at_ms, route, method, path, query, request_id, primary_status, shadow_status,
-                    verdict, differences, noise, primary_sample, shadow_sample
-             FROM diffs WHERE at_ms >= ?1 AND (?2 IS NULL OR route = ?2)
-             ORDER BY id * ?3 LIMIT ?4",
-        )
-        .map_err(error)?;
-    let (order, limit) = match newest {
-        Some(limit) => (-1i64, i64::try_from(limit).unwrap_or(i64::MAX)),
-        None => (1, -1),
-    };
+    // Separate statements for with and without a route, so that SQLite can use the
+    // (route, at_ms) index for one and walk rowids backwards (stopping at `limit`) for the other;
+    // a catch-all `(?2 IS NULL OR route = ?2) ORDER BY id * ?3` can do neither.
+    let mut sql = String::from(
+        "SELECT at_ms, route, method, path, query, request_id, primary_status, shadow_status,
+                verdict, differences, noise, primary_sample, shadow_sample
+         FROM diffs WHERE at_ms >= ?",
+    );
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&since_ms];
+    if let Some(route) = &route {
+        sql.push_str(" AND route = ?");
+        values.push(route);
+    }
+    let limit = newest.map(|limit| i64::try_from(limit).unwrap_or(i64::MAX));
+    match &limit {
+        Some(limit) => {
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            values.push(limit);
+        }
+        None => sql.push_str(" ORDER BY id"),
+    }
+    let mut statement = connection.prepare(&sql).map_err(error)?;
     let rows = statement
-        .query_map(params![since_ms, route, order, limit], |row| {
+        .query_map(values.as_slice(), |row| {
             let differences: String = row.get(9)?;
             let noise: String = row.get(10)?;
             Ok(DiffRecord {
@@ -279,6 +289,11 @@ mod tests {
         store.insert(&records).unwrap();
         assert_eq!(read_records(&path, None, 0).unwrap().len(), 5);
         assert_eq!(read_records(&path, Some("b"), 0).unwrap().len(), 1);
+        let newest = read_latest(&path, None, 1).unwrap();
+        assert_eq!(newest[0].route, "b", "newest first");
+        let latest_a = read_latest(&path, Some("a"), 2).unwrap();
+        assert_eq!(latest_a.len(), 2);
+        assert!(latest_a.iter().all(|record| record.route == "a"));
         store.trim().unwrap();
         let left = read_records(&path, None, 0).unwrap();
         assert_eq!(left.len(), 3);
