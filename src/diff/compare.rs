@@ -1,5 +1,6 @@
 //! The comparison engine: two captured responses in, a list of differences out. Pure and
-//! synchronous; it never runs on the proxy's I/O threads (see [`super::worker`]).
+//! synchronous; it runs on the diff worker thread, never on the proxy's I/O threads (see
+//! [`super::DiffSink`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 

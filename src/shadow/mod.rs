@@ -3,11 +3,11 @@
 //!
 //! The contract is that the primary never notices: a copy is decided when the request arrives
 //! (method, sample, declared body size, in-flight caps), its body is teed chunk by chunk by
-//! reference (no copy, no waiting), and the exchange runs on a dedicated runtime with its own
-//! connection pool and timeout. When the caps are full a copy is dropped and counted, never
-//! queued; memory is bounded by `max_inflight x max_body`. The primary's response is captured
-//! (bounded) and, once both answers are in, handed as one [`ShadowOutcome`] to [`observe`], the
-//! seam where comparison plugs in.
+//! reference (no copy, no waiting), and the exchange runs as a task of its own (on the proxy's
+//! runtime) with its own connection pool and timeout. When the caps are full a copy is dropped
+//! and counted, never queued; memory is bounded by `max_inflight x max_body`. The primary's
+//! response is captured (bounded) and, once both answers are in, [`observe`] counts the outcome
+//! and the [`DiffSink`] gets it for comparison, off the proxy's threads.
 //!
 //! This module owns deciding, copying and sending. Routing owns which upstream is primary; the
 //! proxy only calls the hooks here from its phases.
@@ -29,7 +29,7 @@ use crate::diff::DiffSink;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamPool;
 
-/// Shared by every request: the shadow runtime, client, global cap and metrics.
+/// Shared by every request: the client, the global cap, the diff sink and metrics.
 pub struct ShadowDispatcher {
     client: ShadowClient,
     diffs: DiffSink,

@@ -120,10 +120,6 @@ pub fn compile_shadow(
 }
 
 impl ShadowRule {
-    pub fn upstream_name(&self) -> &str {
-        self.upstream.name()
-    }
-
     pub(super) fn allows_method(&self, method: &Method) -> bool {
         self.methods.contains(method)
     }
