@@ -119,6 +119,9 @@ pub fn compile_shadow(
     })
 }
 
+/// Seed of the sampling hash; any value other than the split's (unseeded) one.
+const SAMPLE_SEED: u64 = 0x5348_4144_4f57; // "SHADOW"
+
 impl ShadowRule {
     pub(super) fn allows_method(&self, method: &Method) -> bool {
         self.methods.contains(method)
@@ -138,7 +141,11 @@ impl ShadowRule {
             .as_ref()
             .and_then(|key| request_key(request, key));
         let point = match key {
-            Some(key) => (xxhash_rust::xxh3::xxh3_64(key) % 10_000) as f64 / 10_000.0,
+            // Seeded apart from the canary split's hash of the same key: otherwise, with one
+            // cookie for both, the sampled users would be exactly one side of the split.
+            Some(key) => {
+                (xxhash_rust::xxh3::xxh3_64_with_seed(key, SAMPLE_SEED) % 10_000) as f64 / 10_000.0
+            }
             None => fastrand::f64(),
         };
         point < self.sample
