@@ -225,8 +225,9 @@ async fn traceparent_reaches_the_backend_and_the_shadow() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_admin_api_requires_its_token_except_for_health_and_metrics() {
+/// A proxy (with one backend, returned to keep it alive) whose admin API needs
+/// `Bearer s3cret-token`.
+async fn with_admin_token() -> (Proxy, Backend) {
     let backend = Backend::start("b").await;
     let proxy = start(
         &format!(
@@ -238,6 +239,12 @@ async fn the_admin_api_requires_its_token_except_for_health_and_metrics() {
         &[("RUST_LOG", "warn")],
     )
     .await;
+    (proxy, backend)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_requires_its_token_except_for_health_and_metrics() {
+    let (proxy, _backend) = with_admin_token().await;
     let admin = |path: &str, method: &str, token: Option<&str>| {
         let mut request = ClientRequest::new(method, path);
         if let Some(token) = token {
@@ -494,17 +501,7 @@ async fn upstreams_shows_a_passive_ejection_and_when_it_ends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_endpoints_answer_the_wrong_method_with_405_and_allow() {
-    let backend = Backend::start("b").await;
-    let proxy = start(
-        &format!(
-            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
-            backend.address
-        ),
-        "  admin_token: s3cret-token\n",
-        &[],
-        &[("RUST_LOG", "warn")],
-    )
-    .await;
+    let (proxy, _backend) = with_admin_token().await;
     for (method, path, allow) in [
         ("POST", "/upstreams", "GET, HEAD"),
         ("DELETE", "/upstreams", "GET, HEAD"),
