@@ -25,7 +25,7 @@ fn config_text(routes: usize) -> String {
             )
         } else if i % 2 == 0 {
             format!(
-                "  - {{ name: r{i}, match: {{ path_prefix: /svc{i}/items, methods: [GET] }}, upstream: new, rewrite: {{ strip_prefix: /svc{i} }} }}\n"
+                "  - {{ name: r{i}, match: {{ path_prefix: /svc{i}/items, methods: [GET] }}, upstream: {{ name: new, rewrite: {{ strip_prefix: /svc{i} }} }} }}\n"
             )
         } else {
             format!(
@@ -103,16 +103,19 @@ fn rewriting(c: &mut Criterion) {
     let table = table(10);
     let route = &table.routes()[0];
     let rewrite = route
-        .path_rewrite
+        .target(route.primary)
+        .edits
+        .path
         .as_ref()
         .expect("route 0 strips a prefix");
     let actions = strangler::config::parse(SourceFile::new(
         "actions.yaml",
-        "upstreams:\n  a: { backends: [127.0.0.1:1] }\ndefault_upstream: a\nroutes:\n  - name: h\n    request_headers: { remove: [x-legacy-session], set: { x-env: prod }, add: { x-migrated: 'true' } }\n",
+        "upstreams:\n  a: { backends: [127.0.0.1:1] }\ndefault_upstream: a\nroutes:\n  - name: h\n    upstream: { name: a, request_headers: { remove: [x-legacy-session], set: { x-env: prod }, add: { x-migrated: 'true' } } }\n",
     ))
     .map(|loaded| RouteTable::compile_loaded(loaded, 1).unwrap())
     .unwrap();
-    let header_actions = &actions.routes()[0].request_headers;
+    let edited = &actions.routes()[0];
+    let header_actions = &edited.target(edited.primary).edits.headers;
     let base = request("/svc0/items/42?page=2");
 
     c.bench_function("rewrite/strip_prefix_and_set_uri", |b| {

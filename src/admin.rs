@@ -173,6 +173,7 @@ impl AdminApp {
             "generation": table.generation(),
             "kill_switch": table.kill_switch.load(std::sync::atomic::Ordering::Relaxed),
             "stages": stages,
+            "effective": table.effective_routing(),
             "sha256": table.sha256(),
             "loaded_at": humantime::format_rfc3339_seconds(table.loaded_at()).to_string(),
             "config_path": reload.map(|r| r.path().display().to_string()),
@@ -306,17 +307,34 @@ impl ServeHttp for AdminApp {
                     }
                 };
                 let table = self.routes.load();
-                table
+                let was = table
                     .kill_switch
-                    .store(on, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(
-                    on,
-                    generation = table.generation(),
-                    "kill switch set from the admin API"
-                );
+                    .swap(on, std::sync::atomic::Ordering::Relaxed);
+                if was != on {
+                    self.metrics
+                        .kill_switch_changes
+                        .with_label_values(&[if on { "on" } else { "off" }, "admin"])
+                        .inc();
+                }
+                if on {
+                    tracing::warn!(
+                        generation = table.generation(),
+                        "kill switch turned on from the admin API: every route goes to legacy"
+                    );
+                } else {
+                    tracing::warn!(
+                        generation = table.generation(),
+                        was_on = was,
+                        "kill switch released from the admin API: routes serve as configured again"
+                    );
+                }
                 json_response(
                     StatusCode::OK,
-                    &json!({ "kill_switch": on, "generation": table.generation(), "until": "the next reload" }),
+                    &json!({
+                        "kill_switch": on,
+                        "generation": table.generation(),
+                        "until": "set again, or a reload that changes `kill_switch` in the file",
+                    }),
                 )
             }
             (_, "/kill-switch") => method_not_allowed("POST"),

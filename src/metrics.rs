@@ -41,6 +41,13 @@ pub struct Metrics {
     pub route_stage: IntGaugeVec,
     /// `strangler_kill_switch`: 1 while everything goes to legacy.
     pub kill_switch: IntGauge,
+    /// `strangler_kill_switch_changes_total{state,source}`: the kill switch turned `on` or
+    /// `off`, from the `admin` API or the `config` file.
+    pub kill_switch_changes: IntCounterVec,
+    /// `strangler_diff_store_errors_total{operation}`: the diff store could not be opened
+    /// (`open`) or written (`write`); the exchanges are counted in `strangler_diffs_total` but
+    /// not stored.
+    pub diff_store_errors: IntCounterVec,
     /// Serializes scrapes; see [`Self::render`].
     scrape: std::sync::Mutex<()>,
     /// `strangler_open_connections`: client connections open now.
@@ -131,6 +138,22 @@ impl Metrics {
             &["upstream", "backend"],
         )
         .expect("valid metric definition");
+        let kill_switch_changes = IntCounterVec::new(
+            Opts::new(
+                "strangler_kill_switch_changes_total",
+                "Kill switch changes by new state and source (admin or config)",
+            ),
+            &["state", "source"],
+        )
+        .expect("valid metric definition");
+        let diff_store_errors = IntCounterVec::new(
+            Opts::new(
+                "strangler_diff_store_errors_total",
+                "Diff store failures by operation (open, write); those exchanges are not stored",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric definition");
         let route_stage = IntGaugeVec::new(
             Opts::new(
                 "strangler_route_stage",
@@ -170,6 +193,8 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(route_stage.clone()),
             Box::new(kill_switch.clone()),
+            Box::new(kill_switch_changes.clone()),
+            Box::new(diff_store_errors.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_closed.clone()),
         ] {
@@ -178,6 +203,14 @@ impl Metrics {
         // Results appear at 0 before they first happen, so rate() and alerts work from the start.
         for result in ["applied", "unchanged", "invalid", "unreadable"] {
             config_reloads.with_label_values(&[result]);
+        }
+        for state in ["on", "off"] {
+            for source in ["admin", "config"] {
+                kill_switch_changes.with_label_values(&[state, source]);
+            }
+        }
+        for operation in ["open", "write"] {
+            diff_store_errors.with_label_values(&[operation]);
         }
         for reason in ["too_many_connections", "header_timeout", "request_timeout"] {
             connections_closed.with_label_values(&[reason]);
@@ -198,6 +231,8 @@ impl Metrics {
             upstream_healthy,
             route_stage,
             kill_switch,
+            kill_switch_changes,
+            diff_store_errors,
             scrape: std::sync::Mutex::new(()),
             open_connections,
             connections_closed,

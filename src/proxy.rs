@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use crate::connection;
 use crate::metrics::Metrics;
-use crate::routing::{RouteTable, SharedRouteTable, UpstreamId, set_path};
-use crate::shadow::{ShadowCopy, ShadowDispatcher};
+use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
+use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher};
 use crate::telemetry::{RequestSpan, RequestTracer, SpanEnd, TRACEPARENT, TRACESTATE};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -108,7 +108,11 @@ pub struct RequestContext {
     table: Arc<RouteTable>,
     /// Index of the matched route; `None` when the default upstream serves the request.
     route: Option<usize>,
+    /// The upstream serving the current attempt.
     upstream: UpstreamId,
+    /// The route's target for `upstream`, whose edits the upstream request gets; `None` when
+    /// no route matched or a tester forced an upstream the route does not name (no edits).
+    target: Option<TargetId>,
     request_id: HeaderValue,
     /// This request's shadow copy, when its route mirrors it and it was selected.
     shadow: Option<Box<ShadowCopy>>,
@@ -136,18 +140,29 @@ impl RequestContext {
         self.route.map(|index| &self.table.routes()[index])
     }
 
-    /// Switches the request to its route's fallback upstream: once, and never to the upstream
+    /// Sends the request to `target` of its route: that target's upstream, with its edits.
+    fn use_target(&mut self, target: TargetId) {
+        if let Some(route) = self.route() {
+            self.upstream = route.target(target).upstream;
+            self.target = Some(target);
+        }
+    }
+
+    /// Switches the request to its route's fallback target: once, and never to the upstream
     /// already serving it (a canary split or the kill switch may have picked legacy already).
     /// Returns whether it did.
     fn take_fallback(&mut self) -> bool {
-        let Some(fallback) = self.route().and_then(|route| route.fallback) else {
+        let Some((fallback, upstream)) = self
+            .route()
+            .and_then(|route| route.fallback.map(|id| (id, route.target(id).upstream)))
+        else {
             return false;
         };
-        if self.fell_back || fallback == self.upstream {
+        if self.fell_back || upstream == self.upstream {
             return false;
         }
         self.fell_back = true;
-        self.upstream = fallback;
+        self.use_target(fallback);
         self.failed_attempts = 0;
         // The old index means nothing in the new pool.
         self.backend = None;
@@ -199,6 +214,7 @@ impl ProxyHttp for StranglerProxy {
             table,
             route: None,
             upstream,
+            target: None,
             request_id: HeaderValue::from_static(""),
             shadow: None,
             backend: None,
@@ -246,9 +262,10 @@ impl ProxyHttp for StranglerProxy {
         }
 
         ctx.route = ctx.table.find(session.req_header());
-        let Some(route) = ctx.route.map(|index| &ctx.table.routes()[index]) else {
+        let Some(index) = ctx.route else {
             return Ok(false);
         };
+        let route = &ctx.table.routes()[index];
         if let Some(retired) = &route.retired {
             let mut response = ResponseHeader::build(retired.status, Some(4))?;
             response.insert_header(CONTENT_LENGTH, retired.body.len())?;
@@ -273,21 +290,25 @@ impl ProxyHttp for StranglerProxy {
             .kill_switch
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            // Everything back to legacy, and no copies anywhere.
-            ctx.upstream = route.legacy_upstream;
+            // Everything back to legacy as legacy expects it, and no copies anywhere.
+            let legacy = route.legacy;
+            ctx.use_target(legacy);
             return Ok(false);
         }
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.upstream = match &route.split {
+        let target = match &route.split {
             Some(split) => split.pick(session.req_header(), client),
-            None => route.upstream,
+            None => route.primary,
         };
+        ctx.use_target(target);
         if let Some(forced) = tester_choice(&ctx.table, session.req_header(), client) {
+            ctx.target = ctx.route().and_then(|route| route.target_for(forced));
             ctx.upstream = forced;
         }
+        let route = &ctx.table.routes()[index];
         if let Some(rule) = &route.shadow {
             ctx.shadow = self.shadows.begin(
                 &route.name,
@@ -295,6 +316,11 @@ impl ProxyHttp for StranglerProxy {
                 session.req_header(),
                 &ctx.request_id,
                 &ctx.table.upstreams()[ctx.upstream],
+                Origin {
+                    stage: route.stage,
+                    generation: ctx.table.generation(),
+                    config_sha256: ctx.table.sha256(),
+                },
             );
         }
         Ok(false)
@@ -553,23 +579,19 @@ impl ProxyHttp for StranglerProxy {
             upstream_request.insert_header(TRACEPARENT, traceparent)?;
         }
 
-        let Some(route) = ctx.route() else {
-            return Ok(());
-        };
-        if let Some(rewrite) = &route.path_rewrite {
-            let rewritten = rewrite
-                .apply(upstream_request.uri.path())
-                .map(|path| path.into_owned());
-            if let Some(path) = rewritten {
-                set_path(upstream_request, &path)?;
-            }
-        }
-        if let Some(host) = &route.host_rewrite {
-            upstream_request.insert_header(HOST, host.clone())?;
-        }
-        route.request_headers.apply(upstream_request)?;
+        // The copy starts from the request before any target's edits: it gets its own.
         if let Some(copy) = ctx.shadow.as_mut() {
-            copy.set_upstream_request(upstream_request, session.req_header());
+            copy.set_forwarded_request(upstream_request);
+        }
+        let target = ctx
+            .route()
+            .zip(ctx.target)
+            .map(|(route, target)| route.target(target));
+        if let Some(target) = target {
+            target.edits.apply(upstream_request)?;
+        }
+        if let Some(copy) = ctx.shadow.as_mut() {
+            copy.set_primary_request(upstream_request);
         }
         Ok(())
     }

@@ -158,6 +158,7 @@ impl Reloader {
             Ok(table) => {
                 let restart_required = server_changes(&self.running_server, &table.config().server);
                 table.inherit_health(current);
+                self.carry_kill_switch(current, &table);
                 self.routes.store(Arc::new(table));
                 Outcome::Applied {
                     generation: next_generation,
@@ -174,6 +175,41 @@ impl Reloader {
                     generation: previous,
                     errors: error.diagnostics().to_vec(),
                 }
+            }
+        }
+    }
+
+    /// The kill switch set through the admin API is an operator's decision mid-incident: a
+    /// reload that does not touch `kill_switch` in the file keeps it as it is. A file that
+    /// changes `kill_switch` wins, and a release is logged loudly.
+    fn carry_kill_switch(&self, current: &RouteTable, next: &RouteTable) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = current.kill_switch.load(Relaxed);
+        let (was_in_file, in_file) = (current.config().kill_switch, next.config().kill_switch);
+        if was_in_file == in_file {
+            if live != in_file {
+                next.kill_switch.store(live, Relaxed);
+                tracing::warn!(
+                    kill_switch = live,
+                    "kill switch kept as set from the admin API (the reload did not change `kill_switch`)"
+                );
+            }
+            return;
+        }
+        if in_file != live {
+            let state = if in_file { "on" } else { "off" };
+            self.metrics
+                .kill_switch_changes
+                .with_label_values(&[state, "config"])
+                .inc();
+            if in_file {
+                tracing::warn!(
+                    "kill switch turned on by the config file: every route goes to legacy"
+                );
+            } else {
+                tracing::warn!(
+                    "kill switch released by the config file: routes serve as configured again"
+                );
             }
         }
     }

@@ -32,7 +32,16 @@ pub fn render(config: &Value, generation: Option<u64>, kill_switch: bool) -> Str
     for route in routes {
         let name = route["name"].as_str().unwrap_or("?");
         let stage = route["stage"].as_str().unwrap_or("legacy");
-        let served = served_by(route, default);
+        let served = if kill_switch && route["stage"] != "retired" {
+            // The kill switch sends a route to its fallback, else the default upstream.
+            let legacy = route.get("fallback").map_or(default, target_name);
+            format!(
+                "{legacy} (KILL SWITCH; configured: {})",
+                served_by(route, default)
+            )
+        } else {
+            served_by(route, default)
+        };
         out.push_str(&format!(
             "{name:<width$}  {stage:<8}  {:<40}  {served}\n",
             describe_match(&route["match"])
@@ -86,6 +95,31 @@ fn describe_match(matcher: &Value) -> String {
     }
 }
 
+/// A target as the config document spells it: a name, or `{ name, rewrite, .. }`.
+fn target_name(target: &Value) -> &str {
+    target
+        .as_str()
+        .or_else(|| target["name"].as_str())
+        .unwrap_or("?")
+}
+
+/// A target with a mark when it edits requests, e.g. `orders-v2 (rewrite)`.
+fn target_label(target: &Value) -> String {
+    let name = target_name(target);
+    let mut edits = Vec::new();
+    if target.get("rewrite").is_some() {
+        edits.push("rewrite");
+    }
+    if target.get("request_headers").is_some() {
+        edits.push("headers");
+    }
+    if edits.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} ({})", edits.join(", "))
+    }
+}
+
 fn served_by(route: &Value, default: &str) -> String {
     if route["stage"] == "retired" {
         let status = route["retired"]["status"].as_u64().unwrap_or(410);
@@ -95,13 +129,7 @@ fn served_by(route: &Value, default: &str) -> String {
         Some(split) if !split.is_empty() => {
             let sides: Vec<String> = split
                 .iter()
-                .map(|side| {
-                    format!(
-                        "{} {}%",
-                        side["upstream"].as_str().unwrap_or("?"),
-                        side["weight"]
-                    )
-                })
+                .map(|side| format!("{} {}%", target_label(&side["upstream"]), side["weight"]))
                 .collect();
             let sticky = route["sticky"]
                 .as_object()
@@ -113,19 +141,18 @@ fn served_by(route: &Value, default: &str) -> String {
                 .unwrap_or_default();
             format!("{}{sticky}", sides.join(" / "))
         }
-        _ => route["upstream"].as_str().unwrap_or(default).to_owned(),
+        _ => route
+            .get("upstream")
+            .map_or_else(|| default.to_owned(), target_label),
     };
-    if let Some(fallback) = route["fallback"].as_str() {
-        served.push_str(&format!(", fallback {fallback}"));
+    if let Some(fallback) = route.get("fallback") {
+        served.push_str(&format!(", fallback {}", target_label(fallback)));
     }
     if let Some(shadow) = route["shadow"].as_object() {
         let sample = shadow.get("sample").and_then(Value::as_f64).unwrap_or(1.0);
         served.push_str(&format!(
             ", shadow -> {} ({}%)",
-            shadow
-                .get("upstream")
-                .and_then(Value::as_str)
-                .unwrap_or("?"),
+            shadow.get("upstream").map_or("?".to_owned(), target_label),
             (sample * 100.0).round()
         ));
     }

@@ -274,20 +274,18 @@ async fn rewrites_change_path_and_host_but_keep_the_query() {
         .proxy(
             r#"  - name: strip
     match: { path_prefix: /api }
-    upstream: b
-    rewrite: { strip_prefix: /api }
+    upstream: { name: b, rewrite: { strip_prefix: /api } }
   - name: replace
     match: { path_prefix: /v1 }
-    upstream: b
-    rewrite: { replace_prefix: { from: /v1, to: /v2/ } }
+    upstream: { name: b, rewrite: { replace_prefix: { from: /v1, to: /v2/ } } }
   - name: regex
     match: { path_regex: '^/users/[0-9]+/profile$' }
-    upstream: b
-    rewrite: { regex: { pattern: '^/users/([0-9]+)/profile$', replacement: '/profiles/$1' } }
+    upstream:
+      name: b
+      rewrite: { regex: { pattern: '^/users/([0-9]+)/profile$', replacement: '/profiles/$1' } }
   - name: host
     match: { path: /hosted }
-    upstream: b
-    rewrite: { host: orders.internal }
+    upstream: { name: b, rewrite: { host: orders.internal } }
 "#,
         )
         .await;
@@ -336,10 +334,12 @@ default_upstream: b
 routes:
   - name: edits
     match: {{ path_prefix: / }}
-    request_headers:
-      remove: [x-legacy-session]
-      set: {{ x-env: prod }}
-      add: {{ x-migrated: "true" }}
+    upstream:
+      name: b
+      request_headers:
+        remove: [x-legacy-session]
+        set: {{ x-env: prod }}
+        add: {{ x-migrated: "true" }}
     response_headers:
       remove: [x-powered-by]
       set: {{ server: strangler-demo }}

@@ -11,6 +11,16 @@ use support::{Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Proxy
 /// A proxy whose `/r` route is served by `primary` and mirrored to `shadow` with the given
 /// extra `shadow:` settings (YAML flow-mapping entries).
 async fn shadowing_proxy(primary: SocketAddr, shadow: SocketAddr, settings: &str) -> Proxy {
+    shadowing_proxy_to(primary, shadow, "candidate", settings).await
+}
+
+/// Like [`shadowing_proxy`], with the shadow target spelled out (`{ name: candidate, .. }`).
+async fn shadowing_proxy_to(
+    primary: SocketAddr,
+    shadow: SocketAddr,
+    target: &str,
+    settings: &str,
+) -> Proxy {
     Proxy::start(&format!(
         r#"upstreams:
   primary: {{ backends: [{primary}] }}
@@ -19,7 +29,7 @@ default_upstream: primary
 routes:
   - name: r
     match: {{ path_prefix: /r }}
-    shadow: {{ upstream: candidate{settings} }}
+    shadow: {{ upstream: {target}{settings} }}
 "#
     ))
     .await
@@ -45,10 +55,11 @@ async fn wait_for_metric(proxy: &Proxy, sample: &str, value: f64) {
 async fn a_get_without_a_body_is_mirrored_with_the_shadow_mark() {
     let primary = Backend::start("primary").await;
     let candidate = Backend::start("candidate").await;
-    let proxy = shadowing_proxy(
+    let proxy = shadowing_proxy_to(
         primary.address,
         candidate.address,
-        ", headers: { set: { x-env: shadow } }, redact: [authorization]",
+        "{ name: candidate, request_headers: { set: { x-env: shadow } } }",
+        ", redact: [authorization]",
     )
     .await;
 
@@ -335,19 +346,22 @@ async fn a_misbehaving_shadow_never_changes_the_primary_response_or_its_latency(
     let blackhole = Misbehaving::start(Misbehaviour::Blackhole).await;
     let reset = Misbehaving::start(Misbehaviour::Reset).await;
     let garbage = Misbehaving::start(Misbehaviour::Garbage).await;
+    let slow_target =
+        "{ name: candidate, request_headers: { set: { x-test-delay-ms: \"2000\" } } }";
     let candidates = [
-        ("refusing", refusing, ""),
-        ("blackholed", blackhole.address, ", timeout: 5s"),
+        ("refusing", refusing, "candidate", ""),
         (
-            "2 s slow",
-            slow.address,
-            ", headers: { set: { x-test-delay-ms: \"2000\" } }, timeout: 5s",
+            "blackholed",
+            blackhole.address,
+            "candidate",
+            ", timeout: 5s",
         ),
-        ("resetting", reset.address, ""),
-        ("garbage", garbage.address, ""),
+        ("2 s slow", slow.address, slow_target, ", timeout: 5s"),
+        ("resetting", reset.address, "candidate", ""),
+        ("garbage", garbage.address, "candidate", ""),
     ];
-    for (name, address, settings) in candidates {
-        let proxy = shadowing_proxy(primary.address, address, settings).await;
+    for (name, address, target, settings) in candidates {
+        let proxy = shadowing_proxy_to(primary.address, address, target, settings).await;
         let started = Instant::now();
         for (i, expected) in expected.iter().enumerate() {
             assert_eq!(

@@ -216,9 +216,9 @@ fn rule_conflicts_and_reserved_headers_are_errors() {
   - name: a
     match: {{ path: /a, path_prefix: /a }}
   - name: b
-    rewrite: {{ strip_prefix: /b, replace_prefix: {{ from: /b, to: /c }} }}
+    upstream: {{ name: legacy, rewrite: {{ strip_prefix: /b, replace_prefix: {{ from: /b, to: /c }} }} }}
   - name: c
-    request_headers: {{ set: {{ content-length: "1" }} }}
+    upstream: {{ name: legacy, request_headers: {{ set: {{ content-length: "1" }} }} }}
   - name: d
     match: {{ host: 'a.*.com', methods: ["GET POST"] }}
 "#
@@ -232,13 +232,13 @@ fn rule_conflicts_and_reserved_headers_are_errors() {
     );
     assert_error(
         &stderr,
-        "routes[1].rewrite",
+        "routes[1].upstream.rewrite",
         "strip_prefix and replace_prefix are exclusive",
         9,
     );
     assert_error(
         &stderr,
-        "routes[2].request_headers.set.content-length",
+        "routes[2].upstream.request_headers.set.content-length",
         "cannot be edited by a route",
         11,
     );

@@ -78,11 +78,103 @@ impl Stage {
     }
 }
 
+/// An upstream as a route uses it: the pool, plus what that pool needs done to a request on its
+/// way there (path and host rewrite, request header edits).
+///
+/// Edits belong to the target, not to the route, because a route reaches several upstreams (a
+/// split, a fallback, the kill switch, a shadow, a tester's override) and each expects its own
+/// paths: legacy must see exactly what it saw before strangler existed while the new service
+/// gets `/orders/7` for `/api/orders/7`. Written as the upstream's name alone (no edits) or as
+/// `{ name, rewrite, request_headers }`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetConfig {
+    /// The upstream's name, a key of `upstreams`.
+    pub name: String,
+    /// Path and Host rewrite of requests sent to this upstream.
+    pub rewrite: Option<RewriteConfig>,
+    /// Header edits of requests sent to this upstream.
+    pub request_headers: HeaderActionsConfig,
+}
+
+impl TargetConfig {
+    /// A target with no edits.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether requests reach this upstream exactly as the client sent them.
+    pub fn has_edits(&self) -> bool {
+        self.rewrite.is_some() || !self.request_headers.is_empty()
+    }
+}
+
+/// The map spelling of a target; also its JSON Schema.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSpelled {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rewrite: Option<RewriteConfig>,
+    #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
+    request_headers: HeaderActionsConfig,
+}
+
+impl Serialize for TargetConfig {
+    /// Round-trips: a target without edits is written as its bare name.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !self.has_edits() {
+            return serializer.serialize_str(&self.name);
+        }
+        TargetSpelled {
+            name: self.name.clone(),
+            rewrite: self.rewrite.clone(),
+            request_headers: self.request_headers.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TargetVisitor;
+
+        impl<'de> Visitor<'de> for TargetVisitor {
+            type Value = TargetConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an upstream name, or { name: <upstream>, rewrite: {..}, request_headers: {..} }",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(TargetConfig::named(value))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let spelled =
+                    TargetSpelled::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(TargetConfig {
+                    name: spelled.name,
+                    rewrite: spelled.rewrite,
+                    request_headers: spelled.request_headers,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(TargetVisitor)
+    }
+}
+
 /// One side of a weighted split.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
-    pub upstream: String,
+    /// The side's target: a name, or a name with its own edits.
+    pub upstream: TargetConfig,
     /// Percent of traffic, 0 to 100; a route's weights sum to 100.
     pub weight: u32,
 }
@@ -357,20 +449,26 @@ pub struct RouteConfig {
     pub name: String,
     #[serde(default, rename = "match")]
     pub matcher: MatchConfig,
-    /// Where matching requests go; `default_upstream` when absent.
+    /// Where matching requests go (a target: a name, or a name with its edits);
+    /// `default_upstream` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
+    pub upstream: Option<TargetConfig>,
     /// Where requests go when the upstream cannot be reached (no healthy backend, or connecting
-    /// failed on every attempt). Answers carry `x-strangler-fallback`.
+    /// failed on every attempt), or answers a `fallback_on` status. Also where the kill switch
+    /// sends the route. Answers carry `x-strangler-fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<String>,
+    pub fallback: Option<TargetConfig>,
     /// Answers from `upstream` that send an idempotent request to `fallback` instead.
     #[serde(default = "default_fallback_on")]
     pub fallback_on: Vec<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<RewriteConfig>,
-    #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
-    pub request_headers: HeaderActionsConfig,
+    /// The old, route-wide spelling of a target's rewrite: rejected with a hint, never applied
+    /// (it sent the new service's paths to legacy on every way back).
+    #[serde(default, skip_serializing)]
+    pub rewrite: Option<serde_yaml::Value>,
+    /// The old, route-wide spelling of a target's header edits: rejected with a hint.
+    #[serde(default, skip_serializing)]
+    pub request_headers: Option<serde_yaml::Value>,
+    /// Edits of the response the client gets, whichever upstream answered.
     #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
     pub response_headers: HeaderActionsConfig,
     /// Mirror matching requests to a candidate upstream; the client only ever sees the primary.
@@ -402,7 +500,9 @@ pub struct RouteConfig {
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
     /// Where copies go: the new service, or legacy when the route already serves from the new.
-    pub upstream: String,
+    /// A target: the copy is the client's request with this target's own edits (none by
+    /// default), whatever the primary's target does.
+    pub upstream: TargetConfig,
     /// Fraction of eligible requests mirrored, 0.0 to 1.0.
     #[serde(default = "default_sample")]
     pub sample: f64,
@@ -423,13 +523,12 @@ pub struct ShadowConfig {
     /// Copies of this route in flight at once; more are dropped (dropped_full).
     #[serde(default = "default_route_inflight")]
     pub max_inflight: usize,
-    /// The shadow's own path/host rewrite of the client's request; by default the copy uses
-    /// the path and Host the primary upstream received.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<RewriteConfig>,
-    /// Header edits on the copy (it always carries `x-strangler-shadow: 1`).
-    #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
-    pub headers: HeaderActionsConfig,
+    /// The old spelling of the copy's rewrite: rejected with a hint (it is `upstream.rewrite`).
+    #[serde(default, skip_serializing)]
+    pub rewrite: Option<serde_yaml::Value>,
+    /// The old spelling of the copy's header edits: rejected with a hint.
+    #[serde(default, skip_serializing)]
+    pub headers: Option<serde_yaml::Value>,
     /// Headers whose values are replaced by `[redacted]` on the copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,

@@ -5,16 +5,16 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
-use super::UpstreamId;
-use crate::config::{Diagnostic, RetiredConfig, SplitConfig, Stage, StickyConfig};
+use super::TargetId;
+use crate::config::{Diagnostic, RetiredConfig, SplitConfig, Stage, StickyConfig, TargetConfig};
 
 /// Buckets a key hashes into; weights are percent, so one percent is 100 buckets.
 const BUCKETS: u64 = 10_000;
 
-/// A compiled split: upstream and the exclusive end of its bucket range, in list order.
+/// A compiled split: each side's target and the exclusive end of its bucket range, in list order.
 #[derive(Debug, Clone)]
 pub struct Split {
-    ranges: Vec<(UpstreamId, u64)>,
+    ranges: Vec<(TargetId, u64)>,
     sticky: Option<StickyKey>,
 }
 
@@ -29,7 +29,7 @@ impl Split {
     /// The side for this request: by its sticky key when there is one (the same key always
     /// lands in the same bucket, and ranges only grow or shrink at their edges, so raising the
     /// first entry's weight moves keys to it and never away), else at random.
-    pub fn pick(&self, request: &RequestHeader, client_ip: Option<std::net::IpAddr>) -> UpstreamId {
+    pub fn pick(&self, request: &RequestHeader, client_ip: Option<std::net::IpAddr>) -> TargetId {
         let bucket = self
             .sticky
             .as_ref()
@@ -39,8 +39,13 @@ impl Split {
             .iter()
             .find(|(_, end)| bucket < *end)
             .or(self.ranges.last())
-            .map(|(upstream, _)| *upstream)
+            .map(|(target, _)| *target)
             .expect("a split has at least one side")
+    }
+
+    /// The sides' targets, in list order.
+    pub fn targets(&self) -> impl Iterator<Item = TargetId> + '_ {
+        self.ranges.iter().map(|(target, _)| *target)
     }
 }
 
@@ -61,12 +66,13 @@ fn key_hash(
     }
 }
 
-/// Compiles `split:` and `sticky:`; `resolve` maps upstream names to ids (reporting unknown ones).
+/// Compiles `split:` and `sticky:`; `resolve` compiles a side's target into the route's list
+/// (reporting unknown upstreams and bad edits) and returns its id.
 pub fn compile_split(
     split: &[SplitConfig],
     sticky: Option<&StickyConfig>,
     path: &str,
-    mut resolve: impl FnMut(&str, &str, &mut Vec<Diagnostic>) -> Option<UpstreamId>,
+    mut resolve: impl FnMut(&TargetConfig, &str, &mut Vec<Diagnostic>) -> Option<TargetId>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Split> {
     if split.is_empty() {
@@ -93,12 +99,12 @@ pub fn compile_split(
     let mut end = 0u64;
     for (number, side) in split.iter().enumerate() {
         end += u64::from(side.weight) * (BUCKETS / 100);
-        if let Some(upstream) = resolve(
+        if let Some(target) = resolve(
             &side.upstream,
             &format!("{path}.split[{number}].upstream"),
             diagnostics,
         ) {
-            ranges.push((upstream, end));
+            ranges.push((target, end));
         }
     }
     let sticky = match sticky {

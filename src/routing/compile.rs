@@ -11,13 +11,13 @@ use regex::Regex;
 use super::canary::{RetiredAnswer, TesterOverride, check_stage, compile_split};
 use super::index::{PathCondition, RouteIndex};
 use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
-use super::rewrite::{HeaderActions, PathRewrite};
-use super::{Route, RouteTable, UpstreamId};
+use super::rewrite::{HeaderActions, PathRewrite, RequestEdits};
+use super::{Route, RouteTable, Target, UpstreamId};
 use crate::config::{
     Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
-    RouteConfig, ShadowConfig, ValueMatchConfig, did_you_mean,
+    RouteConfig, TargetConfig, ValueMatchConfig, did_you_mean,
 };
-use crate::shadow::{ShadowRule, compile_shadow};
+use crate::shadow::compile_shadow;
 use crate::upstream::UpstreamPool;
 
 /// Headers whose meaning is the proxy's business (framing, connection management); routes may
@@ -320,20 +320,20 @@ fn compile_route(
     let match_path = format!("{path}.match");
     let condition = compile_path_condition(&route.matcher, &match_path, diagnostics);
     let matcher = compile_matcher(&route.matcher, &match_path, diagnostics);
-    let upstream = match &route.upstream {
-        Some(name) => resolver.resolve(name, &format!("{path}.upstream"), diagnostics),
-        None => default_upstream,
+    reject_route_wide_edits(route, path, diagnostics);
+
+    // Every upstream the route can reach, each with its own edits; the fields of `Route` index
+    // into this list.
+    let mut targets = Vec::new();
+    let mut add = |target: &TargetConfig, field: &str, diagnostics: &mut Vec<Diagnostic>| {
+        let compiled = compile_target(target, field, resolver, diagnostics)?;
+        targets.push(compiled);
+        Some(targets.len() - 1)
     };
-    let fallback = route
-        .fallback
-        .as_ref()
-        .and_then(|name| resolver.resolve(name, &format!("{path}.fallback"), diagnostics));
-    if route.timeout.is_some_and(|timeout| timeout.is_zero()) {
-        diagnostics.push(
-            Diagnostic::new(format!("{path}.timeout"), "must be greater than zero")
-                .with_hint("leave it out to use server.request_timeout"),
-        );
-    }
+    let primary = match &route.upstream {
+        Some(target) => add(target, &format!("{path}.upstream"), diagnostics),
+        None => None,
+    };
     if !route.split.is_empty() && route.upstream.is_some() {
         diagnostics.push(
             Diagnostic::new(
@@ -347,9 +347,48 @@ fn compile_route(
         &route.split,
         route.sticky.as_ref(),
         path,
-        |name, field, diagnostics| resolver.resolve(name, field, diagnostics),
+        &mut add,
         diagnostics,
     );
+    let fallback = route
+        .fallback
+        .as_ref()
+        .and_then(|target| add(target, &format!("{path}.fallback"), diagnostics));
+    let shadow_target = route.shadow.as_ref().and_then(|shadow| {
+        add(
+            &shadow.upstream,
+            &format!("{path}.shadow.upstream"),
+            diagnostics,
+        )
+    });
+    // Without an `upstream` or a split the route serves from the default upstream, unedited;
+    // without a fallback, the kill switch sends it there too.
+    let mut bare_default = || {
+        default_upstream.map(|upstream| {
+            targets.push(Target {
+                upstream,
+                edits: RequestEdits::default(),
+            });
+            targets.len() - 1
+        })
+    };
+    let primary = match (primary, &split) {
+        (Some(primary), _) => Some(primary),
+        (None, Some(split)) => split.targets().next(),
+        (None, None) if route.upstream.is_none() => bare_default(),
+        (None, None) => None,
+    };
+    let legacy = match fallback {
+        Some(fallback) => Some(fallback),
+        None => bare_default(),
+    };
+
+    if route.timeout.is_some_and(|timeout| timeout.is_zero()) {
+        diagnostics.push(
+            Diagnostic::new(format!("{path}.timeout"), "must be greater than zero")
+                .with_hint("leave it out to use server.request_timeout"),
+        );
+    }
     check_stage(
         route.stage,
         !route.split.is_empty(),
@@ -359,16 +398,6 @@ fn compile_route(
         path,
         diagnostics,
     );
-    let (path_rewrite, host_rewrite) = match &route.rewrite {
-        Some(rewrite) => compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics),
-        None => (None, None),
-    };
-    let request_headers = compile_header_actions(
-        &route.request_headers,
-        &format!("{path}.request_headers"),
-        RESERVED_REQUEST_HEADERS,
-        diagnostics,
-    );
     let response_headers = compile_header_actions(
         &route.response_headers,
         &format!("{path}.response_headers"),
@@ -376,7 +405,14 @@ fn compile_route(
         diagnostics,
     );
     let shadow = route.shadow.as_ref().and_then(|shadow| {
-        compile_route_shadow(shadow, &format!("{path}.shadow"), resolver, diagnostics)
+        let target = shadow_target.map(|id| {
+            let target = &targets[id];
+            (
+                resolver.pools[target.upstream].clone(),
+                target.edits.clone(),
+            )
+        });
+        compile_shadow(shadow, &format!("{path}.shadow"), target, diagnostics).map(Arc::new)
     });
 
     if diagnostics.len() != before {
@@ -392,18 +428,16 @@ fn compile_route(
             name: route.name.clone(),
             matcher,
             path_regex,
-            upstream: upstream?,
+            primary: primary?,
             fallback,
             fallback_on: route.fallback_on.clone(),
             timeout: route.timeout,
             stage: route.stage,
             split,
-            legacy_upstream: fallback.or(default_upstream)?,
+            legacy: legacy?,
             retired: (route.stage == crate::config::Stage::Retired)
                 .then(|| RetiredAnswer::from_config(route.retired.as_ref())),
-            path_rewrite,
-            host_rewrite,
-            request_headers,
+            targets,
             response_headers,
             shadow,
         },
@@ -411,26 +445,104 @@ fn compile_route(
     ))
 }
 
-fn compile_route_shadow(
-    shadow: &ShadowConfig,
+/// Compiles one target: its upstream resolved, its edits checked. `path` is the field that
+/// names it (`routes[2].fallback`, `routes[0].split[1].upstream`).
+fn compile_target(
+    target: &TargetConfig,
     path: &str,
     resolver: &UpstreamResolver,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Arc<ShadowRule>> {
-    let upstream = resolver
-        .resolve(&shadow.upstream, &format!("{path}.upstream"), diagnostics)
-        .map(|id| resolver.pools[id].clone());
-    let rewrite = shadow
-        .rewrite
-        .as_ref()
-        .map(|rewrite| compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics));
+) -> Option<Target> {
+    let name_path = if target.has_edits() {
+        format!("{path}.name")
+    } else {
+        path.to_owned()
+    };
+    let upstream = resolver.resolve(&target.name, &name_path, diagnostics);
+    let (path_rewrite, host) = match &target.rewrite {
+        Some(rewrite) => compile_rewrite(rewrite, &format!("{path}.rewrite"), diagnostics),
+        None => (None, None),
+    };
     let headers = compile_header_actions(
-        &shadow.headers,
-        &format!("{path}.headers"),
+        &target.request_headers,
+        &format!("{path}.request_headers"),
         RESERVED_REQUEST_HEADERS,
         diagnostics,
     );
-    compile_shadow(shadow, path, upstream, rewrite, headers, diagnostics).map(Arc::new)
+    Some(Target {
+        upstream: upstream?,
+        edits: RequestEdits {
+            path: path_rewrite,
+            host,
+            headers,
+        },
+    })
+}
+
+/// The route-wide `rewrite` and `request_headers` (and the shadow's own `rewrite` and
+/// `headers`) of earlier versions applied to whichever upstream served, so every way back to
+/// legacy got the new service's paths. They are refused, with the spelling that replaces them.
+fn reject_route_wide_edits(route: &RouteConfig, path: &str, diagnostics: &mut Vec<Diagnostic>) {
+    let owner = match (&route.upstream, route.split.first()) {
+        (Some(target), _) => Some(("upstream", target.name.as_str())),
+        (None, Some(side)) => Some(("each split side's upstream", side.upstream.name.as_str())),
+        (None, None) => None,
+    };
+    for (field, value) in [
+        ("rewrite", &route.rewrite),
+        ("request_headers", &route.request_headers),
+    ] {
+        let Some(value) = value else { continue };
+        let example = match owner {
+            Some(("upstream", name)) => {
+                format!("upstream: {{ name: {name}, {field}: {} }}", flow(value))
+            }
+            Some((owner, name)) => format!(
+                "move it into {owner}, e.g. split: [{{ upstream: {{ name: {name}, {field}: {} }}, weight: .. }}, ..]",
+                flow(value)
+            ),
+            None => format!("upstream: {{ name: <upstream>, {field}: {} }}", flow(value)),
+        };
+        diagnostics.push(
+            Diagnostic::new(
+                format!("{path}.{field}"),
+                format!(
+                    "a route-wide `{field}` is no longer accepted: edits belong to the upstream they are for, so legacy keeps its own paths on fallback, kill switch and rollback"
+                ),
+            )
+            .with_hint(example),
+        );
+    }
+    if let Some(shadow) = &route.shadow {
+        for (field, new_field, value) in [
+            ("rewrite", "rewrite", &shadow.rewrite),
+            ("headers", "request_headers", &shadow.headers),
+        ] {
+            let Some(value) = value else { continue };
+            let hint = if value.as_mapping().is_some_and(|map| map.is_empty()) {
+                "remove it: a copy is the client's request as sent unless its upstream has edits"
+                    .to_owned()
+            } else {
+                format!(
+                    "shadow: {{ upstream: {{ name: {}, {new_field}: {} }} }}",
+                    shadow.upstream.name,
+                    flow(value)
+                )
+            };
+            diagnostics.push(
+                Diagnostic::new(
+                    format!("{path}.shadow.{field}"),
+                    format!("`shadow.{field}` moved into the shadow's upstream"),
+                )
+                .with_hint(hint),
+            );
+        }
+    }
+}
+
+/// A YAML value on one line (JSON is YAML's flow style), for hints.
+fn flow(value: &serde_yaml::Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{..}".to_owned())
 }
 
 fn compile_path_condition(

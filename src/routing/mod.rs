@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
 use pingora_http::RequestHeader;
 use regex::Regex;
 
@@ -29,13 +28,23 @@ use crate::upstream::UpstreamPool;
 pub use canary::{RetiredAnswer, Split, TesterOverride, constant_time_eq};
 use index::RouteIndex;
 pub use matcher::{RequestMatcher, cookie_values, request_host};
-pub use rewrite::{HeaderActions, PathRewrite, set_path};
+pub use rewrite::{HeaderActions, PathRewrite, RequestEdits, set_path};
 
 /// The live table, swapped whole on reload.
 pub type SharedRouteTable = Arc<ArcSwap<RouteTable>>;
 
 /// Index of an upstream within its table.
 pub type UpstreamId = usize;
+
+/// Index of a target within its route's [`Route::targets`].
+pub type TargetId = usize;
+
+/// An upstream as one route uses it, with what that upstream needs done to the request.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub upstream: UpstreamId,
+    pub edits: RequestEdits,
+}
 
 /// One config generation, compiled.
 #[derive(Debug)]
@@ -62,15 +71,17 @@ pub struct Route {
     matcher: RequestMatcher,
     /// The route's `path_regex`, kept for candidates the index could not verify itself.
     path_regex: Option<Regex>,
-    pub upstream: UpstreamId,
-    pub path_rewrite: Option<PathRewrite>,
-    pub host_rewrite: Option<HeaderValue>,
-    pub request_headers: HeaderActions,
+    /// Every upstream this route can send a request to, each with its own edits: the primary,
+    /// the split's sides, the fallback, the legacy target of the kill switch. The fields below
+    /// index into it.
+    pub targets: Vec<Target>,
+    /// Where the request goes when the route has no split.
+    pub primary: TargetId,
     pub response_headers: HeaderActions,
     /// Mirroring of this route's requests, if configured.
     pub shadow: Option<Arc<crate::shadow::ShadowRule>>,
-    /// Serves the request when `upstream` cannot be reached.
-    pub fallback: Option<UpstreamId>,
+    /// Serves the request when the primary cannot be reached or answers a `fallback_on` status.
+    pub fallback: Option<TargetId>,
     /// Statuses from `upstream` that send idempotent requests to `fallback`.
     pub fallback_on: Vec<u16>,
     /// Total time for a request on this route; `server.request_timeout` when `None`.
@@ -78,10 +89,39 @@ pub struct Route {
     pub stage: crate::config::Stage,
     /// Weighted upstreams, when the route is a canary.
     pub split: Option<Split>,
-    /// Where the kill switch sends this route: its fallback, else the default upstream.
-    pub legacy_upstream: UpstreamId,
+    /// Where the kill switch sends this route: its fallback target, else the default upstream
+    /// with no edits.
+    pub legacy: TargetId,
     /// The answer of a retired route.
     pub retired: Option<RetiredAnswer>,
+}
+
+/// What one route does with requests at this moment; see [`RouteTable::effective_routing`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EffectiveRoute {
+    pub route: String,
+    pub stage: crate::config::Stage,
+    /// Upstreams that serve the route's requests now (a split's sides, in order).
+    pub serves: Vec<String>,
+    pub fallback: Option<String>,
+    /// Where copies go now; `None` while the kill switch stops them.
+    pub shadow: Option<String>,
+    pub kill_switch: bool,
+}
+
+impl Route {
+    pub fn target(&self, id: TargetId) -> &Target {
+        &self.targets[id]
+    }
+
+    /// The target a tester's override to `upstream` uses: the route's own target for that
+    /// upstream when it has one (so the forced request is edited as that upstream expects),
+    /// else `None` (the upstream gets the request unedited).
+    pub fn target_for(&self, upstream: UpstreamId) -> Option<TargetId> {
+        self.targets
+            .iter()
+            .position(|target| target.upstream == upstream)
+    }
 }
 
 impl RouteTable {
@@ -153,6 +193,44 @@ impl RouteTable {
 
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
+    }
+
+    /// Where each route sends requests right now, kill switch included: for `/routes` and
+    /// `strangler routes`, so an operator sees what is served, not only what is configured.
+    pub fn effective_routing(&self) -> Vec<EffectiveRoute> {
+        let kill_switch = self.kill_switch.load(std::sync::atomic::Ordering::Relaxed);
+        let name = |route: &Route, target: TargetId| {
+            self.upstreams[route.target(target).upstream]
+                .name()
+                .to_owned()
+        };
+        self.routes
+            .iter()
+            .map(|route| {
+                let serves = if route.retired.is_some() {
+                    Vec::new()
+                } else if kill_switch {
+                    vec![name(route, route.legacy)]
+                } else {
+                    match &route.split {
+                        Some(split) => split.targets().map(|t| name(route, t)).collect(),
+                        None => vec![name(route, route.primary)],
+                    }
+                };
+                EffectiveRoute {
+                    route: route.name.clone(),
+                    stage: route.stage,
+                    serves,
+                    fallback: route.fallback.map(|t| name(route, t)),
+                    shadow: route
+                        .shadow
+                        .as_ref()
+                        .filter(|_| !kill_switch)
+                        .map(|rule| rule.upstream_name().to_owned()),
+                    kill_switch,
+                }
+            })
+            .collect()
     }
 
     /// The config as parsed, with defaults filled in.

@@ -1,5 +1,6 @@
-//! What a route does to the request and response on their way through: path and host rewrites,
-//! header edits. Compiled once per config generation; applied on the hot path.
+//! What is done to a request on its way to one upstream (path and host rewrites, header edits,
+//! together a target's [`RequestEdits`]) and to a response on its way back (a route's response
+//! header edits). Compiled once per config generation; applied on the hot path.
 
 use std::borrow::Cow;
 
@@ -88,6 +89,38 @@ pub fn set_path(request: &mut RequestHeader, path: &str) -> pingora_error::Resul
     Ok(())
 }
 
+/// What one target does to a request before it reaches its upstream: the path rewrite, the
+/// `Host` rewrite and header edits, in that order. Empty for a target named without edits, so
+/// the upstream sees the request exactly as the client sent it (plus forwarding headers).
+#[derive(Debug, Clone, Default)]
+pub struct RequestEdits {
+    pub path: Option<PathRewrite>,
+    pub host: Option<HeaderValue>,
+    pub headers: HeaderActions,
+}
+
+impl RequestEdits {
+    pub fn is_empty(&self) -> bool {
+        self.path.is_none() && self.host.is_none() && self.headers.is_empty()
+    }
+
+    /// Applies the edits to `request`, whose path is still the client's.
+    pub fn apply(&self, request: &mut RequestHeader) -> pingora_error::Result<()> {
+        if let Some(rewrite) = &self.path {
+            let rewritten = rewrite
+                .apply(request.uri.path())
+                .map(|path| path.into_owned());
+            if let Some(path) = rewritten {
+                set_path(request, &path)?;
+            }
+        }
+        if let Some(host) = &self.host {
+            request.insert_header(http::header::HOST, host.clone())?;
+        }
+        self.headers.apply(request)
+    }
+}
+
 /// Header edits for one direction; order: remove, set, add.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderActions {
@@ -122,6 +155,10 @@ impl_header_edit!(RequestHeader);
 impl_header_edit!(ResponseHeader);
 
 impl HeaderActions {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
     pub fn apply(&self, headers: &mut impl HeaderEdit) -> pingora_error::Result<()> {
         for name in &self.remove {
             headers.remove(name);

@@ -89,10 +89,34 @@ pub struct RequestSummary {
     pub request_id: String,
 }
 
+/// Where a mirrored exchange came from: which upstream answered the client, which one got the
+/// copy, and the config generation that decided both. Stored with every compared exchange, so a
+/// report can tell legacy→new comparisons from new→legacy ones and one reload from the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// The upstream that served the client (the primary).
+    pub primary: Arc<str>,
+    /// The upstream that got the copy (the candidate).
+    pub candidate: Arc<str>,
+    pub stage: crate::config::Stage,
+    pub generation: u64,
+    /// SHA-256 (hex) of the routes.yaml of that generation.
+    pub config_sha256: Arc<str>,
+}
+
+/// What the proxy knows of a request's routing when it decides on a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub stage: crate::config::Stage,
+    pub generation: u64,
+    pub config_sha256: &'a str,
+}
+
 /// Everything known about one mirrored exchange; handed to [`observe`].
 #[derive(Debug)]
 pub struct ShadowOutcome {
     pub route: String,
+    pub provenance: Provenance,
     pub request: RequestSummary,
     /// `None` when the primary failed before it answered.
     pub primary: Option<CapturedResponse>,
@@ -130,6 +154,7 @@ const PRIMARY_CAPTURE_LIMIT: usize = 1 << 20;
 /// One request's shadow copy while the primary is in progress. Lives in the request context.
 pub struct ShadowCopy {
     route: String,
+    provenance: Provenance,
     rule: Arc<ShadowRule>,
     /// Global and per-route in-flight slots; they travel with the exchange and free on its end.
     permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
@@ -168,6 +193,7 @@ impl ShadowDispatcher {
         request: &RequestHeader,
         request_id: &HeaderValue,
         served: &Arc<UpstreamPool>,
+        origin: Origin<'_>,
     ) -> Option<Box<ShadowCopy>> {
         let skip = |event| {
             self.metrics.shadow_event(route, event);
@@ -193,6 +219,13 @@ impl ShadowDispatcher {
         };
         Some(Box::new(ShadowCopy {
             route: route.to_owned(),
+            provenance: Provenance {
+                primary: served.name().into(),
+                candidate: rule.upstream.name().into(),
+                stage: origin.stage,
+                generation: origin.generation,
+                config_sha256: origin.config_sha256.into(),
+            },
             rule: rule.clone(),
             permits: Some((global, per_route)),
             header: None,
@@ -245,6 +278,7 @@ impl ShadowDispatcher {
         let diffs = self.diffs.clone();
         let rule = copy.rule.clone();
         let route = copy.route.clone();
+        let provenance = copy.provenance.clone();
         let summary = copy.request.clone();
         let permits = copy.permits.take();
         let exchange = async move {
@@ -267,6 +301,7 @@ impl ShadowDispatcher {
             let primary = primary_rx.await.unwrap_or(None);
             let outcome = ShadowOutcome {
                 route,
+                provenance,
                 request: summary,
                 primary,
                 shadow,
@@ -292,14 +327,20 @@ fn declared_body_len(request: &RequestHeader) -> Option<usize> {
 }
 
 impl ShadowCopy {
-    /// The request as the primary upstream gets it, after the route's rewrites.
-    pub fn set_upstream_request(&mut self, header: &RequestHeader, original: &RequestHeader) {
+    /// The request as it left the client side of the proxy (`forwarded`: forwarding headers
+    /// set, no target's edits yet); the copy applies its own target's edits to it.
+    pub fn set_forwarded_request(&mut self, forwarded: &RequestHeader) {
         if self.dispatched {
             return;
         }
-        self.header = Some(self.rule.shadow_header(header, original));
-        if self.noise_upstream.is_some() {
-            self.noise_header = Some(self.rule.noise_header(header));
+        self.header = Some(self.rule.shadow_header(forwarded));
+    }
+
+    /// The request exactly as the primary upstream gets it, for the noise copy (with
+    /// `compare.noise`), which must ask the same question twice.
+    pub fn set_primary_request(&mut self, primary: &RequestHeader) {
+        if !self.dispatched && self.noise_upstream.is_some() {
+            self.noise_header = Some(self.rule.noise_header(primary));
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Diagnostic, KeyConfig, ShadowConfig};
 use crate::diff::{CompareRule, compile_compare};
-use crate::routing::{HeaderActions, PathRewrite, set_path};
+use crate::routing::RequestEdits;
 use crate::upstream::UpstreamPool;
 
 const SHADOW_MARK: HeaderName = HeaderName::from_static("x-strangler-shadow");
@@ -30,23 +30,21 @@ pub struct ShadowRule {
     pub(super) max_body: usize,
     pub(super) timeout: Duration,
     pub(super) inflight: Arc<Semaphore>,
-    /// `Some` when the shadow rewrites the client's request itself.
-    own_rewrite: Option<(Option<PathRewrite>, Option<HeaderValue>)>,
-    headers: HeaderActions,
+    /// The shadow target's own edits of the client's request (none by default): the copy
+    /// never inherits the primary target's rewrite.
+    edits: RequestEdits,
     redact: Vec<HeaderName>,
     pub(super) response_limit: usize,
     pub(super) compare: Arc<CompareRule>,
 }
 
-/// Builds a [`ShadowRule`]; `resolve` maps an upstream name to its pool, `compile_rewrite` and
-/// `compile_headers` are the route compiler's own, so shadow settings validate like the route's.
-#[allow(clippy::too_many_arguments)]
+/// Builds a [`ShadowRule`] for copies sent to `target`: the shadow's upstream and its edits, as
+/// the route compiler resolved and checked them like every other target of the route (`None`
+/// when that failed; the other settings are still checked).
 pub fn compile_shadow(
     config: &ShadowConfig,
     path: &str,
-    upstream: Option<Arc<UpstreamPool>>,
-    rewrite: Option<(Option<PathRewrite>, Option<HeaderValue>)>,
-    headers: HeaderActions,
+    target: Option<(Arc<UpstreamPool>, RequestEdits)>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<ShadowRule> {
     let before = diagnostics.len();
@@ -103,17 +101,17 @@ pub fn compile_shadow(
     if diagnostics.len() != before {
         return None;
     }
+    let (upstream, edits) = target?;
     Some(ShadowRule {
         compare: Arc::new(compare),
-        upstream: upstream?,
+        upstream,
         sample: config.sample,
         sample_key: config.sample_key.clone(),
         methods,
         max_body: usize::try_from(config.max_body.as_u64()).unwrap_or(usize::MAX),
         timeout: config.timeout,
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
-        own_rewrite: rewrite,
-        headers,
+        edits,
         redact,
         response_limit: RESPONSE_LIMIT,
     })
@@ -123,6 +121,11 @@ pub fn compile_shadow(
 const SAMPLE_SEED: u64 = 0x5348_4144_4f57; // "SHADOW"
 
 impl ShadowRule {
+    /// The name of the upstream copies go to.
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.name()
+    }
+
     pub(super) fn allows_method(&self, method: &Method) -> bool {
         self.methods.contains(method)
     }
@@ -151,30 +154,12 @@ impl ShadowRule {
         point < self.sample
     }
 
-    /// The copy's request header: the primary upstream's (or the client's, rewritten by the
-    /// shadow's own rules), with the shadow's header edits, redactions and mark.
-    pub(super) fn shadow_header(
-        &self,
-        upstream: &RequestHeader,
-        client: &RequestHeader,
-    ) -> RequestHeader {
-        let mut header = match &self.own_rewrite {
-            None => upstream.clone(),
-            Some((path_rewrite, host)) => {
-                let mut header = client.clone();
-                if let Some(path) = path_rewrite
-                    .as_ref()
-                    .and_then(|rule| rule.apply(client.uri.path()).map(|p| p.into_owned()))
-                {
-                    let _ = set_path(&mut header, &path);
-                }
-                if let Some(host) = host {
-                    let _ = header.insert_header(http::header::HOST, host.clone());
-                }
-                header
-            }
-        };
-        let _ = self.headers.apply(&mut header);
+    /// The copy's request header: the request as it left the client side of the proxy (with
+    /// forwarding headers, before any target's edits), edited as the shadow target says, with
+    /// redactions and the shadow mark.
+    pub(super) fn shadow_header(&self, forwarded: &RequestHeader) -> RequestHeader {
+        let mut header = forwarded.clone();
+        let _ = self.edits.apply(&mut header);
         for name in &self.redact {
             if header.headers.contains_key(name) {
                 let _ = header.insert_header(name.clone(), REDACTED);
