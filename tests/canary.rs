@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -328,4 +329,245 @@ routes:
             "missing `{expected}` in:\n{stderr}"
         );
     }
+}
+
+// Every way back to legacy sends legacy the request it expects: the new service's rewrite and
+// header edits belong to its target and never leak into legacy's.
+
+const TESTER_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// A migrated orders route: the new service gets `/orders/..` and `x-migrated`, legacy (as
+/// fallback, kill switch target and shadow) gets the client's own request.
+fn migrated(ports: &Ports, legacy: SocketAddr, new: SocketAddr, serving: &str) -> String {
+    ports.with_server(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{legacy}] }}
+  orders-v2: {{ backends: [{new}], timeouts: {{ connect: 500ms }}, retries: 0 }}
+default_upstream: legacy
+tester_override: {{ token: {TESTER_TOKEN} }}
+routes:
+  - name: orders
+    stage: new
+    match: {{ path_prefix: /api/orders }}
+    upstream: {serving}
+    fallback: legacy
+    shadow: {{ upstream: legacy }}
+"#
+    ))
+}
+
+const NEW_TARGET: &str = "{ name: orders-v2, rewrite: { strip_prefix: /api }, request_headers: { set: { x-migrated: \"true\" } } }";
+
+async fn start_migrated(legacy: SocketAddr, new: SocketAddr) -> (Proxy, std::path::PathBuf, Ports) {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::reserve();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, migrated(&ports, legacy, new, NEW_TARGET)).unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    (proxy, path, ports)
+}
+
+/// Asserts legacy's last primary (not shadow) request was the client's own.
+fn assert_legacy_saw_the_client_request(legacy: &Backend, target: &str) {
+    let served: Vec<_> = legacy
+        .requests()
+        .into_iter()
+        .filter(|r| r.header("x-strangler-shadow").is_none())
+        .collect();
+    let last = served.last().expect("legacy served a request");
+    assert_eq!(last.target, target, "legacy must see the client's path");
+    assert_eq!(
+        last.header("x-migrated"),
+        None,
+        "no edits of the new target"
+    );
+}
+
+async fn admin_post(proxy: &Proxy, target: &str) -> support::ClientResponse {
+    support::send(proxy.admin, ClientRequest::new("POST", target))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kill_switch_sends_legacy_its_own_paths_and_survives_an_unrelated_reload() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("orders-v2").await;
+    let (proxy, path, ports) = start_migrated(legacy.address, new.address).await;
+
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/2?x=1")).await,
+        "orders-v2"
+    );
+    assert_eq!(new.last().target, "/orders/2?x=1");
+    assert_eq!(new.last().header("x-migrated"), Some("true"));
+
+    assert_eq!(
+        admin_post(&proxy, "/kill-switch?state=on").await.status,
+        200
+    );
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/2?x=1")).await,
+        "legacy"
+    );
+    assert_legacy_saw_the_client_request(&legacy, "/api/orders/2?x=1");
+    let effective = &proxy.routes().await["effective"][0];
+    assert_eq!(effective["serves"], serde_json::json!(["legacy"]));
+    assert_eq!(effective["shadow"], serde_json::Value::Null);
+
+    // An edit that does not touch `kill_switch` keeps the operator's decision.
+    let edited = migrated(&ports, legacy.address, new.address, NEW_TARGET)
+        .replace("name: orders\n", "name: orders # edited\n");
+    std::fs::write(&path, edited).unwrap();
+    let reloaded = admin_post(&proxy, "/reload").await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let routes = proxy.routes().await;
+    assert!(routes["generation"].as_u64().unwrap() >= 2, "{routes}");
+    assert_eq!(
+        routes["kill_switch"], true,
+        "the reload released the kill switch"
+    );
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/3")).await,
+        "legacy"
+    );
+    assert_legacy_saw_the_client_request(&legacy, "/api/orders/3");
+
+    assert_eq!(
+        admin_post(&proxy, "/kill-switch?state=off").await.status,
+        200
+    );
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/4")).await,
+        "orders-v2"
+    );
+    assert_eq!(new.last().target, "/orders/4");
+    assert_eq!(
+        proxy
+            .metric("strangler_kill_switch_changes_total{source=\"admin\",state=\"off\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fallback_from_a_dead_or_busy_new_service_reaches_legacy_with_the_clients_path() {
+    let legacy = Backend::start("legacy").await;
+    let (dead, _, _) = start_migrated(legacy.address, support::dead_address()).await;
+    let response = dead.get("/api/orders/5?expand=lines").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-backend"), Some("legacy"));
+    assert_eq!(response.header("x-strangler-fallback"), Some("legacy"));
+    assert_legacy_saw_the_client_request(&legacy, "/api/orders/5?expand=lines");
+
+    let busy = Backend::busy("orders-v2").await;
+    let (proxy, _, _) = start_migrated(legacy.address, busy.address).await;
+    let response = proxy.get("/api/orders/6").await;
+    assert_eq!(response.header("x-backend"), Some("legacy"));
+    assert_eq!(
+        busy.last().target,
+        "/orders/6",
+        "the new service got its rewrite"
+    );
+    assert_legacy_saw_the_client_request(&legacy, "/api/orders/6");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_side_of_a_split_gets_its_own_edits() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("orders-v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::reserve();
+    let path = dir.path().join("routes.yaml");
+    let split = format!(
+        "upstream: orders-v2\n    split: [{{ upstream: {NEW_TARGET}, weight: 50 }}, {{ upstream: legacy, weight: 50 }}]"
+    );
+    let config = migrated(&ports, legacy.address, new.address, "x")
+        .replace("stage: new", "stage: canary")
+        .replace("upstream: x\n    fallback: legacy", &split)
+        .replace("upstream: orders-v2\n    split", "split");
+    std::fs::write(&path, config).unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let mut sides = HashMap::<String, usize>::new();
+    for n in 0..40 {
+        *sides
+            .entry(side(&proxy, ClientRequest::get(&format!("/api/orders/{n}"))).await)
+            .or_default() += 1;
+    }
+    assert!(sides.len() == 2, "both sides served: {sides:?}");
+    for request in legacy.requests() {
+        if request.header("x-strangler-shadow").is_none() {
+            assert!(
+                request.target.starts_with("/api/orders/"),
+                "{}",
+                request.target
+            );
+            assert_eq!(request.header("x-migrated"), None);
+        }
+    }
+    for request in new.requests() {
+        assert!(request.target.starts_with("/orders/"), "{}", request.target);
+        assert_eq!(request.header("x-migrated"), Some("true"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tester_forcing_either_upstream_gets_that_upstreams_edits() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("orders-v2").await;
+    let (proxy, _, _) = start_migrated(legacy.address, new.address).await;
+    let forced = |upstream: &str| {
+        ClientRequest::get("/api/orders/7")
+            .header("x-strangler-upstream", upstream)
+            .header("x-strangler-token", TESTER_TOKEN)
+    };
+    assert_eq!(side(&proxy, forced("legacy")).await, "legacy");
+    assert_legacy_saw_the_client_request(&legacy, "/api/orders/7");
+    assert_eq!(side(&proxy, forced("orders-v2")).await, "orders-v2");
+    assert_eq!(new.last().target, "/orders/7");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_one_line_rollback_sends_legacy_its_own_paths() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("orders-v2").await;
+    let (proxy, path, ports) = start_migrated(legacy.address, new.address).await;
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/8")).await,
+        "orders-v2"
+    );
+
+    let rolled_back = migrated(&ports, legacy.address, new.address, "legacy").replace(
+        "shadow: { upstream: legacy }",
+        &format!("shadow: {{ upstream: {NEW_TARGET} }}"),
+    );
+    std::fs::write(&path, rolled_back).unwrap();
+    let reloaded = admin_post(&proxy, "/reload").await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/9")).await,
+        "legacy"
+    );
+    assert_legacy_saw_the_client_request(&legacy, "/api/orders/9");
+    // The new service keeps getting copies, with its own edits.
+    new.wait_for_requests(2).await;
+    assert_eq!(new.last().target, "/orders/9");
+    assert_eq!(new.last().header("x-strangler-shadow"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadowing_legacy_from_stage_new_copies_the_clients_request() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("orders-v2").await;
+    let (proxy, _, _) = start_migrated(legacy.address, new.address).await;
+    assert_eq!(
+        side(&proxy, ClientRequest::get("/api/orders/10?v=2")).await,
+        "orders-v2"
+    );
+    legacy.wait_for_requests(1).await;
+    let copy = legacy.last();
+    assert_eq!(copy.header("x-strangler-shadow"), Some("1"));
+    assert_eq!(copy.target, "/api/orders/10?v=2");
+    assert_eq!(copy.header("x-migrated"), None);
+    assert_eq!(new.last().target, "/orders/10?v=2");
 }

@@ -115,21 +115,6 @@ async fn no_healthy_backend_is_an_immediate_503_with_retry_after() {
 }
 
 /// A backend whose `/healthz` answers 503 while `down` is set.
-/// A backend named `name` that answers every request 503.
-async fn busy(name: &'static str) -> Backend {
-    Backend::start_with(
-        name,
-        Arc::new(move |_: &Recorded| {
-            hyper::Response::builder()
-                .status(503)
-                .header("x-backend", name)
-                .body(Full::new(Bytes::from_static(b"busy")))
-                .unwrap()
-        }),
-    )
-    .await
-}
-
 fn flapping(down: Arc<AtomicBool>) -> support::Responder {
     Arc::new(move |request: &Recorded| {
         let status = if request.target == "/healthz" && down.load(Ordering::Relaxed) {
@@ -318,7 +303,7 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listed_5xx_sends_idempotent_requests_to_the_fallback() {
     let legacy = Backend::start("legacy").await;
-    let failing = busy("orders-v2").await;
+    let failing = Backend::busy("orders-v2").await;
     let proxy = Proxy::start(&format!(
         r#"upstreams:
   legacy: {{ backends: [{}] }}
@@ -347,7 +332,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_already_on_the_fallback_is_not_sent_to_it_again() {
-    let busy_legacy = busy("legacy").await;
+    let busy_legacy = Backend::busy("legacy").await;
     let orders = Backend::start("orders-v2").await;
     // The kill switch (like a canary split that picked legacy) sends the request to the
     // route's fallback in the first place.

@@ -144,6 +144,21 @@ impl Backend {
         }
     }
 
+    /// A backend named `name` that answers every request 503.
+    pub async fn busy(name: &'static str) -> Backend {
+        Backend::start_with(
+            name,
+            Arc::new(move |_: &Recorded| {
+                Response::builder()
+                    .status(503)
+                    .header("x-backend", name)
+                    .body(Full::new(Bytes::from_static(b"busy")))
+                    .unwrap()
+            }),
+        )
+        .await
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.received.lock().unwrap().clone()
     }
