@@ -132,10 +132,14 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Limits are read per connection, so a reload applies to the next connections.
-        let (max_connections, header_timeout) = {
+        let (max_connections, header_timeout, head_limits) = {
             let table = self.routes.load();
             let limits = &table.config().server.limits;
-            (limits.max_connections, limits.header_timeout)
+            (
+                limits.max_connections,
+                limits.header_timeout,
+                HeadLimits::from_config(limits),
+            )
         };
         let Some(_slot) = ConnectionSlot::take(self, max_connections) else {
             self.metrics
@@ -151,6 +155,7 @@ where
             stream,
             state.clone(),
             header_timeout,
+            head_limits,
             self.metrics.clone(),
         ));
         let serve = CURRENT.scope(state.clone(), self.proxy.process_new(guarded, shutdown));
@@ -356,7 +361,82 @@ struct GuardedStream {
     /// When the headers being read must be complete.
     header_deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The request head being read, measured as it arrives.
+    head: HeadScan,
+    head_limits: HeadLimits,
     metrics: Arc<Metrics>,
+}
+
+/// The size limits of a request head that are checked on its raw bytes, before Pingora parses
+/// it: Pingora's parser refuses a target over 64 KiB or more than 256 header lines with a bare
+/// 400, before any phase of ours runs, so the 414 and 431 the limits promise are answered here.
+#[derive(Debug, Clone, Copy)]
+struct HeadLimits {
+    request_line: usize,
+    header_lines: usize,
+    head_bytes: usize,
+}
+
+impl HeadLimits {
+    fn from_config(limits: &crate::config::LimitsConfig) -> Self {
+        let uri = usize::try_from(limits.max_uri_length.as_u64()).unwrap_or(usize::MAX);
+        let header_bytes = usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
+        Self {
+            // Method, spaces and version around the target.
+            request_line: uri.saturating_add(32),
+            header_lines: limits.max_header_count,
+            // Header names and values, plus separators and line ends.
+            head_bytes: header_bytes
+                .saturating_add(uri)
+                .saturating_add(4 * limits.max_header_count)
+                .saturating_add(64),
+        }
+    }
+}
+
+/// Counts a request head's lines and bytes as they arrive, up to the empty line that ends it.
+#[derive(Debug, Default)]
+struct HeadScan {
+    bytes: usize,
+    /// Lines seen so far (the request line and header lines).
+    lines: usize,
+    /// Bytes of the current line, line end excluded.
+    line: usize,
+    done: bool,
+}
+
+impl HeadScan {
+    /// Feeds newly read bytes; the refusal (status line, reason) once a limit is passed.
+    fn feed(&mut self, bytes: &[u8], limits: &HeadLimits) -> Option<(&'static str, &'static str)> {
+        for &byte in bytes {
+            if self.done {
+                return None;
+            }
+            self.bytes += 1;
+            match byte {
+                b'\n' if self.line == 0 => {
+                    // Empty lines before the request line are tolerated (RFC 9112 §2.2).
+                    self.done = self.lines > 0;
+                }
+                b'\n' => {
+                    self.lines += 1;
+                    self.line = 0;
+                }
+                b'\r' => {}
+                _ => self.line += 1,
+            }
+            if self.lines == 0 && self.line > limits.request_line {
+                return Some(("414 URI Too Long", "uri_too_long"));
+            }
+            if self.lines > limits.header_lines + 1 {
+                return Some(("431 Request Header Fields Too Large", "too_many_headers"));
+            }
+            if self.bytes > limits.head_bytes {
+                return Some(("431 Request Header Fields Too Large", "headers_too_large"));
+            }
+        }
+        None
+    }
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -374,6 +454,7 @@ impl GuardedStream {
         inner: Stream,
         state: Arc<ConnectionState>,
         header_timeout: Duration,
+        head_limits: HeadLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -383,8 +464,40 @@ impl GuardedStream {
             // The first request's headers are due `header_timeout` after the accept.
             header_deadline: Instant::now() + header_timeout,
             timer: None,
+            head: HeadScan::default(),
+            head_limits,
             metrics,
         }
+    }
+
+    /// Answers `status_line` straight to the client (best effort, once: a socket's send buffer
+    /// takes these few bytes whole) and ends the connection: reads see end of stream, which
+    /// Pingora takes as a client gone, quietly.
+    fn refuse_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        status_line: &str,
+        reason: &'static str,
+    ) -> String {
+        let (request_id, response) = raw_error_response(status_line, reason, "");
+        let _ = Pin::new(&mut self.inner).poll_write(cx, &response);
+        // Closing a socket with unread bytes resets it, and a reset can destroy the answer
+        // before the client reads it: take in what has already arrived (bounded).
+        let mut scratch = [0u8; 16 * 1024];
+        for _ in 0..64 {
+            let mut discard = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut discard) {
+                Poll::Ready(Ok(())) if !discard.filled().is_empty() => continue,
+                _ => break,
+            }
+        }
+        self.state.phase.store(Phase::Idle as u8, Ordering::Relaxed);
+        self.head.done = true;
+        self.metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+        request_id
     }
 
     /// Polls the header deadline; `Ready` once it has passed.
@@ -416,6 +529,21 @@ impl AsyncRead for GuardedStream {
                         .phase
                         .store(Phase::Headers as u8, Ordering::Relaxed);
                     this.header_deadline = Instant::now() + this.header_timeout;
+                    this.head = HeadScan::default();
+                }
+                if this.state.phase() == Phase::Headers
+                    && let Some((status_line, reason)) =
+                        this.head.feed(&buf.filled()[filled..], &this.head_limits)
+                {
+                    buf.set_filled(filled);
+                    let request_id = this.refuse_head(cx, status_line, reason);
+                    tracing::debug!(
+                        request_id,
+                        client = peer_address(&this.inner),
+                        reason,
+                        "request head over the limits: refused and closed"
+                    );
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(result)
             }
@@ -425,25 +553,17 @@ impl AsyncRead for GuardedStream {
                 {
                     return Poll::Pending;
                 }
-                let (request_id, response) =
-                    raw_error_response("408 Request Timeout", "header_timeout", "");
-                // Best effort, once: a fresh socket's send buffer takes these few bytes whole.
-                let _ = Pin::new(&mut this.inner).poll_write(cx, &response);
-                this.state.phase.store(Phase::Idle as u8, Ordering::Relaxed);
-                this.metrics
-                    .connections_closed
-                    .with_label_values(&["header_timeout"])
-                    .inc();
-                tracing::warn!(
+                let request_id = this.refuse_head(cx, "408 Request Timeout", "header_timeout");
+                // Debug, not warn: a slowloris attack is many connections, and a log line each
+                // would be a second attack on the disk. The metric counts them.
+                tracing::debug!(
                     request_id,
                     client = peer_address(&this.inner),
                     timeout = ?this.header_timeout,
                     "request headers not received in time: 408 and close"
                 );
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request headers not received in time",
-                )))
+                // End of stream, not an error: Pingora logs read errors at ERROR.
+                Poll::Ready(Ok(()))
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod demo;
 pub mod diff;
 pub mod health;
+pub mod hygiene;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -53,7 +53,8 @@ pub struct Metrics {
     /// `strangler_open_connections`: client connections open now.
     pub open_connections: IntGauge,
     /// `strangler_connections_closed_total{reason}`: client connections the proxy closed
-    /// itself: too_many_connections, header_timeout, request_timeout.
+    /// itself: too_many_connections, header_timeout, request_timeout, and uri_too_long,
+    /// too_many_headers, headers_too_large for request heads refused before parsing.
     pub connections_closed: IntCounterVec,
 }
 
@@ -212,7 +213,14 @@ impl Metrics {
         for operation in ["open", "write"] {
             diff_store_errors.with_label_values(&[operation]);
         }
-        for reason in ["too_many_connections", "header_timeout", "request_timeout"] {
+        for reason in [
+            "too_many_connections",
+            "header_timeout",
+            "request_timeout",
+            "uri_too_long",
+            "too_many_headers",
+            "headers_too_large",
+        ] {
             connections_closed.with_label_values(&[reason]);
         }
         config_last_reload_success.set(1);

@@ -39,6 +39,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::time::{Duration, Instant};
 
 use crate::connection;
+use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
 use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher};
@@ -106,8 +107,12 @@ impl StranglerProxy {
 /// Per-request state. `table` pins the config generation the request started with.
 pub struct RequestContext {
     table: Arc<RouteTable>,
-    /// Index of the matched route; `None` when the default upstream serves the request.
+    /// Index of the matched route; `None` when the default upstream serves the request, or
+    /// when the request was refused before it was routed (see `routed`).
     route: Option<usize>,
+    /// The route table was consulted: a refusal before that is labelled `(refused)`, not as
+    /// the default route.
+    routed: bool,
     /// The upstream serving the current attempt.
     upstream: UpstreamId,
     /// The route's target for `upstream`, whose edits the upstream request gets; `None` when
@@ -169,6 +174,16 @@ impl RequestContext {
         true
     }
 
+    /// The `route` label of metrics and logs: the route's name, `default` for requests no route
+    /// matched, `(refused)` for requests refused before routing (limits, framing, hygiene).
+    fn route_label(&self) -> &str {
+        match self.route() {
+            Some(route) => &route.name,
+            None if self.routed => "default",
+            None => "(refused)",
+        }
+    }
+
     /// Whether the request's deadline has (all but) passed.
     fn deadline_reached(&self) -> bool {
         Instant::now() + DEADLINE_SLACK >= self.deadline
@@ -213,6 +228,7 @@ impl ProxyHttp for StranglerProxy {
         RequestContext {
             table,
             route: None,
+            routed: false,
             upstream,
             target: None,
             request_id: HeaderValue::from_static(""),
@@ -240,6 +256,9 @@ impl ProxyHttp for StranglerProxy {
                 request.headers.get(TRACESTATE),
             ));
         }
+        // Pipelined requests are answered one after the other, in order (RFC 9112 §9.3.2);
+        // Pingora's default closes the connection after the first and drops the rest.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         let request = session.req_header_mut();
         match request.headers.get(REQUEST_ID) {
             Some(id) if is_acceptable_request_id(id) => ctx.request_id = id.clone(),
@@ -249,7 +268,9 @@ impl ProxyHttp for StranglerProxy {
             }
         }
         connection::request_started(ctx.deadline, &ctx.request_id);
-        let refusal = check_limits(session, &ctx.table.config().server.limits);
+        let refusal = hygiene::check_underscore_headers(session.req_header_mut())
+            .map(|refusal| (refusal.status, refusal.reason))
+            .or_else(|| check_limits(session, &ctx.table.config().server.limits));
         // A client that stops sending its body mid-way is cut off (408) instead of holding a slot.
         let body_idle = ctx.table.config().server.limits.body_idle_timeout;
         session
@@ -261,7 +282,21 @@ impl ProxyHttp for StranglerProxy {
             return Ok(true);
         }
 
+        // An absolute-form target (`GET http://host/a`) is routed and forwarded in origin form:
+        // its authority agrees with `Host` (checked above), and backends expect a path.
+        let absolute =
+            hygiene::split_absolute_form(session.req_header().raw_path()).map(|(_, path)| {
+                if path.first() == Some(&b'/') {
+                    path.to_vec()
+                } else {
+                    [b"/", path].concat()
+                }
+            });
+        if let Some(origin_form) = absolute {
+            session.req_header_mut().set_raw_path(&origin_form)?;
+        }
         ctx.route = ctx.table.find(session.req_header());
+        ctx.routed = true;
         let Some(index) = ctx.route else {
             return Ok(false);
         };
@@ -309,7 +344,12 @@ impl ProxyHttp for StranglerProxy {
             ctx.upstream = forced;
         }
         let route = &ctx.table.routes()[index];
-        if let Some(rule) = &route.shadow {
+        // A protocol switch (WebSocket) is a conversation, not a request to replay.
+        if let Some(rule) = route
+            .shadow
+            .as_ref()
+            .filter(|_| !hygiene::is_upgrade_request(session.req_header()))
+        {
             ctx.shadow = self.shadows.begin(
                 &route.name,
                 rule,
@@ -358,6 +398,17 @@ impl ProxyHttp for StranglerProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.check_deadline()?;
+        if let Some(refusal) = hygiene::check_response_framing(response) {
+            if let Some(backend) = ctx.backend {
+                ctx.table.upstream(ctx.upstream).report_failure(backend);
+            }
+            ctx.refusal = Some(refusal.reason);
+            ctx.shadow = None;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(refusal.status),
+                "upstream response framing is ambiguous",
+            ));
+        }
         if let Some(backend) = ctx.backend
             && !response.status.is_informational()
         {
@@ -417,7 +468,7 @@ impl ProxyHttp for StranglerProxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
-        let route = ctx.route().map_or("default", |route| route.name.as_str());
+        let route = ctx.route_label();
         let pool = ctx.table.upstream(ctx.upstream);
         let upstream = pool.name();
         let mut code_buffer = itoa::Buffer::new();
@@ -604,6 +655,8 @@ impl ProxyHttp for StranglerProxy {
     ) -> Result<()> {
         connection::response_started();
         strip_response_hop_by_hop(response);
+        hygiene::keep_upgrade_headers(response)?;
+        hygiene::strip_bodyless_framing(response);
         if !response.headers.contains_key(REQUEST_ID) {
             response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
         }
@@ -638,7 +691,7 @@ impl ProxyHttp for StranglerProxy {
         }
         tracing::warn!(
             request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
-            route = ctx.route().map_or("default", |route| route.name.as_str()),
+            route = ctx.route_label(),
             upstream = ctx.table.upstream(ctx.upstream).name(),
             status,
             reason,
@@ -688,6 +741,12 @@ fn check_limits(
     }
     if request.version == http::Version::HTTP_11 && !request.headers.contains_key(HOST) {
         return Some((400, "missing_host"));
+    }
+    let refusal = hygiene::check_request_target(request)
+        .or_else(|| hygiene::check_host(request))
+        .or_else(|| hygiene::check_path(request));
+    if let Some(refusal) = refusal {
+        return Some((refusal.status, refusal.reason));
     }
     if let Some(reason) = ambiguous_framing(session) {
         return Some((400, reason));
@@ -794,7 +853,12 @@ fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
         .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
         .filter(|name| *name != CONTENT_LENGTH && *name != http::header::TRANSFER_ENCODING)
         .collect();
-    for name in &nominated {
+    // On a 101 the upgrade headers are the point (see `hygiene::keep_upgrade_headers`).
+    let switching = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    for name in nominated
+        .iter()
+        .filter(|name| !(switching && **name == UPGRADE))
+    {
         response.remove_header(name);
     }
     response.remove_header(&CONNECTION);
@@ -802,7 +866,7 @@ fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
     response.remove_header(&PROXY_CONNECTION);
     response.remove_header(&TE);
     response.remove_header(&TRAILER);
-    if response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+    if !switching {
         response.remove_header(&UPGRADE);
     }
 }
@@ -819,6 +883,8 @@ fn classify(error: &Error) -> (u16, &'static str) {
             (502, "connect_error")
         }
         (ErrorSource::Upstream, ConnectionClosed) => (502, "upstream_closed"),
+        // The backend's answer did not parse (garbage, conflicting lengths): Pingora refused it.
+        (ErrorSource::Upstream, InvalidHTTPHeader) => (502, "upstream_bad_response"),
         (ErrorSource::Upstream, _) => (502, "upstream_error"),
         // The client is gone: nobody to answer.
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, "client_gone"),

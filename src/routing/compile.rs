@@ -33,6 +33,9 @@ const RESERVED_REQUEST_HEADERS: &[&str] = &[
     "trailer",
     "proxy-connection",
 ];
+/// Header lines Pingora's HTTP/1 parser reads at most.
+const MAX_PARSED_HEADERS: usize = 256;
+
 const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "content-length",
     "transfer-encoding",
@@ -129,6 +132,15 @@ impl RouteTable {
                         .with_hint("leave it out to use the default"),
                 );
             }
+        }
+        if limits.max_header_count > MAX_PARSED_HEADERS {
+            diagnostics.push(
+                Diagnostic::new(
+                    "server.limits.max_header_count",
+                    format!("must be at most {MAX_PARSED_HEADERS}"),
+                )
+                .with_hint("the HTTP parser reads at most 256 header lines"),
+            );
         }
         if let Some(otlp) = &config.server.otlp
             && let Err(crate::telemetry::TelemetryError::Invalid { field, message }) =

@@ -777,3 +777,80 @@ pub async fn send_raw(address: SocketAddr, request: &[u8]) -> u16 {
         .await
         .expect("raw request timed out")
 }
+
+/// A loopback origin that answers every request with the same raw bytes (framing an HTTP
+/// library would never produce) and records the raw request heads it read.
+pub struct RawOrigin {
+    pub address: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawOrigin {
+    pub async fn start(response: &'static [u8]) -> RawOrigin {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let log = heads.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buffer = [0u8; 8192];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => seen.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&seen).into_owned());
+                    let _ = stream.write_all(response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        RawOrigin {
+            address,
+            heads,
+            task,
+        }
+    }
+
+    /// The request heads received so far, as text.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes `request` raw and reads everything the proxy answers until it closes the connection
+/// (or `DEADLINE` passes), as text.
+pub async fn exchange_raw(address: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 8192];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => response.extend_from_slice(&buffer[..read]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DEADLINE, read).await;
+    String::from_utf8_lossy(&response).into_owned()
+}

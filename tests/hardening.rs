@@ -1,0 +1,293 @@
+//! What an attacker, a broken backend and a bad day throw at the proxy: protocol upgrades,
+//! response framing a client could misread, request targets, `Host` values and paths that mean
+//! one thing to the router and another to the backend. Every case runs against the real binary.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Backend, ClientRequest, Proxy, RawOrigin, exchange_raw, send_raw};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A proxy whose `/new` route serves from `new` and whose default is `legacy`.
+async fn two_routes(legacy: SocketAddr, new: SocketAddr, extra: &str) -> Proxy {
+    Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{legacy}] }}
+  new: {{ backends: [{new}] }}
+default_upstream: legacy
+routes:
+  - name: new
+    match: {{ path_prefix: /new }}
+    upstream: new
+{extra}"#
+    ))
+    .await
+}
+
+/// A WebSocket echo server.
+async fn websocket_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_text() || message.is_binary() {
+                        let _ = socket.send(message).await;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_handshake_and_its_frames_pass_both_ways_and_are_never_shadowed() {
+    let echo = websocket_echo().await;
+    let candidate = Backend::start("candidate").await;
+    let proxy = two_routes(
+        echo,
+        candidate.address,
+        "  - name: ws\n    match: { path_prefix: /ws }\n    upstream: legacy\n    shadow: { upstream: new, methods: [GET] }\n",
+    )
+    .await;
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", proxy.address))
+            .await
+            .expect("the handshake succeeds through the proxy");
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    for text in ["hello", "second frame"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(support::DEADLINE, socket.next())
+            .await
+            .expect("an echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    socket.close(None).await.unwrap();
+    assert_eq!(candidate.count(), 0, "an upgrade is never mirrored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodyless_answers_lose_their_body_framing() {
+    for head in [
+        &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\n",
+    ] {
+        let origin = RawOrigin::start(head).await;
+        let proxy = two_routes(origin.address, origin.address, "").await;
+        let answer = exchange_raw(
+            proxy.address,
+            b"GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let status = String::from_utf8_lossy(&head[9..12]).into_owned();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let lower = answer.to_ascii_lowercase();
+        assert!(!lower.contains("content-length"), "{answer}");
+        assert!(!lower.contains("transfer-encoding"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_framing_a_client_could_misread_is_a_502() {
+    let corpus: [&'static [u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!",
+    ];
+    for response in corpus {
+        let origin = RawOrigin::start(response).await;
+        let proxy = two_routes(origin.address, origin.address, "").await;
+        let answer = proxy.get("/a").await;
+        assert_eq!(
+            answer.status,
+            502,
+            "{}: {}",
+            String::from_utf8_lossy(response),
+            answer.text()
+        );
+        // Ours, or Pingora's own refusal of lengths that disagree.
+        let reason = answer.header("x-strangler-error").unwrap_or_default();
+        assert!(
+            ["upstream_bad_framing", "upstream_bad_response"].contains(&reason),
+            "{reason}: {}",
+            String::from_utf8_lossy(response)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_length_beside_chunked_is_dropped_and_the_chunked_body_wins() {
+    let origin = RawOrigin::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = two_routes(origin.address, origin.address, "").await;
+    let answer = proxy.get("/a").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "hello");
+    assert_eq!(answer.header("content-length"), None);
+}
+
+/// Raw requests that must be refused before anything reaches a backend, with their status.
+const REFUSED: &[(&str, u16)] = &[
+    ("GET legacy/a HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    ("GET * HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    (
+        "GET http://evil.example/new/a HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        400,
+    ),
+    ("GET /a HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    ("GET /a HTTP/1.1\r\nHost: x, y\r\n\r\n", 400),
+    ("GET /a HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    ("GET /a HTTP/1.1\r\nHost: user@localhost\r\n\r\n", 400),
+    (
+        "GET /a HTTP/1.1\r\nHost: localhost\r\nHost: other\r\n\r\n",
+        400,
+    ),
+    ("GET /a HTTP/1.1\r\n\r\n", 400),
+    (
+        "GET /new/../legacy/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        400,
+    ),
+    (
+        "GET /new/%2e%2e/legacy/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        400,
+    ),
+    (
+        "GET /new/%2E./legacy/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        400,
+    ),
+    ("GET /new/./x HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    ("GET /new/x%00 HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    (
+        "GET /new\\..\\legacy HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\n\r\nhello",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent_Length: 5\r\n\r\n",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: +5\r\n\r\nhello",
+        400,
+    ),
+    (
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    ),
+    ("GET /a HTTP/1.1\r\nHost : localhost\r\n\r\n", 400),
+    (
+        "GET /a HTTP/1.1\r\nHost: localhost\r\nX-Folded: a\r\n b\r\n\r\n",
+        400,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_two_parsers_could_read_differently_never_reach_a_backend() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = two_routes(legacy.address, new.address, "").await;
+    for (request, status) in REFUSED {
+        assert_eq!(
+            send_raw(proxy.address, request.as_bytes()).await,
+            *status,
+            "{request:?}"
+        );
+    }
+    assert_eq!(legacy.count() + new.count(), 0, "{:?}", legacy.requests());
+    // Still serving, and refusals are labelled apart from the default route.
+    assert_eq!(proxy.get("/a").await.status, 200);
+    let refused = proxy
+        .metric("strangler_requests_total{code=\"400\",route=\"(refused)\",upstream=\"legacy\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(refused >= 12.0, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absolute_form_target_is_forwarded_in_origin_form_and_impostor_headers_are_dropped() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = two_routes(legacy.address, new.address, "").await;
+    let request = "GET http://localhost/new/a?b=1 HTTP/1.1\r\nHost: localhost\r\nX_Forwarded_For: 6.6.6.6\r\nX_Tenant: acme\r\n\r\n";
+    assert_eq!(send_raw(proxy.address, request.as_bytes()).await, 200);
+    let seen = new.last();
+    assert_eq!(seen.target, "/new/a?b=1");
+    assert_eq!(
+        seen.header("x_forwarded_for"),
+        None,
+        "an impostor of X-Forwarded-For"
+    );
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x_tenant"), Some("acme"), "ordinary names pass");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pipelined_requests_are_both_answered_in_order() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = two_routes(legacy.address, new.address, "").await;
+    let answer = exchange_raw(
+        proxy.address,
+        b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\nGET /new/second HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let first = answer.find("\"target\":\"/first\"");
+    let second = answer.find("\"target\":\"/new/second\"");
+    let closed_early = answer.matches("HTTP/1.1 ").count() == 1
+        && answer.to_ascii_lowercase().contains("connection: close");
+    assert!(
+        (first.is_some() && second.is_some() && first < second) || closed_early,
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_heads_get_their_own_status_not_a_bare_400() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = two_routes(legacy.address, legacy.address, "").await;
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    assert_eq!(send_raw(proxy.address, long_uri.as_bytes()).await, 414);
+    let mut many = String::from("GET /a HTTP/1.1\r\nHost: localhost\r\n");
+    for n in 0..300 {
+        many.push_str(&format!("X-H{n}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(send_raw(proxy.address, many.as_bytes()).await, 431);
+    assert_eq!(proxy.send(ClientRequest::get("/a")).await.status, 200);
+}
