@@ -17,6 +17,14 @@
 //! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing; any
 //! other method gets 405 with `Allow`. With a token configured, everything but `/healthz`,
 //! `/readyz` and `/metrics` requires `Authorization: Bearer <token>` (401 otherwise).
+//!
+//! A browser on the operator's machine reaches a loopback admin too, so everything but the
+//! three open endpoints is also guarded against cross-site requests (see [`cross_site`]): the
+//! `Host` must be an IP address, `localhost` or a name in `server.admin_hosts` (a DNS-rebinding
+//! page sends its own name), an `Origin` must be that same host, and a mutation must carry
+//! something a cross-site form cannot send: the bearer token, or `X-Strangler-Admin: 1` when no
+//! token is configured (a custom header needs a CORS preflight, which this listener never
+//! grants).
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
@@ -32,6 +40,8 @@ use crate::routing::SharedRouteTable;
 
 pub struct AdminApp {
     routes: SharedRouteTable,
+    /// Host names, besides IP addresses and `localhost`, the admin answers to.
+    hosts: Vec<String>,
     /// Required as `Authorization: Bearer <token>` on everything but health and metrics.
     token: Option<String>,
     metrics: Arc<Metrics>,
@@ -57,8 +67,17 @@ impl AdminApp {
         reloader: Option<Arc<Reloader>>,
         token: Option<String>,
     ) -> Self {
+        let hosts = routes
+            .load()
+            .config()
+            .server
+            .admin_hosts
+            .iter()
+            .map(|host| host.to_ascii_lowercase())
+            .collect();
         Self {
             routes,
+            hosts,
             token,
             metrics,
             reloader,
@@ -256,6 +275,9 @@ impl ServeHttp for AdminApp {
         let method = request.method.clone();
         let path = request.uri.path().to_owned();
         let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+        if !open && let Some(refusal) = cross_site(session, &self.hosts, self.token.is_some()) {
+            return json_response(StatusCode::FORBIDDEN, &json!({ "error": refusal }));
+        }
         if !open && !self.authorized(session) {
             let mut response = json_response(
                 StatusCode::UNAUTHORIZED,
@@ -352,6 +374,75 @@ impl ServeHttp for AdminApp {
             ),
         }
     }
+}
+
+/// The header that marks a mutation as sent on purpose when no token is configured.
+pub const ADMIN_HEADER: &str = "x-strangler-admin";
+
+/// Why a request may have come from a page the operator's browser was visiting, not from the
+/// operator: `None` when it is fine.
+fn cross_site(
+    session: &ServerSession,
+    hosts: &[String],
+    token_configured: bool,
+) -> Option<&'static str> {
+    let request = session.req_header();
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default();
+    if !admin_host_allowed(host, hosts) {
+        return Some(
+            "the Host must be an IP address, localhost or a name in server.admin_hosts (DNS rebinding)",
+        );
+    }
+    if let Some(origin) = request.headers.get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|origin| {
+                origin
+                    .strip_prefix("http://")
+                    .or(origin.strip_prefix("https://"))
+            })
+            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host));
+        if !same {
+            return Some("cross-origin requests are refused");
+        }
+    }
+    if request
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
+    {
+        return Some("cross-site requests are refused");
+    }
+    if request.method == Method::POST
+        && matches!(request.uri.path(), "/reload" | "/kill-switch")
+        && !token_configured
+        && !request.headers.contains_key(ADMIN_HEADER)
+    {
+        return Some("a change needs the header `X-Strangler-Admin: 1` (or the bearer token)");
+    }
+    None
+}
+
+/// `host[:port]` names this listener: an IP address, `localhost`, or a configured name.
+fn admin_host_allowed(host: &str, hosts: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Vec<u8>> {

@@ -278,6 +278,7 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
             running.drain_timeout != new.drain_timeout,
         ),
         ("server.admin_token", running.admin_token != new.admin_token),
+        ("server.admin_hosts", running.admin_hosts != new.admin_hosts),
         (
             "server.shadow_max_inflight",
             running.shadow_max_inflight != new.shadow_max_inflight,

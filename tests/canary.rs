@@ -200,7 +200,7 @@ async fn the_kill_switch_sends_everything_to_legacy_and_stops_shadows() {
 
     let on = support::send(
         proxy.admin,
-        ClientRequest::new("POST", "/kill-switch?state=on"),
+        ClientRequest::new("POST", "/kill-switch?state=on").header("x-strangler-admin", "1"),
     )
     .await
     .unwrap();
@@ -222,7 +222,7 @@ async fn the_kill_switch_sends_everything_to_legacy_and_stops_shadows() {
 
     let off = support::send(
         proxy.admin,
-        ClientRequest::new("POST", "/kill-switch?state=off"),
+        ClientRequest::new("POST", "/kill-switch?state=off").header("x-strangler-admin", "1"),
     )
     .await
     .unwrap();
@@ -384,9 +384,12 @@ fn assert_legacy_saw_the_client_request(legacy: &Backend, target: &str) {
 }
 
 async fn admin_post(proxy: &Proxy, target: &str) -> support::ClientResponse {
-    support::send(proxy.admin, ClientRequest::new("POST", target))
-        .await
-        .unwrap()
+    support::send(
+        proxy.admin,
+        ClientRequest::new("POST", target).header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

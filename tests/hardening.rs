@@ -291,3 +291,35 @@ async fn oversized_heads_get_their_own_status_not_a_bare_400() {
     assert_eq!(send_raw(proxy.address, many.as_bytes()).await, 431);
     assert_eq!(proxy.send(ClientRequest::get("/a")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_web_page_cannot_flip_the_kill_switch_or_read_diffs_through_the_admin_api() {
+    let legacy = Backend::start("legacy").await;
+    let proxy = two_routes(legacy.address, legacy.address, "").await;
+    let admin = |request: ClientRequest| support::send(proxy.admin, request);
+    // A cross-site form post: no custom header, a foreign Origin.
+    let form = ClientRequest::new("POST", "/kill-switch?state=on")
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded");
+    assert_eq!(admin(form).await.unwrap().status, 403);
+    // The same without an Origin (an old browser): still no custom header.
+    let bare = ClientRequest::new("POST", "/kill-switch?state=on");
+    assert_eq!(admin(bare).await.unwrap().status, 403);
+    // DNS rebinding: the page's own name in Host, even with the header a script can add.
+    for target in ["/kill-switch?state=on", "/diffs"] {
+        let method = if target == "/diffs" { "GET" } else { "POST" };
+        let rebound = ClientRequest::new(method, target)
+            .header("host", "evil.example:9901")
+            .header("x-strangler-admin", "1");
+        assert_eq!(admin(rebound).await.unwrap().status, 403, "{target}");
+    }
+    assert_eq!(proxy.routes().await["kill_switch"], false);
+    // The operator's curl: loopback Host, the header.
+    let operator =
+        ClientRequest::new("POST", "/kill-switch?state=on").header("x-strangler-admin", "1");
+    assert_eq!(admin(operator).await.unwrap().status, 200);
+    assert_eq!(proxy.routes().await["kill_switch"], true);
+    // Probes and scrapes stay open whatever the Host.
+    let probe = ClientRequest::get("/healthz").header("host", "pod.internal:9901");
+    assert_eq!(admin(probe).await.unwrap().status, 200);
+}

@@ -328,9 +328,12 @@ async fn sighup_and_post_reload_reread_the_file() {
         "SIGHUP does not stop the proxy"
     );
 
-    let response = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
-        .await
-        .unwrap();
+    let response = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["result"], "unchanged");
     assert_eq!(response.json()["trigger"], "admin");
@@ -352,9 +355,12 @@ async fn post_reload_reports_errors_and_recovers_with_a_valid_file() {
     let proxy = Proxy::start_on(dir, &path, ports).await;
 
     replace_by_rename(&path, &invalid(&ports));
-    let response = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
-        .await
-        .unwrap();
+    let response = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status, 422, "{}", response.text());
     let report = response.json();
     assert_eq!(report["result"], "invalid");
@@ -371,9 +377,12 @@ async fn post_reload_reports_errors_and_recovers_with_a_valid_file() {
     );
 
     replace_by_rename(&path, &routes_to(&ports, &old, &new, "new", "b"));
-    let response = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
-        .await
-        .unwrap();
+    let response = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
     // The watch may have applied it first, leaving this call nothing to change.
     assert!(matches!(

@@ -182,9 +182,12 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
     let mut config = std::fs::read_to_string(&path).unwrap();
     config.push_str("routes:\n  - { name: extra, match: { path: /extra } }\n");
     std::fs::write(&path, config).unwrap();
-    let reload = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
-        .await
-        .unwrap();
+    let reload = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(reload.status, 200, "{}", reload.text());
     assert_eq!(proxy.routes().await["generation"], 2);
     assert_eq!(

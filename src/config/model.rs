@@ -229,6 +229,10 @@ pub struct ServerConfig {
     /// loopback. Never shown by the admin API.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
+    /// Host names the admin API answers to, besides IP addresses and `localhost` (requests
+    /// naming another host are refused, against DNS rebinding), e.g. `strangler-admin.internal`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_hosts: Vec<String>,
     /// Worker threads for the proxy. Defaults to the CPUs this process may run on.
     pub threads: Option<usize>,
     /// After SIGTERM the listeners close at once; requests in flight get this long to finish,
@@ -324,6 +328,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             admin_token: None,
+            admin_hosts: Vec::new(),
             threads: None,
             drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
