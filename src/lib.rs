@@ -15,6 +15,7 @@ pub mod health;
 pub mod hygiene;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod report;
 pub mod routes_cli;

@@ -255,9 +255,58 @@ pub struct ServerConfig {
     pub diff_max_age: Duration,
     /// Limits on what clients may send.
     pub limits: LimitsConfig,
+    /// What is redacted in everything strangler stores or shows (diff store, `/diffs`,
+    /// reports, logs of shadow exchanges).
+    pub redact: RedactConfig,
     /// Export one span per request with OpenTelemetry OTLP; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpConfig>,
+}
+
+/// Secrets kept out of everything stored or shown.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactConfig {
+    /// Query parameters (case-insensitive names) whose values are replaced by `[redacted]` in
+    /// stored and shown request lines. The default names the usual credentials; list more
+    /// with `extra_query_params`, or replace the list.
+    pub query_params: Vec<String>,
+    /// Added to `query_params`, so extending the defaults does not mean repeating them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_query_params: Vec<String>,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        Self {
+            query_params: [
+                "token",
+                "access_token",
+                "refresh_token",
+                "id_token",
+                "api_key",
+                "apikey",
+                "key",
+                "password",
+                "passwd",
+                "secret",
+                "client_secret",
+                "signature",
+                "sig",
+                "auth",
+                "code",
+                "session",
+                "sessionid",
+                "jwt",
+                "x-amz-signature",
+                "x-amz-credential",
+                "x-amz-security-token",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            extra_query_params: Vec::new(),
+        }
+    }
 }
 
 /// OpenTelemetry span export (OTLP over HTTP).
@@ -337,6 +386,7 @@ impl Default for ServerConfig {
             diff_max_rows: 100_000,
             diff_max_age: Duration::from_secs(7 * 24 * 3600),
             limits: LimitsConfig::default(),
+            redact: RedactConfig::default(),
             otlp: None,
         }
     }
@@ -537,6 +587,12 @@ pub struct ShadowConfig {
     /// Headers whose values are replaced by `[redacted]` on the copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// Send the client's credentials (`Authorization`, `Proxy-Authorization`, `Cookie`,
+    /// `X-Api-Key`, `X-Auth-Token`) to the candidate too. Off by default: a copy goes to a
+    /// service that has not earned the client's trust yet, so they are removed from it. Turn it
+    /// on when the candidate needs them to answer (it will act as the client).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_credentials: bool,
     /// How the two responses are compared.
     #[serde(default)]
     pub compare: CompareConfig,

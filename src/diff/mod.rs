@@ -163,7 +163,8 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         },
     );
     let request = outcome.request;
-    Some(DiffRecord {
+    let secrets = request.secrets;
+    let mut record = DiffRecord {
         at_ms: now_ms(),
         route: outcome.route,
         method: request.method,
@@ -181,7 +182,26 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             sample(&rule, primary)
         },
         shadow_sample,
-    })
+    };
+    scrub(&mut record, &secrets);
+    Some(record)
+}
+
+/// Removes the request's secrets from whatever the backends echoed back into samples and
+/// differences (a body repeating its URL, a debug page showing the Authorization header).
+fn scrub(record: &mut DiffRecord, secrets: &crate::redact::Secrets) {
+    if secrets.is_empty() {
+        return;
+    }
+    let samples = [&mut record.primary_sample, &mut record.shadow_sample];
+    let values = record
+        .differences
+        .iter_mut()
+        .chain(record.noise.iter_mut())
+        .flat_map(|difference| [&mut difference.primary, &mut difference.shadow]);
+    for text in samples.into_iter().chain(values).flatten() {
+        secrets.scrub(text);
+    }
 }
 
 /// A bounded, redacted body sample for the store.

@@ -17,6 +17,7 @@ use crate::config::{
     Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
     RouteConfig, TargetConfig, ValueMatchConfig, did_you_mean,
 };
+use crate::redact::Redaction;
 use crate::shadow::compile_shadow;
 use crate::upstream::UpstreamPool;
 
@@ -221,6 +222,7 @@ impl RouteTable {
             })
         });
 
+        let redaction = Arc::new(Redaction::compile(&config.server.redact));
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut conditions = Vec::with_capacity(config.routes.len());
         let mut first_use: HashMap<&str, usize> = HashMap::new();
@@ -241,8 +243,14 @@ impl RouteTable {
                     .with_hint("route names must be unique: they label metrics and diffs"),
                 );
             }
-            let compiled =
-                compile_route(route, &path, default_upstream, &resolver, &mut diagnostics);
+            let compiled = compile_route(
+                route,
+                &path,
+                default_upstream,
+                &resolver,
+                &redaction,
+                &mut diagnostics,
+            );
             if let Some((route, condition)) = compiled {
                 routes.push(route);
                 conditions.push(condition);
@@ -326,6 +334,7 @@ fn compile_route(
     path: &str,
     default_upstream: Option<UpstreamId>,
     resolver: &UpstreamResolver,
+    redaction: &Arc<Redaction>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<(Route, PathCondition)> {
     let before = diagnostics.len();
@@ -424,7 +433,14 @@ fn compile_route(
                 target.edits.clone(),
             )
         });
-        compile_shadow(shadow, &format!("{path}.shadow"), target, diagnostics).map(Arc::new)
+        compile_shadow(
+            shadow,
+            &format!("{path}.shadow"),
+            target,
+            redaction,
+            diagnostics,
+        )
+        .map(Arc::new)
     });
 
     if diagnostics.len() != before {

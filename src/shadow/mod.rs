@@ -87,6 +87,9 @@ pub struct RequestSummary {
     pub path: String,
     pub query: Option<String>,
     pub request_id: String,
+    /// Secret values of this request (redacted query values, credentials), scrubbed from
+    /// everything stored about the exchange.
+    pub secrets: crate::redact::Secrets,
 }
 
 /// Where a mirrored exchange came from: which upstream answered the client, which one got the
@@ -217,6 +220,8 @@ impl ShadowDispatcher {
         let Ok(per_route) = rule.inflight.clone().try_acquire_owned() else {
             return skip(ShadowEvent::DroppedFull);
         };
+        let mut secrets = crate::redact::Secrets::default();
+        secrets.add_credentials(request);
         Some(Box::new(ShadowCopy {
             route: route.to_owned(),
             provenance: Provenance {
@@ -236,8 +241,12 @@ impl ShadowDispatcher {
             request: RequestSummary {
                 method: request.method.to_string(),
                 path: request.uri.path().to_owned(),
-                query: request.uri.query().map(str::to_owned),
+                query: request
+                    .uri
+                    .query()
+                    .map(|query| rule.redaction.query_and_secrets(query, &mut secrets)),
                 request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                secrets: secrets.sorted(),
             },
             primary_tx: None,
             primary: None,

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Diagnostic, KeyConfig, ShadowConfig};
 use crate::diff::{CompareRule, compile_compare};
+use crate::redact::{CREDENTIAL_HEADERS, Redaction};
 use crate::routing::RequestEdits;
 use crate::upstream::UpstreamPool;
 
@@ -34,6 +35,10 @@ pub struct ShadowRule {
     /// never inherits the primary target's rewrite.
     edits: RequestEdits,
     redact: Vec<HeaderName>,
+    /// Keep the client's credentials on the copy (`shadow.forward_credentials`).
+    forward_credentials: bool,
+    /// What is redacted in the exchange's stored request line.
+    pub(super) redaction: Arc<Redaction>,
     pub(super) response_limit: usize,
     pub(super) compare: Arc<CompareRule>,
 }
@@ -45,6 +50,7 @@ pub fn compile_shadow(
     config: &ShadowConfig,
     path: &str,
     target: Option<(Arc<UpstreamPool>, RequestEdits)>,
+    redaction: &Arc<Redaction>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<ShadowRule> {
     let before = diagnostics.len();
@@ -113,6 +119,8 @@ pub fn compile_shadow(
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         edits,
         redact,
+        forward_credentials: config.forward_credentials,
+        redaction: redaction.clone(),
         response_limit: RESPONSE_LIMIT,
     })
 }
@@ -160,6 +168,11 @@ impl ShadowRule {
     pub(super) fn shadow_header(&self, forwarded: &RequestHeader) -> RequestHeader {
         let mut header = forwarded.clone();
         let _ = self.edits.apply(&mut header);
+        if !self.forward_credentials {
+            for name in &CREDENTIAL_HEADERS {
+                header.remove_header(name);
+            }
+        }
         for name in &self.redact {
             if header.headers.contains_key(name) {
                 let _ = header.insert_header(name.clone(), REDACTED);
