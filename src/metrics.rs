@@ -87,7 +87,7 @@ impl Metrics {
         let shadow_requests = IntCounterVec::new(
             Opts::new(
                 "strangler_shadow_requests_total",
-                "Shadow copies by route and outcome (sent, completed, dropped_full, skipped_*, error, timeout)",
+                "Shadow copies by route and outcome (sent, completed, dropped_full, dropped_memory, skipped_*, error, timeout)",
             ),
             &["route", "outcome"],
         )

@@ -283,6 +283,10 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
             "server.shadow_max_inflight",
             running.shadow_max_inflight != new.shadow_max_inflight,
         ),
+        (
+            "server.shadow_max_memory",
+            running.shadow_max_memory != new.shadow_max_memory,
+        ),
         ("server.diff_store", running.diff_store != new.diff_store),
         (
             "server.diff_max_rows",

@@ -130,6 +130,7 @@ pub fn serve(
     .map_err(StartError::Worker)?;
     let shadows = Arc::new(ShadowDispatcher::new(
         server_config.shadow_max_inflight,
+        usize::try_from(server_config.shadow_max_memory.as_u64()).unwrap_or(usize::MAX),
         metrics.clone(),
         diffs,
     ));

@@ -467,3 +467,59 @@ async fn credentials_reach_a_candidate_only_on_purpose_and_secret_query_values_a
     );
     assert!(!stored.to_string().contains("s3cr3t"), "{stored}");
 }
+
+/// A backend answering every request with `size` bytes of JSON that differ per backend.
+async fn big_answers(name: &'static str, size: usize) -> Backend {
+    let body = bytes::Bytes::from(format!(
+        "{{\"backend\":\"{name}\",\"pad\":\"{}\"}}",
+        "x".repeat(size)
+    ));
+    Backend::start_with(
+        name,
+        std::sync::Arc::new(move |_: &support::Recorded| {
+            hyper::Response::builder()
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(body.clone()))
+                .unwrap()
+        }),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadowing_big_answers_is_bounded_by_bytes_and_the_primary_never_notices() {
+    let primary = big_answers("primary", 256 * 1024).await;
+    let candidate = big_answers("candidate", 256 * 1024).await;
+    let proxy = Proxy::start_with_settings(
+        &format!(
+            r#"upstreams:
+  primary: {{ backends: [{}] }}
+  candidate: {{ backends: [{}] }}
+default_upstream: primary
+routes:
+  - name: r
+    match: {{ path_prefix: /r }}
+    shadow: {{ upstream: candidate }}
+"#,
+            primary.address, candidate.address
+        ),
+        "  shadow_max_memory: 1MiB\n",
+        &[],
+        &[],
+    )
+    .await;
+    let requests = (0..24).map(|n| {
+        let proxy = &proxy;
+        async move { proxy.get(&format!("/r/{n}")).await }
+    });
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), 256 * 1024 + 30);
+    }
+    wait_for_metric(
+        &proxy,
+        "strangler_shadow_requests_total{outcome=\"dropped_memory\",route=\"r\"}",
+        1.0,
+    )
+    .await;
+}

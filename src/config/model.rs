@@ -246,6 +246,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Shadow copies in flight at once across all routes; more are dropped, never queued.
     pub shadow_max_inflight: usize,
+    /// Bytes all shadowing may buffer at once: teed request bodies, captured responses and
+    /// exchanges waiting for comparison. A copy that would pass it is dropped
+    /// (`dropped_memory`); the primary is never affected.
+    pub shadow_max_memory: bytesize::ByteSize,
     /// SQLite file where compared exchanges are stored (created on the first comparison).
     pub diff_store: std::path::PathBuf,
     /// Stored exchanges kept at most; the oldest go first.
@@ -382,6 +386,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             shadow_max_inflight: 256,
+            shadow_max_memory: bytesize::ByteSize::mib(64),
             diff_store: "strangler-diffs.db".into(),
             diff_max_rows: 100_000,
             diff_max_age: Duration::from_secs(7 * 24 * 3600),

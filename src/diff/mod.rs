@@ -34,6 +34,9 @@ pub struct DiffJob {
     pub outcome: ShadowOutcome,
     /// The second primary answer, when noise cancellation is on.
     pub noise: Option<Result<CapturedResponse, ShadowFailure>>,
+    /// The bytes this exchange holds against the shadow memory budget; given back when the
+    /// job is dropped, after comparison.
+    pub memory: crate::shadow::Reservation,
 }
 
 /// Where shadow exchanges go to be compared. Cheap to clone.
@@ -111,6 +114,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         rule,
         outcome,
         noise,
+        memory: _memory,
     } = job;
     let Some(primary) = outcome.primary.as_ref() else {
         // The primary failed: nothing to compare the candidate with.
@@ -304,11 +308,13 @@ pub fn job(
     rule: Arc<CompareRule>,
     outcome: ShadowOutcome,
     noise: Option<Result<CapturedResponse, ShadowFailure>>,
+    memory: crate::shadow::Reservation,
 ) -> DiffJob {
     DiffJob {
         rule,
         outcome,
         noise,
+        memory,
     }
 }
 

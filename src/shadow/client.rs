@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{CapturedResponse, ShadowFailure};
+use super::{CapturedResponse, Reservation, ShadowFailure};
 
 #[derive(Clone)]
 pub struct ShadowClient {
@@ -34,13 +34,15 @@ impl ShadowClient {
         Self { client }
     }
 
-    /// Sends `request` and reads at most `limit` bytes of the answer, all within `timeout`.
-    /// Reading stops at the limit: an endless body costs `limit` bytes, not more.
+    /// Sends `request` and reads at most `limit` bytes of the answer, all within `timeout`,
+    /// holding what it keeps against `memory`. Reading stops at the limit: an endless body
+    /// costs `limit` bytes, not more.
     pub async fn send(
         &self,
         request: http::Request<Full<Bytes>>,
         timeout: Duration,
         limit: usize,
+        memory: &mut Reservation,
     ) -> Result<CapturedResponse, ShadowFailure> {
         let exchange = async {
             let response = self
@@ -55,7 +57,11 @@ impl ShadowClient {
                 let frame = frame.map_err(|error| ShadowFailure::Failed(error.to_string()))?;
                 if let Ok(data) = frame.into_data() {
                     let room = limit.saturating_sub(collected.len());
-                    collected.extend_from_slice(&data[..data.len().min(room)]);
+                    let kept = &data[..data.len().min(room)];
+                    if !memory.grow(kept.len()) {
+                        return Err(ShadowFailure::OverBudget);
+                    }
+                    collected.extend_from_slice(kept);
                     if data.len() > room {
                         truncated = true;
                         break;

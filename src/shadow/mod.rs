@@ -13,6 +13,7 @@
 //! proxy only calls the hooks here from its phases.
 
 mod client;
+mod memory;
 mod rule;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub use client::ShadowClient;
+pub use memory::{MemoryBudget, Reservation};
 pub use rule::{ShadowRule, compile_shadow};
 
 use crate::diff::DiffSink;
@@ -34,6 +36,7 @@ pub struct ShadowDispatcher {
     client: ShadowClient,
     diffs: DiffSink,
     global: Arc<Semaphore>,
+    memory: Arc<MemoryBudget>,
     metrics: Arc<Metrics>,
 }
 
@@ -44,6 +47,8 @@ pub enum ShadowEvent {
     Sent,
     Completed,
     DroppedFull,
+    /// The copy would have buffered past `server.shadow_max_memory`.
+    DroppedMemory,
     SkippedSample,
     SkippedMethod,
     SkippedBody,
@@ -60,6 +65,7 @@ impl ShadowEvent {
             ShadowEvent::Sent => "sent",
             ShadowEvent::Completed => "completed",
             ShadowEvent::DroppedFull => "dropped_full",
+            ShadowEvent::DroppedMemory => "dropped_memory",
             ShadowEvent::SkippedSample => "skipped_sample",
             ShadowEvent::SkippedMethod => "skipped_method",
             ShadowEvent::SkippedBody => "skipped_body",
@@ -132,6 +138,9 @@ pub enum ShadowFailure {
     Timeout,
     #[error("shadow request failed: {0}")]
     Failed(String),
+    /// Its answer would have buffered past the shadow memory budget.
+    #[error("shadow memory budget exhausted")]
+    OverBudget,
 }
 
 /// Counts how a shadow exchange ended; the comparison itself happens in [`crate::diff`].
@@ -140,6 +149,7 @@ pub fn observe(outcome: &ShadowOutcome, metrics: &Metrics) {
         Ok(_) => ShadowEvent::Completed,
         Err(ShadowFailure::Timeout) => ShadowEvent::Timeout,
         Err(ShadowFailure::Failed(_)) => ShadowEvent::Error,
+        Err(ShadowFailure::OverBudget) => ShadowEvent::DroppedMemory,
     };
     metrics.shadow_event(&outcome.route, event);
     tracing::debug!(
@@ -171,18 +181,29 @@ pub struct ShadowCopy {
     body_len: usize,
     request: RequestSummary,
     /// Set once the copy is on its way; the primary's capture goes through it.
-    primary_tx: Option<oneshot::Sender<Option<CapturedResponse>>>,
+    primary_tx: Option<oneshot::Sender<(Option<CapturedResponse>, Reservation)>>,
+    /// Bytes held for the teed body and the primary's capture.
+    memory: Reservation,
+    /// The primary's capture did not fit the memory budget: nothing to compare.
+    over_budget: bool,
+    metrics: Arc<Metrics>,
     primary: Option<CapturedResponse>,
     primary_body: Vec<u8>,
     dispatched: bool,
 }
 
 impl ShadowDispatcher {
-    pub fn new(global_inflight: usize, metrics: Arc<Metrics>, diffs: DiffSink) -> Self {
+    pub fn new(
+        global_inflight: usize,
+        max_memory: usize,
+        metrics: Arc<Metrics>,
+        diffs: DiffSink,
+    ) -> Self {
         Self {
             diffs,
             client: ShadowClient::new(),
             global: Arc::new(Semaphore::new(global_inflight)),
+            memory: MemoryBudget::new(max_memory),
             metrics,
         }
     }
@@ -249,6 +270,9 @@ impl ShadowDispatcher {
                 secrets: secrets.sorted(),
             },
             primary_tx: None,
+            memory: self.memory.reservation(),
+            over_budget: false,
+            metrics: self.metrics.clone(),
             primary: None,
             primary_body: Vec::new(),
             dispatched: false,
@@ -290,15 +314,27 @@ impl ShadowDispatcher {
         let provenance = copy.provenance.clone();
         let summary = copy.request.clone();
         let permits = copy.permits.take();
+        let mut shadow_memory = self.memory.reservation();
+        let mut noise_memory = self.memory.reservation();
         let exchange = async move {
             let _permits = permits;
             metrics.shadow_inflight.inc();
-            let shadow = client.send(request, rule.timeout, rule.response_limit);
+            let shadow = client.send(
+                request,
+                rule.timeout,
+                rule.response_limit,
+                &mut shadow_memory,
+            );
             let noise = async {
                 match noise_request {
                     Some(request) => Some(
                         client
-                            .send(request, rule.timeout, rule.response_limit)
+                            .send(
+                                request,
+                                rule.timeout,
+                                rule.response_limit,
+                                &mut noise_memory,
+                            )
                             .await,
                     ),
                     None => None,
@@ -307,7 +343,9 @@ impl ShadowDispatcher {
             let (shadow, noise) = tokio::join!(shadow, noise);
             metrics.shadow_inflight.dec();
             // The primary has usually finished long before; if it failed, `None` arrives.
-            let primary = primary_rx.await.unwrap_or(None);
+            let (primary, mut memory) = primary_rx.await.unwrap_or_default();
+            memory.absorb(shadow_memory);
+            memory.absorb(noise_memory);
             let outcome = ShadowOutcome {
                 route,
                 provenance,
@@ -316,7 +354,12 @@ impl ShadowDispatcher {
                 shadow,
             };
             observe(&outcome, &metrics);
-            diffs.submit(crate::diff::job(rule.compare.clone(), outcome, noise));
+            diffs.submit(crate::diff::job(
+                rule.compare.clone(),
+                outcome,
+                noise,
+                memory,
+            ));
         };
         // A task of its own on the proxy's runtime: the request never awaits it. (A dedicated
         // runtime isolated nothing more, since every exchange is bounded by caps and timeouts,
@@ -373,6 +416,12 @@ impl ShadowCopy {
                     .shadow_event(&self.route, ShadowEvent::SkippedBody);
                 return false;
             }
+            if !self.memory.grow(chunk.len()) {
+                dispatcher
+                    .metrics
+                    .shadow_event(&self.route, ShadowEvent::DroppedMemory);
+                return false;
+            }
             self.body.push(chunk.clone());
         }
         if end_of_stream {
@@ -395,25 +444,38 @@ impl ShadowCopy {
         let (Some(primary), Some(chunk)) = (self.primary.as_mut(), chunk) else {
             return;
         };
+        if self.over_budget {
+            return;
+        }
         let room = PRIMARY_CAPTURE_LIMIT.saturating_sub(self.primary_body.len());
         if chunk.len() > room {
             primary.truncated = true;
         }
-        self.primary_body
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let kept = &chunk[..chunk.len().min(room)];
+        if !self.memory.grow(kept.len()) {
+            // Nothing is compared on half a body; the exchange is counted as dropped.
+            self.over_budget = true;
+            self.primary_body = Vec::new();
+            return;
+        }
+        self.primary_body.extend_from_slice(kept);
     }
 
     /// Hands the primary's response (or its absence) to the shadow task.
     pub fn finish(&mut self, primary_failed: bool) {
         if let Some(tx) = self.primary_tx.take() {
+            if self.over_budget {
+                self.metrics
+                    .shadow_event(&self.route, ShadowEvent::DroppedMemory);
+            }
             let primary = match self.primary.take() {
-                Some(mut primary) if !primary_failed => {
+                Some(mut primary) if !primary_failed && !self.over_budget => {
                     primary.body = Bytes::from(std::mem::take(&mut self.primary_body));
                     Some(primary)
                 }
                 _ => None,
             };
-            let _ = tx.send(primary);
+            let _ = tx.send((primary, std::mem::take(&mut self.memory)));
         }
     }
 }
