@@ -44,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
 use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher};
 use crate::telemetry::{RequestSpan, RequestTracer, SpanEnd, TRACEPARENT, TRACESTATE};
+use crate::upstream::Tried;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
@@ -125,6 +126,8 @@ pub struct RequestContext {
     backend: Option<usize>,
     /// Connection attempts that failed so far.
     failed_attempts: u32,
+    /// Backends of the current upstream this request failed on; a retry picks another.
+    tried: Tried,
     /// The route's fallback upstream took over.
     fell_back: bool,
     /// Why the proxy refused or failed the request, when it knows better than the error type.
@@ -169,6 +172,7 @@ impl RequestContext {
         self.fell_back = true;
         self.use_target(fallback);
         self.failed_attempts = 0;
+        self.tried = Tried::NONE;
         // The old index means nothing in the new pool.
         self.backend = None;
         true
@@ -235,6 +239,7 @@ impl ProxyHttp for StranglerProxy {
             shadow: None,
             backend: None,
             failed_attempts: 0,
+            tried: Tried::NONE,
             fell_back: false,
             refusal: None,
             body_bytes: 0,
@@ -526,7 +531,8 @@ impl ProxyHttp for StranglerProxy {
         // at the request's deadline, not a read timeout later.
         let left = ctx.check_deadline()?;
         loop {
-            if let Some((index, peer)) = ctx.table.upstream(ctx.upstream).select() {
+            if let Some((index, peer)) = ctx.table.upstream(ctx.upstream).select_untried(ctx.tried)
+            {
                 ctx.backend = Some(index);
                 let mut peer = Box::new(peer.clone());
                 let options = &mut peer.options;
@@ -564,14 +570,19 @@ impl ProxyHttp for StranglerProxy {
         mut error: Box<Error>,
     ) -> Box<Error> {
         let pool = ctx.table.upstream(ctx.upstream);
-        if let Some(backend) = ctx.backend
-            && !ctx.cut_by_deadline(&error)
-        {
-            pool.report_failure(backend);
+        if let Some(backend) = ctx.backend {
+            if !ctx.cut_by_deadline(&error) {
+                pool.report_failure(backend);
+            }
+            ctx.tried.mark(backend);
         }
         ctx.failed_attempts += 1;
-        // Nothing reached the backend, so another attempt is safe for every method.
-        let retry = ctx.failed_attempts <= pool.retries() || ctx.take_fallback();
+        // Nothing reached the backend, so another attempt is safe for every method: on another
+        // backend (the same one would only double the wait), within the deadline.
+        let another = ctx.failed_attempts <= pool.retries()
+            && pool.has_untried(ctx.tried)
+            && !ctx.deadline_reached();
+        let retry = another || (!ctx.deadline_reached() && ctx.take_fallback());
         error.set_retry(retry);
         error
     }
@@ -599,11 +610,22 @@ impl ProxyHttp for StranglerProxy {
             error.set_retry(true);
             return error;
         }
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && !ctx.deadline_reached();
+        if !replayable {
             error.set_retry(false);
+        } else if client_reused {
+            // A pooled connection the backend had closed: the same backend is fine.
+            error.set_retry(true);
         } else {
-            error.retry.decide_reuse(client_reused);
+            // A fresh connection failed: an idempotent request goes to another backend.
+            if let Some(backend) = ctx.backend {
+                ctx.tried.mark(backend);
+            }
+            let pool = ctx.table.upstream(ctx.upstream);
+            error.set_retry(pool.has_untried(ctx.tried));
         }
         error
     }

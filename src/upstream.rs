@@ -166,6 +166,25 @@ impl Backend {
     }
 }
 
+/// The backends (by index in their pool) one request has tried; indexes past 63 are never
+/// marked, so such a backend may be tried twice, which only costs a retry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub const NONE: Tried = Tried(0);
+
+    pub fn mark(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+}
+
 impl UpstreamPool {
     /// Resolves and checks `config`; every problem is appended to `diagnostics` under `path`.
     pub fn compile(
@@ -255,13 +274,27 @@ impl UpstreamPool {
     /// The next available backend in round-robin order, as (index, peer); `None` when every
     /// backend is out.
     pub fn select(&self) -> Option<(usize, &HttpPeer)> {
+        self.select_untried(Tried::NONE)
+    }
+
+    /// Like [`Self::select`], skipping the backends a request already tried: a retry goes to
+    /// another backend, never back to the one that just failed.
+    pub fn select_untried(&self, tried: Tried) -> Option<(usize, &HttpPeer)> {
         let count = self.backends.len();
         // Relaxed is enough: the counter only spreads load, it orders nothing.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..count)
             .map(|offset| (start + offset) % count)
-            .find(|index| self.backends[*index].available())
+            .find(|index| !tried.contains(*index) && self.backends[*index].available())
             .map(|index| (index, &self.backends[index].peer))
+    }
+
+    /// Whether a backend in rotation is left that the request has not tried.
+    pub fn has_untried(&self, tried: Tried) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(index, backend)| !tried.contains(index) && backend.available())
     }
 
     pub fn backends(&self) -> &[Backend] {
