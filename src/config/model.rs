@@ -242,7 +242,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Shadow copies in flight at once across all routes; more are dropped, never queued.
     pub shadow_max_inflight: usize,
-    /// SQLite file where compared exchanges are stored (created on the first comparison).
+    /// SQLite file where compared exchanges are stored; opened at start when a route shadows
+    /// (`run` refuses to start when it cannot be).
     pub diff_store: std::path::PathBuf,
     /// Stored exchanges kept at most; the oldest go first.
     pub diff_max_rows: u64,
