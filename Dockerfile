@@ -2,7 +2,7 @@
 #
 #   docker build -t strangler .
 #   docker run --rm -p 8080:8080 -v "$PWD/my-routes.yaml:/etc/strangler/routes.yaml:ro" strangler
-#   docker run --rm -v "$PWD/my-routes.yaml:/etc/strangler/routes.yaml:ro" strangler validate routes.yaml
+#   docker run --rm -v "$PWD/my-routes.yaml:/etc/strangler/routes.yaml:ro" strangler validate /etc/strangler/routes.yaml
 
 # ---- build -------------------------------------------------------------------------------------
 FROM rust:1-slim-bookworm AS builder
@@ -53,7 +53,11 @@ COPY --from=builder /usr/local/bin/strangler /usr/local/bin/strangler
 # from a private network; it has no authentication). Backend names are resolved at start-up, so
 # they must resolve by then.
 COPY routes.yaml /etc/strangler/routes.yaml
-WORKDIR /etc/strangler
+# server.diff_store (default strangler-diffs.db) is relative to the working directory, and `run`
+# refuses to start a config with shadows whose store it cannot create: the non-root user gets a
+# directory of its own. Mount a volume here to keep the comparisons.
+RUN mkdir -p /var/lib/strangler && chown 10001:10001 /var/lib/strangler
+WORKDIR /var/lib/strangler
 
 USER 10001:10001
 

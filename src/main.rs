@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use strangler::config::ConfigError;
-use strangler::routing::load_route_table;
+use strangler::report::DiffRate;
+use strangler::routing::{load_route_table, load_route_table_for_run};
 use strangler::server::{RunOptions, StartError};
 use tracing_subscriber::EnvFilter;
 
@@ -63,7 +64,8 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
-    /// Summarise stored shadow diffs per route; exit 1 when a route fails the gate (for CI).
+    /// Summarise stored shadow diffs per route and direction; exit 1 when one fails the gate
+    /// (for CI), 2 on a usage error or an unreadable store.
     Report {
         /// Diff store(s) to read; several (one per replica) are merged.
         #[arg(long = "db", required = true)]
@@ -74,11 +76,20 @@ enum Command {
         /// Only exchanges newer than this (e.g. 1h, 30m).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
+        /// Only exchanges decided by this config generation (generations count reloads and
+        /// restart at 1 with the process; each store is filtered on its own).
+        #[arg(long, conflicts_with = "since_reload")]
+        generation: Option<u64>,
+        /// Only exchanges of each store's newest generation: those under the config of its
+        /// newest exchange, since the last reload (or restart) that brought it in.
+        #[arg(long)]
+        since_reload: bool,
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
-        /// Largest acceptable share of mismatching exchanges per route (0.01 = 1 %).
-        #[arg(long, default_value_t = 0.01)]
-        max_diff_rate: f64,
+        /// Largest acceptable share of mismatching exchanges per route and direction: a
+        /// fraction from 0 to 1 (0.05) or a percentage (5%).
+        #[arg(long, default_value = "0.01", value_parser = clap::value_parser!(DiffRate))]
+        max_diff_rate: DiffRate,
         /// Fewest compared exchanges a route needs to pass.
         #[arg(long, default_value_t = 1)]
         min_samples: u64,
@@ -143,6 +154,8 @@ fn main() -> ExitCode {
             databases,
             route,
             since,
+            generation,
+            since_reload,
             format,
             max_diff_rate,
             min_samples,
@@ -150,7 +163,12 @@ fn main() -> ExitCode {
             let options = strangler::report::ReportOptions {
                 databases,
                 route,
-                since_ms: since.map(|d| d.as_millis() as i64),
+                since_ms: since.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                generation: match (generation, since_reload) {
+                    (Some(number), _) => Some(strangler::store::GenerationFilter::Number(number)),
+                    (None, true) => Some(strangler::store::GenerationFilter::Latest),
+                    (None, false) => None,
+                },
                 max_diff_rate,
                 min_samples,
             };
@@ -189,9 +207,9 @@ fn validate(files: &[PathBuf], format: OutputFormat) -> ExitCode {
     let mut all_valid = true;
     let mut reports = Vec::new();
     for file in files {
-        // Compiling resolves backend names and compiles every pattern, exactly as `run` would,
-        // but binds nothing.
-        let outcome = load_route_table(file, 1);
+        // Compiling resolves backend names and compiles every pattern, and the diff store's
+        // directory is checked, exactly as `run` would, but nothing binds or opens.
+        let outcome = load_route_table_for_run(file, 1);
         all_valid &= outcome.is_ok();
         match format {
             OutputFormat::Text => match &outcome {

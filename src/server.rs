@@ -2,7 +2,8 @@
 //! the proxy and admin services.
 //!
 //! Nothing binds before the config is known to be valid, so an invalid file never leaves a
-//! half-started process listening.
+//! half-started process listening. A config with shadows also needs its diff store: it is opened
+//! before anything serves, and a store that cannot be opened stops the start.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -21,8 +22,9 @@ use crate::diff::{DiffSink, StoreSettings};
 use crate::metrics::Metrics;
 use crate::proxy::StranglerProxy;
 use crate::reload::Reloader;
-use crate::routing::{RouteTable, SharedRouteTable, load_route_table};
+use crate::routing::{RouteTable, SharedRouteTable, load_route_table_for_run};
 use crate::shadow::ShadowDispatcher;
+use crate::store::DiffStore;
 
 /// What `strangler run` was asked to do.
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub enum StartError {
     UnprotectedAdmin(SocketAddr),
     #[error("cannot start the diff worker: {0}")]
     Worker(std::io::Error),
+    #[error("cannot open the diff store (server.diff_store): {0}")]
+    DiffStore(#[from] crate::store::StoreError),
     #[error("cannot listen on {address} ({role}): {source}")]
     Bind {
         address: SocketAddr,
@@ -57,7 +61,7 @@ pub enum StartError {
 /// Loads the config and serves until the process is told to stop. Returns only on a start-up
 /// error; Pingora exits the process itself on shutdown.
 pub fn run(options: &RunOptions) -> Result<(), StartError> {
-    let table = load_route_table(&options.config_path, 1)?;
+    let table = load_route_table_for_run(&options.config_path, 1)?;
     serve(table, Some(&options.config_path), options.upgrade)
 }
 
@@ -92,6 +96,23 @@ pub fn serve(
         })?;
     }
 
+    // A config that shadows opens its store now: a store that cannot be opened stops the start
+    // with one clear line, instead of every comparison being lost later to a log line.
+    let store_settings = StoreSettings {
+        path: server_config.diff_store.clone(),
+        max_rows: server_config.diff_max_rows,
+        max_age: server_config.diff_max_age,
+    };
+    let store = if table.routes().iter().any(|route| route.shadow.is_some()) {
+        Some(DiffStore::open(
+            &store_settings.path,
+            store_settings.max_rows,
+            store_settings.max_age,
+        )?)
+    } else {
+        None
+    };
+
     let threads = server_config
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -119,15 +140,8 @@ pub fn serve(
 
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
-    let diffs = DiffSink::start(
-        StoreSettings {
-            path: server_config.diff_store.clone(),
-            max_rows: server_config.diff_max_rows,
-            max_age: server_config.diff_max_age,
-        },
-        metrics.clone(),
-    )
-    .map_err(StartError::Worker)?;
+    let diffs =
+        DiffSink::start(store_settings, store, metrics.clone()).map_err(StartError::Worker)?;
     let shadows = Arc::new(ShadowDispatcher::new(
         server_config.shadow_max_inflight,
         usize::try_from(server_config.shadow_max_memory.as_u64()).unwrap_or(usize::MAX),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::{Backend, DEADLINE, Ports, Proxy, Recorded, Responder, run_cli};
+use serde_json::json;
+use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, Responder, run_cli};
 
 fn json_response(body: String) -> hyper::Response<Full<Bytes>> {
     hyper::Response::builder()
@@ -51,7 +52,7 @@ fn report(store: &Path, args: &[&str]) -> (i32, String) {
     (code, stdout)
 }
 
-/// Polls the report until `route` has `samples` compared exchanges stored.
+/// Polls the report until `route` has `samples` compared exchanges stored, in all directions.
 fn wait_for_samples(store: &Path, route: &str, samples: u64) {
     let started = Instant::now();
     loop {
@@ -61,7 +62,13 @@ fn wait_for_samples(store: &Path, route: &str, samples: u64) {
                 &["--route", route, "--format", "json", "--min-samples", "0"],
             );
             let document: serde_json::Value = serde_json::from_str(&json).unwrap();
-            if document["routes"][0]["samples"].as_u64().unwrap_or(0) >= samples {
+            let stored: u64 = document["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|group| group["samples"].as_u64().unwrap())
+                .sum();
+            if stored >= samples {
                 return;
             }
         }
@@ -124,7 +131,9 @@ routes:
     let (code, text) = report(&store, &[]);
     assert_eq!(code, 1, "orders differs: the gate fails\n{text}");
     assert!(
-        text.contains("FAIL orders: 10 samples, 0 match, 10 mismatch"),
+        text.contains(
+            "FAIL orders [primary legacy → candidate new]: 10 samples, 0 match, 10 mismatch"
+        ),
         "{text}"
     );
     assert!(text.contains("$.total"), "{text}");
@@ -135,7 +144,7 @@ routes:
         "an example of the total difference\n{text}"
     );
     assert!(
-        text.contains("PASS invoices: 10 samples, 10 match"),
+        text.contains("PASS invoices [primary legacy → candidate twin]: 10 samples, 10 match"),
         "{text}"
     );
 
@@ -160,7 +169,7 @@ routes:
 
     let (_, junit) = report(&store, &["--format", "junit"]);
     assert!(
-        junit.contains("<testcase classname=\"strangler.routes\" name=\"orders\">"),
+        junit.contains("<testcase classname=\"strangler.routes\" name=\"orders: legacy → new\">"),
         "{junit}"
     );
     assert!(
@@ -169,7 +178,7 @@ routes:
     );
     let (_, markdown) = report(&store, &["--format", "markdown"]);
     assert!(
-        markdown.contains("| invoices | ✅ pass | 10 |"),
+        markdown.contains("| invoices | legacy → twin | ✅ pass | 10 |"),
         "{markdown}"
     );
 
@@ -267,5 +276,517 @@ routes:
             .any(|r| r.target.starts_with("/denoised")
                 && r.header("x-strangler-shadow") == Some("1")),
         "the noise copy went to legacy, marked"
+    );
+}
+
+/// The `diffs` table exactly as strangler created it before the store recorded provenance, with
+/// one exchange of route `orders` in it.
+const STORE_WITHOUT_PROVENANCE: &str = "
+    CREATE TABLE diffs (
+        id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, route TEXT NOT NULL,
+        method TEXT NOT NULL, path TEXT NOT NULL, query TEXT, request_id TEXT NOT NULL,
+        primary_status INTEGER, shadow_status INTEGER, verdict TEXT NOT NULL,
+        differences TEXT NOT NULL, noise TEXT NOT NULL, primary_sample TEXT,
+        shadow_sample TEXT);
+    CREATE INDEX diffs_route_time ON diffs (route, at_ms);";
+
+/// Orders served by legacy and mirrored to orders-v2 (`flipped`: the other way round), invoices
+/// mirrored to legacy's twin.
+fn flip_config(legacy: &Backend, v2: &Backend, twin: &Backend, flipped: bool) -> String {
+    let orders = if flipped {
+        "stage: new\n    upstream: orders-v2\n    shadow: { upstream: legacy, compare: { ignore_json: ['$.generated_at'] } }"
+    } else {
+        "stage: shadow\n    upstream: legacy\n    shadow: { upstream: orders-v2, compare: { ignore_json: ['$.generated_at'] } }"
+    };
+    format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}] }}
+  twin: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    {orders}
+  - name: invoices
+    match: {{ path_prefix: /invoices }}
+    shadow: {{ upstream: twin, compare: {{ ignore_json: ['$.generated_at'] }} }}
+"#,
+        legacy.address, v2.address, twin.address
+    )
+}
+
+/// Polls `/routes` until the proxy serves `generation`; returns that generation's SHA-256.
+async fn wait_for_generation(proxy: &Proxy, generation: u64) -> String {
+    let started = Instant::now();
+    loop {
+        let routes = proxy.routes().await;
+        if routes["generation"] == generation {
+            return routes["sha256"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "generation {generation} never served: {}",
+            routes["last_reload"]
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The report's groups as (route, direction, samples, generations).
+fn groups(json: &str) -> Vec<(String, String, u64, serde_json::Value)> {
+    let document: serde_json::Value = serde_json::from_str(json).unwrap();
+    document["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| {
+            (
+                group["route"].as_str().unwrap().to_owned(),
+                group["direction"].as_str().unwrap().to_owned(),
+                group["samples"].as_u64().unwrap(),
+                group["generations"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_generations() {
+    let legacy_app = Backend::start_with("legacy", legacy(Arc::default())).await;
+    let v2 = Backend::start_with("orders-v2", candidate(Arc::default())).await;
+    let twin = Backend::start_with("twin", legacy(Arc::default())).await;
+
+    // The store already exists, written by a strangler that recorded no provenance: it is
+    // migrated in place and its exchange kept.
+    let ports = Ports::reserve();
+    let store = ports.diff_store();
+    let old = rusqlite::Connection::open(&store).unwrap();
+    old.execute_batch(STORE_WITHOUT_PROVENANCE).unwrap();
+    old.execute(
+        "INSERT INTO diffs (at_ms, route, method, path, request_id, verdict, differences, noise)
+         VALUES (?1, 'orders', 'GET', '/orders/9', 'before-provenance', 'match', '[]', '[]')",
+        [strangler::store::now_ms()],
+    )
+    .unwrap();
+    drop(old);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    // Written beside and renamed over, so the config watch never reads half a file.
+    let write = |flipped| {
+        let next = config.with_extension("next");
+        std::fs::write(
+            &next,
+            ports.with_server(&flip_config(&legacy_app, &v2, &twin, flipped)),
+        )
+        .unwrap();
+        std::fs::rename(&next, &config).unwrap();
+    };
+    write(false);
+    let proxy = Proxy::start_on(dir, &config, ports).await;
+    let first_sha = wait_for_generation(&proxy, 1).await;
+    for id in [1, 2, 1, 2] {
+        assert_eq!(proxy.get(&format!("/orders/{id}")).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(proxy.get("/invoices/1").await.status, 200);
+    }
+    wait_for_samples(&store, "orders", 5);
+    wait_for_samples(&store, "invoices", 2);
+
+    // The flip: orders-v2 serves and legacy gets the copies.
+    write(true);
+    let reload = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
+        .await
+        .unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let second_sha = wait_for_generation(&proxy, 2).await;
+    assert_ne!(first_sha, second_sha);
+    for id in [1, 2, 1] {
+        let response = proxy.get(&format!("/orders/{id}")).await;
+        assert!(
+            response.text().contains("\"total\":10.5"),
+            "orders-v2 serves"
+        );
+    }
+    wait_for_samples(&store, "orders", 8);
+
+    let (code, text) = report(&store, &[]);
+    assert_eq!(code, 1, "{text}");
+    for line in [
+        "FAIL orders [primary legacy → candidate orders-v2]: 4 samples, 0 match, 4 mismatch",
+        "FAIL orders [primary orders-v2 → candidate legacy]: 3 samples, 0 match, 3 mismatch",
+        "PASS orders [direction not recorded]: 1 samples, 1 match",
+        "PASS invoices [primary legacy → candidate twin]: 2 samples, 2 match",
+        // Each direction's example reads primary -> candidate, with the kind of difference.
+        "differs  type        4x $.total  e.g. GET /orders/1: \"10.50\" -> 10.5",
+        "differs  type        3x $.total  e.g. GET /orders/1: 10.5 -> \"10.50\"",
+        "differs  changed     2x $.status  e.g. GET /orders/2: \"open\" -> \"shipped\"",
+        "differs  changed     1x $.status  e.g. GET /orders/2: \"shipped\" -> \"open\"",
+        "config generation 1, stage shadow",
+        "config generation 2, stage new",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+
+    let (_, markdown) = report(&store, &["--format", "markdown"]);
+    assert!(
+        markdown.contains("| orders | legacy → orders-v2 | ❌ fail | 4 |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| orders | orders-v2 → legacy | ❌ fail | 3 |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("the primary answered clients"),
+        "{markdown}"
+    );
+    let (_, junit) = report(&store, &["--format", "junit"]);
+    assert!(
+        junit.contains("name=\"orders: orders-v2 → legacy\">\n      <failure"),
+        "{junit}"
+    );
+
+    let (_, json) = report(&store, &["--generation", "1", "--format", "json"]);
+    assert_eq!(
+        groups(&json),
+        [
+            ("invoices".into(), "legacy → twin".into(), 2, json!([1])),
+            ("orders".into(), "legacy → orders-v2".into(), 4, json!([1])),
+        ],
+        "{json}"
+    );
+    let (_, json) = report(&store, &["--since-reload", "--format", "json"]);
+    assert_eq!(
+        groups(&json),
+        [("orders".into(), "orders-v2 → legacy".into(), 3, json!([2]))],
+        "only what the flipped config decided: {json}"
+    );
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(document["since_reload"], true);
+    let flipped = &document["routes"][0];
+    assert_eq!(flipped["primary"], "orders-v2");
+    assert_eq!(flipped["candidate"], "legacy");
+    assert_eq!(flipped["stages"], json!(["new"]));
+    assert_eq!(flipped["config_sha256"], json!([second_sha]));
+    let total = flipped["top_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == "$.total")
+        .unwrap();
+    assert_eq!(total["kind"], "type", "{total}");
+    let (code, _) = report(&store, &["--since-reload", "--route", "invoices"]);
+    assert_eq!(
+        code, 1,
+        "invoices saw no traffic since the reload: nothing to pass on"
+    );
+
+    let newest = support::get(proxy.admin, "/diffs?route=orders&limit=1")
+        .await
+        .unwrap()
+        .json();
+    let newest = &newest["diffs"][0];
+    assert_eq!(newest["primary_upstream"], "orders-v2");
+    assert_eq!(newest["candidate_upstream"], "legacy");
+    assert_eq!(newest["stage"], "new");
+    assert_eq!(newest["generation"], 2);
+    assert_eq!(newest["config_sha256"], second_sha.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diffs_query_with_a_bogus_verdict_is_refused_not_answered_with_everything() {
+    let old = Backend::start_with("legacy", legacy(Arc::default())).await;
+    let new = Backend::start_with("new", candidate(Arc::default())).await;
+    let twin = Backend::start_with("twin", legacy(Arc::default())).await;
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  new: {{ backends: [{}] }}
+  twin: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    shadow: {{ upstream: new, compare: {{ ignore_json: ['$.generated_at'] }} }}
+  - name: invoices
+    match: {{ path_prefix: /invoices }}
+    shadow: {{ upstream: twin, compare: {{ ignore_json: ['$.generated_at'] }} }}
+"#,
+        old.address, new.address, twin.address
+    ))
+    .await;
+    for _ in 0..3 {
+        proxy.get("/orders/1").await;
+        proxy.get("/invoices/1").await;
+    }
+    let store = Ports {
+        listen: proxy.address,
+        admin: proxy.admin,
+    }
+    .diff_store();
+    wait_for_samples(&store, "orders", 3);
+    wait_for_samples(&store, "invoices", 3);
+
+    let verdicts = |document: serde_json::Value| -> Vec<(String, String)> {
+        document["diffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["route"].as_str().unwrap().to_owned(),
+                    d["verdict"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let all = support::get(proxy.admin, "/diffs").await.unwrap();
+    assert_eq!(all.status, 200);
+    assert_eq!(verdicts(all.json()).len(), 6);
+    let mismatches = support::get(proxy.admin, "/diffs?verdict=mismatch")
+        .await
+        .unwrap();
+    assert_eq!(mismatches.status, 200, "{}", mismatches.text());
+    assert_eq!(
+        verdicts(mismatches.json()),
+        vec![("orders".to_owned(), "mismatch".to_owned()); 3]
+    );
+    let matches = support::get(proxy.admin, "/diffs?verdict=match&since=1h&limit=2")
+        .await
+        .unwrap();
+    assert_eq!(
+        verdicts(matches.json()),
+        vec![("invoices".to_owned(), "match".to_owned()); 2]
+    );
+    let none = support::get(proxy.admin, "/diffs?route=invoices&verdict=mismatch")
+        .await
+        .unwrap();
+    assert_eq!(verdicts(none.json()), []);
+
+    for (query, parameter) in [
+        ("verdict=bogus", "verdict"),
+        ("verdict=", "verdict"),
+        ("limit=0", "limit"),
+        ("limit=5000", "limit"),
+        ("limit=many", "limit"),
+        ("since=yesterday", "since"),
+        ("route=", "route"),
+        ("verdict=match&verdict=mismatch", "verdict"),
+        ("colour=red", "colour"),
+    ] {
+        let response = support::get(proxy.admin, &format!("/diffs?{query}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 400, "{query}: {}", response.text());
+        let error = response.json();
+        assert_eq!(error["parameter"], parameter, "{query}: {error}");
+        assert!(
+            error["error"].as_str().unwrap().contains(parameter),
+            "{query}: {error}"
+        );
+    }
+}
+
+/// A store written through the library: 20 exchanges of route `orders`, `mismatches` of them
+/// differing.
+fn store_with(dir: &Path, mismatches: usize) -> std::path::PathBuf {
+    let path = dir.join("diffs.db");
+    let mut store = strangler::store::DiffStore::open(&path, 1000, Duration::from_secs(3600))
+        .expect("a store in a temp dir opens");
+    let records: Vec<_> = (0..20)
+        .map(|i| strangler::store::DiffRecord {
+            at_ms: strangler::store::now_ms(),
+            route: "orders".into(),
+            method: "GET".into(),
+            path: format!("/orders/{i}"),
+            query: None,
+            request_id: format!("r{i}"),
+            primary_status: Some(200),
+            shadow_status: Some(200),
+            verdict: if i < mismatches { "mismatch" } else { "match" }.into(),
+            differences: Vec::new(),
+            noise: Vec::new(),
+            primary_sample: None,
+            shadow_sample: None,
+            primary_upstream: Some("legacy".into()),
+            candidate_upstream: Some("orders-v2".into()),
+            stage: Some("shadow".into()),
+            generation: Some(1),
+            config_sha256: Some("sha".into()),
+        })
+        .collect();
+    store.insert(&records).unwrap();
+    path
+}
+
+#[test]
+fn a_diff_rate_of_five_is_a_usage_error_not_five_hundred_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 1);
+    let db = store.display().to_string();
+    for rate in ["5", "abc", "150%", "-0.1", "NaN"] {
+        let flag = format!("--max-diff-rate={rate}");
+        let (code, stdout, stderr) = run_cli(&["report", "--db", &db, &flag], Path::new("/tmp"));
+        assert_eq!(code, 2, "{rate}: {stdout}{stderr}");
+        assert!(stdout.is_empty(), "{rate}: no report is printed: {stdout}");
+        assert!(
+            stderr.contains("a fraction from 0 to 1 (0.05) or a percentage (5%)"),
+            "{rate}: {stderr}"
+        );
+    }
+    let (_, _, stderr) = run_cli(
+        &["report", "--db", &db, "--max-diff-rate", "5"],
+        Path::new("/tmp"),
+    );
+    assert!(stderr.contains("would allow 500%"), "{stderr}");
+
+    // 1 of 20 is exactly 5 %: the limit passes, however it is written.
+    for rate in ["5%", "0.05"] {
+        let (code, text) = report(&store, &["--max-diff-rate", rate]);
+        assert_eq!(code, 0, "{rate}: {text}");
+        assert!(
+            text.contains("PASSED: max diff rate 5.00%, min samples 1"),
+            "{text}"
+        );
+    }
+    let (code, text) = report(&store, &["--max-diff-rate", "4.9%"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("mismatch rate 5.00% over the allowed 4.90%"),
+        "{text}"
+    );
+}
+
+#[test]
+fn junit_never_passes_a_gate_the_exit_status_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 1);
+    for (rate, code, failures) in [("5%", 0, 0), ("4%", 1, 1), ("0.04", 1, 1)] {
+        let (exit, junit) = report(&store, &["--max-diff-rate", rate, "--format", "junit"]);
+        assert_eq!(exit, code, "{rate}: {junit}");
+        assert!(
+            junit.contains(&format!("tests=\"1\" failures=\"{failures}\"")),
+            "{rate}: {junit}"
+        );
+    }
+
+    // Nothing to judge fails the gate, and the JUnit file says so instead of 0 tests, 0 failures.
+    let (exit, junit) = report(&store, &["--route", "nothing-here", "--format", "junit"]);
+    assert_eq!(exit, 1);
+    assert!(junit.contains("tests=\"1\" failures=\"1\""), "{junit}");
+    assert!(
+        junit.contains("<failure message=\"no compared exchanges found\">"),
+        "{junit}"
+    );
+    let (exit, json) = report(&store, &["--generation", "7", "--format", "json"]);
+    assert_eq!(exit, 1);
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(document["passed"], false);
+    assert_eq!(document["failure"], "no compared exchanges found");
+    assert_eq!(document["generation"], 7);
+}
+
+#[test]
+fn a_store_that_is_not_a_database_stops_run_instead_of_losing_every_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("diffs.db"),
+        "not a database, just text\n".repeat(100),
+    )
+    .unwrap();
+    let ports = Ports::reserve();
+    let config = format!(
+        "server:\n  listen: {}\n  admin: {}\n  diff_store: diffs.db\nupstreams:\n  legacy: {{ backends: [127.0.0.1:9001] }}\n  new: {{ backends: [127.0.0.1:9002] }}\ndefault_upstream: legacy\nroutes:\n  - {{ name: orders, match: {{ path_prefix: /orders }}, shadow: {{ upstream: new }} }}\n",
+        ports.listen, ports.admin
+    );
+    std::fs::write(dir.path().join("routes.yaml"), config).unwrap();
+    let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "not started: cannot open the diff store (server.diff_store): diff store diffs.db"
+        ),
+        "{stderr}"
+    );
+    for address in [ports.listen, ports.admin] {
+        assert!(
+            std::net::TcpStream::connect(address).is_err(),
+            "something listens on {address}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diff_store_that_cannot_open_when_a_reload_adds_a_shadow_is_counted_not_silent() {
+    let old = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    // No route shadows at start, so nothing opens the store; a file stands where its directory
+    // should be.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-directory"), "").unwrap();
+    let unusable = dir.path().join("not-a-directory/diffs.db");
+    let ports = Ports::reserve();
+    let upstreams = format!(
+        "upstreams:\n  legacy: {{ backends: [{}] }}\n  new: {{ backends: [{}] }}\ndefault_upstream: legacy\n",
+        old.address, new.address
+    );
+    // Written beside and renamed over, so the config watch never reads half a file.
+    let write = |routes: &str| {
+        let next = dir.path().join("routes.next");
+        std::fs::write(
+            &next,
+            format!(
+                "server:\n  listen: {}\n  admin: {}\n  threads: 1\n  diff_store: {}\n{upstreams}{routes}",
+                ports.listen,
+                ports.admin,
+                unusable.display()
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&next, dir.path().join("routes.yaml")).unwrap();
+    };
+    write("");
+    let config = dir.path().join("routes.yaml");
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_on(proxy_dir, &config, ports).await;
+
+    write(
+        "routes:\n  - { name: orders, match: { path_prefix: /orders }, shadow: { upstream: new } }\n",
+    );
+    let reload = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
+        .await
+        .unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    wait_for_generation(&proxy, 2).await;
+    proxy.get("/orders/1").await;
+
+    let started = Instant::now();
+    while proxy
+        .metric("strangler_diff_store_errors_total{operation=\"open\"}")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the failed open was not counted:\n{}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        proxy.stderr().contains("cannot open the diff store"),
+        "{}",
+        proxy.stderr()
+    );
+    assert_eq!(
+        proxy
+            .metric("strangler_diffs_total{result=\"mismatch\",route=\"orders\"}")
+            .await,
+        Some(1.0),
+        "the verdict is still counted"
     );
 }

@@ -471,3 +471,54 @@ fn unusable_tester_tokens_and_overflowing_split_weights_are_errors() {
         "one error, not one per symptom: {stderr}"
     );
 }
+
+#[test]
+fn a_diff_store_nobody_can_create_is_flagged_by_validate_and_refused_by_run() {
+    let shadowed = "routes:\n  - name: orders\n    match: { path_prefix: /orders }\n    shadow: { upstream: orders-v2 }\n";
+    // A directory that does not exist, and one that is a file: unwritable even for root.
+    for (store, why) in [
+        ("missing/diffs.db", "missing"),
+        ("routes.yaml/diffs.db", "routes.yaml is not a directory"),
+    ] {
+        let (code, stderr) = validate(&format!(
+            "server:\n  diff_store: {store}\n{VALID_BASE}{shadowed}"
+        ));
+        assert_eq!(code, 1, "{store}: {stderr}");
+        assert_error(
+            &stderr,
+            "server.diff_store",
+            &format!("the diff store {store} cannot be opened"),
+            2,
+        );
+        assert!(stderr.contains(why), "{store}: {stderr}");
+    }
+
+    // Without a shadow nothing ever opens the store, so its path is not a problem.
+    let (code, stderr) = validate(&format!(
+        "server:\n  diff_store: missing/diffs.db\n{VALID_BASE}routes:\n  - {{ name: orders, match: {{ path_prefix: /orders }} }}\n"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "server:\n  listen: 127.0.0.1:{listen}\n  admin: 127.0.0.1:{admin}\n  diff_store: missing/diffs.db\n{VALID_BASE}{shadowed}"
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("server.diff_store: the diff store missing/diffs.db cannot be opened"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not started"), "{stderr}");
+    for port in [listen, admin] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "something listens on {port}"
+        );
+    }
+}

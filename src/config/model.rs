@@ -250,7 +250,8 @@ pub struct ServerConfig {
     /// exchanges waiting for comparison. A copy that would pass it is dropped
     /// (`dropped_memory`); the primary is never affected.
     pub shadow_max_memory: bytesize::ByteSize,
-    /// SQLite file where compared exchanges are stored (created on the first comparison).
+    /// SQLite file where compared exchanges are stored; opened at start when a route shadows
+    /// (`run` refuses to start when it cannot be).
     pub diff_store: std::path::PathBuf,
     /// Stored exchanges kept at most; the oldest go first.
     pub diff_max_rows: u64,

@@ -4,7 +4,12 @@
 //! Shadow tasks hand finished exchanges to [`DiffSink::submit`], which never blocks: a bounded
 //! queue feeds one worker thread that compares, judges and writes to the [`crate::store`] in
 //! batches. When the queue is full the exchange is skipped and counted, so big bodies or a slow
-//! disk never stall request handling.
+//! disk never stall request handling. Each stored exchange carries its provenance (which
+//! upstream was primary, which the candidate, the stage and config generation).
+//!
+//! This module also owns what the store must be for that: [`check_store`] tells `validate` and
+//! `run` whether `server.diff_store` can be created, and a store that fails to open or write at
+//! runtime is logged and counted in `strangler_diff_store_errors_total` (opening is retried).
 
 mod compare;
 pub mod path;
@@ -55,13 +60,19 @@ pub struct StoreSettings {
 }
 
 impl DiffSink {
-    /// Starts the worker thread.
-    pub fn start(store: StoreSettings, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    /// Starts the worker thread. `store` is the store opened at start (see
+    /// [`crate::server::serve`]); without one, the worker opens it when the first exchange
+    /// arrives (a reload can add the first shadow).
+    pub fn start(
+        settings: StoreSettings,
+        store: Option<DiffStore>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let (queue, jobs) = sync_channel(QUEUE_CAPACITY);
         let worker_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("diff".into())
-            .spawn(move || run_worker(jobs, store, worker_metrics))?;
+            .spawn(move || run_worker(jobs, settings, store, worker_metrics))?;
         Ok(Self { queue, metrics })
     }
 
@@ -76,9 +87,16 @@ impl DiffSink {
     }
 }
 
-fn run_worker(jobs: Receiver<DiffJob>, settings: StoreSettings, metrics: Arc<Metrics>) {
-    let mut store: Option<DiffStore> = None;
-    let mut store_failed = false;
+/// How long the worker waits before it tries again to open a store that would not open.
+const REOPEN_AFTER: Duration = Duration::from_secs(30);
+
+fn run_worker(
+    jobs: Receiver<DiffJob>,
+    settings: StoreSettings,
+    mut store: Option<DiffStore>,
+    metrics: Arc<Metrics>,
+) {
+    let mut failed_open_at: Option<std::time::Instant> = None;
     while let Ok(first) = jobs.recv() {
         // Drain what is waiting so the store writes one transaction per batch.
         let mut records = Vec::new();
@@ -87,15 +105,28 @@ fn run_worker(jobs: Receiver<DiffJob>, settings: StoreSettings, metrics: Arc<Met
                 records.push(record);
             }
         }
-        if records.is_empty() || store_failed {
+        if records.is_empty() {
             continue;
         }
         if store.is_none() {
+            // The verdicts are counted already; only storing waits for the next attempt, so a
+            // broken store costs one error line per `REOPEN_AFTER`, not one per exchange.
+            if failed_open_at.is_some_and(|at| at.elapsed() < REOPEN_AFTER) {
+                continue;
+            }
             match DiffStore::open(&settings.path, settings.max_rows, settings.max_age) {
-                Ok(opened) => store = Some(opened),
+                Ok(opened) => {
+                    failed_open_at = None;
+                    store = Some(opened);
+                }
                 Err(error) => {
-                    tracing::error!(%error, "cannot open the diff store; diffs are counted but not stored");
-                    store_failed = true;
+                    metrics.diff_store_errors.with_label_values(&["open"]).inc();
+                    tracing::error!(
+                        %error,
+                        retry_in = ?REOPEN_AFTER,
+                        "cannot open the diff store; diffs are counted but not stored"
+                    );
+                    failed_open_at = Some(std::time::Instant::now());
                     continue;
                 }
             }
@@ -103,7 +134,11 @@ fn run_worker(jobs: Receiver<DiffJob>, settings: StoreSettings, metrics: Arc<Met
         if let Some(store) = store.as_mut()
             && let Err(error) = store.insert(&records)
         {
-            tracing::warn!(%error, "cannot store diffs");
+            metrics
+                .diff_store_errors
+                .with_label_values(&["write"])
+                .inc();
+            tracing::warn!(%error, records = records.len(), "cannot store diffs");
         }
     }
 }
@@ -168,6 +203,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
     );
     let request = outcome.request;
     let secrets = request.secrets;
+    let provenance = outcome.provenance;
     let mut record = DiffRecord {
         at_ms: now_ms(),
         route: outcome.route,
@@ -186,6 +222,11 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             sample(&rule, primary)
         },
         shadow_sample,
+        primary_upstream: Some(provenance.primary.as_ref().to_owned()),
+        candidate_upstream: Some(provenance.candidate.as_ref().to_owned()),
+        stage: Some(provenance.stage.as_str().to_owned()),
+        generation: Some(provenance.generation),
+        config_sha256: Some(provenance.config_sha256.as_ref().to_owned()),
     };
     scrub(&mut record, &secrets);
     Some(record)
@@ -251,6 +292,29 @@ fn redact(
         }
         _ => {}
     }
+}
+
+/// `server.diff_store` as `strangler run` will open it: its directory must exist and take new
+/// files. Checked only when a route has a `shadow:`, since nothing else opens the store (a store
+/// a reload needs later is opened then, and failures count in `strangler_diff_store_errors_total`).
+/// A relative path is resolved against the working directory, as `run` does.
+pub fn check_store(config: &crate::config::Config) -> Option<Diagnostic> {
+    if !config.routes.iter().any(|route| route.shadow.is_some()) {
+        return None;
+    }
+    let problem = crate::store::check_writable(&config.server.diff_store).err()?;
+    Some(
+        Diagnostic::new(
+            "server.diff_store",
+            format!(
+                "the diff store {} cannot be opened: {problem}",
+                config.server.diff_store.display()
+            ),
+        )
+        .with_hint(
+            "routes with `shadow:` store their comparisons here; point it at a writable directory (a relative path is relative to the working directory)",
+        ),
+    )
 }
 
 /// Compiles a route's `compare:` settings; problems go to `diagnostics` under `path`.

@@ -255,3 +255,15 @@ fn lower_case<'a>(host: &'a str, buffer: &'a mut [u8; 256]) -> Option<&'a str> {
 pub fn load_route_table(path: &Path, generation: u64) -> Result<RouteTable, ConfigError> {
     RouteTable::compile_loaded(load_file(path)?, generation)
 }
+
+/// [`load_route_table`], plus the checks of what `strangler run` needs from this machine at
+/// start (the diff store's directory, see [`crate::diff::check_store`]), reported with the
+/// config's own problems. `validate` and `run` use it, so that one finds what the other would
+/// refuse; reloads do not, since the store is opened once, at start.
+pub fn load_route_table_for_run(path: &Path, generation: u64) -> Result<RouteTable, ConfigError> {
+    let mut loaded = load_file(path)?;
+    loaded
+        .problems
+        .extend(crate::diff::check_store(&loaded.config));
+    RouteTable::compile_loaded(loaded, generation)
+}
