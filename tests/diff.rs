@@ -269,3 +269,73 @@ routes:
         "the noise copy went to legacy, marked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diff_store_that_cannot_be_opened_is_counted_and_the_diffs_still_are() {
+    let old = Backend::start_with("legacy", legacy(Arc::default())).await;
+    let new = Backend::start_with("new", candidate(Arc::default())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::reserve();
+    // SQLite creates the file, never the directory.
+    let store = dir.path().join("no-such-dir").join("diffs.db");
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"server:
+  listen: {}
+  admin: {}
+  threads: 1
+  diff_store: {}
+upstreams:
+  legacy: {{ backends: [{}] }}
+  new: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    shadow: {{ upstream: new }}
+"#,
+            ports.listen,
+            ports.admin,
+            store.display(),
+            old.address,
+            new.address
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    assert_eq!(
+        proxy
+            .metric(r#"strangler_diff_store_errors_total{operation="open"}"#)
+            .await,
+        Some(0.0),
+        "exported from the start"
+    );
+    for id in 1..=2 {
+        assert_eq!(proxy.get(&format!("/orders/{id}")).await.status, 200);
+    }
+    let started = Instant::now();
+    while proxy
+        .metric(r#"strangler_diffs_total{result="mismatch",route="orders"}"#)
+        .await
+        < Some(2.0)
+    {
+        assert!(started.elapsed() < DEADLINE, "the diffs were not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy
+            .metric(r#"strangler_diff_store_errors_total{operation="open"}"#)
+            .await,
+        Some(1.0),
+        "one failed open; later batches are not retried"
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"strangler_diff_store_errors_total{operation="write"}"#)
+            .await,
+        Some(0.0)
+    );
+    assert!(!store.exists());
+}

@@ -92,6 +92,7 @@ fn run_worker(jobs: Receiver<DiffJob>, settings: StoreSettings, metrics: Arc<Met
                 Ok(opened) => store = Some(opened),
                 Err(error) => {
                     tracing::error!(%error, "cannot open the diff store; diffs are counted but not stored");
+                    metrics.diff_store_errors.with_label_values(&["open"]).inc();
                     store_failed = true;
                     continue;
                 }
@@ -101,6 +102,10 @@ fn run_worker(jobs: Receiver<DiffJob>, settings: StoreSettings, metrics: Arc<Met
             && let Err(error) = store.insert(&records)
         {
             tracing::warn!(%error, "cannot store diffs");
+            metrics
+                .diff_store_errors
+                .with_label_values(&["write"])
+                .inc();
         }
     }
 }
