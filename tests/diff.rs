@@ -55,15 +55,28 @@ fn report(store: &Path, args: &[&str]) -> (i32, String) {
 fn wait_for_samples(store: &Path, route: &str, samples: u64) {
     let started = Instant::now();
     loop {
-        if store.exists() {
-            let (_, json) = report(
-                store,
-                &["--route", route, "--format", "json", "--min-samples", "0"],
-            );
-            let document: serde_json::Value = serde_json::from_str(&json).unwrap();
-            if document["routes"][0]["samples"].as_u64().unwrap_or(0) >= samples {
-                return;
-            }
+        // The file exists a moment before its table does, and a report of it fails meanwhile:
+        // keep polling until one reads the samples.
+        let db = store.display().to_string();
+        let (_, json, _) = run_cli(
+            &[
+                "report",
+                "--db",
+                &db,
+                "--route",
+                route,
+                "--format",
+                "json",
+                "--min-samples",
+                "0",
+            ],
+            Path::new("/tmp"),
+        );
+        let stored = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|document| document["routes"][0]["samples"].as_u64());
+        if stored.unwrap_or(0) >= samples {
+            return;
         }
         assert!(
             started.elapsed() < DEADLINE,
