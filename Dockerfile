@@ -50,8 +50,10 @@ COPY --from=builder /usr/local/bin/strangler /usr/local/bin/strangler
 # 127.0.0.1:8080 (admin 127.0.0.1:9901), which nothing outside the container can reach, and its
 # backends are loopback addresses inside the container: mount your own config over this file,
 # with `listen: 0.0.0.0:8080` (and `admin: 0.0.0.0:9901` only if the admin API must be reachable
-# from a private network; it has no authentication). Backend names are resolved at start-up, so
-# they must resolve by then.
+# from a private network, such as for kubelet probes; off loopback it needs a bearer token,
+# STRANGLER_ADMIN_TOKEN from a secret or server.admin_token, and refuses to start without one;
+# /healthz, /readyz and /metrics stay open). Backend names are resolved at start-up, so they
+# must resolve by then.
 COPY routes.yaml /etc/strangler/routes.yaml
 # server.diff_store (default strangler-diffs.db) is relative to the working directory, and `run`
 # refuses to start a config with shadows whose store it cannot create: the non-root user gets a
@@ -61,7 +63,8 @@ WORKDIR /var/lib/strangler
 
 USER 10001:10001
 
-# 8080: client traffic; 9901: admin API (/healthz, /readyz, /routes).
+# 8080: client traffic; 9901: admin API (/healthz, /readyz, /metrics open; the rest needs the
+# token when one is set).
 EXPOSE 8080 9901
 
 # Docker stops containers with SIGTERM: strangler stops accepting at once and gives in-flight

@@ -12,7 +12,8 @@
 //! | GET    | `/metrics`     | Prometheus text exposition                                    |
 //! | POST   | `/reload`      | re-read the config file now; 200 applied/unchanged, 422 not   |
 //! | GET    | `/diffs`       | the newest stored diffs; `?route=&verdict=&since=&limit=`     |
-//! | POST   | `/kill-switch` | `?state=on`: every route to legacy until `off` or a reload    |
+//! | POST   | `/kill-switch` | `?state=on`: every route to legacy, kept across reloads until  |
+//! |        |                | `off` or a reload that changes `kill_switch` in the file      |
 //!
 //! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing; any
 //! other method gets 405 with `Allow`. With a token configured, everything but `/healthz`,

@@ -214,10 +214,11 @@ async fn start_with_env(
 async fn a_trace_crosses_the_proxy() {
     let collector = Collector::start().await;
     let backend = Backend::start("b").await;
+    let candidate = Backend::start("c").await;
     let proxy = start(
         &format!(
-            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\nroutes:\n  - {{ name: api, match: {{ path_prefix: /api }} }}\n",
-            backend.address
+            "upstreams:\n  u: {{ backends: [{}] }}\n  c: {{ backends: [{}] }}\ndefault_upstream: u\nroutes:\n  - {{ name: api, match: {{ path_prefix: /api }}, shadow: {{ upstream: c }} }}\n",
+            backend.address, candidate.address
         ),
         &collector,
         "",
@@ -243,6 +244,10 @@ async fn a_trace_crosses_the_proxy() {
     assert_ne!(parent, CLIENT_SPAN, "the proxy's own span is the parent");
     assert_eq!(flags, "01", "sampled");
     assert_eq!(received.header("tracestate"), Some("vendor=abc"));
+    // The shadow copy continues under the proxy's span too, beside the backend.
+    candidate.wait_for_requests(1).await;
+    assert_eq!(candidate.last().header("traceparent"), Some(sent));
+    assert_eq!(candidate.last().header("x-strangler-shadow"), Some("1"));
 
     // (a) The collector got the proxy's span: child of the client's span, parent of the backend's.
     let span = collector.wait_for_trace(TRACE, &proxy).await;

@@ -50,6 +50,136 @@ fn the_root_routes_yaml_and_the_examples_are_valid() {
     }
 }
 
+/// The routes a documentation snippet shows, if it shows any: a mapping with `routes:` (and
+/// maybe `kill_switch:` or `tester_override:`), or a bare list of routes (items with `name` and
+/// `match`). Other YAML (Prometheus, CI, alert rules) is `None`.
+fn snippet_routes(block: &str) -> Option<serde_yaml::Mapping> {
+    use serde_yaml::Value;
+    let value: Value = serde_yaml::from_str(block).ok()?;
+    let mut config = serde_yaml::Mapping::new();
+    match value {
+        Value::Mapping(keys) => {
+            config.insert("routes".into(), keys.get("routes")?.clone());
+            for key in ["kill_switch", "tester_override"] {
+                if let Some(value) = keys.get(key) {
+                    config.insert(key.into(), value.clone());
+                }
+            }
+        }
+        Value::Sequence(items)
+            if items
+                .iter()
+                .all(|item| item.get("name").is_some() && item.get("match").is_some()) =>
+        {
+            config.insert("routes".into(), Value::Sequence(items));
+        }
+        _ => return None,
+    }
+    Some(config)
+}
+
+/// Every upstream a route snippet names (bare or as a target's `name`), and `legacy`.
+fn snippet_upstreams(routes: &serde_yaml::Value) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::from(["legacy".to_owned()]);
+    let mut add = |target: Option<&serde_yaml::Value>| {
+        if let Some(name) = target.and_then(|t| t.as_str().or_else(|| t.get("name")?.as_str())) {
+            names.insert(name.to_owned());
+        }
+    };
+    for route in routes.as_sequence().into_iter().flatten() {
+        add(route.get("upstream"));
+        add(route.get("fallback"));
+        add(route
+            .get("shadow")
+            .and_then(|shadow| shadow.get("upstream")));
+        for side in route
+            .get("split")
+            .and_then(|s| s.as_sequence())
+            .into_iter()
+            .flatten()
+        {
+            add(side.get("upstream"));
+        }
+    }
+    names
+}
+
+/// Route snippets in the docs are what `strangler validate` accepts (with their upstreams
+/// defined), so none shows a spelling the proxy refuses. The one snippet broken on purpose
+/// (`# broken.yaml`) is left out.
+#[test]
+fn every_route_snippet_in_the_docs_is_valid() {
+    let root = repo_root();
+    let mut sources: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    sources.push(root.join("README.md"));
+    sources.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for source in &sources {
+        let text = std::fs::read_to_string(source).unwrap();
+        let mut lines = text.lines().enumerate();
+        while let Some((number, line)) = lines.next() {
+            if line.trim() != "```yaml" {
+                continue;
+            }
+            let block: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, line)| line)
+                .take_while(|line| line.trim() != "```")
+                .collect();
+            if block
+                .first()
+                .is_some_and(|first| first.starts_with("# broken.yaml"))
+            {
+                continue;
+            }
+            let Some(mut config) = snippet_routes(&block.join("\n")) else {
+                continue;
+            };
+            let mut upstreams = serde_yaml::Mapping::new();
+            for name in snippet_upstreams(&config["routes"]) {
+                upstreams.insert(
+                    name.into(),
+                    serde_yaml::from_str("{ backends: [127.0.0.1:9] }").unwrap(),
+                );
+            }
+            config.insert("upstreams".into(), upstreams.into());
+            config.insert("default_upstream".into(), "legacy".into());
+            let name = format!(
+                "{}-line-{}.yaml",
+                source.file_name().unwrap().to_string_lossy(),
+                number + 2
+            );
+            std::fs::write(
+                dir.path().join(&name),
+                serde_yaml::to_string(&config).unwrap(),
+            )
+            .unwrap();
+            files.push(name);
+        }
+    }
+    assert!(files.len() >= 20, "found only {files:?}");
+    let mut args = vec!["validate", "--format", "json"];
+    args.extend(files.iter().map(String::as_str));
+    let (_, stdout, stderr) = run_cli(&args, dir.path());
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stderr}"));
+    let invalid: Vec<_> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|file| file["valid"] != true)
+        .collect();
+    assert!(
+        invalid.is_empty(),
+        "doc snippets `strangler validate` refuses (file name: document and line of the block):\n{invalid:#?}"
+    );
+}
+
 #[test]
 fn a_broken_copy_of_the_root_file_fails_with_its_line() {
     let original = std::fs::read_to_string(repo_root().join("routes.yaml")).unwrap();

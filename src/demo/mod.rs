@@ -100,8 +100,11 @@ async fn answer(app: App, request: Request<Incoming>) -> Result<Response<Full<By
         .status(reply.status)
         .header("content-type", "application/json")
         .header("x-served-by", app.name())
+        // The path as this app received it, after any rewrite by the proxy: shows which edits
+        // each upstream got (the migration guide's test reads it too).
+        .header("x-seen-path", path.as_str())
         .body(Full::new(Bytes::from(bytes)))
-        .expect("static response parts are valid"))
+        .expect("a status, a JSON type and a received URI path are valid response parts"))
 }
 
 /// Starts both apps, then the proxy with `config` (default: ./routes.yaml, else the built-in
@@ -167,7 +170,7 @@ fn print_tour(table: &RouteTable, config: Option<&Path>) {
     println!(
         "\nstrangler demo: legacy app on {LEGACY_ADDRESS}, orders-v2 on {ORDERS_V2_ADDRESS}, proxy on {proxy}, admin on {admin}\n"
     );
-    println!("Try (the x-served-by header says who answered):");
+    println!("Try (the x-served-by header says who answered, x-seen-path which path it was sent):");
     println!(
         "  curl -si http://{proxy}/api/orders/1          # GET orders -> orders-v2 (prefix /api stripped)"
     );

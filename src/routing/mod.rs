@@ -52,8 +52,8 @@ pub struct RouteTable {
     generation: u64,
     sha256: String,
     loaded_at: SystemTime,
-    /// Everything to legacy, no shadows. From the config; the admin API can flip it until the
-    /// next reload.
+    /// Everything to legacy, no shadows. From the config; the admin API can flip it, and a
+    /// reload that does not change `kill_switch` in the file carries the flip over.
     pub kill_switch: std::sync::atomic::AtomicBool,
     pub tester_override: Option<TesterOverride>,
     upstream_names: std::collections::HashMap<String, UpstreamId>,
