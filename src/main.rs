@@ -1,12 +1,13 @@
 //! The `strangler` command line: run the proxy, validate a config, start the demo.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use strangler::config::ConfigError;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use strangler::report::DiffRate;
-use strangler::routing::{load_route_table, load_route_table_for_run};
+use strangler::routing::load_route_table;
 use strangler::server::{RunOptions, StartError};
 use tracing_subscriber::EnvFilter;
 
@@ -43,13 +44,33 @@ enum Command {
         upgrade: bool,
     },
     /// Check config files without starting anything. Exit status 0 when all are valid, 1 if not.
+    ///
+    /// A Kubernetes ConfigMap manifest (`kind: ConfigMap`) is checked entry by entry: each
+    /// `data` entry ending in .yaml or .yml, with errors at the manifest's lines.
     Validate {
-        /// Files to check.
+        /// Files to check; `-` reads standard input (called `<stdin>` in messages).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Output format: `text` for people, `json` for tools.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
+        /// Output format: `text` for people, `json` for tools, `github` for GitHub Actions
+        /// annotations.
+        #[arg(long, value_enum, default_value_t = cli::validate::Format::Text)]
+        format: cli::validate::Format,
+        /// Check backend addresses' `host:port` syntax without resolving host names (for CI,
+        /// which cannot see the cluster's DNS).
+        #[arg(long)]
+        no_resolve: bool,
+    },
+    /// Print the JSON Schema of routes.yaml, for editors and CI (docs/routes.schema.json).
+    Schema,
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), of strangler or of one subcommand.
+    Man {
+        /// A subcommand whose page to print, like `validate`.
+        subcommand: Option<String>,
     },
     /// Print the route table: stage, match, upstream or split, shadow. From a file, or from a
     /// running proxy's admin API.
@@ -110,12 +131,6 @@ enum ReportFormat {
     Markdown,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -135,7 +150,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Validate { files, format } => validate(&files, format),
+        Command::Validate {
+            files,
+            format,
+            no_resolve,
+        } => cli::validate::run(
+            &files,
+            format,
+            if no_resolve {
+                strangler::upstream::AddressResolution::SyntaxOnly
+            } else {
+                strangler::upstream::AddressResolution::Dns
+            },
+        ),
+        Command::Schema => cli::schema(),
+        Command::Completions { shell } => cli::completions(shell, Cli::command()),
+        Command::Man { subcommand } => cli::man(Cli::command(), subcommand.as_deref()),
         Command::Routes {
             config,
             admin,
@@ -200,60 +230,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-    }
-}
-
-fn validate(files: &[PathBuf], format: OutputFormat) -> ExitCode {
-    let mut all_valid = true;
-    let mut reports = Vec::new();
-    for file in files {
-        // Compiling resolves backend names and compiles every pattern, and the diff store's
-        // directory is checked, exactly as `run` would, but nothing binds or opens.
-        let outcome = load_route_table_for_run(file, 1);
-        all_valid &= outcome.is_ok();
-        match format {
-            OutputFormat::Text => match &outcome {
-                Ok(table) => println!(
-                    "{}: OK ({} routes, {} upstreams, sha256 {})",
-                    file.display(),
-                    table.routes().len(),
-                    table.upstreams().len(),
-                    table.sha256()
-                ),
-                Err(error) => eprintln!("{error}"),
-            },
-            OutputFormat::Json => reports.push(match &outcome {
-                Ok(table) => serde_json::json!({
-                    "file": file,
-                    "valid": true,
-                    "routes": table.routes().len(),
-                    "upstreams": table.upstreams().len(),
-                    "sha256": table.sha256(),
-                }),
-                Err(error @ ConfigError::Read { .. }) => serde_json::json!({
-                    "file": file,
-                    "valid": false,
-                    "errors": [{ "path": "", "message": error.to_string() }],
-                }),
-                Err(error) => serde_json::json!({
-                    "file": file,
-                    "valid": false,
-                    "errors": error.diagnostics(),
-                }),
-            }),
-        }
-    }
-    if let OutputFormat::Json = format {
-        let document = serde_json::Value::Array(reports);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&document).expect("JSON values serialize")
-        );
-    }
-    if all_valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 

@@ -185,12 +185,35 @@ impl Tried {
     }
 }
 
+/// How backend addresses become socket addresses when a config is compiled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddressResolution {
+    /// Host names are resolved with the system resolver, as serving needs.
+    #[default]
+    Dns,
+    /// Only the `host:port` syntax is checked, for CI machines that cannot resolve the names
+    /// a cluster's DNS serves. Host names get the placeholder address `0.0.0.0:<port>`, so a
+    /// pool compiled this way must never serve.
+    SyntaxOnly,
+}
+
 impl UpstreamPool {
     /// Resolves and checks `config`; every problem is appended to `diagnostics` under `path`.
     pub fn compile(
         name: &str,
         config: &UpstreamConfig,
         path: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Option<Self> {
+        Self::compile_resolving(name, config, path, AddressResolution::Dns, diagnostics)
+    }
+
+    /// [`Self::compile`], with backend names resolved as `resolution` says.
+    pub fn compile_resolving(
+        name: &str,
+        config: &UpstreamConfig,
+        path: &str,
+        resolution: AddressResolution,
         diagnostics: &mut Vec<Diagnostic>,
     ) -> Option<Self> {
         let before = diagnostics.len();
@@ -204,16 +227,20 @@ impl UpstreamPool {
 
         let mut backends = Vec::with_capacity(config.backends.len());
         for (index, address) in config.backends.iter().enumerate() {
-            match resolve(address) {
+            match resolve(address, resolution) {
                 Ok(address) => backends.push(Backend {
                     address,
                     peer: peer_for(address, &config.timeouts),
                     health: BackendHealth::default(),
                 }),
-                Err(message) => diagnostics.push(
-                    Diagnostic::new(format!("{path}.backends[{index}]"), message).with_hint(
-                        "backends are host:port, like 127.0.0.1:9001 or legacy.internal:80",
-                    ),
+                Err(problem) => diagnostics.push(
+                    Diagnostic::new(format!("{path}.backends[{index}]"), problem.message)
+                        .with_hint(if problem.lookup_failed {
+                            "the name must resolve where this runs; to check a config on a machine \
+                             that cannot see its network's DNS (CI), use strangler validate --no-resolve"
+                        } else {
+                            "backends are host:port, like 127.0.0.1:9001 or legacy.internal:80"
+                        }),
                 ),
             }
         }
@@ -373,21 +400,93 @@ impl UpstreamPool {
     }
 }
 
-fn resolve(address: &str) -> Result<SocketAddr, String> {
+/// Why a backend address is unusable.
+#[derive(Debug, PartialEq)]
+struct AddressProblem {
+    message: String,
+    /// The syntax is fine; the name did not resolve (here, now).
+    lookup_failed: bool,
+}
+
+impl From<String> for AddressProblem {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            lookup_failed: false,
+        }
+    }
+}
+
+fn resolve(address: &str, resolution: AddressResolution) -> Result<SocketAddr, AddressProblem> {
     if let Ok(address) = address.parse::<SocketAddr>() {
         return Ok(address);
     }
-    if address
-        .rsplit_once(':')
-        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-    {
-        return Err(format!("`{address}` has no port"));
+    // `[2001:db8::1]` has colons but no port.
+    let Some((host, port)) = address.rsplit_once(':').filter(|_| !address.ends_with(']')) else {
+        return Err(format!("`{address}` has no port").into());
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(if port.is_empty() {
+            format!("`{address}` has no port")
+        } else {
+            format!("`{address}`: the port `{port}` is not a number from 0 to 65535")
+        }
+        .into());
+    };
+    match resolution {
+        AddressResolution::Dns => {
+            let lookup_failed = |message| AddressProblem {
+                message,
+                lookup_failed: true,
+            };
+            address
+                .to_socket_addrs()
+                .map_err(|error| lookup_failed(format!("cannot resolve `{address}`: {error}")))?
+                .next()
+                .ok_or_else(|| lookup_failed(format!("`{address}` resolves to no address")))
+        }
+        AddressResolution::SyntaxOnly => {
+            check_host(host).map_err(|problem| format!("`{address}`: {problem}"))?;
+            Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+        }
     }
-    address
-        .to_socket_addrs()
-        .map_err(|error| format!("cannot resolve `{address}`: {error}"))?
-        .next()
-        .ok_or_else(|| format!("`{address}` resolves to no address"))
+}
+
+/// Whether `host` (an address's part before `:port`, already known not to be an IP address
+/// with a port) could be resolved at all: a DNS name, or a dotted IPv4 address. Underscores are
+/// let through, as resolvers accept them in practice (SRV-style and some internal names).
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is missing".to_owned());
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err("not a valid IPv6 address and port; write them as [2001:db8::1]:80".to_owned());
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(drop)
+            .map_err(|_| format!("`{host}` is not a valid IPv4 address"));
+    }
+    // One trailing dot marks a fully qualified name.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return Err("the host name is longer than 253 characters".to_owned());
+    }
+    for label in name.split('.') {
+        let valid = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "`{host}` is not a valid host name (labels of letters, digits and `-`, separated by dots)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn peer_for(address: SocketAddr, timeouts: &TimeoutsConfig) -> HttpPeer {
@@ -413,5 +512,75 @@ fn check_timeouts(timeouts: &TimeoutsConfig, path: &str, diagnostics: &mut Vec<D
                     .with_hint("durations look like 250ms, 5s, 1m30s"),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syntax(address: &str) -> Result<SocketAddr, String> {
+        resolve(address, AddressResolution::SyntaxOnly).map_err(|problem| problem.message)
+    }
+
+    #[test]
+    fn syntax_only_accepts_names_it_does_not_resolve() {
+        assert_eq!(
+            syntax("legacy.shop.svc.cluster.local:80"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 80)))
+        );
+        for address in [
+            "orders-v2:8080",
+            "fully.qualified.example.:443",
+            "_grpc.internal:9000",
+            "10.0.0.5:8080",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(syntax(address).is_ok(), "{address}: {:?}", syntax(address));
+        }
+        // Addresses that need no resolver keep their real value.
+        assert_eq!(
+            syntax("10.0.0.5:8080"),
+            Ok(SocketAddr::from(([10, 0, 0, 5], 8080)))
+        );
+    }
+
+    #[test]
+    fn syntax_only_still_rejects_what_could_never_resolve() {
+        for (address, problem) in [
+            ("legacy.internal", "has no port"),
+            ("legacy.internal:", "has no port"),
+            ("[2001:db8::1]", "has no port"),
+            ("legacy.internal:http", "the port `http` is not a number"),
+            ("legacy.internal:70000", "the port `70000` is not a number"),
+            (":80", "the host is missing"),
+            ("2001:db8::1:80", "not a valid IPv6 address"),
+            ("[2001:db8::zz]:80", "not a valid IPv6 address"),
+            ("300.1.1.1:80", "not a valid IPv4 address"),
+            ("bad host:80", "not a valid host name"),
+            ("-legacy:80", "not a valid host name"),
+            ("legacy..internal:80", "not a valid host name"),
+        ] {
+            let error = syntax(address).expect_err(address);
+            assert!(error.contains(problem), "{address}: {error}");
+        }
+        let long = format!("{}:80", "a.".repeat(130));
+        assert!(syntax(&long).unwrap_err().contains("longer than 253"));
+    }
+
+    #[test]
+    fn dns_resolution_reports_the_same_syntax_errors() {
+        let error = resolve("legacy.internal:http", AddressResolution::Dns).unwrap_err();
+        assert!(
+            error.message.contains("the port `http` is not a number"),
+            "{error:?}"
+        );
+        assert!(!error.lookup_failed);
+        assert!(
+            resolve("127.0.0.1", AddressResolution::Dns)
+                .unwrap_err()
+                .message
+                .contains("has no port")
+        );
     }
 }

@@ -10,18 +10,40 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::schema::{ByteSize as ByteSizeSchema, HumanDuration, OneOrMany, removed_key};
+
 /// The whole file. Sections that failed to deserialize hold their defaults, so that compiling
 /// can still report its own problems; such a file is never served.
-#[derive(Debug, Clone, Serialize)]
+///
+/// The loader reads this section by section (see `load.rs`), not with serde, so the schema
+/// attributes below restate what it accepts: unknown keys are errors, `upstreams` and
+/// `default_upstream` are required, and an empty section (`server:` with every key commented
+/// out) is the same as an absent one.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(
+    deny_unknown_fields,
+    title = "strangler routes.yaml",
+    description = "strangler's routes file: upstreams, the default upstream, and routes tried in file order. Every key is described in docs/configuration.md; `strangler validate` checks what a schema cannot (references, regexes, stages)."
+)]
 pub struct Config {
+    /// Process-level settings; most take a restart.
+    #[schemars(default, with = "Option<ServerConfig>")]
     pub server: ServerConfig,
+    /// Named pools of backends; at least one.
+    #[schemars(extend("minProperties" = 1))]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// The upstream that serves requests no route matches.
+    #[schemars(length(min = 1))]
     pub default_upstream: String,
+    /// Routing rules, tried in file order; the first that matches wins.
+    #[schemars(default, with = "Option<Vec<RouteConfig>>")]
     pub routes: Vec<RouteConfig>,
     /// Send every route to its legacy upstream and stop all shadows.
+    #[schemars(default, with = "Option<bool>")]
     pub kill_switch: bool,
     /// Lets testers force an upstream for one request.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -29,7 +51,7 @@ pub struct Config {
 }
 
 /// A request header naming the upstream to use, honoured only with the secret token.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TesterOverrideConfig {
     /// The header carrying the upstream name, e.g. `x-strangler-upstream`.
@@ -55,7 +77,7 @@ fn default_override_token_header() -> String {
 }
 
 /// Where a route is in its migration; checked against its settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     #[default]
@@ -112,14 +134,43 @@ impl TargetConfig {
 }
 
 /// The map spelling of a target; also its JSON Schema.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    rename = "TargetWithEdits",
+    description = "An upstream with the edits requests need on their way there."
+)]
 struct TargetSpelled {
+    /// The upstream's name, a key of `upstreams`.
+    #[schemars(length(min = 1))]
     name: String,
+    /// Path and Host rewrite of requests sent to this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rewrite: Option<RewriteConfig>,
+    /// Header edits of requests sent to this upstream.
     #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
     request_headers: HeaderActionsConfig,
+}
+
+impl JsonSchema for TargetConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Target".into()
+    }
+
+    /// Mirrors the hand-written `Deserialize`: a bare name or the map spelling.
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An upstream as a route uses it: its name alone (requests reach it unedited), or { name, rewrite, request_headers }.",
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The upstream's name, a key of `upstreams`."
+                },
+                generator.subschema_for::<TargetSpelled>()
+            ]
+        })
+    }
 }
 
 impl Serialize for TargetConfig {
@@ -170,33 +221,40 @@ impl<'de> Deserialize<'de> for TargetConfig {
 }
 
 /// One side of a weighted split.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     /// The side's target: a name, or a name with its own edits.
     pub upstream: TargetConfig,
     /// Percent of traffic, 0 to 100; a route's weights sum to 100.
+    #[schemars(range(max = 100))]
     pub weight: u32,
 }
 
 /// What keeps a user on the same side of a split.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
+    /// Key on this cookie's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    /// Key on this request header's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Key on the client's IP address.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_ip: bool,
 }
 
 /// The answer of a retired route.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetiredConfig {
+    /// The answer's status, 200 to 599.
     #[serde(default = "default_retired_status")]
+    #[schemars(range(min = 200, max = 599))]
     pub status: u16,
+    /// The answer's body.
     #[serde(default)]
     pub body: String,
 }
@@ -217,7 +275,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 
 /// Process-level settings. Most take a restart (a reload names those that changed);
 /// `request_timeout` and `limits` apply on reload (`limits` to new connections).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where the proxy accepts client traffic.
@@ -238,17 +296,20 @@ pub struct ServerConfig {
     /// After SIGTERM the listeners close at once; requests in flight get this long to finish,
     /// then the process exits (Pingora waits out the whole period).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub drain_timeout: Duration,
     /// Longest a request may take from its headers' arrival to its last response byte, unless
     /// its route sets `timeout`: 504 if the answer has not started by then, else the connection
     /// is closed (the response visibly cut short).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub request_timeout: Duration,
     /// Shadow copies in flight at once across all routes; more are dropped, never queued.
     pub shadow_max_inflight: usize,
     /// Bytes all shadowing may buffer at once: teed request bodies, captured responses and
     /// exchanges waiting for comparison. A copy that would pass it is dropped
     /// (`dropped_memory`); the primary is never affected.
+    #[schemars(with = "ByteSizeSchema")]
     pub shadow_max_memory: bytesize::ByteSize,
     /// SQLite file where compared exchanges are stored; opened at start when a route shadows
     /// (`run` refuses to start when it cannot be).
@@ -257,6 +318,7 @@ pub struct ServerConfig {
     pub diff_max_rows: u64,
     /// Stored exchanges older than this are deleted.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub diff_max_age: Duration,
     /// Limits on what clients may send.
     pub limits: LimitsConfig,
@@ -269,7 +331,7 @@ pub struct ServerConfig {
 }
 
 /// Secrets kept out of everything stored or shown.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedactConfig {
     /// Query parameters (case-insensitive names) whose values are replaced by `[redacted]` in
@@ -315,7 +377,7 @@ impl Default for RedactConfig {
 }
 
 /// OpenTelemetry span export (OTLP over HTTP).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// The collector's OTLP/HTTP base URL; spans are POSTed to `{endpoint}/v1/traces`.
@@ -326,6 +388,7 @@ pub struct OtlpConfig {
     /// Share of requests without a sampled parent that get a span (0.0 to 1.0). A request
     /// whose `traceparent` is sampled is always traced.
     #[serde(default = "default_otlp_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub sample_ratio: f64,
 }
 
@@ -338,24 +401,29 @@ fn default_otlp_sample_ratio() -> f64 {
 }
 
 /// Request limits, checked before a request is routed.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Longest request target (path and query); longer: 414.
+    #[schemars(with = "ByteSizeSchema")]
     pub max_uri_length: bytesize::ByteSize,
     /// Most request headers; more: 431.
     pub max_header_count: usize,
     /// Largest request header section (names and values); larger: 431.
+    #[schemars(with = "ByteSizeSchema")]
     pub max_header_bytes: bytesize::ByteSize,
     /// Largest request body; larger: 413, before the body is read when Content-Length says so.
+    #[schemars(with = "ByteSizeSchema")]
     pub max_body: bytesize::ByteSize,
     /// Longest wait for the next bytes of a request body; then 408.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub body_idle_timeout: Duration,
     /// Longest a client may take to send a request's headers, counted from the connection's
     /// accept (first request) or the request's first byte (later requests); then 408 and close.
     /// Bounds slowloris clients, which Pingora alone lets trickle a byte a minute.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub header_timeout: Duration,
     /// Client connections open at once; past it, new ones get 503 with `Retry-After` and are
     /// closed.
@@ -399,11 +467,12 @@ impl Default for ServerConfig {
 }
 
 /// A named pool of interchangeable backends.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `host:port` addresses, used round-robin. Names are resolved when the config is loaded.
     pub backends: Vec<String>,
+    /// Connect, read, write and idle timeouts of this pool's connections.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
     /// Active health checks; absent: backends are only ejected passively.
@@ -423,15 +492,19 @@ fn default_retries() -> u32 {
 }
 
 /// Probing each backend on a schedule.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// HTTP path to GET (healthy: a 2xx or 3xx answer); absent: a TCP connect is the check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Time between two checks of a backend.
     #[serde(with = "humantime_serde", default = "default_check_interval")]
+    #[schemars(with = "HumanDuration")]
     pub interval: Duration,
+    /// Longest a check may take before it counts as failed.
     #[serde(with = "humantime_serde", default = "default_check_timeout")]
+    #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
     /// Consecutive failed checks that take a backend out.
     #[serde(default = "default_unhealthy_threshold")]
@@ -455,13 +528,14 @@ fn default_healthy_threshold() -> u32 {
 }
 
 /// Ejecting a backend after consecutive failures of real requests (connect errors, 502/503/504).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
     /// Consecutive failures that eject a backend; 0 turns passive ejection off.
     pub consecutive_failures: u32,
     /// How long an ejected backend gets no traffic before it is tried again.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub ejection: Duration,
 }
 
@@ -475,20 +549,24 @@ impl Default for PassiveHealthConfig {
 }
 
 /// Per-upstream timeouts. Pingora leaves all of these unset; we never do.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
     /// TCP connect to a backend.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub connect: Duration,
     /// Longest wait for the next bytes of a backend's response.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub read: Duration,
     /// Longest wait to hand request bytes to a backend.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub write: Duration,
     /// How long an unused keep-alive connection stays in the pool.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub idle: Duration,
 }
 
@@ -504,10 +582,12 @@ impl Default for TimeoutsConfig {
 }
 
 /// One routing rule. Routes are tried in file order; the first whose `match` holds wins.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// Unique among routes: it labels metrics, logs and stored diffs.
     pub name: String,
+    /// Conditions a request must meet, all of them; none: every request matches.
     #[serde(default, rename = "match")]
     pub matcher: MatchConfig,
     /// Where matching requests go (a target: a name, or a name with its edits);
@@ -525,9 +605,11 @@ pub struct RouteConfig {
     /// The old, route-wide spelling of a target's rewrite: rejected with a hint, never applied
     /// (it sent the new service's paths to legacy on every way back).
     #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "removed_key")]
     pub rewrite: Option<serde_yaml::Value>,
     /// The old, route-wide spelling of a target's header edits: rejected with a hint.
     #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "removed_key")]
     pub request_headers: Option<serde_yaml::Value>,
     /// Edits of the response the client gets, whichever upstream answered.
     #[serde(default, skip_serializing_if = "HeaderActionsConfig::is_empty")]
@@ -553,11 +635,12 @@ pub struct RouteConfig {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<HumanDuration>")]
     pub timeout: Option<Duration>,
 }
 
 /// A route's shadow traffic: copies of its requests sent to a candidate, off the request path.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
     /// Where copies go: the new service, or legacy when the route already serves from the new.
@@ -566,6 +649,7 @@ pub struct ShadowConfig {
     pub upstream: TargetConfig,
     /// Fraction of eligible requests mirrored, 0.0 to 1.0.
     #[serde(default = "default_sample")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub sample: f64,
     /// Decide sampling by a request key instead of at random, so a given user is always (or
     /// never) shadowed.
@@ -577,18 +661,22 @@ pub struct ShadowConfig {
     pub methods: Vec<String>,
     /// Requests with a larger body are not mirrored (counted as skipped_body).
     #[serde(default = "default_shadow_max_body")]
+    #[schemars(with = "ByteSizeSchema")]
     pub max_body: bytesize::ByteSize,
     /// Total time for one shadow exchange.
     #[serde(with = "humantime_serde", default = "default_shadow_timeout")]
+    #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
     /// Copies of this route in flight at once; more are dropped (dropped_full).
     #[serde(default = "default_route_inflight")]
     pub max_inflight: usize,
     /// The old spelling of the copy's rewrite: rejected with a hint (it is `upstream.rewrite`).
     #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "removed_key")]
     pub rewrite: Option<serde_yaml::Value>,
     /// The old spelling of the copy's header edits: rejected with a hint.
     #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "removed_key")]
     pub headers: Option<serde_yaml::Value>,
     /// Headers whose values are replaced by `[redacted]` on the copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -605,7 +693,7 @@ pub struct ShadowConfig {
 }
 
 /// Comparison of the primary's and the shadow's responses.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompareConfig {
     /// Headers not compared, on top of the defaults (date, server, x-request-id, ...).
@@ -627,7 +715,7 @@ pub struct CompareConfig {
     pub redact_json: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoiseMode {
     #[default]
@@ -636,11 +724,13 @@ pub enum NoiseMode {
 }
 
 /// Where a per-request key comes from: exactly one of `header` or `cookie`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
+    /// The key is this request header's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// The key is this cookie's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
 }
@@ -670,7 +760,7 @@ fn default_fallback_on() -> Vec<u16> {
 }
 
 /// Conditions a request must meet, all of them, for the route to apply.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatchConfig {
     /// `api.example.com` (exact, case-insensitive, port ignored) or `*.example.com` (any
@@ -679,6 +769,7 @@ pub struct MatchConfig {
         deserialize_with = "one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
+    #[schemars(with = "OneOrMany")]
     pub host: Vec<String>,
     /// The exact path, query excluded.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -689,12 +780,16 @@ pub struct MatchConfig {
     /// A regular expression searched in the path; anchor it with `^...$` to match it whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_regex: Option<String>,
+    /// The request method must be one of these (`GET` does not imply `HEAD`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Request headers (names case-insensitive) and how their values must look.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, ValueMatchConfig>,
+    /// Query parameters (compared raw, not percent-decoded) and how their values must look.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, ValueMatchConfig>,
+    /// Cookies and how their values must look.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub cookies: BTreeMap<String, ValueMatchConfig>,
 }
@@ -712,8 +807,37 @@ pub enum ValueMatchConfig {
     Present(bool),
 }
 
+impl JsonSchema for ValueMatchConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ValueMatch".into()
+    }
+
+    /// Mirrors the hand-written `Deserialize` below: a string or an integer (YAML types `2` as
+    /// a number; it means the text "2"), or a map with exactly one key.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "How a header, query parameter or cookie value must look: a plain value (exact match) or exactly one of {exact: ..}, {regex: ..}, {present: true|false}.",
+            "anyOf": [
+                { "type": "string", "description": "The exact value." },
+                { "type": "integer", "description": "The exact value, written as a number." },
+                {
+                    "type": "object",
+                    "properties": {
+                        "exact": { "type": "string", "description": "The exact value." },
+                        "regex": { "type": "string", "description": "A regular expression searched in the value; anchor it with ^...$ to match it whole." },
+                        "present": { "type": "boolean", "description": "true: the field must be there (any value); false: it must be absent." }
+                    },
+                    "additionalProperties": false,
+                    "minProperties": 1,
+                    "maxProperties": 1
+                }
+            ]
+        })
+    }
+}
+
 /// Path and host rewrites applied to the upstream request. At most one path rewrite.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
     /// Remove a leading path prefix on segment boundaries: `/api/orders` -> `/orders`.
@@ -730,22 +854,26 @@ pub struct RewriteConfig {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplacePrefixConfig {
+    /// The prefix to take off, on segment boundaries.
     pub from: String,
+    /// What to put in its place.
     pub to: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewriteConfig {
+    /// A regular expression searched in the path.
     pub pattern: String,
+    /// Its replacement; `$1` and `${name}` insert capture groups.
     pub replacement: String,
 }
 
 /// Header edits, applied in the order remove, set, add.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderActionsConfig {
     /// Headers to delete.

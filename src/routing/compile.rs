@@ -19,7 +19,7 @@ use crate::config::{
 };
 use crate::redact::Redaction;
 use crate::shadow::compile_shadow;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{AddressResolution, UpstreamPool};
 
 /// Headers whose meaning is the proxy's business (framing, connection management); routes may
 /// not edit them. `host` is changed with `rewrite.host`.
@@ -48,11 +48,43 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
+/// What checking a config found, for `strangler validate`: it is valid, and this is its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedConfig {
+    pub routes: usize,
+    pub upstreams: usize,
+    /// Hex SHA-256 of the config text, as `GET /routes` will show it once served.
+    pub sha256: String,
+}
+
 impl RouteTable {
     /// Compiles a loaded file, reporting parse and compile problems together, in file order.
     pub fn compile_loaded(
         loaded: LoadedConfig,
         generation: u64,
+    ) -> Result<RouteTable, ConfigError> {
+        Self::compile_resolving(loaded, generation, AddressResolution::Dns)
+    }
+
+    /// Runs every check [`Self::compile_loaded`] runs, with backend names resolved as
+    /// `resolution` says. Only a summary comes back: with [`AddressResolution::SyntaxOnly`] the
+    /// table's backend addresses are placeholders, so the table itself must not escape.
+    pub fn check(
+        loaded: LoadedConfig,
+        resolution: AddressResolution,
+    ) -> Result<CheckedConfig, ConfigError> {
+        let table = Self::compile_resolving(loaded, 1, resolution)?;
+        Ok(CheckedConfig {
+            routes: table.routes.len(),
+            upstreams: table.upstreams.len(),
+            sha256: table.sha256,
+        })
+    }
+
+    fn compile_resolving(
+        loaded: LoadedConfig,
+        generation: u64,
+        resolution: AddressResolution,
     ) -> Result<RouteTable, ConfigError> {
         let LoadedConfig {
             config,
@@ -68,6 +100,7 @@ impl RouteTable {
             sha256,
             &unparsed_upstreams,
             &route_numbers,
+            resolution,
         ) {
             Ok(table) if problems.is_empty() => Ok(table),
             Ok(_) => Err(source.invalid(problems)),
@@ -87,6 +120,7 @@ impl RouteTable {
         sha256: String,
         unparsed_upstreams: &BTreeSet<String>,
         route_numbers: &[usize],
+        resolution: AddressResolution,
     ) -> Result<RouteTable, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
 
@@ -94,7 +128,9 @@ impl RouteTable {
         let mut upstream_ids = HashMap::new();
         for (name, upstream) in &config.upstreams {
             let path = format!("upstreams.{name}");
-            if let Some(pool) = UpstreamPool::compile(name, upstream, &path, &mut diagnostics) {
+            if let Some(pool) =
+                UpstreamPool::compile_resolving(name, upstream, &path, resolution, &mut diagnostics)
+            {
                 upstream_ids.insert(name.as_str(), upstreams.len());
                 upstreams.push(Arc::new(pool));
             }

@@ -26,6 +26,7 @@ use regex::Regex;
 use crate::config::{Config, ConfigError, load_file};
 use crate::upstream::UpstreamPool;
 pub use canary::{RetiredAnswer, Split, TesterOverride, constant_time_eq};
+pub use compile::CheckedConfig;
 use index::RouteIndex;
 pub use matcher::{RequestMatcher, cookie_values, request_host};
 pub use rewrite::{HeaderActions, PathRewrite, RequestEdits, set_path};
