@@ -397,9 +397,12 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
 
     // The flip: orders-v2 serves and legacy gets the copies.
     write(true);
-    let reload = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
-        .await
-        .unwrap();
+    let reload = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(reload.status, 200, "{}", reload.text());
     let second_sha = wait_for_generation(&proxy, 2).await;
     assert_ne!(first_sha, second_sha);
@@ -756,9 +759,12 @@ async fn a_diff_store_that_cannot_open_when_a_reload_adds_a_shadow_is_counted_no
     write(
         "routes:\n  - { name: orders, match: { path_prefix: /orders }, shadow: { upstream: new } }\n",
     );
-    let reload = support::send(proxy.admin, ClientRequest::new("POST", "/reload"))
-        .await
-        .unwrap();
+    let reload = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(reload.status, 200, "{}", reload.text());
     wait_for_generation(&proxy, 2).await;
     proxy.get("/orders/1").await;

@@ -243,7 +243,8 @@ impl Walk {
     async fn kill_switch(&self, state: &str) {
         let response = support::send(
             self.proxy.admin,
-            ClientRequest::new("POST", &format!("/kill-switch?state={state}")),
+            ClientRequest::new("POST", &format!("/kill-switch?state={state}"))
+                .header("x-strangler-admin", "1"),
         )
         .await
         .unwrap();
