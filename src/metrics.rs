@@ -41,6 +41,12 @@ pub struct Metrics {
     pub route_stage: IntGaugeVec,
     /// `strangler_kill_switch`: 1 while everything goes to legacy.
     pub kill_switch: IntGauge,
+    /// `strangler_fallbacks_total{route,from,to,reason}`: requests a route sent to its legacy
+    /// target instead of the upstream it names: the primary was `unreachable`, answered a
+    /// `fallback_on` status (`status`), or the `kill_switch` was on.
+    pub fallbacks: IntCounterVec,
+    /// `strangler_build_info{version}`: 1, labelled with the running version.
+    pub build_info: IntGaugeVec,
     /// `strangler_kill_switch_changes_total{state,source}`: the kill switch turned `on` or
     /// `off`, from the `admin` API or the `config` file.
     pub kill_switch_changes: IntCounterVec,
@@ -139,6 +145,25 @@ impl Metrics {
             &["upstream", "backend"],
         )
         .expect("valid metric definition");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "strangler_fallbacks_total",
+                "Requests sent to the route's legacy target instead of its upstream, by reason (unreachable, status, kill_switch)",
+            ),
+            &["route", "from", "to", "reason"],
+        )
+        .expect("valid metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "strangler_build_info",
+                "1, labelled with the running version",
+            ),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let kill_switch_changes = IntCounterVec::new(
             Opts::new(
                 "strangler_kill_switch_changes_total",
@@ -195,12 +220,21 @@ impl Metrics {
             Box::new(route_stage.clone()),
             Box::new(kill_switch.clone()),
             Box::new(kill_switch_changes.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(build_info.clone()),
             Box::new(diff_store_errors.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_closed.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once");
         // Results appear at 0 before they first happen, so rate() and alerts work from the start.
         for result in ["applied", "unchanged", "invalid", "unreadable"] {
             config_reloads.with_label_values(&[result]);
@@ -240,6 +274,8 @@ impl Metrics {
             route_stage,
             kill_switch,
             kill_switch_changes,
+            fallbacks,
+            build_info,
             diff_store_errors,
             scrape: std::sync::Mutex::new(()),
             open_connections,
@@ -269,6 +305,33 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of routes and upstreams a reload removed, so the series count stays
+    /// bounded by what routes.yaml names now, not by every name the process ever had. Counters
+    /// of names that still exist are kept.
+    pub fn forget(&self, removed_routes: &[&str], removed_upstreams: &[&str]) {
+        if removed_routes.is_empty() && removed_upstreams.is_empty() {
+            return;
+        }
+        let by_route = [
+            &self.requests,
+            &self.upstream_errors,
+            &self.shadow_requests,
+            &self.diffs,
+            &self.fallbacks,
+        ];
+        for vec in by_route {
+            forget_series(vec, "route", removed_routes);
+        }
+        forget_series(&self.request_duration, "route", removed_routes);
+        for vec in [&self.requests, &self.upstream_errors] {
+            forget_series(vec, "upstream", removed_upstreams);
+        }
+        forget_series(&self.request_duration, "upstream", removed_upstreams);
+        for label in ["from", "to"] {
+            forget_series(&self.fallbacks, label, removed_upstreams);
+        }
+    }
+
     pub fn diff_result(&self, route: &str, result: &str) {
         self.diffs.with_label_values(&[route, result]).inc();
     }
@@ -290,6 +353,32 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         out
+    }
+}
+
+/// Removes every series of `vec` whose `label` is one of `values`.
+fn forget_series<P>(vec: &prometheus::core::MetricVec<P>, label: &str, values: &[&str])
+where
+    P: prometheus::core::MetricVecBuilder,
+{
+    use prometheus::core::Collector;
+    if values.is_empty() {
+        return;
+    }
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels
+                .get(label)
+                .is_some_and(|value| values.contains(value))
+            {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -42,7 +42,7 @@ use crate::connection;
 use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
-use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher};
+use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher, ShadowEvent};
 use crate::telemetry::{RequestSpan, RequestTracer, SpanEnd, TRACEPARENT, TRACESTATE};
 use crate::upstream::Tried;
 
@@ -64,6 +64,28 @@ impl std::fmt::Display for OptionalAddress {
         match self.0 {
             Some(address) => address.fmt(f),
             None => f.write_str("-"),
+        }
+    }
+}
+
+/// Why a request went to its route's legacy target instead of the upstream the route names; the
+/// `reason` label of `strangler_fallbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FallbackReason {
+    /// No backend in rotation, or connecting failed on every attempt.
+    Unreachable,
+    /// The upstream answered a `fallback_on` status.
+    Status,
+    /// The kill switch was on.
+    KillSwitch,
+}
+
+impl FallbackReason {
+    fn label(self) -> &'static str {
+        match self {
+            FallbackReason::Unreachable => "unreachable",
+            FallbackReason::Status => "status",
+            FallbackReason::KillSwitch => "kill_switch",
         }
     }
 }
@@ -130,6 +152,9 @@ pub struct RequestContext {
     tried: Tried,
     /// The route's fallback upstream took over.
     fell_back: bool,
+    /// Why the request went to the route's legacy target instead of its upstream, and the
+    /// upstream it left; counted once, when the request is logged.
+    fallback: Option<(UpstreamId, FallbackReason)>,
     /// Why the proxy refused or failed the request, when it knows better than the error type.
     refusal: Option<&'static str>,
     /// Request body bytes seen so far.
@@ -159,7 +184,7 @@ impl RequestContext {
     /// Switches the request to its route's fallback target: once, and never to the upstream
     /// already serving it (a canary split or the kill switch may have picked legacy already).
     /// Returns whether it did.
-    fn take_fallback(&mut self) -> bool {
+    fn take_fallback(&mut self, reason: FallbackReason) -> bool {
         let Some((fallback, upstream)) = self
             .route()
             .and_then(|route| route.fallback.map(|id| (id, route.target(id).upstream)))
@@ -170,6 +195,7 @@ impl RequestContext {
             return false;
         }
         self.fell_back = true;
+        self.fallback = Some((self.upstream, reason));
         self.use_target(fallback);
         self.failed_attempts = 0;
         self.tried = Tried::NONE;
@@ -241,6 +267,7 @@ impl ProxyHttp for StranglerProxy {
             failed_attempts: 0,
             tried: Tried::NONE,
             fell_back: false,
+            fallback: None,
             refusal: None,
             body_bytes: 0,
             retry_on_fallback: false,
@@ -331,8 +358,15 @@ impl ProxyHttp for StranglerProxy {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             // Everything back to legacy as legacy expects it, and no copies anywhere.
-            let legacy = route.legacy;
+            let (legacy, primary) = (route.legacy, route.target(route.primary).upstream);
+            if route.shadow.is_some() {
+                self.metrics
+                    .shadow_event(&route.name, ShadowEvent::SkippedKillSwitch);
+            }
             ctx.use_target(legacy);
+            if primary != ctx.upstream {
+                ctx.fallback = Some((primary, FallbackReason::KillSwitch));
+            }
             return Ok(false);
         }
         let client = session
@@ -350,11 +384,12 @@ impl ProxyHttp for StranglerProxy {
         }
         let route = &ctx.table.routes()[index];
         // A protocol switch (WebSocket) is a conversation, not a request to replay.
-        if let Some(rule) = route
-            .shadow
-            .as_ref()
-            .filter(|_| !hygiene::is_upgrade_request(session.req_header()))
-        {
+        let upgrade = hygiene::is_upgrade_request(session.req_header());
+        if upgrade && route.shadow.is_some() {
+            self.metrics
+                .shadow_event(&route.name, ShadowEvent::SkippedUpgrade);
+        }
+        if let Some(rule) = route.shadow.as_ref().filter(|_| !upgrade) {
             ctx.shadow = self.shadows.begin(
                 &route.name,
                 rule,
@@ -430,7 +465,7 @@ impl ProxyHttp for StranglerProxy {
             .is_some_and(|route| route.fallback_on.contains(&response.status.as_u16()))
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && ctx.take_fallback()
+            && ctx.take_fallback(FallbackReason::Status)
         {
             ctx.retry_on_fallback = true;
             ctx.shadow = None;
@@ -486,6 +521,17 @@ impl ProxyHttp for StranglerProxy {
             .request_duration
             .with_label_values(&[route, upstream])
             .observe(elapsed.as_secs_f64());
+        if let Some((from, why)) = ctx.fallback {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[
+                    route,
+                    ctx.table.upstream(from).name(),
+                    upstream,
+                    why.label(),
+                ])
+                .inc();
+        }
         let reason = ctx.refusal.or(error.map(|e| classify(e).1));
         if let Some(reason) = reason {
             self.metrics
@@ -546,7 +592,7 @@ impl ProxyHttp for StranglerProxy {
                 return Ok(peer);
             }
             // Every backend is out: the fallback, if any, serves instead.
-            if ctx.take_fallback() {
+            if ctx.take_fallback(FallbackReason::Unreachable) {
                 continue;
             }
             ctx.refusal = Some("no_healthy_backend");
@@ -582,7 +628,8 @@ impl ProxyHttp for StranglerProxy {
         let another = ctx.failed_attempts <= pool.retries()
             && pool.has_untried(ctx.tried)
             && !ctx.deadline_reached();
-        let retry = another || (!ctx.deadline_reached() && ctx.take_fallback());
+        let retry =
+            another || (!ctx.deadline_reached() && ctx.take_fallback(FallbackReason::Unreachable));
         error.set_retry(retry);
         error
     }

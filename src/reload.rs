@@ -96,6 +96,9 @@ pub struct Reloader {
     /// Serializes reloads, so generations are assigned one at a time.
     in_progress: Mutex<()>,
     last: Mutex<Option<ReloadReport>>,
+    /// SHA-256 of the last content rejected as invalid, and the report that rejected it: the
+    /// same content read again (the watch saw it, then `POST /reload`) is the same attempt.
+    last_rejected: Mutex<Option<(String, ReloadReport)>>,
 }
 
 impl Reloader {
@@ -111,6 +114,7 @@ impl Reloader {
             running_server,
             in_progress: Mutex::new(()),
             last: Mutex::new(None),
+            last_rejected: Mutex::new(None),
         }
     }
 
@@ -140,13 +144,43 @@ impl Reloader {
             Ok(text) => {
                 let source = SourceFile::new(self.path.display().to_string(), text);
                 if source.sha256 == current.sha256() {
-                    Outcome::Unchanged { generation }
-                } else {
-                    self.compile_and_swap(source, &current)
+                    // Nothing to do, and nothing to count: an edit is counted once, by whoever
+                    // applied it (typically the file watch before a `POST /reload`).
+                    return self.note(trigger, Outcome::Unchanged { generation });
                 }
+                let rejected = self.last_rejected.lock().expect("reload lock").clone();
+                if let Some((sha, report)) = rejected
+                    && sha == source.sha256
+                {
+                    // The same invalid content again: the same answer, counted once.
+                    return self.note(trigger, report.outcome);
+                }
+                let sha = source.sha256.clone();
+                let outcome = self.compile_and_swap(source, &current);
+                let report = self.record(trigger, outcome);
+                if let Outcome::Invalid { .. } = report.outcome {
+                    *self.last_rejected.lock().expect("reload lock") = Some((sha, report.clone()));
+                }
+                return report;
             }
         };
         self.record(trigger, outcome)
+    }
+
+    /// A report for an attempt that changed nothing and is not counted again.
+    fn note(&self, trigger: Trigger, outcome: Outcome) -> ReloadReport {
+        tracing::debug!(
+            ?trigger,
+            result = outcome.label(),
+            "config content already handled"
+        );
+        let report = ReloadReport {
+            trigger,
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            outcome,
+        };
+        *self.last.lock().expect("reload report lock") = Some(report.clone());
+        report
     }
 
     fn compile_and_swap(&self, source: SourceFile, current: &RouteTable) -> Outcome {
@@ -159,6 +193,7 @@ impl Reloader {
                 let restart_required = server_changes(&self.running_server, &table.config().server);
                 table.inherit_health(current);
                 self.carry_kill_switch(current, &table);
+                self.forget_removed(current, &table);
                 self.routes.store(Arc::new(table));
                 Outcome::Applied {
                     generation: next_generation,
@@ -212,6 +247,23 @@ impl Reloader {
                 );
             }
         }
+    }
+
+    /// Drops the metric series of routes and upstreams the new generation no longer has.
+    fn forget_removed(&self, current: &RouteTable, next: &RouteTable) {
+        let routes: Vec<&str> = current
+            .routes()
+            .iter()
+            .map(|route| route.name.as_str())
+            .filter(|name| !next.routes().iter().any(|route| route.name == *name))
+            .collect();
+        let upstreams: Vec<&str> = current
+            .upstreams()
+            .iter()
+            .map(|pool| pool.name())
+            .filter(|name| next.upstream_id(name).is_none())
+            .collect();
+        self.metrics.forget(&routes, &upstreams);
     }
 
     fn record(&self, trigger: Trigger, outcome: Outcome) -> ReloadReport {

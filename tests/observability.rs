@@ -608,3 +608,170 @@ async fn readyz_is_never_ready_without_a_loaded_config() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["generation"], 1);
 }
+
+/// A shadowed route `orders` served by `new` with `legacy` as fallback; `legacy` is default.
+fn fallback_config(legacy: std::net::SocketAddr, new: std::net::SocketAddr) -> String {
+    format!(
+        r#"upstreams:
+  legacy: {{ backends: [{legacy}] }}
+  new: {{ backends: [{new}], retries: 0 }}
+default_upstream: legacy
+routes:
+  - name: orders
+    stage: new
+    match: {{ path_prefix: /orders }}
+    upstream: new
+    fallback: legacy
+    shadow: {{ upstream: legacy }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fallbacks_are_counted_by_reason_and_every_shadowed_request_has_one_outcome() {
+    let legacy = Backend::start("legacy").await;
+    let busy = Backend::busy("new").await;
+    let proxy = start(&fallback_config(legacy.address, busy.address), "", &[], &[]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            proxy.get("/orders/1").await.header("x-backend"),
+            Some("legacy")
+        );
+    }
+    let sample = |reason: &str| {
+        format!(
+            "strangler_fallbacks_total{{from=\"new\",reason=\"{reason}\",route=\"orders\",to=\"legacy\"}}"
+        )
+    };
+    proxy.wait_for_metric(&sample("status"), 3.0).await;
+
+    let dead = start(
+        &fallback_config(legacy.address, support::dead_address()),
+        "",
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        dead.get("/orders/1").await.header("x-backend"),
+        Some("legacy")
+    );
+    dead.wait_for_metric(&sample("unreachable"), 1.0).await;
+
+    let on = support::send(
+        dead.admin,
+        ClientRequest::new("POST", "/kill-switch?state=on").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(on.status, 200);
+    for _ in 0..2 {
+        assert_eq!(dead.get("/orders/2").await.status, 200);
+    }
+    dead.wait_for_metric(&sample("kill_switch"), 2.0).await;
+    dead.wait_for_metric(
+        "strangler_shadow_requests_total{outcome=\"skipped_kill_switch\",route=\"orders\"}",
+        2.0,
+    )
+    .await;
+
+    // Requests on a shadowed route = the outcomes of their copies.
+    let text = support::get(dead.admin, "/metrics").await.unwrap().text();
+    let sum = |prefix: &str, exclude: &[&str]| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(prefix) && line.contains("route=\"orders\""))
+            .filter(|line| !exclude.iter().any(|word| line.contains(word)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let requests = sum("strangler_requests_total{", &[]);
+    // `sent` is followed by `completed`/`error`/`timeout`: count the end of each copy once.
+    let outcomes = sum("strangler_shadow_requests_total{", &["outcome=\"sent\""]);
+    assert_eq!(requests, 3.0, "{text}");
+    assert_eq!(outcomes, requests, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_removed_by_a_reload_leaves_metrics_and_one_edit_counts_once() {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::reserve();
+    let path = dir.path().join("routes.yaml");
+    let config = |routes: &str| {
+        ports.with_server(&format!(
+            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\nroutes:\n{routes}",
+            backend.address
+        ))
+    };
+    std::fs::write(
+        &path,
+        config("  - { name: old, match: { path_prefix: /old } }\n  - { name: kept, match: { path_prefix: /kept } }\n"),
+    )
+    .unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    assert_eq!(proxy.get("/old").await.status, 200);
+    assert_eq!(proxy.get("/kept").await.status, 200);
+    proxy
+        .wait_for_metric(
+            "strangler_requests_total{code=\"200\",route=\"old\",upstream=\"u\"}",
+            1.0,
+        )
+        .await;
+    assert!(proxy.metric("process_resident_memory_bytes").await.unwrap() > 0.0);
+    let version = format!(
+        "strangler_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(proxy.metric(&version).await, Some(1.0));
+
+    std::fs::write(
+        &path,
+        config("  - { name: kept, match: { path_prefix: /kept } }\n"),
+    )
+    .unwrap();
+    proxy
+        .wait_for_metric("strangler_config_reloads_total{result=\"applied\"}", 1.0)
+        .await;
+    // The watch applied it; the same content through the API is the same edit.
+    let again = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.json()["result"], "unchanged");
+    let text = support::get(proxy.admin, "/metrics").await.unwrap().text();
+    assert!(!text.contains("route=\"old\""), "{text}");
+    assert!(text.contains("route=\"kept\""), "{text}");
+    assert_eq!(
+        proxy
+            .metric("strangler_config_reloads_total{result=\"applied\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("strangler_config_reloads_total{result=\"unchanged\"}")
+            .await,
+        Some(0.0)
+    );
+
+    // A bad edit is one rejection, however often it is read.
+    std::fs::write(&path, "routes: [").unwrap();
+    proxy
+        .wait_for_metric("strangler_config_reloads_total{result=\"invalid\"}", 1.0)
+        .await;
+    let rejected = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rejected.status, 422);
+    assert_eq!(
+        proxy
+            .metric("strangler_config_reloads_total{result=\"invalid\"}")
+            .await,
+        Some(1.0)
+    );
+}

@@ -55,6 +55,13 @@ pub enum ShadowEvent {
     /// The request was served by the shadow's own upstream (a canary split or the tester
     /// override chose it): comparing it with itself would only count fake matches.
     SkippedSameUpstream,
+    /// The kill switch was on: no copies anywhere.
+    SkippedKillSwitch,
+    /// A protocol upgrade (WebSocket) is a conversation, not a request to replay.
+    SkippedUpgrade,
+    /// The copy was begun but never sent: the request failed or was refused before its body
+    /// was complete (413, a client that went away, a fallback before the copy left).
+    Abandoned,
     Error,
     Timeout,
 }
@@ -70,6 +77,9 @@ impl ShadowEvent {
             ShadowEvent::SkippedMethod => "skipped_method",
             ShadowEvent::SkippedBody => "skipped_body",
             ShadowEvent::SkippedSameUpstream => "skipped_same_upstream",
+            ShadowEvent::SkippedKillSwitch => "skipped_kill_switch",
+            ShadowEvent::SkippedUpgrade => "skipped_upgrade",
+            ShadowEvent::Abandoned => "abandoned",
             ShadowEvent::Error => "error",
             ShadowEvent::Timeout => "timeout",
         }
@@ -186,6 +196,8 @@ pub struct ShadowCopy {
     memory: Reservation,
     /// The primary's capture did not fit the memory budget: nothing to compare.
     over_budget: bool,
+    /// Its outcome was counted already (a skip while the body streamed).
+    counted: bool,
     metrics: Arc<Metrics>,
     primary: Option<CapturedResponse>,
     primary_body: Vec<u8>,
@@ -272,6 +284,7 @@ impl ShadowDispatcher {
             primary_tx: None,
             memory: self.memory.reservation(),
             over_budget: false,
+            counted: false,
             metrics: self.metrics.clone(),
             primary: None,
             primary_body: Vec::new(),
@@ -414,12 +427,14 @@ impl ShadowCopy {
                 dispatcher
                     .metrics
                     .shadow_event(&self.route, ShadowEvent::SkippedBody);
+                self.counted = true;
                 return false;
             }
             if !self.memory.grow(chunk.len()) {
                 dispatcher
                     .metrics
                     .shadow_event(&self.route, ShadowEvent::DroppedMemory);
+                self.counted = true;
                 return false;
             }
             self.body.push(chunk.clone());
@@ -476,6 +491,16 @@ impl ShadowCopy {
                 _ => None,
             };
             let _ = tx.send((primary, std::mem::take(&mut self.memory)));
+        }
+    }
+}
+
+impl Drop for ShadowCopy {
+    /// Every copy begun ends in exactly one outcome: one that never left is `abandoned`.
+    fn drop(&mut self) {
+        if !self.dispatched && !self.counted {
+            self.metrics
+                .shadow_event(&self.route, ShadowEvent::Abandoned);
         }
     }
 }

@@ -328,6 +328,22 @@ impl Proxy {
     }
 
     /// The value of metric sample `name` (with labels, as exposed), if present.
+    /// Polls `/metrics` until `sample` reaches at least `value`; its value then.
+    pub async fn wait_for_metric(&self, sample: &str, value: f64) -> f64 {
+        let started = Instant::now();
+        loop {
+            let current = self.metric(sample).await.unwrap_or(0.0);
+            if current >= value {
+                return current;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{sample} = {current}, expected at least {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let text = get(self.admin, "/metrics").await.unwrap().text();
         text.lines().find_map(|line| {
