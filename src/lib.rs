@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod diff;
+pub mod forwarded;
 pub mod health;
 pub mod hygiene;
 pub mod metrics;

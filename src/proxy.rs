@@ -39,6 +39,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::time::{Duration, Instant};
 
 use crate::connection;
+use crate::forwarded;
 use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
@@ -50,11 +51,20 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
 pub const STRANGLER_FALLBACK: HeaderName = HeaderName::from_static("x-strangler-fallback");
 pub const STRANGLER_STAGE: HeaderName = HeaderName::from_static("x-strangler-stage");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The client address for the access log: the address, or `-` when the peer is not an IP.
+struct OptionalIp(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for OptionalIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
 
 /// A backend address for the access log: the address, or `-` when no backend was picked.
 struct OptionalAddress(Option<std::net::SocketAddr>);
@@ -166,6 +176,8 @@ pub struct RequestContext {
     deadline: Instant,
     /// This request's span, when traces are exported.
     span: Option<RequestSpan>,
+    /// The client, behind trusted proxies if any (see [`forwarded`]).
+    origin: Option<forwarded::Origin>,
 }
 
 impl RequestContext {
@@ -274,6 +286,7 @@ impl ProxyHttp for StranglerProxy {
             started,
             deadline,
             span: None,
+            origin: None,
         }
     }
 
@@ -300,6 +313,8 @@ impl ProxyHttp for StranglerProxy {
             }
         }
         connection::request_started(ctx.deadline, &ctx.request_id);
+        ctx.origin = peer_ip(session)
+            .map(|peer| ctx.table.trusted_proxies.origin(session.req_header(), peer));
         let refusal = hygiene::check_underscore_headers(session.req_header_mut())
             .map(|refusal| (refusal.status, refusal.reason))
             .or_else(|| check_limits(session, &ctx.table.config().server.limits));
@@ -369,10 +384,7 @@ impl ProxyHttp for StranglerProxy {
             }
             return Ok(false);
         }
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let client = ctx.origin.map(|origin| origin.client);
         let target = match &route.split {
             Some(split) => split.pick(session.req_header(), client),
             None => route.primary,
@@ -554,6 +566,7 @@ impl ProxyHttp for StranglerProxy {
         tracing::info!(
             target: "strangler::access",
             request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+            client = %OptionalIp(ctx.origin.map(|origin| origin.client)),
             method = %session.req_header().method,
             path = session.req_header().uri.path(),
             route,
@@ -683,17 +696,15 @@ impl ProxyHttp for StranglerProxy {
         upstream_request: &mut pingora_http::RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let Some(client) = session.client_addr().and_then(|addr| addr.as_inet()) {
-            append_forwarded_for(upstream_request, client.ip())?;
+        if let (Some(origin), Some(peer)) = (ctx.origin, peer_ip(session)) {
+            forwarded::set_forwarding_headers(
+                upstream_request,
+                &origin,
+                peer,
+                session.req_header().headers.get(HOST),
+                false,
+            )?;
         }
-        match session.req_header().headers.get(HOST) {
-            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?,
-            // Never let a client's own value through as if the proxy had set it.
-            None => {
-                upstream_request.remove_header(&X_FORWARDED_HOST);
-            }
-        }
-        upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
         // The backend's spans nest under the proxy's own span.
         if let Some(traceparent) = ctx.span.as_ref().and_then(RequestSpan::traceparent) {
             upstream_request.insert_header(TRACEPARENT, traceparent)?;
@@ -897,18 +908,12 @@ pub(crate) fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
-fn append_forwarded_for(
-    request: &mut pingora_http::RequestHeader,
-    client: std::net::IpAddr,
-) -> Result<()> {
-    let value = match request.headers.get(X_FORWARDED_FOR) {
-        Some(existing) => format!("{}, {client}", String::from_utf8_lossy(existing.as_bytes())),
-        None => client.to_string(),
-    };
-    let value = HeaderValue::try_from(value).map_err(|error| {
-        Error::because(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For", error)
-    })?;
-    request.insert_header(X_FORWARDED_FOR, value)
+/// The address of the connection's peer (the client, or the load balancer in front).
+fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|address| address.as_inet())
+        .map(|address| address.ip())
 }
 
 /// Removes what a backend meant for its hop only. `Transfer-Encoding` stays: Pingora owns

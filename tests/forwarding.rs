@@ -40,7 +40,8 @@ async fn forwarding_headers_are_added() {
     let seen = backend.last();
     assert_eq!(
         seen.header_values("x-forwarded-for"),
-        ["203.0.113.7, 127.0.0.1"]
+        ["127.0.0.1"],
+        "an untrusted peer's claim is replaced, never appended to"
     );
     assert_eq!(
         seen.header_values("x-forwarded-proto"),
@@ -264,4 +265,112 @@ async fn admin_api_reports_health_readiness_and_the_live_config() {
         .await
         .unwrap();
     assert_eq!(post.status, 405);
+}
+
+/// A proxy behind a "load balancer" at 127.0.0.0/8 when `trusted`, with a split by client IP
+/// and a tester override for 192.0.2.0/24.
+async fn balanced_proxy(legacy: &Backend, new: &Backend, trusted: bool) -> Proxy {
+    let server = if trusted {
+        "  trusted_proxies: [127.0.0.0/8]\n"
+    } else {
+        ""
+    };
+    Proxy::start_with_settings(
+        &format!(
+            r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  new: {{ backends: [{}] }}
+default_upstream: legacy
+tester_override: {{ allow_cidrs: [192.0.2.0/24] }}
+routes:
+  - name: split
+    stage: canary
+    match: {{ path_prefix: /split }}
+    split: [{{ upstream: new, weight: 50 }}, {{ upstream: legacy, weight: 50 }}]
+    sticky: {{ client_ip: true }}
+  - {{ name: plain, match: {{ path_prefix: /plain }}, upstream: legacy }}
+"#,
+            legacy.address, new.address
+        ),
+        server,
+        &[],
+        &[],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_peer_cannot_spoof_its_address_its_scheme_or_the_tester_override() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = balanced_proxy(&legacy, &new, false).await;
+    let spoofed = |target: &str| {
+        ClientRequest::get(target)
+            .header("x-forwarded-for", "192.0.2.5")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+    };
+    proxy.send(spoofed("/other")).await;
+    let seen = legacy.last();
+    assert_eq!(seen.header_values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("localhost"));
+    let forced = proxy
+        .send(spoofed("/plain").header("x-strangler-upstream", "new"))
+        .await;
+    assert_eq!(
+        forced.header("x-backend"),
+        Some("legacy"),
+        "192.0.2.5 was a lie"
+    );
+    // Sticky by client IP: the claimed address changes nothing, the side stays the peer's.
+    let sides: std::collections::HashSet<String> =
+        futures_util::future::join_all((0..20).map(|n| {
+            proxy.send(
+                ClientRequest::get("/split/1")
+                    .header("x-forwarded-for", &format!("198.51.100.{n}")),
+            )
+        }))
+        .await
+        .into_iter()
+        .map(|response| response.header("x-backend").unwrap().to_owned())
+        .collect();
+    assert_eq!(sides.len(), 1, "{sides:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_balancer_the_real_client_counts_and_outsiders_stay_outside() {
+    let legacy = Backend::start("legacy").await;
+    let new = Backend::start("new").await;
+    let proxy = balanced_proxy(&legacy, &new, true).await;
+    let via_balancer = |client: &str, target: &str| {
+        ClientRequest::get(target)
+            .header("x-forwarded-for", client)
+            .header("x-forwarded-proto", "https")
+    };
+    proxy.send(via_balancer("198.51.100.7", "/other")).await;
+    let seen = legacy.last();
+    assert_eq!(
+        seen.header_values("x-forwarded-for"),
+        ["198.51.100.7, 127.0.0.1"]
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    // The tester override follows the real client, not the balancer's subnet.
+    let outsider = proxy
+        .send(via_balancer("198.51.100.7", "/plain").header("x-strangler-upstream", "new"))
+        .await;
+    assert_eq!(outsider.header("x-backend"), Some("legacy"));
+    let tester = proxy
+        .send(via_balancer("192.0.2.5", "/plain").header("x-strangler-upstream", "new"))
+        .await;
+    assert_eq!(tester.header("x-backend"), Some("new"));
+    // Sticky by client IP: different real clients behind one balancer land on both sides.
+    let sides: std::collections::HashSet<String> = futures_util::future::join_all(
+        (0..40).map(|n| proxy.send(via_balancer(&format!("198.51.100.{n}"), "/split/1"))),
+    )
+    .await
+    .into_iter()
+    .map(|response| response.header("x-backend").unwrap().to_owned())
+    .collect();
+    assert_eq!(sides.len(), 2, "{sides:?}");
 }

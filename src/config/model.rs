@@ -287,6 +287,12 @@ pub struct ServerConfig {
     /// loopback. Never shown by the admin API.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
+    /// Load balancers and proxies in front of strangler (CIDRs, like `10.0.0.0/8`). Only from
+    /// these peers are `X-Forwarded-For`, `-Proto` and `-Host` believed: the client is then the
+    /// right-most address of `X-Forwarded-For` that is not a trusted proxy. From any other peer
+    /// the peer is the client and its forwarding headers are replaced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Host names the admin API answers to, besides IP addresses and `localhost` (requests
     /// naming another host are refused, against DNS rebinding), e.g. `strangler-admin.internal`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -451,6 +457,7 @@ impl Default for ServerConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             admin_token: None,
             admin_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
             threads: None,
             drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),

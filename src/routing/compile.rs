@@ -259,6 +259,22 @@ impl RouteTable {
         });
 
         let redaction = Arc::new(Redaction::compile(&config.server.redact));
+        let mut trusted = Vec::new();
+        for (number, cidr) in config.server.trusted_proxies.iter().enumerate() {
+            match cidr.parse::<ipnet::IpNet>() {
+                Ok(net) => trusted.push(net),
+                Err(_) => match cidr.parse::<std::net::IpAddr>() {
+                    Ok(address) => trusted.push(ipnet::IpNet::from(address)),
+                    Err(_) => diagnostics.push(
+                        Diagnostic::new(
+                            format!("server.trusted_proxies[{number}]"),
+                            format!("`{cidr}` is not a network or an address"),
+                        )
+                        .with_hint("like 10.0.0.0/8, 192.0.2.10 or fd00::/8"),
+                    ),
+                },
+            }
+        }
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut conditions = Vec::with_capacity(config.routes.len());
         let mut first_use: HashMap<&str, usize> = HashMap::new();
@@ -318,6 +334,7 @@ impl RouteTable {
                     loaded_at: SystemTime::now(),
                     kill_switch: std::sync::atomic::AtomicBool::new(config.kill_switch),
                     tester_override,
+                    trusted_proxies: crate::forwarded::TrustedProxies::new(trusted),
                     upstream_names,
                     config,
                     routes,

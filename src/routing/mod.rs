@@ -57,6 +57,8 @@ pub struct RouteTable {
     /// reload that does not change `kill_switch` in the file carries the flip over.
     pub kill_switch: std::sync::atomic::AtomicBool,
     pub tester_override: Option<TesterOverride>,
+    /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     upstream_names: std::collections::HashMap<String, UpstreamId>,
     config: Config,
     routes: Vec<Route>,
