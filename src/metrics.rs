@@ -45,6 +45,10 @@ pub struct Metrics {
     /// target instead of the upstream it names: the primary was `unreachable`, answered a
     /// `fallback_on` status (`status`), or the `kill_switch` was on.
     pub fallbacks: IntCounterVec,
+    /// `strangler_dns_refreshes_total{upstream,result}`: re-resolutions of an upstream's host
+    /// names: `changed` (a new generation serves the new addresses), `unchanged`, `failed`
+    /// (the last good addresses keep serving).
+    pub dns_refreshes: IntCounterVec,
     /// `strangler_build_info{version}`: 1, labelled with the running version.
     pub build_info: IntGaugeVec,
     /// `strangler_kill_switch_changes_total{state,source}`: the kill switch turned `on` or
@@ -153,6 +157,14 @@ impl Metrics {
             &["route", "from", "to", "reason"],
         )
         .expect("valid metric definition");
+        let dns_refreshes = IntCounterVec::new(
+            Opts::new(
+                "strangler_dns_refreshes_total",
+                "Re-resolutions of backend host names by upstream and result (changed, unchanged, failed)",
+            ),
+            &["upstream", "result"],
+        )
+        .expect("valid metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "strangler_build_info",
@@ -222,6 +234,7 @@ impl Metrics {
             Box::new(kill_switch_changes.clone()),
             Box::new(fallbacks.clone()),
             Box::new(build_info.clone()),
+            Box::new(dns_refreshes.clone()),
             Box::new(diff_store_errors.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_closed.clone()),
@@ -276,6 +289,7 @@ impl Metrics {
             kill_switch_changes,
             fallbacks,
             build_info,
+            dns_refreshes,
             diff_store_errors,
             scrape: std::sync::Mutex::new(()),
             open_connections,

@@ -249,6 +249,95 @@ impl Reloader {
         }
     }
 
+    /// Resolves every backend host name again; when an upstream's addresses changed (and every
+    /// name of it resolved), compiles the serving file again so a new generation serves them,
+    /// health carried per address. A failed lookup changes nothing: the last good addresses
+    /// keep serving. Does nothing while the file holds an edit not applied yet (the file watch
+    /// owns that).
+    pub fn refresh_dns(&self) {
+        let current = self.routes.load_full();
+        let mut changed = Vec::new();
+        for (name, config) in &current.config().upstreams {
+            let names: Vec<&String> = config
+                .backends
+                .iter()
+                .filter(|backend| crate::upstream::is_host_name(backend))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let mut resolved = Vec::new();
+            let mut failed = false;
+            for backend in &config.backends {
+                match crate::upstream::resolve_all(backend, Default::default()) {
+                    Ok(addresses) => resolved.extend(addresses),
+                    Err(problem) => {
+                        tracing::warn!(upstream = %name, backend = %backend, error = %problem.message, "DNS refresh failed; the last good addresses keep serving");
+                        failed = true;
+                    }
+                }
+            }
+            let result = if failed {
+                "failed"
+            } else {
+                resolved.sort();
+                resolved.dedup();
+                let mut serving: Vec<std::net::SocketAddr> = current
+                    .upstream_id(name)
+                    .map(|id| current.upstream(id).addresses().collect())
+                    .unwrap_or_default();
+                serving.sort();
+                if serving == resolved {
+                    "unchanged"
+                } else {
+                    tracing::info!(upstream = %name, before = ?serving, after = ?resolved, "backend addresses changed");
+                    changed.push(name.clone());
+                    "changed"
+                }
+            };
+            self.metrics
+                .dns_refreshes
+                .with_label_values(&[name, result])
+                .inc();
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let _one_at_a_time = self.in_progress.lock().expect("reload lock");
+        let current = self.routes.load_full();
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return;
+        };
+        let source = SourceFile::new(self.path.display().to_string(), text);
+        if source.sha256 != current.sha256() {
+            return;
+        }
+        let next = current.generation() + 1;
+        match parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next)) {
+            Ok(table) => {
+                table.inherit_health(&current);
+                table.kill_switch.store(
+                    current
+                        .kill_switch
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.routes.store(Arc::new(table));
+                self.metrics.config_generation.set(next as i64);
+                tracing::info!(generation = next, upstreams = ?changed, "new backend addresses serving");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "recompiling for new backend addresses failed; the last good addresses keep serving");
+                for name in &changed {
+                    self.metrics
+                        .dns_refreshes
+                        .with_label_values(&[name, "failed"])
+                        .inc();
+                }
+            }
+        }
+    }
+
     /// Drops the metric series of routes and upstreams the new generation no longer has.
     fn forget_removed(&self, current: &RouteTable, next: &RouteTable) {
         let routes: Vec<&str> = current
@@ -360,6 +449,33 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
 
 /// Runs the file watch and the SIGHUP handler until `shutdown` fires. Meant to run as a Pingora
 /// background service.
+/// Re-resolves backend host names every `server.dns_refresh` (read from the serving
+/// generation, so a reload can change it) until shutdown; see [`Reloader::refresh_dns`].
+pub async fn refresh_dns(
+    reloader: Arc<Reloader>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let every = reloader.routes.load().config().server.dns_refresh;
+        // Off (`0s`): look again now and then, in case a reload turns it on.
+        let wait = if every.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            every
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if every.is_zero() {
+            continue;
+        }
+        let reloader = reloader.clone();
+        // Lookups block (getaddrinfo); keep them off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || reloader.refresh_dns()).await;
+    }
+}
+
 pub async fn watch(reloader: Arc<Reloader>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
     let _watcher = match start_file_watch(reloader.path(), events_tx) {

@@ -189,6 +189,12 @@ pub fn serve(
         },
     ));
     if let Some(reloader) = reloader {
+        server.add_service(background_service(
+            "dns refresh",
+            DnsRefresh {
+                reloader: reloader.clone(),
+            },
+        ));
         server.add_service(background_service("config watch", ConfigWatch { reloader }));
     }
 
@@ -221,6 +227,18 @@ struct HealthChecks {
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
         crate::health::run(self.routes.clone(), shutdown).await;
+    }
+}
+
+/// Runs [`crate::reload::refresh_dns`] inside Pingora's lifecycle.
+struct DnsRefresh {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DnsRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::reload::refresh_dns(self.reloader.clone(), shutdown).await;
     }
 }
 

@@ -227,12 +227,21 @@ impl UpstreamPool {
 
         let mut backends = Vec::with_capacity(config.backends.len());
         for (index, address) in config.backends.iter().enumerate() {
-            match resolve(address, resolution) {
-                Ok(address) => backends.push(Backend {
-                    address,
-                    peer: peer_for(address, &config.timeouts),
-                    health: BackendHealth::default(),
-                }),
+            // A name stands for every address it resolves to (a cloud load balancer's, say),
+            // each a backend with health of its own; `server.dns_refresh` follows changes.
+            match resolve_all(address, resolution) {
+                Ok(addresses) => {
+                    for address in addresses {
+                        if backends.iter().any(|known: &Backend| known.address == address) {
+                            continue;
+                        }
+                        backends.push(Backend {
+                            address,
+                            peer: peer_for(address, &config.timeouts),
+                            health: BackendHealth::default(),
+                        });
+                    }
+                }
                 Err(problem) => diagnostics.push(
                     Diagnostic::new(format!("{path}.backends[{index}]"), problem.message)
                         .with_hint(if problem.lookup_failed {
@@ -402,10 +411,10 @@ impl UpstreamPool {
 
 /// Why a backend address is unusable.
 #[derive(Debug, PartialEq)]
-struct AddressProblem {
-    message: String,
+pub struct AddressProblem {
+    pub message: String,
     /// The syntax is fine; the name did not resolve (here, now).
-    lookup_failed: bool,
+    pub lookup_failed: bool,
 }
 
 impl From<String> for AddressProblem {
@@ -417,9 +426,25 @@ impl From<String> for AddressProblem {
     }
 }
 
+#[cfg(test)]
 fn resolve(address: &str, resolution: AddressResolution) -> Result<SocketAddr, AddressProblem> {
+    resolve_all(address, resolution).map(|addresses| addresses[0])
+}
+
+/// Whether a configured backend is a host name (resolved, and re-resolved by
+/// `server.dns_refresh`) rather than an address.
+pub fn is_host_name(backend: &str) -> bool {
+    backend.parse::<SocketAddr>().is_err()
+}
+
+/// Every address `address` (`host:port`) resolves to, sorted and without duplicates; never
+/// empty.
+pub fn resolve_all(
+    address: &str,
+    resolution: AddressResolution,
+) -> Result<Vec<SocketAddr>, AddressProblem> {
     if let Ok(address) = address.parse::<SocketAddr>() {
-        return Ok(address);
+        return Ok(vec![address]);
     }
     // `[2001:db8::1]` has colons but no port.
     let Some((host, port)) = address.rsplit_once(':').filter(|_| !address.ends_with(']')) else {
@@ -439,15 +464,20 @@ fn resolve(address: &str, resolution: AddressResolution) -> Result<SocketAddr, A
                 message,
                 lookup_failed: true,
             };
-            address
+            let mut all: Vec<SocketAddr> = address
                 .to_socket_addrs()
                 .map_err(|error| lookup_failed(format!("cannot resolve `{address}`: {error}")))?
-                .next()
-                .ok_or_else(|| lookup_failed(format!("`{address}` resolves to no address")))
+                .collect();
+            all.sort();
+            all.dedup();
+            if all.is_empty() {
+                return Err(lookup_failed(format!("`{address}` resolves to no address")));
+            }
+            Ok(all)
         }
         AddressResolution::SyntaxOnly => {
             check_host(host).map_err(|problem| format!("`{address}`: {problem}"))?;
-            Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+            Ok(vec![SocketAddr::from(([0, 0, 0, 0], port))])
         }
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::{Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Proxy, Recorded};
+use support::{
+    Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Ports, Proxy, Recorded,
+};
 
 /// One upstream `u` on `backends`, with extra upstream settings (YAML flow entries).
 async fn proxy_to(backends: &[SocketAddr], settings: &str) -> Proxy {
@@ -669,4 +671,88 @@ async fn connections_past_the_limit_get_503_until_a_slot_frees() {
             .await
             >= Some(1.0)
     );
+}
+
+/// Answers every request 200 with `x-backend: <name>`.
+fn answer_as(name: &'static str) -> support::Responder {
+    Arc::new(move |_: &Recorded| {
+        hyper::Response::builder()
+            .header("x-backend", name)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    })
+}
+
+/// Writes a hosts file where `name` resolves to `address` (on top of the machine's own entries).
+fn write_hosts(path: &std::path::Path, name: &str, address: &str) {
+    let base = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    // Rewritten in place (same inode): the proxy's bind mount sees the new content.
+    std::fs::write(path, format!("{address} {name}\n{base}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_name_that_moves_is_followed_and_a_failed_lookup_keeps_the_last_good_address() {
+    let port = support::free_port();
+    let first = Backend::start_at(
+        "first",
+        SocketAddr::from(([127, 0, 0, 2], port)),
+        answer_as("first"),
+    )
+    .await;
+    let second = Backend::start_at(
+        "second",
+        SocketAddr::from(([127, 0, 0, 3], port)),
+        answer_as("second"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    write_hosts(&hosts, "orders.test.internal", "127.0.0.2");
+    let ports = Ports::reserve();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        ports.with_server_settings(
+            &format!(
+                "upstreams:\n  orders: {{ backends: ['orders.test.internal:{port}'] }}\ndefault_upstream: orders\n"
+            ),
+            "  dns_refresh: 200ms\n",
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::start_with_hosts(dir, &path, ports, &hosts).await;
+    assert_eq!(proxy.get("/a").await.header("x-backend"), Some("first"));
+
+    write_hosts(&hosts, "orders.test.internal", "127.0.0.3");
+    let started = Instant::now();
+    while proxy.get("/a").await.header("x-backend") != Some("second") {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the new address was never used"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy
+        .wait_for_metric(
+            "strangler_dns_refreshes_total{result=\"changed\",upstream=\"orders\"}",
+            1.0,
+        )
+        .await;
+
+    // The name stops resolving: the last good address keeps serving.
+    std::fs::write(
+        &hosts,
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+    )
+    .unwrap();
+    proxy
+        .wait_for_metric(
+            "strangler_dns_refreshes_total{result=\"failed\",upstream=\"orders\"}",
+            1.0,
+        )
+        .await;
+    for _ in 0..5 {
+        assert_eq!(proxy.get("/a").await.header("x-backend"), Some("second"));
+    }
+    drop((first, second));
 }

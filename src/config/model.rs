@@ -310,6 +310,12 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub request_timeout: Duration,
+    /// How often backend host names are resolved again (`0s`: never). A name's addresses are
+    /// all backends; when they change, the serving config is compiled again with the new ones
+    /// (health kept per address). A failed lookup keeps the last good addresses.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
+    pub dns_refresh: Duration,
     /// Shadow copies in flight at once across all routes; more are dropped, never queued.
     pub shadow_max_inflight: usize,
     /// Bytes all shadowing may buffer at once: teed request bodies, captured responses and
@@ -461,6 +467,7 @@ impl Default for ServerConfig {
             threads: None,
             drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            dns_refresh: Duration::from_secs(30),
             shadow_max_inflight: 256,
             shadow_max_memory: bytesize::ByteSize::mib(64),
             diff_store: "strangler-diffs.db".into(),

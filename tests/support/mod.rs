@@ -80,7 +80,12 @@ impl Backend {
     }
 
     pub async fn start_with(name: &str, respond: Responder) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), respond).await
+    }
+
+    /// [`Self::start_with`] on a given address (another loopback address, a fixed port).
+    pub async fn start_at(name: &str, address: SocketAddr, respond: Responder) -> Backend {
+        let listener = TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
@@ -291,6 +296,36 @@ impl Proxy {
     }
 
     /// [`Proxy::start_on`] with extra command-line arguments and environment.
+    /// Starts the proxy in a mount namespace of its own where `hosts` is its `/etc/hosts`, so a
+    /// test controls what backend names resolve to (and can change it while the proxy runs).
+    pub async fn start_with_hosts(
+        dir: tempfile::TempDir,
+        config: &Path,
+        ports: Ports,
+        hosts: &Path,
+    ) -> Proxy {
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["--mount", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /etc/hosts && exec "$2" run -c "$3""#)
+            .arg("sh")
+            .arg(hosts)
+            .arg(binary())
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy {
+            address: ports.listen,
+            admin: ports.admin,
+            dir,
+            child,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
     pub async fn start_with(
         dir: tempfile::TempDir,
         config: &Path,
