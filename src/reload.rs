@@ -158,9 +158,12 @@ impl Reloader {
                 let sha = source.sha256.clone();
                 let outcome = self.compile_and_swap(source, &current);
                 let report = self.record(trigger, outcome);
-                if let Outcome::Invalid { .. } = report.outcome {
-                    *self.last_rejected.lock().expect("reload lock") = Some((sha, report.clone()));
-                }
+                // Remembered until something else is applied: after that, the same bad content
+                // is a new edit again.
+                *self.last_rejected.lock().expect("reload lock") = match report.outcome {
+                    Outcome::Invalid { .. } => Some((sha, report.clone())),
+                    _ => None,
+                };
                 return report;
             }
         };
