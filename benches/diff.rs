@@ -59,7 +59,7 @@ fn response(body: Bytes) -> CapturedResponse {
 fn comparison(c: &mut Criterion) {
     let rule = CompareRule {
         ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
-        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap()],
+        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap().into()],
         ..CompareRule::default()
     };
     let mut group = c.benchmark_group("compare_json");
