@@ -15,6 +15,7 @@ mod compare;
 pub mod decode;
 pub mod media;
 pub mod path;
+mod suggest;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -25,6 +26,7 @@ pub use compare::{
     UnorderedArray, compare, compare_prepared, discount_noise,
 };
 use path::PathPattern;
+pub use suggest::{Suggestion, Suggestions, suggest};
 
 use crate::config::{CompareConfig, Diagnostic, NoiseMode};
 use crate::metrics::Metrics;
