@@ -64,6 +64,8 @@ const MAX_KEY_LEN: usize = 60;
 /// Most element pairs scored when matching leftover elements by similarity; beyond, leftovers
 /// are missing and extra.
 const MAX_SCORED_PAIRS: usize = 2048;
+/// Most work (items x edits) an alignment is tried for; beyond, items are compared in place.
+const MAX_ALIGNMENT_WORK: usize = 100_000_000;
 /// How long one alignment (of an array, or of a text's lines) may search for the best one
 /// before it settles for a good one.
 const ALIGNMENT_TIMEOUT: Duration = Duration::from_millis(100);
@@ -171,12 +173,13 @@ pub struct Difference {
     pub shadow: Option<String>,
 }
 
-/// A captured response made ready to compare: its body decoded, its media type parsed, its
-/// JSON parsed once however many comparisons use it (the primary meets the candidate and,
-/// with noise mode, its own second answer).
+/// A captured response made ready to compare: its media type parsed, its body decoded and its
+/// JSON parsed on first use, once however many comparisons use them (the primary meets the
+/// candidate and, with noise mode, its own second answer). Byte-identical bodies are never
+/// decoded.
 pub struct Prepared<'a> {
     pub response: &'a CapturedResponse,
-    pub body: Result<Decoded<'a>, DecodeError>,
+    body: OnceCell<Result<Decoded<'a>, DecodeError>>,
     media: Option<MediaType>,
     json: OnceCell<Result<Value, String>>,
 }
@@ -184,12 +187,7 @@ pub struct Prepared<'a> {
 impl<'a> Prepared<'a> {
     pub fn new(response: &'a CapturedResponse) -> Self {
         Self {
-            body: decode(
-                &response.headers,
-                &response.body,
-                response.truncated,
-                DECODED_LIMIT,
-            ),
+            body: OnceCell::new(),
             media: response
                 .headers
                 .get(http::header::CONTENT_TYPE)
@@ -198,6 +196,19 @@ impl<'a> Prepared<'a> {
             json: OnceCell::new(),
             response,
         }
+    }
+
+    /// The body with its content codings undone (at most 1 MiB of it), or why it cannot be.
+    pub fn body(&self) -> &Result<Decoded<'a>, DecodeError> {
+        self.body.get_or_init(|| {
+            let response = self.response;
+            decode(
+                &response.headers,
+                &response.body,
+                response.truncated,
+                DECODED_LIMIT,
+            )
+        })
     }
 
     pub fn is_json(&self) -> bool {
@@ -211,7 +222,7 @@ impl<'a> Prepared<'a> {
     /// The decoded body as JSON (parsed on first use), or why it is not JSON.
     pub fn json(&self) -> Result<&Value, &str> {
         self.json
-            .get_or_init(|| match &self.body {
+            .get_or_init(|| match self.body() {
                 Ok(decoded) => serde_json::from_slice(&decoded.bytes)
                     .map_err(|error| format!("invalid JSON: {error}")),
                 Err(error) => Err(error.to_string()),
@@ -321,21 +332,23 @@ fn compare_bodies(
     shadow: &Prepared<'_>,
     out: &mut Vec<Difference>,
 ) {
-    let (a, b) = match (&primary.body, &shadow.body) {
+    let (raw_a, raw_b) = (primary.response, shadow.response);
+    let same_bytes = raw_a.body == raw_b.body
+        && raw_a.truncated == raw_b.truncated
+        && super::decode::codings(&raw_a.headers) == super::decode::codings(&raw_b.headers);
+    if same_bytes {
+        return;
+    }
+    let (a, b) = match (primary.body(), shadow.body()) {
         (Ok(a), Ok(b)) => (a, b),
         _ => {
             // Without the content, nothing more can be compared: say why.
-            let same_bytes = primary.response.body == shadow.response.body
-                && super::decode::codings(&primary.response.headers)
-                    == super::decode::codings(&shadow.response.headers);
-            if !same_bytes {
-                out.push(Difference {
-                    path: ENCODING_PATH.into(),
-                    kind: Kind::Changed,
-                    primary: Some(describe_coding(primary)),
-                    shadow: Some(describe_coding(shadow)),
-                });
-            }
+            out.push(Difference {
+                path: ENCODING_PATH.into(),
+                kind: Kind::Changed,
+                primary: Some(describe_coding(primary)),
+                shadow: Some(describe_coding(shadow)),
+            });
             return;
         }
     };
@@ -382,7 +395,7 @@ fn compare_bodies(
 /// A body's content coding as a difference shows it: what it decodes to, or why it does not.
 fn describe_coding(prepared: &Prepared<'_>) -> String {
     let wire = prepared.response.body.len();
-    match &prepared.body {
+    match prepared.body() {
         Ok(decoded) if decoded.codings.is_empty() => format!("identity, {wire} bytes"),
         Ok(decoded) => format!(
             "{}, {wire} bytes, decodes to {}{} bytes",
@@ -411,13 +424,13 @@ pub(super) fn describe_bytes(body: &[u8], truncated: bool) -> String {
 fn compare_text(a: &str, b: &str, out: &mut Vec<Difference>) {
     let x: Vec<&str> = a.split_inclusive('\n').collect();
     let y: Vec<&str> = b.split_inclusive('\n').collect();
-    let ops = similar::capture_diff_slices_deadline(
-        Algorithm::Myers,
-        &x,
-        &y,
-        Some(Instant::now() + ALIGNMENT_TIMEOUT),
-    );
-    for op in ops {
+    let hash = |lines: &[&str]| -> Vec<u64> {
+        lines
+            .iter()
+            .map(|line| xxhash_rust::xxh3::xxh3_64(line.as_bytes()))
+            .collect()
+    };
+    for op in align(&hash(&x), &hash(&y)) {
         let (_, old, new) = op.as_tag_tuple();
         match op {
             DiffOp::Equal { .. } => {}
@@ -505,6 +518,40 @@ fn pair_lines(x: &[&str], y: &[&str]) -> Vec<(usize, usize)> {
         }
     }
     pairs
+}
+
+/// How `old` becomes `new`, by items' hashes: the longest common subsequence (Myers, with
+/// `similar`) when there is one worth finding. Myers costs about (n + m) x edits; when few
+/// items are in common (edits are many) no alignment can help much, and one replacement of
+/// everything (paired in place by the caller) is the answer, found in linear time.
+fn align(old: &[u64], new: &[u64]) -> Vec<DiffOp> {
+    let mut waiting: HashMap<u64, usize> = HashMap::with_capacity(new.len());
+    for item in new {
+        *waiting.entry(*item).or_default() += 1;
+    }
+    let mut common = 0;
+    for item in old {
+        if let Some(count) = waiting.get_mut(item).filter(|count| **count > 0) {
+            *count -= 1;
+            common += 1;
+        }
+    }
+    let total = old.len() + new.len();
+    let fewest_edits = total - 2 * common;
+    if common == 0 || total.saturating_mul(fewest_edits) > MAX_ALIGNMENT_WORK {
+        return vec![DiffOp::Replace {
+            old_index: 0,
+            old_len: old.len(),
+            new_index: 0,
+            new_len: new.len(),
+        }];
+    }
+    similar::capture_diff_slices_deadline(
+        Algorithm::Myers,
+        old,
+        new,
+        Some(Instant::now() + ALIGNMENT_TIMEOUT),
+    )
 }
 
 /// Lines as shown in a difference: joined by newlines, without their line endings.
@@ -681,13 +728,7 @@ fn compare_ordered<'v, S: Sink>(
     if fx == fy {
         return;
     }
-    let ops = similar::capture_diff_slices_deadline(
-        Algorithm::Myers,
-        &fx,
-        &fy,
-        Some(Instant::now() + ALIGNMENT_TIMEOUT),
-    );
-    for op in ops {
+    for op in align(&fx, &fy) {
         if out.full() {
             return;
         }
@@ -776,6 +817,19 @@ fn compare_keyed<'v, S: Sink>(
             by_key.entry(canonical(key)).or_default().push_back(j);
         }
     }
+    // Whether each key member is under `redact_json`: the same for every element.
+    let mut member_path = path.clone();
+    member_path.push(Step::Element(Cow::Borrowed("")));
+    let hidden: Vec<bool> = by
+        .iter()
+        .map(|member| {
+            member_path.push(Step::Key(Cow::Borrowed(member.as_str())));
+            let hidden = redacted(rule, &member_path);
+            member_path.pop();
+            hidden
+        })
+        .collect();
+    let label = |key: &[&Value]| Step::Element(Cow::Owned(element_label(by, &hidden, key)));
     let mut paired_y = vec![false; y.len()];
     let mut loose_x = Vec::new();
     for (i, key) in kx.iter().enumerate() {
@@ -786,18 +840,20 @@ fn compare_keyed<'v, S: Sink>(
             loose_x.push(i);
             continue;
         };
-        let step = Step::Element(Cow::Owned(element_label(rule, by, key, path)));
         match by_key
             .get_mut(&canonical(key))
             .and_then(VecDeque::pop_front)
         {
             Some(j) => {
                 paired_y[j] = true;
-                path.push(step);
-                compare_json(rule, &x[i], &y[j], path, out);
-                path.pop();
+                // Most matched elements are equal: one hash walk each, no name built.
+                if fingerprint_at(rule, &x[i], i, path) != fingerprint_at(rule, &y[j], i, path) {
+                    path.push(label(key));
+                    compare_json(rule, &x[i], &y[j], path, out);
+                    path.pop();
+                }
             }
-            None => compare_lone(rule, step, Some(&x[i]), None, path, out),
+            None => compare_lone(rule, label(key), Some(&x[i]), None, path, out),
         }
     }
     let mut loose_y = Vec::new();
@@ -805,10 +861,7 @@ fn compare_keyed<'v, S: Sink>(
         match key {
             _ if paired_y[j] => {}
             None => loose_y.push(j),
-            Some(key) => {
-                let step = Step::Element(Cow::Owned(element_label(rule, by, key, path)));
-                compare_lone(rule, step, None, Some(&y[j]), path, out);
-            }
+            Some(key) => compare_lone(rule, label(key), None, Some(&y[j]), path, out),
         }
     }
     if !loose_x.is_empty() || !loose_y.is_empty() {
@@ -818,16 +871,15 @@ fn compare_keyed<'v, S: Sink>(
     }
 }
 
-/// `id=7`, `region="eu",id=7`: an element named by its key. A key under `redact_json` is named
-/// by a hash of its value instead (`email=~1f2e3d4c`), stable across exchanges but not the value.
-fn element_label(rule: &CompareRule, by: &[String], key: &[&Value], path: &[Step<'_>]) -> String {
-    let mut member_path = path.to_vec();
-    member_path.push(Step::Element(Cow::Borrowed("")));
+/// `id=7`, `region="eu",id=7`: an element named by its key. A member under `redact_json`
+/// (`hidden`) is named by a hash of its value instead (`email=~1f2e3d4c`), stable across
+/// exchanges but not the value.
+fn element_label(by: &[String], hidden: &[bool], key: &[&Value]) -> String {
     by.iter()
+        .zip(hidden)
         .zip(key)
-        .map(|(member, value)| {
-            member_path.push(Step::Key(Cow::Borrowed(member.as_str())));
-            let shown = if redacted(rule, &member_path) {
+        .map(|((member, hidden), value)| {
+            let shown = if *hidden {
                 format!(
                     "~{:08x}",
                     xxhash_rust::xxh3::xxh3_64(value.to_string().as_bytes()) as u32
@@ -835,7 +887,6 @@ fn element_label(rule: &CompareRule, by: &[String], key: &[&Value], path: &[Step
             } else {
                 truncate_to(value.to_string(), MAX_KEY_LEN)
             };
-            member_path.pop();
             format!("{member}={shown}")
         })
         .collect::<Vec<_>>()
@@ -1350,6 +1401,45 @@ mod tests {
             paths(&orders(&[1, 2]), &closed, &ignoring),
             found(&[("$.orders[1]", Kind::Extra)])
         );
+    }
+
+    #[test]
+    fn lists_with_nothing_in_common_are_compared_in_place() {
+        assert_eq!(
+            paths(r#"[1,2,3]"#, r#"[4,5,6,7]"#, &CompareRule::default()),
+            found(&[
+                ("$[0]", Kind::Changed),
+                ("$[1]", Kind::Changed),
+                ("$[2]", Kind::Changed),
+                ("$[3]", Kind::Extra)
+            ])
+        );
+        // Thousands of records, each different: no quadratic search for an alignment.
+        let records = |variant: u32| {
+            let items: Vec<String> = (0..5000)
+                .map(|id| format!(r#"{{"id":{id},"total":{}}}"#, id * 10 + variant))
+                .collect();
+            format!("[{}]", items.join(","))
+        };
+        let started = Instant::now();
+        let found = compare(
+            &CompareRule::default(),
+            &json(&records(0)),
+            &json(&records(1)),
+        );
+        assert_eq!(found.len(), MAX_DIFFERENCES);
+        assert_eq!(found[0].path, "$[0].total");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let lines = |variant: u32| -> String {
+            (0..5000).map(|n| format!("line {n}.{variant}\n")).collect()
+        };
+        let found = compare(&CompareRule::default(), &text(&lines(0)), &text(&lines(1)));
+        assert_eq!(found[0].path, "body:line 1");
+        assert_eq!(found[0].kind, Kind::Changed);
     }
 
     #[test]

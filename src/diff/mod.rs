@@ -263,7 +263,7 @@ fn sample(rule: &CompareRule, prepared: &Prepared<'_>) -> Option<String> {
     if prepared.response.body.is_empty() {
         return None;
     }
-    let decoded = match &prepared.body {
+    let decoded = match prepared.body() {
         Ok(decoded) => decoded,
         Err(error) => {
             return Some(format!("[{error}; {} bytes]", prepared.response.body.len()));
