@@ -7,7 +7,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, StatusCode};
-use strangler::diff::{CompareRule, compare, path::PathPattern};
+use strangler::diff::{CompareRule, compare, decode, path::PathPattern};
 use strangler::shadow::CapturedResponse;
 
 /// The same records with every object's keys in another order: equal as JSON, not as bytes,
@@ -59,7 +59,7 @@ fn response(body: Bytes) -> CapturedResponse {
 fn comparison(c: &mut Criterion) {
     let rule = CompareRule {
         ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
-        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap()],
+        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap().into()],
         ..CompareRule::default()
     };
     let mut group = c.benchmark_group("compare_json");
@@ -90,5 +90,45 @@ fn comparison(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, comparison);
+/// Undoing each content coding of a 100 KiB JSON body (what the diff worker does to each side
+/// before comparing), and a comparison of a gzipped primary with a plain candidate.
+fn decoding(c: &mut Criterion) {
+    use std::io::Write;
+    let body = document(100 << 10, 0);
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&body).unwrap();
+    let mut br = Vec::new();
+    {
+        let mut writer = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+        writer.write_all(&body).unwrap();
+    }
+    let encoded = [
+        ("gzip", gzip.finish().unwrap()),
+        ("br", br),
+        ("zstd", zstd::encode_all(&body[..], 3).unwrap()),
+    ];
+    let mut group = c.benchmark_group("decode_100KiB");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    for (coding, bytes) in &encoded {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-encoding", coding.parse().unwrap());
+        group.bench_function(*coding, |b| {
+            b.iter(|| {
+                black_box(decode::decode(&headers, bytes, false, decode::DECODED_LIMIT).unwrap())
+            })
+        });
+    }
+    let mut gzipped = response(Bytes::from(encoded[0].1.clone()));
+    gzipped
+        .headers
+        .insert("content-encoding", "gzip".parse().unwrap());
+    let plain = response(body.clone());
+    let rule = CompareRule::default();
+    group.bench_function("compare_gzip_with_plain", |b| {
+        b.iter(|| black_box(compare(&rule, &gzipped, &plain)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, comparison, decoding);
 criterion_main!(benches);

@@ -796,3 +796,324 @@ async fn a_diff_store_that_cannot_open_when_a_reload_adds_a_shadow_is_counted_no
         "the verdict is still counted"
     );
 }
+
+/// Orders as legacy and the candidate both serve them: `status` shipped for order 2 on the
+/// candidate only.
+fn order_json(id: &str, candidate: bool) -> String {
+    let status = if candidate && id == "2" {
+        "shipped"
+    } else {
+        "open"
+    };
+    format!(
+        r#"{{"id":{id},"status":"{status}","lines":["widget","gadget"],"note":"{}"}}"#,
+        "x".repeat(200)
+    )
+}
+
+/// Legacy compresses like a real web server: brotli when the client accepts it, else gzip when
+/// it accepts that, and says `Vary: Accept-Encoding`.
+fn compressing_legacy() -> Responder {
+    use std::io::Write;
+    Arc::new(|request: &Recorded| {
+        let id = request.target.rsplit('/').next().unwrap_or("0");
+        let body = order_json(id, false);
+        let accepted = request.header("accept-encoding").unwrap_or_default();
+        let (coding, bytes) = if accepted.contains("br") {
+            let mut out = Vec::new();
+            {
+                let mut writer = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                writer.write_all(body.as_bytes()).unwrap();
+            }
+            (Some("br"), out)
+        } else if accepted.contains("gzip") {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body.as_bytes()).unwrap();
+            (Some("gzip"), encoder.finish().unwrap())
+        } else {
+            (None, body.into_bytes())
+        };
+        let mut response = hyper::Response::builder()
+            .header("content-type", "application/json; charset=UTF-8")
+            .header("vary", "Accept-Encoding");
+        if let Some(coding) = coding {
+            response = response.header("content-encoding", coding);
+        }
+        response.body(Full::new(Bytes::from(bytes))).unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressing_primary_and_a_plain_candidate_agree_and_samples_are_stored_decoded() {
+    let old = Backend::start_with("legacy", compressing_legacy()).await;
+    let new = Backend::start_with(
+        "orders-v2",
+        Arc::new(|request: &Recorded| {
+            let id = request.target.rsplit('/').next().unwrap_or("0");
+            json_response(order_json(id, true))
+        }),
+    )
+    .await;
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    shadow: {{ upstream: orders-v2 }}
+"#,
+        old.address, new.address
+    ))
+    .await;
+    let mut codings = Vec::new();
+    for (target, accept) in [
+        ("/orders/1", "gzip"),
+        ("/orders/1", "gzip, deflate, br"),
+        ("/orders/3", "br;q=1.0, gzip;q=0.8"),
+        ("/orders/2", "gzip"),
+    ] {
+        let response = proxy
+            .send(ClientRequest::get(target).header("accept-encoding", accept))
+            .await;
+        assert_eq!(response.status, 200);
+        codings.push(
+            response
+                .header("content-encoding")
+                .unwrap_or("identity")
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        codings,
+        ["gzip", "br", "br", "gzip"],
+        "the client gets legacy's bytes"
+    );
+    let store = Ports {
+        listen: proxy.address,
+        admin: proxy.admin,
+    }
+    .diff_store();
+    wait_for_samples(&store, "orders", 4);
+
+    let (_, json) = report(&store, &["--format", "json"]);
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let orders = &document["routes"][0];
+    assert_eq!(
+        orders["matches"], 3,
+        "compressed or not, the same orders: {orders}"
+    );
+    assert_eq!(orders["mismatches"], 1, "{orders}");
+    let paths: Vec<&str> = orders["top_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["$.status"],
+        "no header, encoding or body-bytes difference: {json}"
+    );
+
+    let mismatch = support::get(proxy.admin, "/diffs?verdict=mismatch")
+        .await
+        .unwrap()
+        .json();
+    let mismatch = &mismatch["diffs"][0];
+    assert_eq!(mismatch["path"], "/orders/2");
+    let primary: serde_json::Value =
+        serde_json::from_str(mismatch["primary_sample"].as_str().unwrap())
+            .expect("the gzipped primary is stored as its JSON text");
+    assert_eq!(primary["status"], "open");
+    let shadow: serde_json::Value =
+        serde_json::from_str(mismatch["shadow_sample"].as_str().unwrap()).unwrap();
+    assert_eq!(shadow["status"], "shipped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_field_the_candidate_lacks_is_a_mismatch_however_noisy_legacy_is_there() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let old = Backend::start_with("legacy", legacy(counter.clone())).await;
+    // The candidate forgot `generated_at`, which legacy changes on every call.
+    let new = Backend::start_with(
+        "orders-v2",
+        Arc::new(|request: &Recorded| {
+            let id = request.target.rsplit('/').next().unwrap_or("0").to_owned();
+            json_response(format!(
+                r#"{{"id":{id},"status":"open","total":"10.50","tags":["a","b"]}}"#
+            ))
+        }),
+    )
+    .await;
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    shadow: {{ upstream: orders-v2, compare: {{ noise: legacy, ignore_headers: [x-backend] }} }}
+"#,
+        old.address, new.address
+    ))
+    .await;
+    for id in 1..=4 {
+        assert_eq!(proxy.get(&format!("/orders/{id}")).await.status, 200);
+    }
+    let store = Ports {
+        listen: proxy.address,
+        admin: proxy.admin,
+    }
+    .diff_store();
+    wait_for_samples(&store, "orders", 4);
+
+    let (code, json) = report(&store, &["--format", "json"]);
+    assert_eq!(code, 1, "{json}");
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let orders = &document["routes"][0];
+    assert_eq!(orders["mismatches"], 4, "{orders}");
+    assert_eq!(orders["noise"], 0, "{orders}");
+    assert_eq!(orders["top_paths"][0]["path"], "$.generated_at");
+    assert_eq!(orders["top_paths"][0]["kind"], "missing");
+    assert_eq!(
+        orders["suggested_ignores"],
+        json!([]),
+        "ignoring it would hide the missing field"
+    );
+    assert_eq!(
+        old.requests()
+            .iter()
+            .filter(|r| r.header("x-strangler-shadow") == Some("1"))
+            .count(),
+        4,
+        "noise mode was on: legacy answered each request twice"
+    );
+}
+
+/// Orders as a list of records, each with a timestamp of when it was rendered: legacy lists
+/// them by id, the candidate newest first.
+fn order_list(reversed: bool, tick: u64, total_of_7: &str) -> String {
+    let mut orders: Vec<String> = [(7, total_of_7), (8, "5.00"), (9, "12.50")]
+        .iter()
+        .map(|(id, total)| {
+            format!(
+                r#"{{"id":{id},"total":"{total}","rendered_at":"t{tick}","lines":[{{"sku":"a"}}]}}"#
+            )
+        })
+        .collect();
+    if reversed {
+        orders.reverse();
+    }
+    format!(r#"{{"orders":[{}]}}"#, orders.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_listed_in_another_order_match_by_key_with_their_timestamps_ignored() {
+    let ticks = Arc::new(AtomicU64::new(0));
+    let legacy_ticks = ticks.clone();
+    let old = Backend::start_with(
+        "legacy",
+        Arc::new(move |_: &Recorded| {
+            json_response(order_list(
+                false,
+                legacy_ticks.fetch_add(1, Ordering::Relaxed),
+                "20.00",
+            ))
+        }),
+    )
+    .await;
+    let new = Backend::start_with(
+        "orders-v2",
+        Arc::new(move |request: &Recorded| {
+            // On /buggy, order 7's total is wrong.
+            let total = if request.target.starts_with("/buggy") {
+                "21.00"
+            } else {
+                "20.00"
+            };
+            json_response(order_list(
+                true,
+                ticks.fetch_add(1, Ordering::Relaxed) + 100,
+                total,
+            ))
+        }),
+    )
+    .await;
+    let compare = "{ ignore_json: ['$.orders[*].rendered_at'], unordered_arrays: [{ path: '$.orders', by: id }] }";
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: keyed
+    match: {{ path_prefix: /keyed }}
+    shadow: {{ upstream: orders-v2, compare: {compare} }}
+  - name: buggy
+    match: {{ path_prefix: /buggy }}
+    shadow: {{ upstream: orders-v2, compare: {compare} }}
+  - name: ordered
+    match: {{ path_prefix: /ordered }}
+    shadow: {{ upstream: orders-v2, compare: {{ ignore_json: ['$.orders[*].rendered_at'] }} }}
+"#,
+        old.address, new.address
+    ))
+    .await;
+    for route in ["keyed", "buggy", "ordered"] {
+        for _ in 0..3 {
+            assert_eq!(proxy.get(&format!("/{route}/orders")).await.status, 200);
+        }
+    }
+    let store = Ports {
+        listen: proxy.address,
+        admin: proxy.admin,
+    }
+    .diff_store();
+    for route in ["keyed", "buggy", "ordered"] {
+        wait_for_samples(&store, route, 3);
+    }
+    let (_, json) = report(&store, &["--format", "json"]);
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let route = |name: &str| {
+        document["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == name)
+            .unwrap()
+            .clone()
+    };
+    let keyed = route("keyed");
+    assert_eq!(
+        (keyed["matches"].as_u64(), keyed["passed"].as_bool()),
+        (Some(3), Some(true)),
+        "{keyed}"
+    );
+
+    let buggy = support::get(proxy.admin, "/diffs?route=buggy&limit=1")
+        .await
+        .unwrap()
+        .json();
+    let differences = &buggy["diffs"][0]["differences"];
+    assert_eq!(
+        differences,
+        &json!([{"path": "$.orders[id=7].total", "kind": "changed", "primary": "\"20.00\"", "shadow": "\"21.00\""}]),
+        "one difference, named by the order's key"
+    );
+
+    // Without a key the order matters: the list is aligned, not diffed index by index, so the
+    // report names whole orders out of place rather than every field of every order.
+    let ordered = route("ordered");
+    assert_eq!(ordered["mismatches"], 3, "{ordered}");
+    let paths: Vec<&str> = ordered["top_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.iter().all(|p| *p == "$.orders[*]"), "{paths:?}");
+}

@@ -718,15 +718,120 @@ pub struct CompareConfig {
     pub ignore_json: Vec<String>,
     /// Relative tolerance for numbers: 0.001 accepts 1000 vs 1000.9.
     pub numeric_tolerance: f64,
-    /// JSON arrays compared as multisets (order ignored).
+    /// JSON arrays whose order does not matter: `'$.tags'` (each element matched with its most
+    /// similar counterpart) or `{ path: '$.orders', by: id }` (elements matched by the value of
+    /// their member `id`; several members for a composite key). Matched elements are compared
+    /// field by field, with the ignore rules and numeric tolerance.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unordered_arrays: Vec<String>,
+    pub unordered_arrays: Vec<UnorderedArrayConfig>,
     /// `legacy`: also send a second copy to the route's primary upstream; whatever differs
     /// between the two primary answers is noise, not a candidate difference.
     pub noise: NoiseMode,
     /// JSON fields replaced by `"[redacted]"` in stored body samples.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redact_json: Vec<String>,
+}
+
+/// One `unordered_arrays` entry: a JSON path, alone or with the member(s) that key elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnorderedArrayConfig {
+    pub path: String,
+    /// Members whose values identify an element; empty: best match.
+    pub by: Vec<String>,
+}
+
+impl From<&str> for UnorderedArrayConfig {
+    fn from(path: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+            by: Vec::new(),
+        }
+    }
+}
+
+impl Serialize for UnorderedArrayConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.by.as_slice() {
+            [] => serializer.serialize_str(&self.path),
+            by => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("path", &self.path)?;
+                match by {
+                    [one] => map.serialize_entry("by", one)?,
+                    many => map.serialize_entry("by", many)?,
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UnorderedArrayConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Spelled {
+            path: String,
+            #[serde(default, deserialize_with = "one_or_many")]
+            by: Vec<String>,
+        }
+
+        struct UnorderedVisitor;
+
+        impl<'de> Visitor<'de> for UnorderedVisitor {
+            type Value = UnorderedArrayConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON path ('$.tags') or {path: '$.orders', by: id}")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(value.into())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let spelled = Spelled::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(UnorderedArrayConfig {
+                    path: spelled.path,
+                    by: spelled.by,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(UnorderedVisitor)
+    }
+}
+
+impl JsonSchema for UnorderedArrayConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "UnorderedArray".into()
+    }
+
+    /// Mirrors the hand-written `Deserialize` above.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A JSON array whose order does not matter: its path ('$.tags', elements matched with their most similar counterpart) or {path, by} (elements matched by the value of a member, or of several for a composite key).",
+            "anyOf": [
+                { "type": "string", "description": "The array's JSON path; elements are matched by similarity." },
+                {
+                    "type": "object",
+                    "properties": {
+                        "path": { "type": "string", "description": "The array's JSON path: $.orders, $.orders[*].lines." },
+                        "by": {
+                            "description": "The member (or members) whose value identifies an element: id, or [region, id].",
+                            "anyOf": [
+                                { "type": "string" },
+                                { "type": "array", "items": { "type": "string" } }
+                            ]
+                        }
+                    },
+                    "required": ["path"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -1,25 +1,44 @@
 //! The comparison engine: two captured responses in, a list of differences out. Pure and
 //! synchronous; it runs on the diff worker thread, never on the proxy's I/O threads (see
 //! [`super::DiffSink`]).
+//!
+//! Bodies are compared as their content, not their bytes on the wire: `Content-Encoding` is
+//! undone first ([`super::decode`]), `Content-Type` is compared by meaning ([`super::media`]),
+//! JSON structurally (arrays aligned element by element, or matched by key), text as line
+//! hunks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use similar::{Algorithm, DiffOp};
 
+use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
+use super::media::{self, MediaType};
 use super::path::{PathPattern, Step, render};
 use crate::shadow::CapturedResponse;
 
-/// Headers that differ between any two servers and say nothing about the answer.
+/// Headers that differ between any two servers and say nothing about the answer: transport
+/// (framing, connection, content coding, caching negotiation) and server identity.
 pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
     "date",
     "server",
     "x-request-id",
     "content-length",
+    "content-encoding",
+    "transfer-encoding",
     "connection",
     "keep-alive",
-    "transfer-encoding",
+    "proxy-connection",
+    "trailer",
+    "upgrade",
+    "vary",
+    "alt-svc",
     "age",
     "expires",
     "last-modified",
@@ -40,13 +59,43 @@ const SENSITIVE_HEADERS: &[&str] = &[
 const MAX_DIFFERENCES: usize = 100;
 /// Longest value shown in a difference.
 const MAX_VALUE_LEN: usize = 120;
+/// Longest key value shown in the name of an element matched by key.
+const MAX_KEY_LEN: usize = 60;
+/// Most element pairs scored when matching leftover elements by similarity; beyond, leftovers
+/// are missing and extra.
+const MAX_SCORED_PAIRS: usize = 2048;
+/// Most work (items x edits) an alignment is tried for; beyond, items are compared in place.
+const MAX_ALIGNMENT_WORK: usize = 100_000_000;
+/// How long one alignment (of an array, or of a text's lines) may search for the best one
+/// before it settles for a good one.
+const ALIGNMENT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Where a body's content-coding problem is reported.
+pub const ENCODING_PATH: &str = "body:encoding";
+
+/// An `unordered_arrays` entry compiled: the array's path and the members that key elements
+/// (none: elements are matched by similarity).
+#[derive(Debug, Clone)]
+pub struct UnorderedArray {
+    pub path: PathPattern,
+    pub by: Vec<String>,
+}
+
+impl From<PathPattern> for UnorderedArray {
+    fn from(path: PathPattern) -> Self {
+        Self {
+            path,
+            by: Vec::new(),
+        }
+    }
+}
 
 /// How one route compares responses.
 #[derive(Debug, Clone)]
 pub struct CompareRule {
     pub ignore_headers: BTreeSet<String>,
     pub ignore_json: Vec<PathPattern>,
-    pub unordered_arrays: Vec<PathPattern>,
+    pub unordered_arrays: Vec<UnorderedArray>,
     /// Relative: numbers `a`, `b` are equal when `|a - b| <= tolerance * max(|a|, |b|)`.
     pub numeric_tolerance: f64,
     /// Send a second copy to the primary's upstream and discount what differs between the two.
@@ -71,6 +120,16 @@ impl Default for CompareRule {
     }
 }
 
+impl CompareRule {
+    fn ignored(&self, path: &[Step<'_>]) -> bool {
+        self.ignore_json.iter().any(|p| p.covers(path))
+    }
+
+    fn unordered(&self, path: &[Step<'_>]) -> Option<&UnorderedArray> {
+        self.unordered_arrays.iter().find(|u| u.path.matches(path))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -84,10 +143,28 @@ pub enum Kind {
     Type,
 }
 
+impl Kind {
+    /// `changed`, `missing`, `extra`, `type`: as stored and reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Changed => "changed",
+            Kind::Missing => "missing",
+            Kind::Extra => "extra",
+            Kind::Type => "type",
+        }
+    }
+
+    /// Both sides have a value here (that differs): the only kind noise can explain.
+    pub fn is_value(self) -> bool {
+        matches!(self, Kind::Changed | Kind::Type)
+    }
+}
+
 /// One difference between the primary's and the shadow's response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
-    /// `status`, `headers.<name>`, `$.json.path`, `body` or `body:line N`.
+    /// `status`, `headers.<name>`, `$.json.path`, `body`, `body:encoding`, `body:line N` or
+    /// `body:lines N-M`.
     pub path: String,
     pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,22 +173,91 @@ pub struct Difference {
     pub shadow: Option<String>,
 }
 
+/// A captured response made ready to compare: its media type parsed, its body decoded and its
+/// JSON parsed on first use, once however many comparisons use them (the primary meets the
+/// candidate and, with noise mode, its own second answer). Byte-identical bodies are never
+/// decoded.
+pub struct Prepared<'a> {
+    pub response: &'a CapturedResponse,
+    body: OnceCell<Result<Decoded<'a>, DecodeError>>,
+    media: Option<MediaType>,
+    json: OnceCell<Result<Value, String>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(response: &'a CapturedResponse) -> Self {
+        Self {
+            body: OnceCell::new(),
+            media: response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(MediaType::parse),
+            json: OnceCell::new(),
+            response,
+        }
+    }
+
+    /// The body with its content codings undone (at most 1 MiB of it), or why it cannot be.
+    pub fn body(&self) -> &Result<Decoded<'a>, DecodeError> {
+        self.body.get_or_init(|| {
+            let response = self.response;
+            decode(
+                &response.headers,
+                &response.body,
+                response.truncated,
+                DECODED_LIMIT,
+            )
+        })
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.media.as_ref().is_some_and(MediaType::is_json)
+    }
+
+    fn is_text(&self) -> bool {
+        self.media.as_ref().is_some_and(MediaType::is_text)
+    }
+
+    /// The decoded body as JSON (parsed on first use), or why it is not JSON.
+    pub fn json(&self) -> Result<&Value, &str> {
+        self.json
+            .get_or_init(|| match self.body() {
+                Ok(decoded) => serde_json::from_slice(&decoded.bytes)
+                    .map_err(|error| format!("invalid JSON: {error}")),
+                Err(error) => Err(error.to_string()),
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
 /// Every difference between `primary` and `shadow` under `rule`, at most 100.
 pub fn compare(
     rule: &CompareRule,
     primary: &CapturedResponse,
     shadow: &CapturedResponse,
 ) -> Vec<Difference> {
+    compare_prepared(rule, &Prepared::new(primary), &Prepared::new(shadow))
+}
+
+/// [`compare`] on responses already prepared.
+pub fn compare_prepared(
+    rule: &CompareRule,
+    primary: &Prepared<'_>,
+    shadow: &Prepared<'_>,
+) -> Vec<Difference> {
     let mut out = Vec::new();
-    if primary.status != shadow.status {
+    let (a, b) = (primary.response, shadow.response);
+    if a.status != b.status {
         out.push(Difference {
             path: "status".into(),
             kind: Kind::Changed,
-            primary: Some(primary.status.as_u16().to_string()),
-            shadow: Some(shadow.status.as_u16().to_string()),
+            primary: Some(a.status.as_u16().to_string()),
+            shadow: Some(b.status.as_u16().to_string()),
         });
     }
-    compare_headers(rule, &primary.headers, &shadow.headers, &mut out);
+    compare_headers(rule, &a.headers, &b.headers, &mut out);
     compare_bodies(rule, primary, shadow, &mut out);
     out.truncate(MAX_DIFFERENCES);
     out
@@ -153,6 +299,12 @@ fn compare_headers(
         if a == b {
             continue;
         }
+        if name == "content-type"
+            && let (Some(a), Some(b)) = (&a, &b)
+            && media::same_meaning(a, b)
+        {
+            continue;
+        }
         let shown = |v: Option<String>| {
             if sensitive {
                 v.map(|_| REDACTED.to_owned())
@@ -174,101 +326,88 @@ fn compare_headers(
     }
 }
 
-fn is_json(response: &CapturedResponse) -> bool {
-    response
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.to_ascii_lowercase();
-            ct.contains("/json") || ct.contains("+json")
-        })
-}
-
-fn is_text(response: &CapturedResponse) -> bool {
-    response
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/"))
-}
-
 fn compare_bodies(
     rule: &CompareRule,
-    primary: &CapturedResponse,
-    shadow: &CapturedResponse,
+    primary: &Prepared<'_>,
+    shadow: &Prepared<'_>,
     out: &mut Vec<Difference>,
 ) {
-    if primary.body == shadow.body {
+    let (raw_a, raw_b) = (primary.response, shadow.response);
+    let same_bytes = raw_a.body == raw_b.body
+        && raw_a.truncated == raw_b.truncated
+        && super::decode::codings(&raw_a.headers) == super::decode::codings(&raw_b.headers);
+    if same_bytes {
         return;
     }
-    if primary.truncated || shadow.truncated {
+    let (a, b) = match (primary.body(), shadow.body()) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => {
+            // Without the content, nothing more can be compared: say why.
+            out.push(Difference {
+                path: ENCODING_PATH.into(),
+                kind: Kind::Changed,
+                primary: Some(describe_coding(primary)),
+                shadow: Some(describe_coding(shadow)),
+            });
+            return;
+        }
+    };
+    if a.bytes == b.bytes && a.truncated == b.truncated {
+        return;
+    }
+    if a.truncated || b.truncated {
         out.push(Difference {
             path: "body".into(),
             kind: Kind::Changed,
-            primary: Some(describe_bytes(&primary.body, primary.truncated)),
-            shadow: Some(describe_bytes(&shadow.body, shadow.truncated)),
+            primary: Some(describe_bytes(&a.bytes, a.truncated)),
+            shadow: Some(describe_bytes(&b.bytes, b.truncated)),
         });
         return;
     }
-    if is_json(primary) || is_json(shadow) {
-        let parsed = (
-            serde_json::from_slice::<Value>(&primary.body),
-            serde_json::from_slice::<Value>(&shadow.body),
-        );
-        match parsed {
-            (Ok(a), Ok(b)) => {
-                let mut path = Vec::new();
-                compare_json(rule, &a, &b, &mut path, out);
-            }
-            (a, b) => out.push(Difference {
+    if primary.is_json() || shadow.is_json() {
+        match (primary.json(), shadow.json()) {
+            (Ok(x), Ok(y)) => compare_json(rule, x, y, &mut Vec::new(), out),
+            (x, y) => out.push(Difference {
                 path: "$".into(),
                 kind: Kind::Type,
-                primary: Some(a.map_or_else(
-                    |e| format!("invalid JSON: {e}"),
-                    |v| truncate(v.to_string()),
-                )),
-                shadow: Some(b.map_or_else(
-                    |e| format!("invalid JSON: {e}"),
-                    |v| truncate(v.to_string()),
-                )),
+                primary: Some(x.map_or_else(str::to_owned, |v| truncate(v.to_string()))),
+                shadow: Some(y.map_or_else(str::to_owned, |v| truncate(v.to_string()))),
             }),
         }
         return;
     }
-    if is_text(primary) || is_text(shadow) {
-        let a = String::from_utf8_lossy(&primary.body);
-        let b = String::from_utf8_lossy(&shadow.body);
-        let (lines_a, lines_b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-        for line in 0..lines_a.len().max(lines_b.len()) {
-            let (x, y) = (lines_a.get(line), lines_b.get(line));
-            if x != y {
-                out.push(Difference {
-                    path: format!("body:line {}", line + 1),
-                    kind: match (x, y) {
-                        (Some(_), None) => Kind::Missing,
-                        (None, Some(_)) => Kind::Extra,
-                        _ => Kind::Changed,
-                    },
-                    primary: x.map(|s| truncate((*s).to_owned())),
-                    shadow: y.map(|s| truncate((*s).to_owned())),
-                });
-                if out.len() >= MAX_DIFFERENCES {
-                    return;
-                }
-            }
-        }
+    if primary.is_text() || shadow.is_text() {
+        compare_text(
+            &String::from_utf8_lossy(&a.bytes),
+            &String::from_utf8_lossy(&b.bytes),
+            out,
+        );
         return;
     }
     out.push(Difference {
         path: "body".into(),
         kind: Kind::Changed,
-        primary: Some(describe_bytes(&primary.body, false)),
-        shadow: Some(describe_bytes(&shadow.body, false)),
+        primary: Some(describe_bytes(&a.bytes, false)),
+        shadow: Some(describe_bytes(&b.bytes, false)),
     });
 }
 
-fn describe_bytes(body: &[u8], truncated: bool) -> String {
+/// A body's content coding as a difference shows it: what it decodes to, or why it does not.
+fn describe_coding(prepared: &Prepared<'_>) -> String {
+    let wire = prepared.response.body.len();
+    match prepared.body() {
+        Ok(decoded) if decoded.codings.is_empty() => format!("identity, {wire} bytes"),
+        Ok(decoded) => format!(
+            "{}, {wire} bytes, decodes to {}{} bytes",
+            decoded.codings.join(", "),
+            if decoded.truncated { "over " } else { "" },
+            decoded.bytes.len()
+        ),
+        Err(error) => truncate(format!("{error} ({wire} bytes)")),
+    }
+}
+
+pub(super) fn describe_bytes(body: &[u8], truncated: bool) -> String {
     format!(
         "{}{} bytes, xxh3 {:016x}",
         if truncated { "over " } else { "" },
@@ -277,14 +416,212 @@ fn describe_bytes(body: &[u8], truncated: bool) -> String {
     )
 }
 
-fn compare_json<'v>(
+/// Text bodies as line hunks: what was inserted, deleted or replaced, aligned so that one
+/// inserted line is one difference, not a shift of every line after it. Within a replaced hunk,
+/// lines are paired with their most alike counterpart (in order), so each changed line is a
+/// difference of its own. Lines are numbered as the primary's, except extra lines, numbered as
+/// the candidate's.
+fn compare_text(a: &str, b: &str, out: &mut Vec<Difference>) {
+    let x: Vec<&str> = a.split_inclusive('\n').collect();
+    let y: Vec<&str> = b.split_inclusive('\n').collect();
+    let hash = |lines: &[&str]| -> Vec<u64> {
+        lines
+            .iter()
+            .map(|line| xxhash_rust::xxh3::xxh3_64(line.as_bytes()))
+            .collect()
+    };
+    for op in align(&hash(&x), &hash(&y)) {
+        let (_, old, new) = op.as_tag_tuple();
+        match op {
+            DiffOp::Equal { .. } => {}
+            DiffOp::Delete { .. } => push_lines(Kind::Missing, &x, old, &y, 0..0, out),
+            DiffOp::Insert { .. } => push_lines(Kind::Extra, &x, 0..0, &y, new, out),
+            DiffOp::Replace { .. } => {
+                let (mut i, mut j) = (old.start, new.start);
+                for (pi, pj) in pair_lines(&x[old.clone()], &y[new.clone()]) {
+                    let (pi, pj) = (old.start + pi, new.start + pj);
+                    push_lines(Kind::Missing, &x, i..pi, &y, 0..0, out);
+                    push_lines(Kind::Extra, &x, 0..0, &y, j..pj, out);
+                    push_lines(Kind::Changed, &x, pi..pi + 1, &y, pj..pj + 1, out);
+                    (i, j) = (pi + 1, pj + 1);
+                }
+                push_lines(Kind::Missing, &x, i..old.end, &y, 0..0, out);
+                push_lines(Kind::Extra, &x, 0..0, &y, j..new.end, out);
+            }
+        }
+    }
+}
+
+/// One text difference over lines `old` of `x` and `new` of `y` (nothing when both are empty).
+fn push_lines(
+    kind: Kind,
+    x: &[&str],
+    old: Range<usize>,
+    y: &[&str],
+    new: Range<usize>,
+    out: &mut Vec<Difference>,
+) {
+    if (old.is_empty() && new.is_empty()) || out.len() >= MAX_DIFFERENCES {
+        return;
+    }
+    let (mut shown_a, mut shown_b) = (lines(&x[old.clone()]), lines(&y[new.clone()]));
+    if kind == Kind::Changed && shown_a == shown_b {
+        // Only line endings differ: show them.
+        shown_a = format!("{:?}", x[old.clone()].concat());
+        shown_b = format!("{:?}", y[new.clone()].concat());
+    }
+    out.push(Difference {
+        path: line_path(if kind == Kind::Extra { &new } else { &old }),
+        kind,
+        primary: (kind != Kind::Extra).then(|| truncate(shown_a)),
+        shadow: (kind != Kind::Missing).then(|| truncate(shown_b)),
+    });
+}
+
+/// Lines of a replaced hunk paired in order: each with its most alike counterpart (at least
+/// half alike, by characters), the pairing that is most alike overall. A hunk too big to score
+/// pairs by position.
+fn pair_lines(x: &[&str], y: &[&str]) -> Vec<(usize, usize)> {
+    if x.len() == y.len() || x.len() * y.len() > 400 {
+        return (0..x.len().min(y.len())).map(|i| (i, i)).collect();
+    }
+    let alike = |a: &str, b: &str| {
+        let ratio = similar::TextDiff::configure()
+            .timeout(ALIGNMENT_TIMEOUT / 10)
+            .diff_chars(a, b)
+            .ratio();
+        if ratio >= 0.5 { ratio } else { 0.0 }
+    };
+    // best[i][j]: the most alike in-order pairing of x[i..] and y[j..].
+    let mut best = vec![vec![0.0f32; y.len() + 1]; x.len() + 1];
+    let mut score = vec![vec![0.0f32; y.len()]; x.len()];
+    for i in (0..x.len()).rev() {
+        for j in (0..y.len()).rev() {
+            score[i][j] = alike(x[i], y[j]);
+            let paired = if score[i][j] > 0.0 {
+                score[i][j] + best[i + 1][j + 1]
+            } else {
+                0.0
+            };
+            best[i][j] = paired.max(best[i + 1][j]).max(best[i][j + 1]);
+        }
+    }
+    let (mut pairs, mut i, mut j) = (Vec::new(), 0, 0);
+    while i < x.len() && j < y.len() {
+        if score[i][j] > 0.0 && best[i][j] == score[i][j] + best[i + 1][j + 1] {
+            pairs.push((i, j));
+            (i, j) = (i + 1, j + 1);
+        } else if best[i][j] == best[i + 1][j] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    pairs
+}
+
+/// How `old` becomes `new`, by items' hashes: the longest common subsequence (Myers, with
+/// `similar`) when there is one worth finding. Myers costs about (n + m) x edits; when few
+/// items are in common (edits are many) no alignment can help much, and one replacement of
+/// everything (paired in place by the caller) is the answer, found in linear time.
+fn align(old: &[u64], new: &[u64]) -> Vec<DiffOp> {
+    let mut waiting: HashMap<u64, usize> = HashMap::with_capacity(new.len());
+    for item in new {
+        *waiting.entry(*item).or_default() += 1;
+    }
+    let mut common = 0;
+    for item in old {
+        if let Some(count) = waiting.get_mut(item).filter(|count| **count > 0) {
+            *count -= 1;
+            common += 1;
+        }
+    }
+    let total = old.len() + new.len();
+    let fewest_edits = total - 2 * common;
+    if common == 0 || total.saturating_mul(fewest_edits) > MAX_ALIGNMENT_WORK {
+        return vec![DiffOp::Replace {
+            old_index: 0,
+            old_len: old.len(),
+            new_index: 0,
+            new_len: new.len(),
+        }];
+    }
+    similar::capture_diff_slices_deadline(
+        Algorithm::Myers,
+        old,
+        new,
+        Some(Instant::now() + ALIGNMENT_TIMEOUT),
+    )
+}
+
+/// Lines as shown in a difference: joined by newlines, without their line endings.
+fn lines(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .map(|line| line.trim_end_matches('\n').trim_end_matches('\r'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `body:line 4` or `body:lines 4-6` for the 0-based `lines`.
+fn line_path(lines: &Range<usize>) -> String {
+    match lines.len() {
+        0 | 1 => format!("body:line {}", lines.start + 1),
+        _ => format!("body:lines {}-{}", lines.start + 1, lines.end),
+    }
+}
+
+/// The 0-based line range a `body:line(s)` path names.
+fn parse_line_path(path: &str) -> Option<Range<usize>> {
+    if let Some(line) = path.strip_prefix("body:line ") {
+        let line: usize = line.parse().ok()?;
+        return Some(line.checked_sub(1)?..line);
+    }
+    let (first, last) = path.strip_prefix("body:lines ")?.split_once('-')?;
+    let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+    Some(first.checked_sub(1)?..last)
+}
+
+/// Where differences go: collected, or only counted (to score how alike two elements are).
+trait Sink {
+    fn full(&self) -> bool;
+    fn push(&mut self, difference: impl FnOnce() -> Difference);
+}
+
+impl Sink for Vec<Difference> {
+    fn full(&self) -> bool {
+        self.len() >= MAX_DIFFERENCES
+    }
+
+    fn push(&mut self, difference: impl FnOnce() -> Difference) {
+        Vec::push(self, difference());
+    }
+}
+
+/// Counts differences up to a limit, building none of them.
+struct Tally {
+    count: usize,
+    limit: usize,
+}
+
+impl Sink for Tally {
+    fn full(&self) -> bool {
+        self.count >= self.limit
+    }
+
+    fn push(&mut self, _: impl FnOnce() -> Difference) {
+        self.count += 1;
+    }
+}
+
+fn compare_json<'v, S: Sink>(
     rule: &CompareRule,
     a: &'v Value,
     b: &'v Value,
     path: &mut Vec<Step<'v>>,
-    out: &mut Vec<Difference>,
+    out: &mut S,
 ) {
-    if out.len() >= MAX_DIFFERENCES || rule.ignore_json.iter().any(|p| p.covers(path)) {
+    if out.full() || rule.ignored(path) {
         return;
     }
     match (a, b) {
@@ -312,46 +649,42 @@ fn compare_json<'v>(
                         (key, None, Some(vb))
                     }
                 };
-                path.push(Step::Key(std::borrow::Cow::Borrowed(key.as_str())));
+                path.push(Step::Key(Cow::Borrowed(key.as_str())));
                 compare_slot(rule, va, vb, path, out);
                 path.pop();
             }
         }
-        (Value::Array(x), Value::Array(y))
-            if rule.unordered_arrays.iter().any(|p| p.matches(path)) =>
-        {
-            compare_multiset(rule, x, y, path, out);
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            for index in 0..x.len().max(y.len()) {
-                path.push(Step::Index(index));
-                compare_slot(rule, x.get(index), y.get(index), path, out);
-                path.pop();
+        (Value::Array(x), Value::Array(y)) => match rule.unordered(path) {
+            Some(UnorderedArray { by, .. }) if !by.is_empty() => {
+                compare_keyed(rule, by, x, y, path, out);
             }
-        }
+            Some(_) => compare_unordered(rule, x, y, path, out),
+            None => compare_ordered(rule, x, y, path, out),
+        },
         (Value::Number(x), Value::Number(y)) if !numbers_equal(x, y, rule.numeric_tolerance) => {
-            out.push(changed(rule, path, a, b, Kind::Changed));
+            out.push(|| changed(rule, path, a, b, Kind::Changed));
         }
         (Value::Number(_), Value::Number(_)) => {}
         _ if std::mem::discriminant(a) != std::mem::discriminant(b) => {
-            out.push(changed(rule, path, a, b, Kind::Type));
+            out.push(|| changed(rule, path, a, b, Kind::Type));
         }
-        _ if a != b => out.push(changed(rule, path, a, b, Kind::Changed)),
+        _ if a != b => out.push(|| changed(rule, path, a, b, Kind::Changed)),
         _ => {}
     }
 }
 
 /// One member or element, present on one side or both.
-fn compare_slot<'v>(
+fn compare_slot<'v, S: Sink>(
     rule: &CompareRule,
     primary: Option<&'v Value>,
     shadow: Option<&'v Value>,
     path: &mut Vec<Step<'v>>,
-    out: &mut Vec<Difference>,
+    out: &mut S,
 ) {
     match (primary, shadow) {
         (Some(a), Some(b)) => compare_json(rule, a, b, path, out),
-        (a, b) if !rule.ignore_json.iter().any(|p| p.covers(path)) => out.push(Difference {
+        (None, None) => {}
+        (a, b) if !rule.ignored(path) && !out.full() => out.push(|| Difference {
             path: render(path),
             kind: if a.is_some() {
                 Kind::Missing
@@ -365,56 +698,434 @@ fn compare_slot<'v>(
     }
 }
 
-/// Elements compared as a multiset: order is irrelevant, counts are not.
-fn compare_multiset(
+/// An element only one side has, named by `step`.
+fn compare_lone<'v, S: Sink>(
     rule: &CompareRule,
-    x: &[Value],
-    y: &[Value],
-    path: &[Step<'_>],
-    out: &mut Vec<Difference>,
+    step: Step<'v>,
+    primary: Option<&'v Value>,
+    shadow: Option<&'v Value>,
+    path: &mut Vec<Step<'v>>,
+    out: &mut S,
 ) {
-    let count = |values: &[Value]| {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for value in values {
-            *counts.entry(value.to_string()).or_default() += 1;
+    path.push(step);
+    compare_slot(rule, primary, shadow, path, out);
+    path.pop();
+}
+
+/// An array whose order matters, aligned on its elements' fingerprints (longest common
+/// subsequence): equal elements line up wherever they moved, so one inserted element is one
+/// `extra`, not a change of every element after it. Elements replaced in place are compared
+/// member by member, named by their index in the primary's array (an extra element by its
+/// index in the candidate's).
+fn compare_ordered<'v, S: Sink>(
+    rule: &CompareRule,
+    x: &'v [Value],
+    y: &'v [Value],
+    path: &mut Vec<Step<'v>>,
+    out: &mut S,
+) {
+    let (fx, fy) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
+    if fx == fy {
+        return;
+    }
+    for op in align(&fx, &fy) {
+        if out.full() {
+            return;
         }
-        counts
-    };
-    let (a, b) = (count(x), count(y));
-    let only_a: Vec<&String> = a
-        .iter()
-        .filter(|(k, n)| b.get(*k) < Some(n))
-        .map(|(k, _)| k)
-        .collect();
-    let only_b: Vec<&String> = b
-        .iter()
-        .filter(|(k, n)| a.get(*k) < Some(n))
-        .map(|(k, _)| k)
-        .collect();
-    if !only_a.is_empty() || !only_b.is_empty() {
-        let redacted = redacted(rule, path);
-        let shown = |only: &[&String]| {
-            if redacted {
-                REDACTED.to_owned()
-            } else {
-                truncate(format!("only here: [{}]", join(only)))
+        let (_, old, new) = op.as_tag_tuple();
+        match op {
+            DiffOp::Equal { .. } => {}
+            DiffOp::Delete { .. } => {
+                for i in old {
+                    compare_lone(rule, Step::Index(i), Some(&x[i]), None, path, out);
+                }
             }
-        };
-        out.push(Difference {
-            path: render(path),
-            kind: Kind::Changed,
-            primary: Some(shown(&only_a)),
-            shadow: Some(shown(&only_b)),
-        });
+            DiffOp::Insert { .. } => {
+                for j in new {
+                    compare_lone(rule, Step::Index(j), None, Some(&y[j]), path, out);
+                }
+            }
+            DiffOp::Replace { .. } if old.len() == new.len() => {
+                for (i, j) in old.zip(new) {
+                    path.push(Step::Index(i));
+                    compare_json(rule, &x[i], &y[j], path, out);
+                    path.pop();
+                }
+            }
+            DiffOp::Replace { .. } => {
+                let old: Vec<usize> = old.collect();
+                let new: Vec<usize> = new.collect();
+                let mut pairs = best_pairs(rule, x, y, &old, &new, path);
+                // What similarity left unpaired, paired in order when alike in shape.
+                let (mut left_x, mut left_y) = unpaired(&old, &new, &pairs);
+                while let (Some(&i), Some(&j)) = (left_x.front(), left_y.front()) {
+                    if !same_shape(&x[i], &y[j]) {
+                        break;
+                    }
+                    pairs.push((i, j));
+                    left_x.pop_front();
+                    left_y.pop_front();
+                }
+                report_pairs(rule, x, y, pairs, &old, &new, path, out);
+            }
+        }
     }
 }
 
-fn join(items: &[&String]) -> String {
-    items
+/// An array whose order does not matter and whose elements have no key: equal elements pair
+/// off, then each remaining element is matched with its most alike counterpart.
+fn compare_unordered<'v, S: Sink>(
+    rule: &CompareRule,
+    x: &'v [Value],
+    y: &'v [Value],
+    path: &mut Vec<Step<'v>>,
+    out: &mut S,
+) {
+    let all_x: Vec<usize> = (0..x.len()).collect();
+    let all_y: Vec<usize> = (0..y.len()).collect();
+    let (old, new) = pair_equal(rule, x, y, &all_x, &all_y, path);
+    let pairs = best_pairs(rule, x, y, &old, &new, path);
+    report_pairs(rule, x, y, pairs, &old, &new, path, out);
+}
+
+/// An array whose elements are matched by the value of their `by` members: `$.orders[id=7]`.
+/// Elements without the key (or not objects) are matched as in [`compare_unordered`].
+fn compare_keyed<'v, S: Sink>(
+    rule: &CompareRule,
+    by: &[String],
+    x: &'v [Value],
+    y: &'v [Value],
+    path: &mut Vec<Step<'v>>,
+    out: &mut S,
+) {
+    let keys = |values: &'v [Value]| -> Vec<Option<Vec<&'v Value>>> {
+        values
+            .iter()
+            .map(|value| by.iter().map(|member| value.get(member)).collect())
+            .collect()
+    };
+    let (kx, ky) = (keys(x), keys(y));
+    let canonical = |key: &[&Value]| -> String {
+        key.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\u{0}")
+    };
+    let mut by_key: HashMap<String, VecDeque<usize>> = HashMap::new();
+    for (j, key) in ky.iter().enumerate() {
+        if let Some(key) = key {
+            by_key.entry(canonical(key)).or_default().push_back(j);
+        }
+    }
+    // Whether each key member is under `redact_json`: the same for every element.
+    let mut member_path = path.clone();
+    member_path.push(Step::Element(Cow::Borrowed("")));
+    let hidden: Vec<bool> = by
         .iter()
-        .map(|s| s.as_str())
+        .map(|member| {
+            member_path.push(Step::Key(Cow::Borrowed(member.as_str())));
+            let hidden = redacted(rule, &member_path);
+            member_path.pop();
+            hidden
+        })
+        .collect();
+    let label = |key: &[&Value]| Step::Element(Cow::Owned(element_label(by, &hidden, key)));
+    let mut paired_y = vec![false; y.len()];
+    let mut loose_x = Vec::new();
+    for (i, key) in kx.iter().enumerate() {
+        if out.full() {
+            return;
+        }
+        let Some(key) = key else {
+            loose_x.push(i);
+            continue;
+        };
+        match by_key
+            .get_mut(&canonical(key))
+            .and_then(VecDeque::pop_front)
+        {
+            Some(j) => {
+                paired_y[j] = true;
+                // Most matched elements are equal: one hash walk each, no name built.
+                if fingerprint_at(rule, &x[i], i, path) != fingerprint_at(rule, &y[j], i, path) {
+                    path.push(label(key));
+                    compare_json(rule, &x[i], &y[j], path, out);
+                    path.pop();
+                }
+            }
+            None => compare_lone(rule, label(key), Some(&x[i]), None, path, out),
+        }
+    }
+    let mut loose_y = Vec::new();
+    for (j, key) in ky.iter().enumerate() {
+        match key {
+            _ if paired_y[j] => {}
+            None => loose_y.push(j),
+            Some(key) => compare_lone(rule, label(key), None, Some(&y[j]), path, out),
+        }
+    }
+    if !loose_x.is_empty() || !loose_y.is_empty() {
+        let (old, new) = pair_equal(rule, x, y, &loose_x, &loose_y, path);
+        let pairs = best_pairs(rule, x, y, &old, &new, path);
+        report_pairs(rule, x, y, pairs, &old, &new, path, out);
+    }
+}
+
+/// `id=7`, `region="eu",id=7`: an element named by its key. A member under `redact_json`
+/// (`hidden`) is named by a hash of its value instead (`email=~1f2e3d4c`), stable across
+/// exchanges but not the value.
+fn element_label(by: &[String], hidden: &[bool], key: &[&Value]) -> String {
+    by.iter()
+        .zip(hidden)
+        .zip(key)
+        .map(|((member, hidden), value)| {
+            let shown = if *hidden {
+                format!(
+                    "~{:08x}",
+                    xxhash_rust::xxh3::xxh3_64(value.to_string().as_bytes()) as u32
+                )
+            } else {
+                truncate_to(value.to_string(), MAX_KEY_LEN)
+            };
+            format!("{member}={shown}")
+        })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(",")
+}
+
+/// Pairs off the elements of `old` (in `x`) and `new` (in `y`) that are equal under the rule;
+/// returns those left over.
+fn pair_equal<'v>(
+    rule: &CompareRule,
+    x: &'v [Value],
+    y: &'v [Value],
+    old: &[usize],
+    new: &[usize],
+    path: &mut Vec<Step<'v>>,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut waiting: HashMap<u64, VecDeque<usize>> = HashMap::new();
+    for &j in new {
+        waiting
+            .entry(fingerprint_at(rule, &y[j], j, path))
+            .or_default()
+            .push_back(j);
+    }
+    let mut paired = BTreeSet::new();
+    let mut left_x = Vec::new();
+    for &i in old {
+        let print = fingerprint_at(rule, &x[i], i, path);
+        match waiting.get_mut(&print).and_then(VecDeque::pop_front) {
+            Some(j) => {
+                paired.insert(j);
+            }
+            None => left_x.push(i),
+        }
+    }
+    let left_y = new
+        .iter()
+        .copied()
+        .filter(|j| !paired.contains(j))
+        .collect();
+    (left_x, left_y)
+}
+
+/// Pairs elements of `old` and `new` by similarity: every pair is scored by how many of its
+/// leaves differ, and the most alike pairs are taken first, as long as at most half their
+/// leaves differ (one for the smallest records; scalars never). Beyond [`MAX_SCORED_PAIRS`] candidates nothing is paired.
+fn best_pairs<'v>(
+    rule: &CompareRule,
+    x: &'v [Value],
+    y: &'v [Value],
+    old: &[usize],
+    new: &[usize],
+    path: &mut Vec<Step<'v>>,
+) -> Vec<(usize, usize)> {
+    if old.is_empty() || new.is_empty() || old.len() * new.len() > MAX_SCORED_PAIRS {
+        return Vec::new();
+    }
+    let leaves_y: Vec<usize> = new.iter().map(|&j| leaves(&y[j])).collect();
+    let mut scored = Vec::new();
+    for &i in old {
+        let leaves_x = leaves(&x[i]);
+        for (&j, &leaves_y) in new.iter().zip(&leaves_y) {
+            if !same_shape(&x[i], &y[j]) {
+                continue;
+            }
+            // Scalars pair only when equal (then they were paired already); records when at
+            // most half their leaves differ (one, for the smallest).
+            let allowed = match &x[i] {
+                Value::Object(_) | Value::Array(_) => (leaves_x.max(leaves_y) / 2).max(1),
+                _ => 0,
+            };
+            let mut tally = Tally {
+                count: 0,
+                limit: allowed + 1,
+            };
+            path.push(Step::Index(i));
+            compare_json(rule, &x[i], &y[j], path, &mut tally);
+            path.pop();
+            if tally.count <= allowed {
+                scored.push((tally.count, i, j));
+            }
+        }
+    }
+    scored.sort_unstable();
+    let (mut used_x, mut used_y) = (BTreeSet::new(), BTreeSet::new());
+    let mut pairs = Vec::new();
+    for (_, i, j) in scored {
+        if !used_x.contains(&i) && !used_y.contains(&j) {
+            used_x.insert(i);
+            used_y.insert(j);
+            pairs.push((i, j));
+        }
+    }
+    pairs
+}
+
+fn unpaired(
+    old: &[usize],
+    new: &[usize],
+    pairs: &[(usize, usize)],
+) -> (VecDeque<usize>, VecDeque<usize>) {
+    let (px, py): (BTreeSet<usize>, BTreeSet<usize>) = pairs.iter().copied().unzip();
+    (
+        old.iter().copied().filter(|i| !px.contains(i)).collect(),
+        new.iter().copied().filter(|j| !py.contains(j)).collect(),
+    )
+}
+
+/// Differences of paired elements (named by the primary's index), then the elements of `old`
+/// without a pair (missing) and of `new` without one (extra, by the candidate's index).
+#[allow(clippy::too_many_arguments)]
+fn report_pairs<'v, S: Sink>(
+    rule: &CompareRule,
+    x: &'v [Value],
+    y: &'v [Value],
+    mut pairs: Vec<(usize, usize)>,
+    old: &[usize],
+    new: &[usize],
+    path: &mut Vec<Step<'v>>,
+    out: &mut S,
+) {
+    pairs.sort_unstable();
+    let (left_x, left_y) = unpaired(old, new, &pairs);
+    for (i, j) in pairs {
+        path.push(Step::Index(i));
+        compare_json(rule, &x[i], &y[j], path, out);
+        path.pop();
+    }
+    for i in left_x {
+        compare_lone(rule, Step::Index(i), Some(&x[i]), None, path, out);
+    }
+    for j in left_y {
+        compare_lone(rule, Step::Index(j), None, Some(&y[j]), path, out);
+    }
+}
+
+/// Both objects, both arrays, or both scalars.
+fn same_shape(a: &Value, b: &Value) -> bool {
+    matches!(
+        (a, b),
+        (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_))
+    ) || !(a.is_object() || a.is_array() || b.is_object() || b.is_array())
+}
+
+/// How many scalars (and empty containers) a value holds.
+fn leaves(value: &Value) -> usize {
+    match value {
+        Value::Object(map) if !map.is_empty() => map.values().map(leaves).sum(),
+        Value::Array(items) if !items.is_empty() => items.iter().map(leaves).sum(),
+        _ => 1,
+    }
+}
+
+fn fingerprints<'v>(rule: &CompareRule, values: &'v [Value], path: &mut Vec<Step<'v>>) -> Vec<u64> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(index, value)| fingerprint_at(rule, value, index, path))
+        .collect()
+}
+
+fn fingerprint_at<'v>(
+    rule: &CompareRule,
+    value: &'v Value,
+    index: usize,
+    path: &mut Vec<Step<'v>>,
+) -> u64 {
+    path.push(Step::Index(index));
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    fingerprint(rule, value, path, &mut hasher);
+    path.pop();
+    hasher.digest()
+}
+
+/// Hashes `value` so that values equal under the rule hash alike: ignored members left out,
+/// numbers by value (`1` and `1.0` alike), unordered arrays as sorted multisets. Numbers within
+/// the tolerance of each other hash apart; the comparison then finds them equal.
+fn fingerprint<'v>(
+    rule: &CompareRule,
+    value: &'v Value,
+    path: &mut Vec<Step<'v>>,
+    hasher: &mut xxhash_rust::xxh3::Xxh3,
+) {
+    if rule.ignored(path) {
+        hasher.update(b"i");
+        return;
+    }
+    match value {
+        Value::Null => hasher.update(b"n"),
+        Value::Bool(b) => hasher.update(if *b { b"t" } else { b"f" }),
+        Value::Number(n) => {
+            let integer = n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from))
+                .or_else(|| {
+                    let f = n.as_f64()?;
+                    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i128)
+                });
+            match integer {
+                Some(integer) => {
+                    hasher.update(b"I");
+                    hasher.update(&integer.to_le_bytes());
+                }
+                None => {
+                    hasher.update(b"F");
+                    hasher.update(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+                }
+            }
+        }
+        Value::String(s) => {
+            hasher.update(b"s");
+            hasher.update(&(s.len() as u64).to_le_bytes());
+            hasher.update(s.as_bytes());
+        }
+        Value::Array(items) => {
+            let mut prints = fingerprints(rule, items, path);
+            if rule.unordered(path).is_some() {
+                prints.sort_unstable();
+            }
+            hasher.update(b"[");
+            hasher.update(&(prints.len() as u64).to_le_bytes());
+            for print in prints {
+                hasher.update(&print.to_le_bytes());
+            }
+        }
+        Value::Object(map) => {
+            hasher.update(b"{");
+            for (key, child) in map {
+                path.push(Step::Key(Cow::Borrowed(key.as_str())));
+                if !rule.ignored(path) {
+                    hasher.update(&(key.len() as u64).to_le_bytes());
+                    hasher.update(key.as_bytes());
+                    fingerprint(rule, child, path, hasher);
+                }
+                path.pop();
+            }
+            hasher.update(b"}");
+        }
+    }
 }
 
 fn numbers_equal(x: &serde_json::Number, y: &serde_json::Number, tolerance: f64) -> bool {
@@ -477,18 +1188,41 @@ pub(super) fn truncate_to(mut text: String, limit: usize) -> String {
     text
 }
 
-/// Splits `differences` into those that count and those that are noise: a difference is noise
-/// when the primary disagreed with itself at the same place (or above it).
+/// Splits `differences` into those that count and those that are noise. A difference is noise
+/// when both sides have a value there (`changed` or `type`) and the primary disagreed with
+/// itself at the same place or above it. Whatever one side lacks (`missing`, `extra`) counts,
+/// however noisy the other side's value is, and so does a different status.
 pub fn discount_noise(
     differences: Vec<Difference>,
     noise: &[Difference],
 ) -> (Vec<Difference>, Vec<Difference>) {
-    differences.into_iter().partition(|difference| {
-        !noise.iter().any(|noisy| {
-            difference.path == noisy.path
-                || difference.path.starts_with(&format!("{}.", noisy.path))
-                || difference.path.starts_with(&format!("{}[", noisy.path))
-        })
+    differences
+        .into_iter()
+        .partition(|difference| !is_noise(difference, noise))
+}
+
+fn is_noise(difference: &Difference, noise: &[Difference]) -> bool {
+    if !difference.kind.is_value() || difference.path == "status" {
+        return false;
+    }
+    let lines = parse_line_path(&difference.path);
+    noise.iter().any(|noisy| {
+        let path = &noisy.path;
+        let under = difference.path == *path
+            || difference
+                .path
+                .strip_prefix(path.as_str())
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['));
+        // Text lines are numbered as the primary's, except in an extra hunk (the other
+        // answer's numbers), which says nothing about the primary's lines.
+        let overlapping = || match (&lines, parse_line_path(path)) {
+            (Some(ours), Some(theirs)) if noisy.kind != Kind::Extra => {
+                ours.start < theirs.end.max(theirs.start + 1)
+                    && theirs.start < ours.end.max(ours.start + 1)
+            }
+            _ => false,
+        };
+        under || overlapping()
     })
 }
 
@@ -509,6 +1243,14 @@ mod tests {
         }
     }
 
+    fn text(body: &str) -> CapturedResponse {
+        let mut response = json(body);
+        response
+            .headers
+            .insert("content-type", "text/plain".parse().unwrap());
+        response
+    }
+
     fn rule(ignore: &[&str], unordered: &[&str], tolerance: f64) -> CompareRule {
         CompareRule {
             ignore_json: ignore
@@ -517,11 +1259,19 @@ mod tests {
                 .collect(),
             unordered_arrays: unordered
                 .iter()
-                .map(|p| PathPattern::parse(p).unwrap())
+                .map(|p| PathPattern::parse(p).unwrap().into())
                 .collect(),
             numeric_tolerance: tolerance,
             ..CompareRule::default()
         }
+    }
+
+    fn keyed(mut rule: CompareRule, path: &str, by: &[&str]) -> CompareRule {
+        rule.unordered_arrays.push(UnorderedArray {
+            path: PathPattern::parse(path).unwrap(),
+            by: by.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        rule
     }
 
     fn paths(a: &str, b: &str, rule: &CompareRule) -> Vec<(String, Kind)> {
@@ -531,11 +1281,15 @@ mod tests {
             .collect()
     }
 
+    fn found(paths: &[(&str, Kind)]) -> Vec<(String, Kind)> {
+        paths.iter().map(|(p, k)| ((*p).to_owned(), *k)).collect()
+    }
+
     #[test]
     fn differences_under_a_redacted_path_keep_no_values() {
         let rule = CompareRule {
             redact_json: vec![PathPattern::parse("$.user").unwrap()],
-            unordered_arrays: vec![PathPattern::parse("$.user.roles").unwrap()],
+            unordered_arrays: vec![PathPattern::parse("$.user.roles").unwrap().into()],
             ..CompareRule::default()
         };
         let found = compare(
@@ -543,7 +1297,8 @@ mod tests {
             &json(r#"{"user":{"token":"secret-a","roles":["x"],"extra":1},"n":1}"#),
             &json(r#"{"user":{"token":"secret-b","roles":["y"]},"n":2}"#),
         );
-        assert_eq!(found.len(), 4, "{found:?}");
+        // token, roles: "x" missing and "y" extra, extra, n.
+        assert_eq!(found.len(), 5, "{found:?}");
         for difference in &found {
             let values = [&difference.primary, &difference.shadow];
             if difference.path.starts_with("$.user") {
@@ -557,6 +1312,22 @@ mod tests {
                 assert_eq!(difference.primary.as_deref(), Some("1"));
             }
         }
+    }
+
+    #[test]
+    fn a_redacted_key_names_its_element_by_a_hash() {
+        let rule = CompareRule {
+            redact_json: vec![PathPattern::parse("$.users[*].email").unwrap()],
+            ..keyed(CompareRule::default(), "$.users", &["email"])
+        };
+        let found = compare(
+            &rule,
+            &json(r#"{"users":[{"email":"ada@example.com","n":1}]}"#),
+            &json(r#"{"users":[{"email":"ada@example.com","n":2}]}"#),
+        );
+        assert_eq!(found.len(), 1);
+        assert!(found[0].path.starts_with("$.users[email=~"), "{found:?}");
+        assert!(!found[0].path.contains("ada"), "{found:?}");
     }
 
     #[test]
@@ -588,8 +1359,92 @@ mod tests {
     }
 
     #[test]
-    fn unordered_arrays_compare_as_multisets() {
-        let rule = rule(&[], &["$.tags", "$.items[*].ids"], 0.0);
+    fn one_inserted_element_is_one_extra_not_a_shift_of_every_element() {
+        let orders = |ids: &[u32]| {
+            let items: Vec<String> = ids
+                .iter()
+                .map(|id| format!(r#"{{"id":{id},"total":{id}0,"status":"open"}}"#))
+                .collect();
+            format!(r#"{{"orders":[{}]}}"#, items.join(","))
+        };
+        let rule = CompareRule::default();
+        assert_eq!(
+            paths(&orders(&[1, 2, 3, 4]), &orders(&[1, 9, 2, 3, 4]), &rule),
+            found(&[("$.orders[1]", Kind::Extra)])
+        );
+        assert_eq!(
+            paths(&orders(&[1, 2, 3, 4]), &orders(&[1, 3, 4]), &rule),
+            found(&[("$.orders[1]", Kind::Missing)])
+        );
+        // An element changed in place is compared member by member.
+        let changed = orders(&[1, 2, 3]).replace(r#""total":20"#, r#""total":21"#);
+        assert_eq!(
+            paths(&orders(&[1, 2, 3]), &changed, &rule),
+            found(&[("$.orders[1].total", Kind::Changed)])
+        );
+        // Inserted before a changed element: the changed one is still paired with its twin.
+        let both = orders(&[1, 9, 2, 3]).replace(r#""total":20"#, r#""total":21"#);
+        assert_eq!(
+            paths(&orders(&[1, 2, 3]), &both, &rule),
+            found(&[
+                ("$.orders[1].total", Kind::Changed),
+                ("$.orders[1]", Kind::Extra)
+            ])
+        );
+        // Ignored members do not make elements differ.
+        let ignoring = CompareRule {
+            ignore_json: vec![PathPattern::parse("$.orders[*].status").unwrap()],
+            ..CompareRule::default()
+        };
+        let closed = orders(&[1, 9, 2]).replace("open", "closed");
+        assert_eq!(
+            paths(&orders(&[1, 2]), &closed, &ignoring),
+            found(&[("$.orders[1]", Kind::Extra)])
+        );
+    }
+
+    #[test]
+    fn lists_with_nothing_in_common_are_compared_in_place() {
+        assert_eq!(
+            paths(r#"[1,2,3]"#, r#"[4,5,6,7]"#, &CompareRule::default()),
+            found(&[
+                ("$[0]", Kind::Changed),
+                ("$[1]", Kind::Changed),
+                ("$[2]", Kind::Changed),
+                ("$[3]", Kind::Extra)
+            ])
+        );
+        // Thousands of records, each different: no quadratic search for an alignment.
+        let records = |variant: u32| {
+            let items: Vec<String> = (0..5000)
+                .map(|id| format!(r#"{{"id":{id},"total":{}}}"#, id * 10 + variant))
+                .collect();
+            format!("[{}]", items.join(","))
+        };
+        let started = Instant::now();
+        let found = compare(
+            &CompareRule::default(),
+            &json(&records(0)),
+            &json(&records(1)),
+        );
+        assert_eq!(found.len(), MAX_DIFFERENCES);
+        assert_eq!(found[0].path, "$[0].total");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let lines = |variant: u32| -> String {
+            (0..5000).map(|n| format!("line {n}.{variant}\n")).collect()
+        };
+        let found = compare(&CompareRule::default(), &text(&lines(0)), &text(&lines(1)));
+        assert_eq!(found[0].path, "body:line 1");
+        assert_eq!(found[0].kind, Kind::Changed);
+    }
+
+    #[test]
+    fn unordered_arrays_match_elements_by_similarity() {
+        let rule = rule(&[], &["$.tags", "$.items[*].ids", "$.lines"], 0.0);
         assert!(
             paths(
                 r#"{"tags":["a","b","b"]}"#,
@@ -600,7 +1455,11 @@ mod tests {
         );
         assert_eq!(
             paths(r#"{"tags":["a","b","b"]}"#, r#"{"tags":["a","b"]}"#, &rule),
-            [("$.tags".into(), Kind::Changed)]
+            found(&[("$.tags[2]", Kind::Missing)])
+        );
+        assert_eq!(
+            paths(r#"{"tags":["a","b"]}"#, r#"{"tags":["c","a"]}"#, &rule),
+            found(&[("$.tags[1]", Kind::Missing), ("$.tags[0]", Kind::Extra)])
         );
         assert!(
             paths(
@@ -610,10 +1469,62 @@ mod tests {
             )
             .is_empty()
         );
+        // Reordered records, one of them changed: the change is found in its own record.
+        assert_eq!(
+            paths(
+                r#"{"lines":[{"sku":"a","qty":1,"price":5},{"sku":"b","qty":2,"price":7}]}"#,
+                r#"{"lines":[{"sku":"b","qty":3,"price":7},{"sku":"a","qty":1,"price":5}]}"#,
+                &rule
+            ),
+            found(&[("$.lines[1].qty", Kind::Changed)])
+        );
         // Not listed: order matters.
         assert_eq!(
             paths(r#"{"other":[1,2]}"#, r#"{"other":[2,1]}"#, &rule).len(),
             2
+        );
+    }
+
+    #[test]
+    fn keyed_arrays_match_elements_by_key_with_rules_inside() {
+        let rule = keyed(
+            rule(&["$.orders[*].updated_at"], &[], 0.01),
+            "$.orders",
+            &["id"],
+        );
+        let primary = r#"{"orders":[
+            {"id":7,"total":100,"updated_at":"t1","status":"open"},
+            {"id":8,"total":50,"updated_at":"t1"},
+            {"id":9,"total":5}]}"#;
+        let shadow = r#"{"orders":[
+            {"id":10,"total":1},
+            {"id":8,"total":50.2,"updated_at":"t2"},
+            {"id":7,"total":100.5,"updated_at":"t3","status":"shipped"}]}"#;
+        assert_eq!(
+            paths(primary, shadow, &rule),
+            found(&[
+                ("$.orders[id=7].status", Kind::Changed),
+                ("$.orders[id=9]", Kind::Missing),
+                ("$.orders[id=10]", Kind::Extra),
+            ])
+        );
+        let composite = keyed(CompareRule::default(), "$.rows", &["region", "id"]);
+        assert_eq!(
+            paths(
+                r#"{"rows":[{"region":"eu","id":1,"n":1},{"region":"us","id":1,"n":2}]}"#,
+                r#"{"rows":[{"region":"us","id":1,"n":3},{"region":"eu","id":1,"n":1}]}"#,
+                &composite
+            ),
+            found(&[(r#"$.rows[region="us",id=1].n"#, Kind::Changed)])
+        );
+        // Elements without the key are matched by similarity.
+        assert_eq!(
+            paths(
+                r#"{"orders":[{"id":1},{"note":"x"}]}"#,
+                r#"{"orders":[{"note":"y"},{"id":1}]}"#,
+                &keyed(CompareRule::default(), "$.orders", &["id"])
+            ),
+            found(&[("$.orders[1].note", Kind::Changed)])
         );
     }
 
@@ -633,6 +1544,16 @@ mod tests {
             paths(r#"{"x":1}"#, r#"{"x":1.0}"#, &CompareRule::default()).is_empty(),
             "1 and 1.0 are one number"
         );
+        assert!(
+            paths(
+                r#"{"x":[1,2.0]}"#,
+                r#"{"x":[1.0,2]}"#,
+                &CompareRule::default()
+            )
+            .is_empty(),
+            "fingerprints agree with the comparison"
+        );
+        assert!(paths(r#"{"x":[1000.0]}"#, r#"{"x":[1000.9]}"#, &tolerant).is_empty());
     }
 
     #[test]
@@ -693,6 +1614,14 @@ mod tests {
             .len(),
             1
         );
+        assert_eq!(
+            paths(
+                r#"[9007199254740993]"#,
+                r#"[9007199254740992]"#,
+                &CompareRule::default()
+            ),
+            [("$[0]".into(), Kind::Changed)]
+        );
     }
 
     #[test]
@@ -713,6 +1642,116 @@ mod tests {
         );
     }
 
+    fn encoded(body: &[u8], coding: &str) -> CapturedResponse {
+        let mut response = json("");
+        response.body = Bytes::from(body.to_vec());
+        response
+            .headers
+            .insert("content-encoding", coding.parse().unwrap());
+        response
+    }
+
+    #[test]
+    fn bodies_compare_decoded_and_content_codings_are_transport() {
+        use super::super::decode::tests::{brotli, gzip};
+        let body = br#"{"id":1,"total":10.5}"#;
+        let plain = json(std::str::from_utf8(body).unwrap());
+        let rule = CompareRule::default();
+        assert_eq!(compare(&rule, &encoded(&gzip(body), "gzip"), &plain), []);
+        assert_eq!(compare(&rule, &plain, &encoded(&brotli(body), "br")), []);
+        let other = encoded(&gzip(br#"{"id":1,"total":11}"#), "gzip");
+        assert_eq!(
+            compare(&rule, &plain, &other)
+                .into_iter()
+                .map(|d| d.path)
+                .collect::<Vec<_>>(),
+            ["$.total"]
+        );
+    }
+
+    #[test]
+    fn a_body_that_does_not_decode_is_an_encoding_difference() {
+        let plain = json(r#"{"id":1}"#);
+        let rule = CompareRule::default();
+        let broken = compare(&rule, &plain, &encoded(b"not gzip at all", "gzip"));
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert_eq!(broken[0].path, ENCODING_PATH);
+        assert_eq!(broken[0].primary.as_deref(), Some("identity, 8 bytes"));
+        assert!(
+            broken[0]
+                .shadow
+                .as_deref()
+                .unwrap()
+                .starts_with("gzip body does not decode"),
+            "{broken:?}"
+        );
+        let unknown = compare(&rule, &plain, &encoded(b"\x1f\x9d", "compress"));
+        assert_eq!(
+            unknown[0].shadow.as_deref(),
+            Some("unknown content-encoding `compress` (2 bytes)")
+        );
+        // The same undecodable bytes on both sides are no difference.
+        let same = encoded(b"???", "x-custom");
+        assert_eq!(compare(&rule, &same, &same.clone()), []);
+    }
+
+    #[test]
+    fn content_type_is_compared_by_meaning() {
+        let mut a = json("{}");
+        let mut b = json("{}");
+        a.headers.insert(
+            "content-type",
+            "application/json; charset=UTF-8".parse().unwrap(),
+        );
+        assert_eq!(compare(&CompareRule::default(), &a, &b), []);
+        b.headers
+            .insert("content-type", "text/json".parse().unwrap());
+        assert_eq!(
+            compare(&CompareRule::default(), &a, &b)[0].path,
+            "headers.content-type"
+        );
+    }
+
+    #[test]
+    fn text_bodies_differ_by_hunks() {
+        let a = "title\none\ntwo\nthree\nfour\n";
+        let b = "title\nzero\none\ntwo\nTHREE\nfour\n";
+        let found = compare(&CompareRule::default(), &text(a), &text(b));
+        let shown: Vec<(&str, Kind, Option<&str>, Option<&str>)> = found
+            .iter()
+            .map(|d| {
+                (
+                    d.path.as_str(),
+                    d.kind,
+                    d.primary.as_deref(),
+                    d.shadow.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("body:line 2", Kind::Extra, None, Some("zero")),
+                ("body:line 4", Kind::Changed, Some("three"), Some("THREE")),
+            ]
+        );
+        let found = compare(
+            &CompareRule::default(),
+            &text("a\nb\nc\nd\n"),
+            &text("a\nd\n"),
+        );
+        assert_eq!(
+            (
+                found[0].path.as_str(),
+                found[0].kind,
+                found[0].primary.as_deref()
+            ),
+            ("body:lines 2-3", Kind::Missing, Some("b\nc"))
+        );
+        let endings = compare(&CompareRule::default(), &text("a\n"), &text("a\r\n"));
+        assert_eq!(endings[0].primary.as_deref(), Some(r#""a\n""#));
+    }
+
     #[test]
     fn status_and_headers_with_default_ignores_and_redaction() {
         let mut a = json("{}");
@@ -720,6 +1759,7 @@ mod tests {
         b.status = StatusCode::NOT_FOUND;
         a.headers.insert("date", "x".parse().unwrap());
         b.headers.insert("date", "y".parse().unwrap());
+        a.headers.insert("vary", "accept-encoding".parse().unwrap());
         a.headers
             .insert("set-cookie", "sid=abc; Path=/".parse().unwrap());
         b.headers
@@ -735,29 +1775,109 @@ mod tests {
         assert_eq!(found[1].shadow.as_deref(), Some("[redacted]"));
     }
 
+    fn differences(a: &str, b: &str) -> Vec<Difference> {
+        compare(&CompareRule::default(), &json(a), &json(b))
+    }
+
+    fn counted_and_noisy(
+        primary: &str,
+        candidate: &str,
+        second: &str,
+    ) -> (Vec<String>, Vec<String>) {
+        let (counted, noisy) = discount_noise(
+            differences(primary, candidate),
+            &differences(primary, second),
+        );
+        let paths = |list: Vec<Difference>| list.into_iter().map(|d| d.path).collect();
+        (paths(counted), paths(noisy))
+    }
+
     #[test]
     fn noise_discounts_differences_at_or_under_noisy_paths() {
-        let found = paths(
+        let (counted, noisy) = counted_and_noisy(
             r#"{"t":1,"req":{"id":1},"x":1}"#,
             r#"{"t":2,"req":{"id":2},"x":2}"#,
-            &CompareRule::default(),
+            r#"{"t":3,"req":{"id":3},"x":1}"#,
         );
-        assert_eq!(found.len(), 3);
-        let diffs = compare(
-            &CompareRule::default(),
-            &json(r#"{"t":1,"req":{"id":1},"x":1}"#),
-            &json(r#"{"t":2,"req":{"id":2},"x":2}"#),
+        assert_eq!(counted, ["$.x"]);
+        assert_eq!(noisy, ["$.req.id", "$.t"]);
+        let (counted, noisy) = counted_and_noisy(
+            r#"{"req":{"id":1}}"#,
+            r#"{"req":{"id":2}}"#,
+            r#"{"req":"gone"}"#,
         );
-        let noise = compare(
-            &CompareRule::default(),
-            &json(r#"{"t":1,"req":{"id":1}}"#),
-            &json(r#"{"t":3,"req":{"id":3}}"#),
+        assert!(counted.is_empty());
+        assert_eq!(noisy, ["$.req.id"], "under a noisy path");
+    }
+
+    #[test]
+    fn a_field_one_side_lacks_counts_however_noisy_the_other_side_is() {
+        // The candidate lacks the ever-changing timestamp: that is a missing field, not noise.
+        let (counted, noisy) = counted_and_noisy(
+            r#"{"id":1,"generated_at":"t1"}"#,
+            r#"{"id":1}"#,
+            r#"{"id":1,"generated_at":"t2"}"#,
         );
-        let (counted, noisy) = discount_noise(diffs, &noise);
+        assert_eq!(counted, ["$.generated_at"]);
+        assert!(noisy.is_empty());
+        // And a field only the candidate has, where the primary's value comes and goes.
+        let (counted, _) = counted_and_noisy(
+            r#"{"id":1}"#,
+            r#"{"id":1,"debug":"x"}"#,
+            r#"{"id":1,"debug":"y"}"#,
+        );
+        assert_eq!(counted, ["$.debug"]);
+        // Nor is a missing element of a noisy list.
+        let (counted, _) = counted_and_noisy(
+            r#"{"items":[{"t":1},{"t":2}]}"#,
+            r#"{"items":[{"t":5}]}"#,
+            r#"{"items":[{"t":3},{"t":4}]}"#,
+        );
+        assert_eq!(counted, ["$.items[1]"]);
+    }
+
+    #[test]
+    fn a_status_difference_is_never_noise() {
+        let status = |code: u16| Difference {
+            path: "status".into(),
+            kind: Kind::Changed,
+            primary: Some("200".into()),
+            shadow: Some(code.to_string()),
+        };
+        let (counted, noisy) = discount_noise(vec![status(500)], &[status(503)]);
+        assert_eq!((counted.len(), noisy.len()), (1, 0));
+    }
+
+    #[test]
+    fn noisy_text_lines_discount_changes_on_the_same_lines() {
+        let primary = text("report\ngenerated 10:00:01\ntotal 5\n");
+        let candidate = text("report\ngenerated 10:00:02\ntotal 6\nfooter\n");
+        let second = text("report\ngenerated 10:00:03\ntotal 5\n");
+        let rule = CompareRule::default();
+        let (counted, noisy) = discount_noise(
+            compare(&rule, &primary, &candidate),
+            &compare(&rule, &primary, &second),
+        );
         assert_eq!(
-            counted.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
-            ["$.x"]
+            noisy.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
+            ["body:line 2"]
         );
-        assert_eq!(noisy.len(), 2);
+        let counted: Vec<(&str, Kind)> =
+            counted.iter().map(|d| (d.path.as_str(), d.kind)).collect();
+        assert_eq!(
+            counted,
+            [("body:line 3", Kind::Changed), ("body:line 4", Kind::Extra)]
+        );
+        // In a hunk of another length, lines pair with their most alike counterpart.
+        let found = compare(
+            &rule,
+            &text("a\nthe total is 5\nz\n"),
+            &text("a\nnew line\nthe total is 6\nz\n"),
+        );
+        let found: Vec<(&str, Kind)> = found.iter().map(|d| (d.path.as_str(), d.kind)).collect();
+        assert_eq!(
+            found,
+            [("body:line 2", Kind::Extra), ("body:line 2", Kind::Changed)]
+        );
     }
 }

@@ -12,16 +12,21 @@
 //! runtime is logged and counted in `strangler_diff_store_errors_total` (opening is retried).
 
 mod compare;
+pub mod decode;
+pub mod media;
 pub mod path;
+mod suggest;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 pub use compare::{
-    CompareRule, DEFAULT_IGNORED_HEADERS, Difference, Kind, compare, discount_noise,
+    CompareRule, DEFAULT_IGNORED_HEADERS, Difference, ENCODING_PATH, Kind, Prepared,
+    UnorderedArray, compare, compare_prepared, discount_noise,
 };
 use path::PathPattern;
+pub use suggest::{Suggestion, Suggestions, suggest};
 
 use crate::config::{CompareConfig, Diagnostic, NoiseMode};
 use crate::metrics::Metrics;
@@ -156,7 +161,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         metrics.diff_result(&outcome.route, "skipped");
         return None;
     };
-    let (verdict, differences, noisy, shadow_status, shadow_sample) = match &outcome.shadow {
+    let (verdict, differences, noisy, shadow_status, samples) = match &outcome.shadow {
         Err(failure) => {
             let difference = Difference {
                 path: "shadow".into(),
@@ -167,9 +172,15 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             ("shadow_error", vec![difference], Vec::new(), None, None)
         }
         Ok(shadow) => {
-            let differences = compare(&rule, primary, shadow);
+            let prepared_primary = Prepared::new(primary);
+            let prepared_shadow = Prepared::new(shadow);
+            let differences = compare_prepared(&rule, &prepared_primary, &prepared_shadow);
             let noise_differences = match &noise {
-                Some(Ok(second)) => compare(&rule, primary, second),
+                // A second answer with another status is not the same answer twice (a failure,
+                // a rate limit): it says nothing about which values vary.
+                Some(Ok(second)) if second.status == primary.status => {
+                    compare_prepared(&rule, &prepared_primary, &Prepared::new(second))
+                }
                 _ => Vec::new(),
             };
             let (counted, noisy) = discount_noise(differences, &noise_differences);
@@ -179,17 +190,18 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
                 (true, true) => "match",
             };
             // Samples explain differences; a matching exchange needs none.
-            let sample = if verdict == "match" {
-                None
-            } else {
-                sample(&rule, shadow)
-            };
+            let samples = (verdict != "match").then(|| {
+                (
+                    sample(&rule, &prepared_primary),
+                    sample(&rule, &prepared_shadow),
+                )
+            });
             (
                 verdict,
                 counted,
                 noisy,
                 Some(shadow.status.as_u16()),
-                sample,
+                samples,
             )
         }
     };
@@ -216,12 +228,8 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         verdict: verdict.to_owned(),
         differences,
         noise: noisy,
-        primary_sample: if verdict == "match" {
-            None
-        } else {
-            sample(&rule, primary)
-        },
-        shadow_sample,
+        primary_sample: samples.as_ref().and_then(|(primary, _)| primary.clone()),
+        shadow_sample: samples.and_then(|(_, shadow)| shadow),
         primary_upstream: Some(provenance.primary.as_ref().to_owned()),
         candidate_upstream: Some(provenance.candidate.as_ref().to_owned()),
         stage: Some(provenance.stage.as_str().to_owned()),
@@ -249,21 +257,45 @@ fn scrub(record: &mut DiffRecord, secrets: &crate::redact::Secrets) {
     }
 }
 
-/// A bounded, redacted body sample for the store.
-fn sample(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
-    if response.body.is_empty() {
+/// A bounded, redacted body sample for the store: the decoded body as text. A body that is not
+/// text (or does not decode) is described, never stored as bytes.
+fn sample(rule: &CompareRule, prepared: &Prepared<'_>) -> Option<String> {
+    if prepared.response.body.is_empty() {
         return None;
     }
+    let decoded = match prepared.body() {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            return Some(format!("[{error}; {} bytes]", prepared.response.body.len()));
+        }
+    };
+    let Some(text) = as_text(&decoded.bytes, decoded.truncated) else {
+        return Some(format!(
+            "[binary body: {}]",
+            compare::describe_bytes(&decoded.bytes, decoded.truncated)
+        ));
+    };
     let text = if rule.redact_json.is_empty() {
-        String::from_utf8_lossy(&response.body).into_owned()
+        text.to_owned()
     } else {
         // A body that does not parse (not JSON, or cut at the capture limit) cannot be redacted,
         // so none of it is kept.
-        let mut value = serde_json::from_slice::<serde_json::Value>(&response.body).ok()?;
+        let mut value = prepared.json().ok()?.clone();
         redact(&mut value, &rule.redact_json, &mut Vec::new());
         value.to_string()
     };
     Some(compare::truncate_to(text, SAMPLE_LIMIT))
+}
+
+/// `bytes` as text when they are UTF-8 (a body cut short may end inside a character).
+fn as_text(bytes: &[u8], truncated: bool) -> Option<&str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Some(text),
+        Err(error) if truncated && error.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..error.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    }
 }
 
 fn redact(
@@ -345,13 +377,32 @@ pub fn compile_compare(
             )),
         }
     }
+    for (number, unordered) in config.unordered_arrays.iter().enumerate() {
+        let at = format!("{path}.unordered_arrays[{number}]");
+        let pattern = match PathPattern::parse(&unordered.path) {
+            Ok(pattern) => pattern,
+            Err(message) => {
+                diagnostics.push(
+                    Diagnostic::new(at, message)
+                        .with_hint("JSON paths look like $.orders or $.orders[*].lines"),
+                );
+                continue;
+            }
+        };
+        if let Some(position) = unordered.by.iter().position(|member| member.is_empty()) {
+            diagnostics.push(
+                Diagnostic::new(format!("{at}.by[{position}]"), "an empty member name")
+                    .with_hint("`by` names the member that identifies an element: by: id"),
+            );
+            continue;
+        }
+        rule.unordered_arrays.push(UnorderedArray {
+            path: pattern,
+            by: unordered.by.clone(),
+        });
+    }
     for (field, patterns, out) in [
         ("ignore_json", &config.ignore_json, &mut rule.ignore_json),
-        (
-            "unordered_arrays",
-            &config.unordered_arrays,
-            &mut rule.unordered_arrays,
-        ),
         ("redact_json", &config.redact_json, &mut rule.redact_json),
     ] {
         for (number, pattern) in patterns.iter().enumerate() {
@@ -395,6 +446,10 @@ mod tests {
         }
     }
 
+    fn sampled(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
+        sample(rule, &Prepared::new(response))
+    }
+
     #[test]
     fn samples_are_redacted_or_not_kept() {
         let rule = CompareRule {
@@ -402,14 +457,100 @@ mod tests {
             ..CompareRule::default()
         };
         assert_eq!(
-            sample(&rule, &response(r#"{"token":"secret","n":1}"#)).as_deref(),
+            sampled(&rule, &response(r#"{"token":"secret","n":1}"#)).as_deref(),
             Some(r#"{"n":1,"token":"[redacted]"}"#)
         );
         // Cut short (or not JSON at all), it cannot be redacted: nothing is stored.
-        assert_eq!(sample(&rule, &response(r#"{"token":"secr"#)), None);
+        assert_eq!(sampled(&rule, &response(r#"{"token":"secr"#)), None);
         assert_eq!(
-            sample(&CompareRule::default(), &response("plain text")).as_deref(),
+            sampled(&CompareRule::default(), &response("plain text")).as_deref(),
             Some("plain text")
+        );
+    }
+
+    #[test]
+    fn samples_are_decoded_text_never_bytes() {
+        let mut gzipped = response("");
+        gzipped.body = decode::tests::gzip(br#"{"n":1}"#).into();
+        gzipped
+            .headers
+            .insert("content-encoding", "gzip".parse().unwrap());
+        gzipped
+            .headers
+            .insert("content-type", "application/json".parse().unwrap());
+        let rule = CompareRule {
+            redact_json: vec![PathPattern::parse("$.token").unwrap()],
+            ..CompareRule::default()
+        };
+        assert_eq!(sampled(&rule, &gzipped).as_deref(), Some(r#"{"n":1}"#));
+        assert_eq!(
+            sampled(&CompareRule::default(), &gzipped).as_deref(),
+            Some(r#"{"n":1}"#)
+        );
+
+        let mut image = response("");
+        image.body = bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n\xff\xfe");
+        let shown = sampled(&CompareRule::default(), &image).unwrap();
+        assert!(
+            shown.starts_with("[binary body: 10 bytes, xxh3 "),
+            "{shown}"
+        );
+
+        let mut broken = response("not gzip");
+        broken
+            .headers
+            .insert("content-encoding", "gzip".parse().unwrap());
+        let shown = sampled(&CompareRule::default(), &broken).unwrap();
+        assert!(shown.starts_with("[gzip body does not decode: "), "{shown}");
+        assert!(shown.ends_with("; 8 bytes]"), "{shown}");
+
+        // A text cut inside a character keeps what is whole.
+        let mut cut = response("");
+        cut.body = bytes::Bytes::from("héllo".as_bytes()[..2].to_vec());
+        cut.truncated = true;
+        assert_eq!(sampled(&CompareRule::default(), &cut).as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn unordered_arrays_are_a_path_or_a_path_with_a_key() {
+        let config: CompareConfig = serde_yaml::from_str(
+            "unordered_arrays: ['$.tags', { path: '$.orders', by: id }, { path: '$.rows', by: [region, id] }]",
+        )
+        .unwrap();
+        let mut diagnostics = Vec::new();
+        let rule = compile_compare(&config, "routes[0].shadow.compare", &mut diagnostics);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let compiled: Vec<(&str, Vec<&str>)> = rule
+            .unordered_arrays
+            .iter()
+            .map(|u| (u.path.as_str(), u.by.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            compiled,
+            [
+                ("$.tags", vec![]),
+                ("$.orders", vec!["id"]),
+                ("$.rows", vec!["region", "id"])
+            ]
+        );
+        // Written back as it was read.
+        assert_eq!(
+            serde_json::to_value(&config).unwrap()["unordered_arrays"],
+            serde_json::json!(["$.tags", {"path": "$.orders", "by": "id"}, {"path": "$.rows", "by": ["region", "id"]}])
+        );
+
+        let bad: CompareConfig = serde_yaml::from_str(
+            "unordered_arrays: [{ path: orders, by: id }, { path: '$.x', by: '' }]",
+        )
+        .unwrap();
+        let mut diagnostics = Vec::new();
+        compile_compare(&bad, "c", &mut diagnostics);
+        let at: Vec<&str> = diagnostics.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(at, ["c.unordered_arrays[0]", "c.unordered_arrays[1].by[0]"]);
+        assert!(
+            serde_yaml::from_str::<CompareConfig>("unordered_arrays: [{ path: '$.x', key: id }]")
+                .is_err(),
+            "unknown keys are refused"
         );
     }
 }

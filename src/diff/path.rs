@@ -1,4 +1,6 @@
-//! JSON paths for ignore rules and unordered arrays: `$`, `.key`, `.*`, `[3]`, `[*]`.
+//! JSON paths for ignore rules and unordered arrays: `$`, `.key`, `.*`, `[3]`, `[*]`; and the
+//! concrete locations differences are reported at, where an element of an array matched by key
+//! is named by its key: `$.orders[id=7].total`.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -8,6 +10,9 @@ use std::fmt::Write;
 pub enum Step<'a> {
     Key(Cow<'a, str>),
     Index(usize),
+    /// An element of an array matched by key, named by it: `id=7`, `sku="A-1"`. Patterns reach
+    /// it with `[*]`, never with an index.
+    Element(Cow<'a, str>),
 }
 
 /// A parsed pattern such as `$.items[*].updated_at`.
@@ -95,9 +100,8 @@ impl PathPattern {
             .iter()
             .zip(path)
             .all(|(pattern, step)| match (pattern, step) {
-                (PatternStep::AnyKey, Step::Key(_)) | (PatternStep::AnyIndex, Step::Index(_)) => {
-                    true
-                }
+                (PatternStep::AnyKey, Step::Key(_))
+                | (PatternStep::AnyIndex, Step::Index(_) | Step::Element(_)) => true,
                 (PatternStep::Key(a), Step::Key(b)) => a == b,
                 (PatternStep::Index(a), Step::Index(b)) => a == b,
                 _ => false,
@@ -119,24 +123,50 @@ pub fn render(path: &[Step<'_>]) -> String {
             Step::Index(index) => {
                 let _ = write!(out, "[{index}]");
             }
+            Step::Element(label) => {
+                let _ = write!(out, "[{label}]");
+            }
         }
     }
     out
 }
 
-/// The path with every index replaced by `[*]`: the shape an ignore rule needs.
+/// The path with every index or element key replaced by `[*]`: the shape an ignore rule needs.
+/// Quoted member names (`["a b"]`) stay.
 pub fn generalize(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
-    let mut chars = path.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '[' && chars.peek().is_some_and(|c| c.is_ascii_digit()) {
-            while chars.next().is_some_and(|c| c != ']') {}
-            out.push_str("[*]");
+    let mut rest = path;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let inner = &rest[open + 1..];
+        let Some(close) = closing_bracket(inner) else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        if inner.starts_with('"') {
+            out.push_str(&rest[open..open + close + 2]);
         } else {
-            out.push(c);
+            out.push_str("[*]");
+        }
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the `]` closing a bracket whose content is `inner` is, skipping quoted strings.
+fn closing_bracket(inner: &str) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (index, c) in inner.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ']' if !quoted => return Some(index),
+            _ => {}
         }
     }
-    out
+    None
 }
 
 fn is_plain(key: &str) -> bool {
@@ -178,5 +208,22 @@ mod tests {
         assert_eq!(render(&path(&["items", "3", "id"])), "$.items[3].id");
         assert_eq!(render(&[Step::Key("a b".into())]), "$[\"a b\"]");
         assert_eq!(generalize("$.items[3].tags[10]"), "$.items[*].tags[*]");
+        assert_eq!(
+            generalize(r#"$.orders[id=7].lines[sku="a]b"].qty"#),
+            "$.orders[*].lines[*].qty"
+        );
+        assert_eq!(generalize(r#"$["a b"][2]"#), r#"$["a b"][*]"#);
+        assert_eq!(
+            render(&[Step::Key("orders".into()), Step::Element("id=7".into())]),
+            "$.orders[id=7]"
+        );
+        let any = PathPattern::parse("$.orders[*].updated_at").unwrap();
+        assert!(any.matches(&[
+            Step::Key("orders".into()),
+            Step::Element("id=7".into()),
+            Step::Key("updated_at".into())
+        ]));
+        let third = PathPattern::parse("$.orders[2]").unwrap();
+        assert!(!third.covers(&[Step::Key("orders".into()), Step::Element("id=2".into())]));
     }
 }
