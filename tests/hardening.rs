@@ -78,6 +78,47 @@ async fn a_websocket_handshake_and_its_frames_pass_both_ways_and_are_never_shado
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_conversation_ends_at_its_routes_deadline() {
+    let echo = websocket_echo().await;
+    let proxy = two_routes(
+        echo,
+        echo,
+        "  - name: ws\n    match: { path_prefix: /ws }\n    upstream: legacy\n    timeout: 1s\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.address))
+        .await
+        .unwrap();
+    // Frames pass while the deadline is ahead...
+    socket.send(Message::text("early")).await.unwrap();
+    let echoed = tokio::time::timeout(support::DEADLINE, socket.next())
+        .await
+        .expect("an echo in time");
+    assert_eq!(
+        echoed.unwrap().unwrap().into_text().unwrap().as_str(),
+        "early"
+    );
+    // ...and the conversation is closed once it has passed.
+    let end = tokio::time::timeout(support::DEADLINE, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the conversation outlived its deadline");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(900)
+            && elapsed < std::time::Duration::from_millis(2500),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bodyless_answers_lose_their_body_framing() {
     for head in [
         &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..],
