@@ -696,6 +696,11 @@ impl ProxyHttp for StranglerProxy {
         upstream_request: &mut pingora_http::RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // The tester's token authorizes at the proxy; no backend (nor a shadow copy, which
+        // starts from this request) needs it.
+        if let Some(tester) = &ctx.table.tester_override {
+            upstream_request.remove_header(&tester.token_header);
+        }
         if let (Some(origin), Some(peer)) = (ctx.origin, peer_ip(session)) {
             forwarded::set_forwarding_headers(
                 upstream_request,

@@ -159,6 +159,11 @@ async fn the_tester_override_needs_the_token() {
         );
         assert_eq!(side(&proxy, forced(Some(token))).await, "invoices-v2");
     }
+    assert_eq!(
+        new.last().header("x-strangler-token"),
+        None,
+        "the token stops at the proxy"
+    );
     let document = proxy.routes().await;
     assert!(
         !document.to_string().contains(token),

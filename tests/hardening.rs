@@ -78,6 +78,47 @@ async fn a_websocket_handshake_and_its_frames_pass_both_ways_and_are_never_shado
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_conversation_ends_at_its_routes_deadline() {
+    let echo = websocket_echo().await;
+    let proxy = two_routes(
+        echo,
+        echo,
+        "  - name: ws\n    match: { path_prefix: /ws }\n    upstream: legacy\n    timeout: 1s\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.address))
+        .await
+        .unwrap();
+    // Frames pass while the deadline is ahead...
+    socket.send(Message::text("early")).await.unwrap();
+    let echoed = tokio::time::timeout(support::DEADLINE, socket.next())
+        .await
+        .expect("an echo in time");
+    assert_eq!(
+        echoed.unwrap().unwrap().into_text().unwrap().as_str(),
+        "early"
+    );
+    // ...and the conversation is closed once it has passed.
+    let end = tokio::time::timeout(support::DEADLINE, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the conversation outlived its deadline");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(900)
+            && elapsed < std::time::Duration::from_millis(2500),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bodyless_answers_lose_their_body_framing() {
     for head in [
         &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..],
@@ -322,4 +363,92 @@ async fn a_web_page_cannot_flip_the_kill_switch_or_read_diffs_through_the_admin_
     // Probes and scrapes stay open whatever the Host.
     let probe = ClientRequest::get("/healthz").header("host", "pod.internal:9901");
     assert_eq!(admin(probe).await.unwrap().status, 200);
+}
+
+/// The `x-strangler-error` reasons the sources can answer with, each with its status where the
+/// source states it beside the reason (`None`: a status of its own, or none at all).
+fn reasons_in_the_sources() -> Vec<(Option<String>, String)> {
+    let patterns = [
+        // `refuse(400, "invalid_host")`, `Some((414, "uri_too_long"))`, classify's
+        // `(502, "connect_refused")`, `(*code, "http_status")`, `(0, "client_gone")`.
+        r#"\(\s*(\d{3}|\*code|0)\s*,\s*"([a-z_]+)"\s*\)"#,
+        // The connection layer: `("414 URI Too Long", "uri_too_long")`,
+        // `raw_error_response("503 Service Unavailable", "too_many_connections", …)`.
+        r#""(\d{3}) [A-Za-z ]+",\s*"([a-z_]+)""#,
+        // `ctx.refusal = Some("no_healthy_backend")`, `return Some("ambiguous_framing")`,
+        // `reason = "request_timeout"`.
+        r#"(?:Some\(|reason = )()"([a-z_]+)""#,
+    ]
+    .map(|pattern| regex::Regex::new(pattern).unwrap());
+    let mut reasons = Vec::new();
+    for file in ["src/hygiene.rs", "src/proxy.rs", "src/connection.rs"] {
+        let source = std::fs::read_to_string(support::repo_root().join(file)).unwrap();
+        // Unit tests name reasons too, but only the code answers with them.
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        for pattern in &patterns {
+            for found in pattern.captures_iter(code) {
+                let status = found
+                    .get(1)
+                    .map(|m| m.as_str())
+                    .filter(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()))
+                    .map(str::to_owned);
+                let reason = found[2].to_owned();
+                if !reasons.contains(&(status.clone(), reason.clone())) {
+                    reasons.push((status, reason));
+                }
+            }
+        }
+    }
+    reasons
+}
+
+#[test]
+fn every_reason_the_proxy_answers_with_is_in_the_security_docs_table_and_no_other() {
+    let reasons = reasons_in_the_sources();
+    let names: Vec<&str> = reasons.iter().map(|(_, reason)| reason.as_str()).collect();
+    // The extraction itself must keep working: a few reasons from each file and each pattern.
+    for known in [
+        "dot_segment_in_path",
+        "upstream_bad_framing",
+        "too_many_connections",
+        "header_timeout",
+        "connect_timeout",
+        "no_healthy_backend",
+        "conflicting_content_length",
+        "http_status",
+        "client_gone",
+    ] {
+        assert!(names.contains(&known), "{known} not found in {names:?}");
+    }
+    assert!(names.len() >= 30, "{names:?}");
+
+    let doc = std::fs::read_to_string(support::repo_root().join("docs/security.md")).unwrap();
+    // The table of every refusal and failure: from its header row to the first non-table line.
+    let table: Vec<&str> = doc
+        .lines()
+        .skip_while(|line| !line.starts_with("| status | `x-strangler-error` |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .collect();
+    assert!(!table.is_empty(), "docs/security.md has no reason table");
+    for (status, reason) in &reasons {
+        let row = table
+            .iter()
+            .find(|row| row.split('|').nth(2).map(str::trim) == Some(&format!("`{reason}`")))
+            .unwrap_or_else(|| panic!("docs/security.md has no row for `{reason}`"));
+        if let Some(status) = status {
+            assert_eq!(
+                row.split('|').nth(1).map(str::trim),
+                Some(status.as_str()),
+                "`{reason}` is answered with {status}: {row}"
+            );
+        }
+    }
+    for row in &table {
+        let reason = row.split('|').nth(2).unwrap().trim().trim_matches('`');
+        assert!(
+            names.contains(&reason),
+            "docs/security.md lists `{reason}`, which no source answers with"
+        );
+    }
 }

@@ -284,6 +284,95 @@ async fn a_post_that_reached_a_backend_is_never_sent_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_connect_timeout_is_not_waited_out_twice_on_the_same_backend() {
+    let unanswered = support::UnansweredConnect::start().await;
+    // `retries: 1` (the default) with one backend: there is no other backend to retry on, and
+    // the same one would only double the wait.
+    let proxy = proxy_to(
+        &[unanswered.address],
+        ", retries: 1, timeouts: { connect: 1s }",
+    )
+    .await;
+    let started = Instant::now();
+    let response = proxy.get("/").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("connect_timeout")
+    );
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_millis(1800),
+        "one connect timeout, not two: {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_whose_fresh_connection_was_reset_is_answered_by_the_next_backend_and_a_post_is_not()
+{
+    let resetting = Misbehaving::start(Misbehaviour::ResetAfterRequest).await;
+    let good = Backend::start("good").await;
+    let proxy = proxy_to(&[resetting.address, good.address], "").await;
+
+    // Round robin starts at the resetting backend, so the POST reaches it first: it may have had
+    // effects there, so it is answered 502 and sent nowhere else.
+    let response = proxy
+        .send(ClientRequest::new("POST", "/pay").body("charge"))
+        .await;
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(response.header("x-strangler-error").is_some());
+    assert_eq!(resetting.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(good.count(), 0, "a POST is never replayed elsewhere");
+
+    // GETs: every one is answered by the good backend, including those that went to the
+    // resetting one first.
+    for number in 0..4 {
+        let response = proxy.get(&format!("/item/{number}")).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.header("x-backend"), Some("good"));
+    }
+    let reset_gets = resetting.requests.load(Ordering::SeqCst) - 1;
+    assert!(
+        reset_gets >= 1,
+        "no GET went to the resetting backend first"
+    );
+    assert_eq!(good.count(), 4, "each GET reached the good backend once");
+    assert!(good.requests().iter().all(|r| r.method == "GET"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_stop_at_the_routes_deadline() {
+    let first = support::UnansweredConnect::start().await;
+    let second = support::UnansweredConnect::start().await;
+    let third = support::UnansweredConnect::start().await;
+    // Three backends whose connects hang, a 1 s connect timeout and 3 retries would take 3 s;
+    // the route's 1.5 s deadline cuts the second attempt to the 0.5 s left, and there is no
+    // third.
+    let proxy = Proxy::start(&format!(
+        "upstreams:
+  u: {{ backends: [{}, {}, {}], retries: 3, timeouts: {{ connect: 1s }} }}
+default_upstream: u
+routes:
+  - {{ name: bounded, match: {{ path_prefix: /bounded }}, upstream: u, timeout: 1500ms }}
+",
+        first.address, second.address, third.address
+    ))
+    .await;
+    let started = Instant::now();
+    let response = proxy.get("/bounded").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("request_timeout")
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(2300),
+        "the deadline, not three connect timeouts: {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_fallback_serves_when_the_new_service_is_down() {
     let legacy = Backend::start("legacy").await;
     let proxy = Proxy::start(&format!(

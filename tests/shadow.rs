@@ -523,3 +523,51 @@ routes:
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_dropped_for_memory_is_skipped_not_judged_as_the_candidates_error() {
+    let primary = big_answers("primary", 1024).await;
+    let candidate = big_answers("candidate", 128 * 1024).await;
+    let proxy = Proxy::start_with_settings(
+        &format!(
+            r#"upstreams:
+  primary: {{ backends: [{}] }}
+  candidate: {{ backends: [{}] }}
+default_upstream: primary
+routes:
+  - name: r
+    match: {{ path_prefix: /r }}
+    shadow: {{ upstream: candidate }}
+"#,
+            primary.address, candidate.address
+        ),
+        "  shadow_max_memory: 64KiB\n",
+        &[],
+        &[],
+    )
+    .await;
+    for n in 0..3 {
+        assert_eq!(proxy.get(&format!("/r/{n}")).await.status, 200);
+    }
+    wait_for_metric(
+        &proxy,
+        "strangler_shadow_requests_total{outcome=\"dropped_memory\",route=\"r\"}",
+        3.0,
+    )
+    .await;
+    wait_for_metric(
+        &proxy,
+        "strangler_diffs_total{result=\"skipped\",route=\"r\"}",
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        proxy
+            .metric("strangler_diffs_total{result=\"mismatch\",route=\"r\"}")
+            .await,
+        None,
+        "the proxy's memory is not the candidate's error"
+    );
+    let stored = support::get(proxy.admin, "/diffs").await.unwrap().json();
+    assert_eq!(stored["diffs"], serde_json::json!([]), "{stored}");
+}

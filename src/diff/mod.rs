@@ -161,6 +161,16 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         metrics.diff_result(&outcome.route, "skipped");
         return None;
     };
+    // An answer the proxy had no memory to keep says nothing about the candidate (it was
+    // counted as `dropped_memory`): judging it would count the proxy's load as the candidate's
+    // errors, or (for the noise copy) as differences noise cancellation would have removed.
+    let over_budget = |answer: Option<&Result<CapturedResponse, ShadowFailure>>| {
+        matches!(answer, Some(Err(ShadowFailure::OverBudget)))
+    };
+    if over_budget(Some(&outcome.shadow)) || over_budget(noise.as_ref()) {
+        metrics.diff_result(&outcome.route, "skipped");
+        return None;
+    }
     let (verdict, differences, noisy, shadow_status, samples) = match &outcome.shadow {
         Err(failure) => {
             let difference = Difference {

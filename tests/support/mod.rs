@@ -783,6 +783,41 @@ impl Drop for Misbehaving {
     }
 }
 
+/// A loopback address whose connects hang: a listener that never accepts, with a backlog of 0
+/// and its one queued connection taken, so the kernel drops further SYNs (the accept queue is
+/// full) and a connect to it ends only by its own timeout. A connect timeout, on loopback.
+pub struct UnansweredConnect {
+    pub address: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl UnansweredConnect {
+    pub async fn start() -> UnansweredConnect {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let address = listener.local_addr().unwrap();
+        // Fill the accept queue until a connect no longer completes.
+        let mut queued = Vec::new();
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(address)).await;
+            match attempt {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(error)) => panic!("connect to the unaccepting listener failed: {error}"),
+                Err(_) => break,
+            }
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        UnansweredConnect {
+            address,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
 /// A raw chunked POST to `target`: `chunks` chunks of `chunk_size` bytes each, then the last
 /// chunk; the connection closes after the answer.
 pub fn chunked_post(target: &str, chunks: usize, chunk_size: usize) -> Vec<u8> {
