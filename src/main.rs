@@ -114,6 +114,14 @@ enum Command {
         /// Fewest compared exchanges a route needs to pass.
         #[arg(long, default_value_t = 1)]
         min_samples: u64,
+        /// List a differing path when it is in at least this share of its route's exchanges
+        /// (or in --min-path-exchanges of them): a fraction (0.01) or a percentage (1%).
+        #[arg(long, default_value = "1%", value_parser = strangler::report::Listing::parse_share)]
+        min_path_share: DiffRate,
+        /// List a differing path when it is in at least this many exchanges (or in
+        /// --min-path-share of them); 1 lists every path. The others are counted, not listed.
+        #[arg(long, default_value_t = 2)]
+        min_path_exchanges: u64,
     },
     /// Start a legacy app, a new service and the proxy on loopback, and print what to try.
     Demo {
@@ -189,6 +197,8 @@ fn main() -> ExitCode {
             format,
             max_diff_rate,
             min_samples,
+            min_path_share,
+            min_path_exchanges,
         } => {
             let options = strangler::report::ReportOptions {
                 databases,
@@ -201,6 +211,10 @@ fn main() -> ExitCode {
                 },
                 max_diff_rate,
                 min_samples,
+                listing: strangler::report::Listing {
+                    min_share: min_path_share,
+                    min_exchanges: min_path_exchanges,
+                },
             };
             let format = match format {
                 ReportFormat::Text => strangler::report::Format::Text,

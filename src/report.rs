@@ -3,22 +3,37 @@
 //!
 //! Reads one or more diff stores (one per replica; they are merged), groups the exchanges by
 //! route and direction (which upstream was primary, which the candidate: `legacy → orders-v2` is
-//! judged apart from `orders-v2 → legacy`), counts how many matched, differed or were noise,
-//! lists the JSON paths that differ most with the kind of difference and an example, suggests
-//! `ignore_json` rules for paths that are noise most of the time, and decides pass/fail from
-//! `--max-diff-rate` ([`DiffRate`]) and `--min-samples`. Every output format renders the same
-//! verdicts, so a JUnit file never disagrees with the exit status.
+//! judged apart from `orders-v2 → legacy`), counts how many matched, differed or were noise, and
+//! decides pass/fail from `--max-diff-rate` ([`DiffRate`]) and `--min-samples`.
+//!
+//! The differences are listed so that a real bug is not buried under noise: separated into body,
+//! status, candidate errors and headers; per JSON path and kind, with the number of exchanges,
+//! of distinct records (request paths, ids kept) and endpoints (ids generalized), the status
+//! pairs they came with and an example request line with both values; every path above a
+//! threshold ([`Listing`]), not a fixed few; body differences first, and what is likely noise
+//! (a header that differs in nearly every exchange, a value the primary itself changes between
+//! two answers to the same request) last, with ready-to-paste `ignore_headers` / `ignore_json`
+//! suggestions and what the mismatch rate would be with them. Every output format renders the
+//! same content and the same verdicts, so a JUnit file never disagrees with the exit status.
+//!
+//! Counting is done in SQL ([`crate::store::scan_for_report`]); only the exchanges that differed
+//! are read, one row at a time and without their body samples, and distinct records are kept as
+//! 64-bit hashes, so memory does not grow with the rows of a store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::{self, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::diff::Kind;
 use crate::diff::path::generalize;
-use crate::store::{DiffRecord, Filter, GenerationFilter, StoreError, read_records};
+use crate::store::{
+    DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
+};
 
 /// What the report covers and how it judges.
 #[derive(Debug, Clone)]
@@ -31,6 +46,8 @@ pub struct ReportOptions {
     pub generation: Option<GenerationFilter>,
     pub max_diff_rate: DiffRate,
     pub min_samples: u64,
+    /// Which differing paths are listed.
+    pub listing: Listing,
 }
 
 /// The largest share of mismatching exchanges a group may have: a fraction from 0 to 1, written
@@ -56,6 +73,11 @@ impl DiffRate {
     pub fn exceeded_by(self, mismatches: u64, samples: u64) -> bool {
         samples > 0 && mismatches as f64 / samples as f64 - self.0 > 1e-12
     }
+
+    /// Whether `count` of `samples` reaches this share (rounding as [`DiffRate::exceeded_by`]).
+    fn reached_by(self, count: u64, samples: u64) -> bool {
+        samples > 0 && count as f64 / samples as f64 - self.0 > -1e-12
+    }
 }
 
 impl Default for DiffRate {
@@ -74,30 +96,68 @@ impl FromStr for DiffRate {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        const FORMS: &str = "write a fraction from 0 to 1 (0.05) or a percentage (5%)";
-        let (number, percent) = match text.trim().strip_suffix('%') {
-            Some(number) => (number.trim(), true),
-            None => (text.trim(), false),
-        };
-        let value: f64 = number
-            .parse()
-            .ok()
-            .filter(|value: &f64| value.is_finite())
-            .ok_or_else(|| format!("`{text}` is not a number: {FORMS}"))?;
-        if value < 0.0 {
-            return Err(format!("`{text}` is negative: {FORMS}"));
-        }
-        let fraction = if percent { value / 100.0 } else { value };
-        Self::new(fraction).ok_or_else(|| {
-            if percent {
-                format!("`{text}` is over 100%: {FORMS}")
-            } else {
-                format!(
-                    "`{text}` is over 1, which would allow {}% of exchanges to differ: {FORMS}",
-                    value * 100.0
-                )
-            }
+        parse_share(text, |value| {
+            format!(
+                "which would allow {}% of exchanges to differ",
+                value * 100.0
+            )
         })
+    }
+}
+
+/// A fraction from 0 to 1 or a percentage; `over_one` explains what a number over 1 would mean.
+fn parse_share(text: &str, over_one: impl Fn(f64) -> String) -> Result<DiffRate, String> {
+    const FORMS: &str = "write a fraction from 0 to 1 (0.05) or a percentage (5%)";
+    let (number, percent) = match text.trim().strip_suffix('%') {
+        Some(number) => (number.trim(), true),
+        None => (text.trim(), false),
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|value: &f64| value.is_finite())
+        .ok_or_else(|| format!("`{text}` is not a number: {FORMS}"))?;
+    if value < 0.0 {
+        return Err(format!("`{text}` is negative: {FORMS}"));
+    }
+    let fraction = if percent { value / 100.0 } else { value };
+    DiffRate::new(fraction).ok_or_else(|| {
+        if percent {
+            format!("`{text}` is over 100%: {FORMS}")
+        } else {
+            format!("`{text}` is over 1, {}: {FORMS}", over_one(value))
+        }
+    })
+}
+
+/// Which differing paths a report lists: those in at least `min_share` of their group's
+/// exchanges **or** in at least `min_exchanges` exchanges. The others are counted (`hidden`),
+/// never silently dropped; `min_exchanges: 1` lists every path.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Listing {
+    pub min_share: DiffRate,
+    pub min_exchanges: u64,
+}
+
+impl Listing {
+    /// `--min-path-share`: a fraction or a percentage, like [`DiffRate`].
+    pub fn parse_share(text: &str) -> Result<DiffRate, String> {
+        parse_share(text, |value| format!("that is {}%", value * 100.0))
+    }
+
+    fn lists(&self, exchanges: u64, samples: u64) -> bool {
+        exchanges >= self.min_exchanges || self.min_share.reached_by(exchanges, samples)
+    }
+}
+
+impl Default for Listing {
+    /// 1 % of a group's exchanges or 2 exchanges: a difference seen once in a big group is
+    /// usually a race (the record changed between the two calls); twice is a pattern.
+    fn default() -> Self {
+        Self {
+            min_share: DiffRate(0.01),
+            min_exchanges: 2,
+        }
     }
 }
 
@@ -109,6 +169,8 @@ pub struct Report {
     pub failure: Option<String>,
     pub max_diff_rate: DiffRate,
     pub min_samples: u64,
+    /// Which paths are listed.
+    pub listing: Listing,
     /// `--generation N`, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
@@ -151,26 +213,413 @@ pub struct RouteSummary {
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
-    pub top_paths: Vec<PathSummary>,
+    /// Every exchange by its pair of statuses (primary, candidate), most frequent first.
+    pub status_pairs: Vec<StatusPair>,
+    /// How many mismatching exchanges had a difference in each section.
+    pub sections: SectionCounts,
+    /// The differing paths above the [`Listing`] threshold: body differences first, then
+    /// status, candidate errors and headers, then what is likely noise; most exchanges first
+    /// within each.
+    pub paths: Vec<PathSummary>,
+    /// Paths discounted as noise (`noise: legacy`), above the same threshold.
     pub noisy_paths: Vec<PathSummary>,
-    /// `ignore_json` rules for paths that were noise in most samples.
-    pub suggested_ignores: Vec<String>,
+    /// What the threshold left out.
+    pub hidden: Hidden,
+    /// Headers to add to `compare.ignore_headers`: those likely noise.
+    pub suggested_ignore_headers: Vec<String>,
+    /// JSON paths to add to `compare.ignore_json`: noise (`noise: legacy`) in at least half of
+    /// the samples, or values the primary itself changed between answers to one request.
+    pub suggested_ignore_json: Vec<String>,
+    /// The suggestions as a line to paste under the route's `shadow:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+    /// Mismatches (shadow errors included) that would be left with the suggested rules in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatches_with_suggestion: Option<u64>,
+}
+
+/// Exchanges with a pair of statuses. `candidate` is `None` when the candidate did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusPair {
+    pub primary: Option<u16>,
+    pub candidate: Option<u16>,
+    pub exchanges: u64,
+}
+
+/// Where in an answer a difference is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    /// `$…` (JSON), `body:line N` (text) or `body` (anything else).
+    Body,
+    /// `status`
+    Status,
+    /// `shadow`: the candidate did not answer.
+    Error,
+    /// `headers.<name>`
+    Headers,
+}
+
+impl Section {
+    pub fn of(path: &str) -> Self {
+        if path == "status" {
+            Self::Status
+        } else if path == "shadow" {
+            Self::Error
+        } else if path.starts_with("headers.") {
+            Self::Headers
+        } else {
+            Self::Body
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Status => "status",
+            Self::Error => "candidate errors",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+/// Mismatching exchanges (shadow errors included) with at least one difference in each section;
+/// an exchange can count in several.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SectionCounts {
+    pub body: u64,
+    pub status: u64,
+    pub error: u64,
+    pub headers: u64,
+    /// Exchanges whose only differences are headers.
+    pub headers_only: u64,
+}
+
+/// Paths below the listing threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Hidden {
+    pub paths: u64,
+    /// Of which in the body.
+    pub body_paths: u64,
+    pub noisy_paths: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PathSummary {
-    /// With indices generalized: `$.items[*].total`.
+    pub section: Section,
+    /// With indices generalized: `$.items[*].total`, `headers.vary`, `status`.
     pub path: String,
     /// `changed`, `missing` (the candidate lacks it), `extra` (only the candidate has it) or
     /// `type`; a path that differs in two ways is listed once per kind.
     pub kind: Kind,
-    pub count: u64,
-    /// One occurrence: `GET /api/orders/1: "10.50" -> 10.5`.
-    pub example: String,
+    /// Exchanges with this difference (each counted once, however many array elements differ).
+    pub exchanges: u64,
+    /// `exchanges` over the group's samples.
+    pub share: f64,
+    /// Distinct request paths (ids kept: `/orders/7` and `/orders/8` are two records).
+    pub records: u64,
+    /// Distinct request paths with numeric, UUID and long hex segments taken as ids
+    /// (`/orders/{id}`).
+    pub endpoints: u64,
+    /// The exchanges by status pair, most frequent first.
+    pub status_pairs: Vec<StatusPair>,
+    /// Why this is likely noise, when it is: it is then listed last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub likely_noise: Option<String>,
+    /// The first exchange with this difference.
+    pub example: Example,
 }
 
-/// Most paths listed per route.
-const TOP_PATHS: usize = 10;
+/// One exchange with a difference, values written primary then candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    /// Method, path and query (redacted as stored): `GET /orders/7?expand=items`.
+    pub request: String,
+    pub request_id: String,
+    pub primary_status: Option<u16>,
+    pub candidate_status: Option<u16>,
+    /// The primary's value; `None` when it has none (`extra`).
+    pub primary: Option<String>,
+    /// The candidate's value; `None` when it has none (`missing`).
+    pub candidate: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Noise rules. They judge differences the way the diff engine could (src/diff), and may move
+// there; they live here while the engine is being reworked.
+
+/// A header that differs in at least this share of a group's exchanges is taken for a
+/// difference between the two servers (CORS, caching, `x-powered-by`, a charset), not between
+/// answers about the data.
+const SERVER_WIDE_SHARE: f64 = 0.9;
+
+/// Headers whose difference changes what a client does with the answer: never taken for noise
+/// nor suggested for `ignore_headers`, however often they differ.
+const MEANINGFUL_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "location",
+    "www-authenticate",
+    "retry-after",
+];
+
+/// How the primary's value at one path behaved across repeats of the same request: a value it
+/// changes between two answers to one request (a timestamp, a request id) is volatile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Volatility {
+    /// Requests (method, path, query) seen with this difference more than once.
+    repeated: u64,
+    /// Of those, the requests for which the primary gave different values.
+    varied: u64,
+}
+
+impl Volatility {
+    /// At least two repeated requests, and the primary's value varied in half of them or more.
+    fn volatile(self) -> bool {
+        self.varied >= 2 && self.varied * 2 >= self.repeated
+    }
+}
+
+/// Why a difference is likely noise, or `None` when it may be real.
+fn likely_noise(
+    section: Section,
+    path: &str,
+    share: f64,
+    volatility: Volatility,
+) -> Option<String> {
+    let volatile = || {
+        volatility.volatile().then(|| {
+            format!(
+                "the primary gave different values to the same request ({} of {} repeated requests)",
+                volatility.varied, volatility.repeated
+            )
+        })
+    };
+    match section {
+        Section::Headers => {
+            let name = path.trim_start_matches("headers.");
+            if MEANINGFUL_HEADERS.contains(&name) {
+                None
+            } else if share >= SERVER_WIDE_SHARE {
+                Some(format!(
+                    "differs in {:.2}% of exchanges (the servers differ, not the answers)",
+                    share * 100.0
+                ))
+            } else {
+                volatile()
+            }
+        }
+        Section::Body => volatile(),
+        Section::Status | Section::Error => None,
+    }
+}
+
+/// The request path with id-like segments (numbers, UUIDs, long hex strings) replaced by `{id}`:
+/// `/orders/7/items` → `/orders/{id}/items`.
+pub fn endpoint(path: &str) -> String {
+    path.split('/')
+        .map(|segment| if is_id(segment) { "{id}" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn is_id(segment: &str) -> bool {
+    let hex = |c: char| c.is_ascii_hexdigit();
+    let digits = segment.bytes().filter(u8::is_ascii_digit).count();
+    let uuid = segment.len() == 36
+        && segment.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => hex(c),
+        });
+    (!segment.is_empty() && digits == segment.len())
+        || uuid
+        || (segment.len() >= 16 && digits > 0 && segment.chars().all(hex))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregation.
+
+type GroupKey = (String, Option<String>, Option<String>);
+type StatusKey = (Option<u16>, Option<u16>);
+
+/// What one route and direction counted, merged over the stores.
+#[derive(Default)]
+struct Group {
+    verdicts: BTreeMap<String, u64>,
+    status_pairs: HashMap<StatusKey, u64>,
+    generations: BTreeSet<u64>,
+    stages: BTreeSet<String>,
+    configs: BTreeSet<String>,
+    differing: BTreeMap<(String, Kind), PathTally>,
+    noisy: BTreeMap<(String, Kind), PathTally>,
+    /// Noise (`noise: legacy`) per path, whatever the kind: what the ignore suggestions count.
+    noisy_exchanges: BTreeMap<String, u64>,
+    sections: SectionCounts,
+    /// Mismatching exchanges by the set of paths that differed in them (as indices into
+    /// `path_names`): what is left of them once suggested ignores are in.
+    combinations: HashMap<Vec<u32>, u64>,
+    path_names: Vec<String>,
+    path_ids: HashMap<String, u32>,
+}
+
+#[derive(Default)]
+struct PathTally {
+    exchanges: u64,
+    /// Hashes of the distinct request paths and endpoints.
+    records: HashSet<u64>,
+    endpoints: HashSet<u64>,
+    status_pairs: HashMap<StatusKey, u64>,
+    example: Option<Example>,
+    /// Per request (hash of method, path and query): the hash of the primary's first value, how
+    /// often it was seen (up to 2) and whether the value ever changed.
+    requests: HashMap<u64, (u64, u8, bool)>,
+}
+
+impl PathTally {
+    fn add(&mut self, exchange: &Seen<'_>, primary: Option<&str>, candidate: Option<&str>) {
+        self.exchanges += 1;
+        self.records.insert(exchange.record);
+        self.endpoints.insert(exchange.endpoint);
+        *self.status_pairs.entry(exchange.statuses).or_default() += 1;
+        let value = primary.map_or(0, |value| xxh3_64(value.as_bytes()) | 1);
+        self.requests
+            .entry(exchange.request)
+            .and_modify(|(first, seen, varied)| {
+                *seen = seen.saturating_add(1).min(2);
+                *varied |= *first != value;
+            })
+            .or_insert((value, 1, false));
+        if self.example.is_none() {
+            let differing = exchange.exchange;
+            let mut request = format!("{} {}", differing.method, differing.path);
+            if let Some(query) = differing.query.as_deref().filter(|q| !q.is_empty()) {
+                request.push('?');
+                request.push_str(query);
+            }
+            self.example = Some(Example {
+                request,
+                request_id: differing.request_id.clone(),
+                primary_status: differing.primary_status,
+                candidate_status: differing.shadow_status,
+                primary: primary.map(str::to_owned),
+                candidate: candidate.map(str::to_owned),
+            });
+        }
+    }
+
+    fn volatility(&self) -> Volatility {
+        let mut volatility = Volatility::default();
+        for &(_, seen, varied) in self.requests.values() {
+            if seen >= 2 {
+                volatility.repeated += 1;
+                volatility.varied += u64::from(varied);
+            }
+        }
+        volatility
+    }
+}
+
+/// One exchange being tallied, with its hashes computed once.
+struct Seen<'a> {
+    exchange: &'a DifferingExchange,
+    request: u64,
+    record: u64,
+    endpoint: u64,
+    statuses: StatusKey,
+}
+
+impl Group {
+    fn count(&mut self, count: ExchangeCount) {
+        *self.verdicts.entry(count.verdict).or_default() += count.exchanges;
+        *self
+            .status_pairs
+            .entry((count.primary_status, count.shadow_status))
+            .or_default() += count.exchanges;
+        self.generations.extend(count.generation);
+        self.stages.extend(count.stage);
+        self.configs.extend(count.config_sha256);
+    }
+
+    fn tally(&mut self, exchange: &DifferingExchange) {
+        let mut request = Vec::with_capacity(
+            exchange.method.len()
+                + exchange.path.len()
+                + exchange.query.as_ref().map_or(0, String::len)
+                + 2,
+        );
+        request.extend_from_slice(exchange.method.as_bytes());
+        request.push(0);
+        request.extend_from_slice(exchange.path.as_bytes());
+        request.push(0);
+        request.extend_from_slice(exchange.query.as_deref().unwrap_or("").as_bytes());
+        let seen = Seen {
+            exchange,
+            request: xxh3_64(&request),
+            record: xxh3_64(exchange.path.as_bytes()),
+            endpoint: xxh3_64(endpoint(&exchange.path).as_bytes()),
+            statuses: (exchange.primary_status, exchange.shadow_status),
+        };
+        // Each path and kind counts once per exchange.
+        let mut counted = BTreeSet::new();
+        let mut combination = Vec::new();
+        let mut sections = BTreeSet::new();
+        for difference in &exchange.differences {
+            let path = generalize(&difference.path);
+            sections.insert(Section::of(&path));
+            combination.push(self.path_id(&path));
+            if counted.insert((path.clone(), difference.kind)) {
+                self.differing
+                    .entry((path, difference.kind))
+                    .or_default()
+                    .add(
+                        &seen,
+                        difference.primary.as_deref(),
+                        difference.shadow.as_deref(),
+                    );
+            }
+        }
+        if exchange.verdict == "mismatch" || exchange.verdict == "shadow_error" {
+            combination.sort_unstable();
+            combination.dedup();
+            *self.combinations.entry(combination).or_default() += 1;
+            let has = |section| u64::from(sections.contains(&section));
+            self.sections.body += has(Section::Body);
+            self.sections.status += has(Section::Status);
+            self.sections.error += has(Section::Error);
+            self.sections.headers += has(Section::Headers);
+            self.sections.headers_only +=
+                u64::from(sections.len() == 1 && sections.contains(&Section::Headers));
+        }
+        counted.clear();
+        let mut noisy_paths = BTreeSet::new();
+        for difference in &exchange.noise {
+            let path = generalize(&difference.path);
+            noisy_paths.insert(path.clone());
+            if counted.insert((path.clone(), difference.kind)) {
+                self.noisy.entry((path, difference.kind)).or_default().add(
+                    &seen,
+                    difference.primary.as_deref(),
+                    difference.shadow.as_deref(),
+                );
+            }
+        }
+        for path in noisy_paths {
+            *self.noisy_exchanges.entry(path).or_default() += 1;
+        }
+    }
+
+    fn path_id(&mut self, path: &str) -> u32 {
+        if let Some(&id) = self.path_ids.get(path) {
+            return id;
+        }
+        let id = u32::try_from(self.path_names.len()).unwrap_or(u32::MAX);
+        self.path_names.push(path.to_owned());
+        self.path_ids.insert(path.to_owned(), id);
+        id
+    }
+}
 
 pub fn build(options: &ReportOptions) -> Result<Report, StoreError> {
     let filter = Filter {
@@ -181,26 +630,33 @@ pub fn build(options: &ReportOptions) -> Result<Report, StoreError> {
         verdict: None,
         generation: options.generation,
     };
-    let mut records = Vec::new();
+    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     for database in &options.databases {
-        records.extend(read_records(database, &filter)?);
-    }
-    let mut groups: BTreeMap<(String, Option<String>, Option<String>), Vec<DiffRecord>> =
-        BTreeMap::new();
-    for record in records {
-        groups
-            .entry((
-                record.route.clone(),
-                record.primary_upstream.clone(),
-                record.candidate_upstream.clone(),
-            ))
-            .or_default()
-            .push(record);
+        let counts = scan_for_report(database, &filter, |exchange| {
+            groups
+                .entry((
+                    exchange.route.clone(),
+                    exchange.primary_upstream.clone(),
+                    exchange.candidate_upstream.clone(),
+                ))
+                .or_default()
+                .tally(&exchange);
+        })?;
+        for count in counts {
+            groups
+                .entry((
+                    count.route.clone(),
+                    count.primary_upstream.clone(),
+                    count.candidate_upstream.clone(),
+                ))
+                .or_default()
+                .count(count);
+        }
     }
     let routes: Vec<RouteSummary> = groups
         .into_iter()
-        .map(|((route, primary, candidate), records)| {
-            summarize(route, primary, candidate, &records, options)
+        .map(|((route, primary, candidate), group)| {
+            summarize(route, primary, candidate, group, options)
         })
         .collect();
     let failure = routes.is_empty().then(|| NOTHING_FOUND.to_owned());
@@ -210,6 +666,7 @@ pub fn build(options: &ReportOptions) -> Result<Report, StoreError> {
         failure,
         max_diff_rate: options.max_diff_rate,
         min_samples: options.min_samples,
+        listing: options.listing,
         generation: match options.generation {
             Some(GenerationFilter::Number(number)) => Some(number),
             _ => None,
@@ -219,15 +676,40 @@ pub fn build(options: &ReportOptions) -> Result<Report, StoreError> {
     })
 }
 
+fn status_pairs(pairs: HashMap<StatusKey, u64>) -> Vec<StatusPair> {
+    let mut pairs: Vec<StatusPair> = pairs
+        .into_iter()
+        .map(|((primary, candidate), exchanges)| StatusPair {
+            primary,
+            candidate,
+            exchanges,
+        })
+        .collect();
+    pairs.sort_by_key(|pair| (Reverse(pair.exchanges), pair.primary, pair.candidate));
+    pairs
+}
+
+/// The order paths are listed in: body, status, candidate errors, headers, then likely noise
+/// (body before headers); most exchanges first within each.
+fn listing_order(path: &PathSummary) -> (bool, Section, Reverse<u64>, String, Kind) {
+    (
+        path.likely_noise.is_some(),
+        path.section,
+        Reverse(path.exchanges),
+        path.path.clone(),
+        path.kind,
+    )
+}
+
 fn summarize(
     route: String,
     primary: Option<String>,
     candidate: Option<String>,
-    records: &[DiffRecord],
+    group: Group,
     options: &ReportOptions,
 ) -> RouteSummary {
-    let samples = records.len() as u64;
-    let count = |verdict: &str| records.iter().filter(|r| r.verdict == verdict).count() as u64;
+    let samples: u64 = group.verdicts.values().sum();
+    let count = |verdict: &str| group.verdicts.get(verdict).copied().unwrap_or(0);
     let shadow_errors = count("shadow_error");
     let mismatches = count("mismatch") + shadow_errors;
     let mismatch_rate = if samples == 0 {
@@ -253,74 +735,123 @@ fn summarize(
         (Some(primary), Some(candidate)) => format!("{primary} → {candidate}"),
         _ => UNRECORDED.to_owned(),
     };
-    let generations: BTreeSet<u64> = records.iter().filter_map(|r| r.generation).collect();
-    let stages: BTreeSet<&str> = records.iter().filter_map(|r| r.stage.as_deref()).collect();
-    let configs: BTreeSet<&str> = records
-        .iter()
-        .filter_map(|r| r.config_sha256.as_deref())
-        .collect();
 
-    let mut top: BTreeMap<(String, Kind), (u64, String)> = BTreeMap::new();
-    let mut noisy: BTreeMap<(String, Kind), (u64, String)> = BTreeMap::new();
-    // Per path, whatever the kind: what the ignore suggestions count.
-    let mut noisy_exchanges: BTreeMap<String, u64> = BTreeMap::new();
-    for record in records {
-        let request = format!("{} {}", record.method, record.path);
-        for (differences, into) in [(&record.differences, &mut top), (&record.noise, &mut noisy)] {
-            // Count each path and kind once per exchange.
-            let mut seen = BTreeSet::new();
-            for difference in differences {
-                let path = generalize(&difference.path);
-                if !seen.insert((path.clone(), difference.kind)) {
-                    continue;
-                }
-                let entry = into.entry((path, difference.kind)).or_insert_with(|| {
-                    let example = format!(
-                        "{request}: {} -> {}",
-                        difference.primary.as_deref().unwrap_or("(absent)"),
-                        difference.shadow.as_deref().unwrap_or("(absent)")
-                    );
-                    (0, example)
-                });
-                entry.0 += 1;
-            }
+    let share = |exchanges: u64| {
+        if samples == 0 {
+            0.0
+        } else {
+            exchanges as f64 / samples as f64
         }
-        let noisy_paths: BTreeSet<String> = record
-            .noise
-            .iter()
-            .map(|difference| generalize(&difference.path))
-            .collect();
-        for path in noisy_paths {
-            *noisy_exchanges.entry(path).or_default() += 1;
-        }
-    }
-    let rank = |map: BTreeMap<(String, Kind), (u64, String)>| {
-        let mut paths: Vec<PathSummary> = map
+    };
+    let summaries = |tallies: BTreeMap<(String, Kind), PathTally>, judge: bool| {
+        let mut paths: Vec<PathSummary> = tallies
             .into_iter()
-            .map(|((path, kind), (count, example))| PathSummary {
-                path,
-                kind,
-                count,
-                example,
+            .map(|((path, kind), tally)| {
+                let section = Section::of(&path);
+                let likely_noise = if judge {
+                    likely_noise(section, &path, share(tally.exchanges), tally.volatility())
+                } else {
+                    None
+                };
+                PathSummary {
+                    section,
+                    kind,
+                    exchanges: tally.exchanges,
+                    share: share(tally.exchanges),
+                    records: tally.records.len() as u64,
+                    endpoints: tally.endpoints.len() as u64,
+                    status_pairs: status_pairs(tally.status_pairs),
+                    likely_noise,
+                    example: tally.example.expect("a tallied path has an example"),
+                    path,
+                }
             })
             .collect();
-        paths.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.path.cmp(&b.path)));
-        paths.truncate(TOP_PATHS);
+        paths.sort_by_cached_key(listing_order);
         paths
     };
-    let mut suggested: Vec<(String, u64)> = noisy_exchanges
+    let all_paths = summaries(group.differing, true);
+    let noisy_paths = summaries(group.noisy, false);
+
+    let mut suggested_ignore_headers = Vec::new();
+    let mut suggested_ignore_json = Vec::new();
+    let mut likely: Vec<&PathSummary> = all_paths
+        .iter()
+        .filter(|path| path.likely_noise.is_some())
+        .collect();
+    likely.sort_by_key(|path| Reverse(path.exchanges));
+    for path in likely {
+        match path.section {
+            Section::Headers => {
+                let name = path.path.trim_start_matches("headers.").to_owned();
+                if !suggested_ignore_headers.contains(&name) {
+                    suggested_ignore_headers.push(name);
+                }
+            }
+            _ if path.path.starts_with('$') && !suggested_ignore_json.contains(&path.path) => {
+                suggested_ignore_json.push(path.path.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut noisy_exchanges: Vec<(String, u64)> = group
+        .noisy_exchanges
         .into_iter()
         .filter(|(path, count)| path.starts_with('$') && count * 2 >= samples.max(1))
         .collect();
-    suggested.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    noisy_exchanges.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (path, _) in noisy_exchanges {
+        if !suggested_ignore_json.contains(&path) {
+            suggested_ignore_json.push(path);
+        }
+    }
+    let suggestion = suggestion(&suggested_ignore_headers, &suggested_ignore_json);
+    let mismatches_with_suggestion = suggestion.as_ref().map(|_| {
+        let covered = |id: &u32| {
+            let path = &group.path_names[*id as usize];
+            match path.strip_prefix("headers.") {
+                Some(name) => suggested_ignore_headers.iter().any(|h| h == name),
+                None => suggested_ignore_json.iter().any(|rule| covers(rule, path)),
+            }
+        };
+        group
+            .combinations
+            .iter()
+            .filter(|(paths, _)| paths.is_empty() || !paths.iter().all(covered))
+            .map(|(_, count)| count)
+            .sum()
+    });
+
+    let mut hidden = Hidden::default();
+    let listing = options.listing;
+    let paths: Vec<PathSummary> = all_paths
+        .into_iter()
+        .filter(|path| {
+            let listed = listing.lists(path.exchanges, samples);
+            if !listed {
+                hidden.paths += 1;
+                hidden.body_paths += u64::from(path.section == Section::Body);
+            }
+            listed
+        })
+        .collect();
+    let noisy_paths: Vec<PathSummary> = noisy_paths
+        .into_iter()
+        .filter(|path| {
+            let listed = listing.lists(path.exchanges, samples);
+            hidden.noisy_paths += u64::from(!listed);
+            listed
+        })
+        .collect();
+
     RouteSummary {
         route,
         direction,
         primary,
         candidate,
-        generations: generations.into_iter().collect(),
-        stages: stages.into_iter().map(str::to_owned).collect(),
-        config_sha256: configs.into_iter().map(str::to_owned).collect(),
+        generations: group.generations.into_iter().collect(),
+        stages: group.stages.into_iter().collect(),
+        config_sha256: group.configs.into_iter().collect(),
         samples,
         matches: count("match"),
         mismatches,
@@ -329,15 +860,41 @@ fn summarize(
         mismatch_rate,
         passed: failure.is_none(),
         failure,
-        top_paths: rank(top),
-        noisy_paths: rank(noisy),
-        suggested_ignores: suggested
-            .into_iter()
-            .take(TOP_PATHS)
-            .map(|(path, _)| path)
-            .collect(),
+        status_pairs: status_pairs(group.status_pairs),
+        sections: group.sections,
+        paths,
+        noisy_paths,
+        hidden,
+        suggested_ignore_headers,
+        suggested_ignore_json,
+        suggestion,
+        mismatches_with_suggestion,
     }
 }
+
+/// Whether the `ignore_json` rule `rule` (a generalized path) covers `path`: it is the same
+/// location or one under it.
+fn covers(rule: &str, path: &str) -> bool {
+    path.strip_prefix(rule)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+        || rule == "$"
+}
+
+/// `compare: { ignore_headers: [vary, x-powered-by], ignore_json: ['$.generated_at'] }`
+fn suggestion(headers: &[String], json: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    if !headers.is_empty() {
+        parts.push(format!("ignore_headers: [{}]", headers.join(", ")));
+    }
+    if !json.is_empty() {
+        let quoted: Vec<String> = json.iter().map(|p| format!("'{p}'")).collect();
+        parts.push(format!("ignore_json: [{}]", quoted.join(", ")));
+    }
+    (!parts.is_empty()).then(|| format!("compare: {{ {} }}", parts.join(", ")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering.
 
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
@@ -359,6 +916,164 @@ fn heading(route: &RouteSummary) -> String {
         }
         _ => format!("{} [{UNRECORDED}]", route.route),
     }
+}
+
+/// `200→404`; a candidate that did not answer shows as `failed`.
+fn status_pair(pair: &StatusPair) -> String {
+    let status =
+        |status: Option<u16>, none: &str| status.map_or(none.to_owned(), |s| s.to_string());
+    format!(
+        "{}→{}",
+        status(pair.primary, "?"),
+        status(pair.candidate, "failed")
+    )
+}
+
+/// `200→200: 950, 200→404: 12`
+fn status_pairs_line(pairs: &[StatusPair]) -> String {
+    pairs
+        .iter()
+        .map(|pair| format!("{}: {}", status_pair(pair), pair.exchanges))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn plural(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// `12 exchanges (1.20%), 3 records, 1 endpoint`
+fn counts_line(path: &PathSummary) -> String {
+    format!(
+        "{} ({:.2}%), {}, {}",
+        plural(path.exchanges, "exchange", "exchanges"),
+        path.share * 100.0,
+        plural(path.records, "record", "records"),
+        plural(path.endpoints, "endpoint", "endpoints"),
+    )
+}
+
+/// `GET /orders/7?expand=items: "90.00" -> "100.00"`
+fn example_line(example: &Example) -> String {
+    format!(
+        "{}: {} -> {}",
+        example.request,
+        example.primary.as_deref().unwrap_or("(absent)"),
+        example.candidate.as_deref().unwrap_or("(absent)")
+    )
+}
+
+/// The sections paths are listed under, in order, with their paths.
+fn sections(paths: &[PathSummary]) -> Vec<(&'static str, Vec<&PathSummary>)> {
+    let mut out: Vec<(&'static str, Vec<&PathSummary>)> = Vec::new();
+    for path in paths {
+        let title = if path.likely_noise.is_some() {
+            "likely noise (listed last)"
+        } else {
+            path.section.title()
+        };
+        match out.last_mut() {
+            Some((last, paths)) if *last == title => paths.push(path),
+            _ => out.push((title, vec![path])),
+        }
+    }
+    out
+}
+
+/// Why some paths are not listed, and how to list them.
+fn hidden_line(route: &RouteSummary, listing: &Listing) -> Option<String> {
+    let hidden = route.hidden.paths + route.hidden.noisy_paths;
+    (hidden > 0).then(|| {
+        let mut which = vec![format!("{} in the body", route.hidden.body_paths)];
+        if route.hidden.noisy_paths > 0 {
+            which.push(format!("{} discounted as noise", route.hidden.noisy_paths));
+        }
+        format!(
+            "not listed: {} ({}), each in fewer than {} exchanges and under {} of them; --min-path-exchanges 1 lists them all",
+            plural(hidden, "path", "paths"),
+            which.join(", "),
+            listing.min_exchanges,
+            listing.min_share
+        )
+    })
+}
+
+/// What the suggestion would leave: `with it: 12 mismatches (1.20%), over the allowed 1.00%`.
+fn with_suggestion_line(route: &RouteSummary, max_diff_rate: DiffRate) -> Option<String> {
+    let left = route.mismatches_with_suggestion?;
+    let rate = if route.samples == 0 {
+        0.0
+    } else {
+        left as f64 / route.samples as f64
+    };
+    Some(format!(
+        "with it: {} ({:.2}%), {} the allowed {max_diff_rate}",
+        plural(left, "mismatch", "mismatches"),
+        rate * 100.0,
+        if max_diff_rate.exceeded_by(left, route.samples) {
+            "still over"
+        } else {
+            "within"
+        }
+    ))
+}
+
+/// The detail of one route as indented lines: what text and JUnit show.
+fn details(route: &RouteSummary, report: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(failure) = &route.failure {
+        out.push(format!("failed: {failure}"));
+    }
+    if !route.generations.is_empty() {
+        out.push(format!(
+            "config generation {}, stage {}",
+            join(&route.generations),
+            route.stages.join(", ")
+        ));
+    }
+    if !route.status_pairs.is_empty() {
+        out.push(format!(
+            "statuses: {}",
+            status_pairs_line(&route.status_pairs)
+        ));
+    }
+    for (title, paths) in sections(&route.paths) {
+        out.push(format!("{title}:"));
+        for path in paths {
+            out.push(format!(
+                "  {} {}: {}; {}",
+                path.path,
+                kind_name(path.kind),
+                counts_line(path),
+                status_pairs_line(&path.status_pairs)
+            ));
+            if let Some(why) = &path.likely_noise {
+                out.push(format!("    likely noise: {why}"));
+            }
+            out.push(format!("    e.g. {}", example_line(&path.example)));
+        }
+    }
+    if !route.noisy_paths.is_empty() {
+        out.push("discounted as noise (noise: legacy):".to_owned());
+        for path in &route.noisy_paths {
+            out.push(format!(
+                "  {} {}: {}",
+                path.path,
+                kind_name(path.kind),
+                plural(path.exchanges, "exchange", "exchanges")
+            ));
+        }
+    }
+    if let Some(suggestion) = &route.suggestion {
+        out.push(format!("suggestion: {suggestion}"));
+    }
+    if let Some(line) = with_suggestion_line(route, report.max_diff_rate) {
+        out.push(line);
+    }
+    if let Some(line) = hidden_line(route, &report.listing) {
+        out.push(line);
+    }
+    out
 }
 
 /// Output formats of `strangler report`.
@@ -397,47 +1112,8 @@ fn text(report: &Report) -> String {
             route.noise,
             route.mismatch_rate * 100.0
         );
-        if let Some(failure) = &route.failure {
-            let _ = writeln!(out, "  failed: {failure}");
-        }
-        if !route.generations.is_empty() {
-            let _ = writeln!(
-                out,
-                "  config generation {}, stage {}",
-                join(&route.generations),
-                route.stages.join(", ")
-            );
-        }
-        for path in &route.top_paths {
-            let _ = writeln!(
-                out,
-                "  differs  {:7} {:5}x {}  e.g. {}",
-                kind_name(path.kind),
-                path.count,
-                path.path,
-                path.example
-            );
-        }
-        for path in &route.noisy_paths {
-            let _ = writeln!(
-                out,
-                "  noise    {:7} {:5}x {}",
-                kind_name(path.kind),
-                path.count,
-                path.path
-            );
-        }
-        if !route.suggested_ignores.is_empty() {
-            let _ = writeln!(
-                out,
-                "  suggestion: compare: {{ ignore_json: [{}] }}",
-                route
-                    .suggested_ignores
-                    .iter()
-                    .map(|p| format!("'{p}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        for line in details(route, report) {
+            let _ = writeln!(out, "  {line}");
         }
     }
     let _ = writeln!(
@@ -468,9 +1144,19 @@ fn join(numbers: &[u64]) -> String {
         .join(", ")
 }
 
+/// Text as a Markdown code span that survives a table cell: `|` escaped, backticks fenced.
+fn code(text: &str) -> String {
+    let text = text.replace('|', "\\|").replace(['\n', '\r'], " ");
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
+    }
+}
+
 fn markdown(report: &Report) -> String {
     let mut out = String::from(
-        "| route | primary → candidate | result | samples | match | mismatch | noise | mismatch rate | top differing path |\n|---|---|---|---:|---:|---:|---:|---:|---|\n",
+        "| route | primary → candidate | result | samples | match | mismatch | noise | mismatch rate | first differing path |\n|---|---|---|---:|---:|---:|---:|---:|---|\n",
     );
     for route in &report.routes {
         let _ = writeln!(
@@ -484,11 +1170,12 @@ fn markdown(report: &Report) -> String {
             route.mismatches,
             route.noise,
             route.mismatch_rate * 100.0,
-            route.top_paths.first().map_or(String::new(), |p| format!(
-                "`{}` {} ({}x)",
-                p.path,
+            route.paths.first().map_or(String::new(), |p| format!(
+                "{} {} ({} exchanges, {})",
+                code(&p.path),
                 kind_name(p.kind),
-                p.count
+                p.exchanges,
+                plural(p.records, "record", "records")
             )),
         );
     }
@@ -503,61 +1190,193 @@ fn markdown(report: &Report) -> String {
         report.min_samples,
         selection(report)
     );
+    for route in &report.routes {
+        markdown_route(&mut out, route, report);
+    }
     out
 }
 
-/// One test case per route and direction; with nothing found, one failing case saying so, so
-/// the file fails exactly when the exit status does.
-fn junit(report: &Report) -> String {
-    let mut cases: Vec<(String, Option<String>, String)> = report
-        .routes
+fn markdown_route(out: &mut String, route: &RouteSummary, report: &Report) {
+    let _ = writeln!(
+        out,
+        "\n### {} {}: {}\n",
+        if route.passed { "✅" } else { "❌" },
+        route.route,
+        route.direction
+    );
+    let _ = writeln!(
+        out,
+        "{} samples, {} match, {} mismatch ({} shadow errors), {} noise, mismatch rate {:.2}%.",
+        route.samples,
+        route.matches,
+        route.mismatches,
+        route.shadow_errors,
+        route.noise,
+        route.mismatch_rate * 100.0
+    );
+    if let Some(failure) = &route.failure {
+        let _ = writeln!(out, "Failed: {failure}.");
+    }
+    if !route.generations.is_empty() {
+        let _ = writeln!(
+            out,
+            "Config generation {}, stage {}.",
+            join(&route.generations),
+            route.stages.join(", ")
+        );
+    }
+    if !route.status_pairs.is_empty() {
+        let _ = writeln!(out, "Statuses: {}.", status_pairs_line(&route.status_pairs));
+    }
+    for (title, paths) in sections(&route.paths) {
+        let noise = paths.iter().any(|p| p.likely_noise.is_some());
+        let _ = writeln!(
+            out,
+            "\n**{}{}**\n\n| path | kind | exchanges | records | endpoints | statuses | example (primary → candidate) |{}\n|---|---|---:|---:|---:|---|---|{}",
+            title[..1].to_uppercase(),
+            &title[1..],
+            if noise { " why |" } else { "" },
+            if noise { "---|" } else { "" },
+        );
+        for path in paths {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} ({:.2}%) | {} | {} | {} | {}: {} → {} |{}",
+                code(&path.path),
+                kind_name(path.kind),
+                path.exchanges,
+                path.share * 100.0,
+                path.records,
+                path.endpoints,
+                status_pairs_line(&path.status_pairs),
+                code(&path.example.request),
+                code(path.example.primary.as_deref().unwrap_or("(absent)")),
+                code(path.example.candidate.as_deref().unwrap_or("(absent)")),
+                path.likely_noise
+                    .as_deref()
+                    .map_or(String::new(), |why| format!(
+                        " {} |",
+                        why.replace('|', "\\|")
+                    )),
+            );
+        }
+    }
+    if !route.noisy_paths.is_empty() {
+        let listed: Vec<String> = route
+            .noisy_paths
+            .iter()
+            .map(|p| format!("{} {} ({})", code(&p.path), kind_name(p.kind), p.exchanges))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nDiscounted as noise (`noise: legacy`): {}.",
+            listed.join(", ")
+        );
+    }
+    if let Some(suggestion) = &route.suggestion {
+        let _ = writeln!(
+            out,
+            "\nSuggestion, under the route's `shadow:`:\n\n```yaml\n{suggestion}\n```"
+        );
+        if let Some(line) = with_suggestion_line(route, report.max_diff_rate) {
+            let _ = writeln!(out, "\n{}{}.", line[..1].to_uppercase(), &line[1..]);
+        }
+    }
+    if let Some(line) = hidden_line(route, &report.listing) {
+        let line = line.replace("--min-path-exchanges 1", "`--min-path-exchanges 1`");
+        let _ = writeln!(out, "\n{}{}.", line[..1].to_uppercase(), &line[1..]);
+    }
+}
+
+/// The first listed paths of a route for a one-line message: body ones if there are any.
+fn top_paths(route: &RouteSummary) -> String {
+    let body: Vec<&PathSummary> = route
+        .paths
         .iter()
-        .map(|route| {
-            let details: Vec<String> = route
-                .top_paths
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}x {} {}: {}",
-                        p.count,
-                        kind_name(p.kind),
-                        p.path,
-                        p.example
-                    )
-                })
-                .collect();
-            (
-                format!("{}: {}", route.route, route.direction),
-                route.failure.clone(),
-                details.join("\n"),
+        .filter(|p| p.section == Section::Body && p.likely_noise.is_none())
+        .collect();
+    let (label, paths) = if body.is_empty() {
+        ("first differences", route.paths.iter().collect())
+    } else {
+        ("body", body)
+    };
+    if paths.is_empty() {
+        return String::new();
+    }
+    let listed: Vec<String> = paths
+        .iter()
+        .take(3)
+        .map(|p| {
+            format!(
+                "{} {} in {} ({}), e.g. {}",
+                p.path,
+                kind_name(p.kind),
+                plural(p.exchanges, "exchange", "exchanges"),
+                plural(p.records, "record", "records"),
+                p.example.request
             )
         })
         .collect();
-    if let Some(failure) = &report.failure {
-        cases.push(("report".to_owned(), Some(failure.clone()), String::new()));
+    format!("; {label}: {}", listed.join("; "))
+}
+
+/// One test case per route and direction; with nothing found, one failing case saying so, so
+/// the file fails exactly when the exit status does. A failure's message names the failure and
+/// the first body paths; its text (or a passing case's output) is the route's detail.
+fn junit(report: &Report) -> String {
+    struct Case {
+        name: String,
+        failure: Option<String>,
+        details: String,
     }
-    let failures = cases
+    let mut cases: Vec<Case> = report
+        .routes
         .iter()
-        .filter(|(_, failure, _)| failure.is_some())
-        .count();
+        .map(|route| Case {
+            name: format!("{}: {}", route.route, route.direction),
+            failure: route
+                .failure
+                .as_ref()
+                .map(|failure| format!("{failure}{}", top_paths(route))),
+            details: details(route, report).join("\n"),
+        })
+        .collect();
+    if let Some(failure) = &report.failure {
+        cases.push(Case {
+            name: "report".to_owned(),
+            failure: Some(failure.clone()),
+            details: String::new(),
+        });
+    }
+    let failures = cases.iter().filter(|case| case.failure.is_some()).count();
     let mut out = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"strangler\" tests=\"{}\" failures=\"{failures}\">\n  <testsuite name=\"shadow diffs\" tests=\"{}\" failures=\"{failures}\">\n",
         cases.len(),
         cases.len()
     );
-    for (name, failure, details) in &cases {
+    for case in &cases {
         let _ = write!(
             out,
             "    <testcase classname=\"strangler.routes\" name=\"{}\">",
-            xml(name)
+            xml(&case.name)
         );
-        if let Some(failure) = failure {
-            let _ = write!(
-                out,
-                "\n      <failure message=\"{}\">{}</failure>\n    ",
-                xml(failure),
-                xml(details)
-            );
+        match &case.failure {
+            Some(failure) => {
+                let _ = write!(
+                    out,
+                    "\n      <failure message=\"{}\">{}</failure>\n    ",
+                    xml(failure),
+                    xml(&case.details)
+                );
+            }
+            None if !case.details.is_empty() => {
+                let _ = write!(
+                    out,
+                    "\n      <system-out>{}</system-out>\n    ",
+                    xml(&case.details)
+                );
+            }
+            None => {}
         }
         out.push_str("</testcase>\n");
     }
@@ -576,6 +1395,7 @@ fn xml(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::diff::Difference;
+    use crate::store::{DiffRecord, DiffStore};
 
     #[test]
     fn a_diff_rate_is_a_fraction_or_a_percentage_and_nothing_else() {
@@ -604,6 +1424,9 @@ mod tests {
             assert!(error.contains(why), "{text}: {error}");
             assert!(error.contains("(0.05) or a percentage (5%)"), "{error}");
         }
+        let share = |text: &str| Listing::parse_share(text).map(DiffRate::fraction);
+        assert_eq!(share("2%"), Ok(0.02));
+        assert!(share("2").unwrap_err().contains("over 1, that is 200%"));
     }
 
     #[test]
@@ -622,6 +1445,106 @@ mod tests {
             "0.3 % of 1000, rounded apart in binary"
         );
         assert!(small.exceeded_by(4, 1000));
+    }
+
+    #[test]
+    fn a_path_is_listed_from_a_share_or_a_count_of_exchanges() {
+        let listing = Listing::default();
+        assert!(
+            listing.lists(2, 100_000),
+            "two exchanges, however many samples"
+        );
+        assert!(!listing.lists(1, 101), "once, under 1 %");
+        assert!(listing.lists(1, 100), "exactly 1 %");
+        assert!(listing.lists(1, 3));
+        let everything = Listing {
+            min_exchanges: 1,
+            ..listing
+        };
+        assert!(everything.lists(1, 1_000_000));
+        let share_only = Listing {
+            min_share: "10%".parse().unwrap(),
+            min_exchanges: u64::MAX,
+        };
+        assert!(!share_only.lists(9, 100));
+        assert!(share_only.lists(10, 100));
+    }
+
+    #[test]
+    fn differences_fall_in_sections_and_requests_in_endpoints() {
+        assert_eq!(Section::of("status"), Section::Status);
+        assert_eq!(Section::of("shadow"), Section::Error);
+        assert_eq!(Section::of("headers.vary"), Section::Headers);
+        for body in ["$", "$.total", "$.items[*].sku", "body", "body:line 3"] {
+            assert_eq!(Section::of(body), Section::Body, "{body}");
+        }
+        assert_eq!(endpoint("/api/orders/7"), "/api/orders/{id}");
+        assert_eq!(
+            endpoint("/v2/users/3f2c1a9e-5b7d-4c1e-9a0b-1234567890ab/orders/12"),
+            "/v2/users/{id}/orders/{id}"
+        );
+        assert_eq!(endpoint("/blobs/0123456789abcdef0"), "/blobs/{id}");
+        assert_eq!(
+            endpoint("/api/v2/orders/"),
+            "/api/v2/orders/",
+            "v2 is no id"
+        );
+        assert_eq!(
+            endpoint("/cafe/facade"),
+            "/cafe/facade",
+            "hex words are no ids"
+        );
+        assert_eq!(endpoint("/"), "/");
+    }
+
+    #[test]
+    fn noise_is_a_header_that_differs_nearly_everywhere_or_a_value_the_primary_changes() {
+        let steady = Volatility::default();
+        let why = |section, path, share| likely_noise(section, path, share, steady);
+        assert!(
+            why(Section::Headers, "headers.x-powered-by", 1.0)
+                .unwrap()
+                .contains("differs in 100.00% of exchanges")
+        );
+        assert!(why(Section::Headers, "headers.vary", 0.91).is_some());
+        assert_eq!(why(Section::Headers, "headers.vary", 0.5), None);
+        assert_eq!(
+            why(Section::Headers, "headers.content-type", 1.0),
+            None,
+            "a content type that differs everywhere is a real difference"
+        );
+        assert_eq!(
+            why(Section::Body, "$.total", 1.0),
+            None,
+            "a body path that differs everywhere is a real difference"
+        );
+        assert_eq!(why(Section::Status, "status", 1.0), None);
+
+        let volatile = Volatility {
+            repeated: 3,
+            varied: 2,
+        };
+        assert!(
+            likely_noise(Section::Body, "$.generated_at", 0.1, volatile)
+                .unwrap()
+                .contains("different values to the same request (2 of 3")
+        );
+        for stable in [
+            Volatility {
+                repeated: 5,
+                varied: 2,
+            },
+            Volatility {
+                repeated: 1,
+                varied: 1,
+            },
+        ] {
+            assert!(!stable.volatile(), "{stable:?}");
+        }
+        assert!(covers("$.generated_at", "$.generated_at"));
+        assert!(covers("$.items[*]", "$.items[*].sku"));
+        assert!(!covers("$.total", "$.totals"));
+        assert!(covers("$", "$.anything"));
     }
 
     fn record(route: &str, direction: (&str, &str), generation: u64, verdict: &str) -> DiffRecord {
@@ -673,23 +1596,28 @@ mod tests {
             generation: None,
             max_diff_rate: DiffRate::default(),
             min_samples: 1,
+            listing: Listing::default(),
         }
+    }
+
+    fn store(path: &std::path::Path, records: &[DiffRecord]) {
+        let mut store =
+            DiffStore::open(path, 100_000, std::time::Duration::from_secs(3600)).unwrap();
+        store.insert(records).unwrap();
     }
 
     #[test]
     fn directions_are_judged_apart_with_the_kind_of_each_difference() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("diffs.db");
-        let mut store =
-            crate::store::DiffStore::open(&path, 100, std::time::Duration::from_secs(3600))
-                .unwrap();
-        store
-            .insert(&[
+        store(
+            &path,
+            &[
                 record("orders", ("legacy", "v2"), 1, "mismatch"),
                 record("orders", ("legacy", "v2"), 1, "match"),
                 record("orders", ("v2", "legacy"), 2, "match"),
-            ])
-            .unwrap();
+            ],
+        );
         let report = build(&options(path)).unwrap();
         assert!(!report.passed);
         let [forward, backward] = &report.routes[..] else {
@@ -699,7 +1627,7 @@ mod tests {
         assert_eq!((forward.samples, forward.passed), (2, false));
         assert_eq!(forward.generations, [1]);
         let kinds: Vec<_> = forward
-            .top_paths
+            .paths
             .iter()
             .map(|p| (p.path.as_str(), p.kind))
             .collect();
@@ -723,13 +1651,17 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("differs  type        1x $.items[*].total"),
+            text.contains(
+                "    $.items[*].total type: 1 exchange (50.00%), 1 record, 1 endpoint; 200→200: 1\n      e.g. GET /orders/1: \"10.50\" -> 10.5\n"
+            ),
             "{text}"
         );
         let json: serde_json::Value = serde_json::from_str(&render(&report, Format::Json)).unwrap();
         assert_eq!(json["routes"][0]["primary"], "legacy");
-        assert_eq!(json["routes"][0]["top_paths"][0]["kind"], "missing");
+        assert_eq!(json["routes"][0]["paths"][0]["kind"], "missing");
+        assert_eq!(json["routes"][0]["paths"][0]["section"], "body");
         assert_eq!(json["max_diff_rate"], 0.01);
+        assert_eq!(json["listing"]["min_exchanges"], 2);
         let junit = render(&report, Format::Junit);
         assert!(junit.contains("name=\"orders: legacy → v2\""), "{junit}");
         assert!(junit.contains("tests=\"2\" failures=\"1\""), "{junit}");
@@ -739,15 +1671,271 @@ mod tests {
     fn junit_fails_when_the_exit_status_does_even_with_nothing_found() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.db");
-        drop(
-            crate::store::DiffStore::open(&path, 100, std::time::Duration::from_secs(3600))
-                .unwrap(),
-        );
+        store(&path, &[]);
         let report = build(&options(path)).unwrap();
         assert!(!report.passed);
         let junit = render(&report, Format::Junit);
         assert!(junit.contains("tests=\"1\" failures=\"1\""), "{junit}");
         assert!(junit.contains("no compared exchanges found"), "{junit}");
         assert!(render(&report, Format::Text).starts_with("no compared exchanges found\n"));
+    }
+
+    fn difference(
+        path: &str,
+        kind: Kind,
+        primary: Option<&str>,
+        shadow: Option<&str>,
+    ) -> Difference {
+        Difference {
+            path: path.into(),
+            kind,
+            primary: primary.map(str::to_owned),
+            shadow: shadow.map(str::to_owned),
+        }
+    }
+
+    /// 200 exchanges of orders 0..20 (ten each): `x-powered-by` and `vary` differ in every
+    /// one, `$.total` on orders 3, 5 and 9, a 404 on order 13, a timestamp on every call of
+    /// orders 0 and 10 and a `$.note` once.
+    fn noisy_store(path: &std::path::Path) {
+        let records: Vec<DiffRecord> = (0..200u64)
+            .map(|n| {
+                let id = n % 20;
+                let mut differences = vec![
+                    difference("headers.x-powered-by", Kind::Missing, Some("Express"), None),
+                    difference(
+                        "headers.vary",
+                        Kind::Changed,
+                        Some("Accept"),
+                        Some("Origin"),
+                    ),
+                ];
+                let mut shadow_status = 200;
+                match id {
+                    3 | 5 | 9 => differences.push(difference(
+                        "$.total",
+                        Kind::Changed,
+                        Some("90"),
+                        Some("100"),
+                    )),
+                    13 => {
+                        shadow_status = 404;
+                        differences.insert(
+                            0,
+                            difference("status", Kind::Changed, Some("200"), Some("404")),
+                        );
+                    }
+                    0 | 10 => differences.push(difference(
+                        "$.generated_at",
+                        Kind::Changed,
+                        Some(&format!("t{n}")),
+                        Some("t"),
+                    )),
+                    _ => {}
+                }
+                if n == 51 {
+                    differences.push(difference("$.note", Kind::Extra, None, Some("\"hi\"")));
+                }
+                DiffRecord {
+                    path: format!("/orders/{id}"),
+                    query: Some(format!("coupon=SAVE{id}&token=%5Bredacted%5D")),
+                    request_id: format!("req-{n}"),
+                    shadow_status: Some(shadow_status),
+                    differences,
+                    ..record("orders", ("legacy", "v2"), 1, "mismatch")
+                }
+            })
+            .collect();
+        store(path, &records);
+    }
+
+    #[test]
+    fn a_body_bug_on_three_records_is_listed_before_headers_that_differ_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        noisy_store(&path);
+        let report = build(&options(path.clone())).unwrap();
+        let route = &report.routes[0];
+        let listed: Vec<(&str, Section, bool)> = route
+            .paths
+            .iter()
+            .map(|p| (p.path.as_str(), p.section, p.likely_noise.is_some()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("$.total", Section::Body, false),
+                ("status", Section::Status, false),
+                ("$.generated_at", Section::Body, true),
+                ("headers.vary", Section::Headers, true),
+                ("headers.x-powered-by", Section::Headers, true),
+            ],
+            "$.note (once, under 1 %) is not listed"
+        );
+        let total = &route.paths[0];
+        assert_eq!(
+            (total.exchanges, total.records, total.endpoints),
+            (30, 3, 1)
+        );
+        assert_eq!(
+            total.example.request,
+            "GET /orders/3?coupon=SAVE3&token=%5Bredacted%5D"
+        );
+        assert_eq!(total.example.request_id, "req-3");
+        assert_eq!(
+            (
+                total.example.primary.as_deref(),
+                total.example.candidate.as_deref()
+            ),
+            (Some("90"), Some("100"))
+        );
+        let status = &route.paths[1];
+        assert_eq!(
+            status.status_pairs,
+            [StatusPair {
+                primary: Some(200),
+                candidate: Some(404),
+                exchanges: 10
+            }]
+        );
+        assert_eq!(
+            route
+                .status_pairs
+                .iter()
+                .map(status_pair)
+                .collect::<Vec<_>>(),
+            ["200→200", "200→404"]
+        );
+        assert_eq!(route.status_pairs[0].exchanges, 190);
+        assert_eq!(route.suggested_ignore_headers, ["vary", "x-powered-by"]);
+        assert_eq!(route.suggested_ignore_json, ["$.generated_at"]);
+        assert_eq!(
+            route.suggestion.as_deref(),
+            Some(
+                "compare: { ignore_headers: [vary, x-powered-by], ignore_json: ['$.generated_at'] }"
+            )
+        );
+        assert_eq!(
+            route.mismatches_with_suggestion,
+            Some(41),
+            "the totals, the 404s and the one $.note remain"
+        );
+        assert_eq!(
+            route.sections,
+            SectionCounts {
+                body: 51,
+                status: 10,
+                error: 0,
+                headers: 200,
+                headers_only: 139
+            }
+        );
+        assert_eq!(
+            route.hidden,
+            Hidden {
+                paths: 1,
+                body_paths: 1,
+                noisy_paths: 0
+            }
+        );
+
+        let text = render(&report, Format::Text);
+        let total_line = text
+            .find("$.total changed: 30 exchanges (15.00%), 3 records")
+            .unwrap();
+        let header_line = text.find("headers.x-powered-by missing").unwrap();
+        assert!(total_line < header_line, "{text}");
+        for line in [
+            "  statuses: 200→200: 190, 200→404: 10\n  body:\n    $.total changed",
+            "      e.g. GET /orders/3?coupon=SAVE3&token=%5Bredacted%5D: 90 -> 100\n",
+            "  status:\n    status changed: 10 exchanges (5.00%), 1 record, 1 endpoint; 200→404: 10\n",
+            "  likely noise (listed last):\n    $.generated_at changed",
+            "      likely noise: the primary gave different values to the same request (2 of 2 repeated requests)\n",
+            "      likely noise: differs in 100.00% of exchanges (the servers differ, not the answers)\n",
+            "  suggestion: compare: { ignore_headers: [vary, x-powered-by], ignore_json: ['$.generated_at'] }\n",
+            "  with it: 41 mismatches (20.50%), still over the allowed 1.00%\n",
+            "  not listed: 1 path (1 in the body), each in fewer than 2 exchanges and under 1.00% of them; --min-path-exchanges 1 lists them all\n",
+        ] {
+            assert!(text.contains(line), "no `{line}` in:\n{text}");
+        }
+
+        // Listing everything shows $.note too.
+        let everything = ReportOptions {
+            listing: Listing {
+                min_exchanges: 1,
+                ..Listing::default()
+            },
+            ..options(path)
+        };
+        let report = build(&everything).unwrap();
+        assert!(report.routes[0].paths.iter().any(|p| p.path == "$.note"));
+        assert_eq!(report.routes[0].hidden, Hidden::default());
+    }
+
+    #[test]
+    fn the_markdown_and_junit_carry_the_same_detail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        noisy_store(&path);
+        let report = build(&options(path)).unwrap();
+        let markdown = render(&report, Format::Markdown);
+        for line in [
+            "| orders | legacy → v2 | ❌ fail | 200 | 0 | 200 | 0 | 100.00% | `$.total` changed (30 exchanges, 3 records) |",
+            "### ❌ orders: legacy → v2",
+            "Statuses: 200→200: 190, 200→404: 10.",
+            "**Body**\n\n| path | kind | exchanges | records | endpoints | statuses | example (primary → candidate) |",
+            "| `$.total` | changed | 30 (15.00%) | 3 | 1 | 200→200: 30 | `GET /orders/3?coupon=SAVE3&token=%5Bredacted%5D`: `90` → `100` |",
+            "**Likely noise (listed last)**",
+            "| `headers.vary` | changed | 200 (100.00%) | 20 | 1 | 200→200: 190, 200→404: 10 | `GET /orders/0?coupon=SAVE0&token=%5Bredacted%5D`: `Accept` → `Origin` | differs in 100.00% of exchanges",
+            "```yaml\ncompare: { ignore_headers: [vary, x-powered-by], ignore_json: ['$.generated_at'] }\n```",
+            "With it: 41 mismatches (20.50%), still over the allowed 1.00%.",
+            "Not listed: 1 path",
+        ] {
+            assert!(markdown.contains(line), "no `{line}` in:\n{markdown}");
+        }
+        let markdown_body = markdown.find("**Body**").unwrap();
+        let markdown_noise = markdown.find("**Likely noise").unwrap();
+        assert!(markdown_body < markdown_noise);
+
+        let junit = render(&report, Format::Junit);
+        assert!(
+            junit.contains(
+                "<failure message=\"mismatch rate 100.00% over the allowed 1.00%; body: $.total changed in 30 exchanges (3 records), e.g. GET /orders/3?coupon=SAVE3&amp;token=%5Bredacted%5D\">"
+            ),
+            "{junit}"
+        );
+        assert!(junit.contains("with it: 41 mismatches"), "{junit}");
+    }
+
+    #[test]
+    fn stores_are_merged_with_records_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        let bug = |id: u64| DiffRecord {
+            path: format!("/orders/{id}"),
+            differences: vec![difference("$.total", Kind::Changed, Some("1"), Some("2"))],
+            ..record("orders", ("legacy", "v2"), 1, "mismatch")
+        };
+        store(
+            &a,
+            &[
+                bug(1),
+                bug(2),
+                record("orders", ("legacy", "v2"), 1, "match"),
+            ],
+        );
+        store(&b, &[bug(2), bug(3)]);
+        let report = build(&ReportOptions {
+            databases: vec![a, b],
+            ..options(PathBuf::new())
+        })
+        .unwrap();
+        let route = &report.routes[0];
+        assert_eq!((route.samples, route.mismatches), (5, 4));
+        assert_eq!(
+            (route.paths[0].exchanges, route.paths[0].records),
+            (4, 3),
+            "/orders/2 in both replicas is one record"
+        );
     }
 }

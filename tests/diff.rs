@@ -152,7 +152,7 @@ routes:
     let (_, json) = report(&store, &["--route", "orders-tuned", "--format", "json"]);
     let document: serde_json::Value = serde_json::from_str(&json).unwrap();
     let tuned = &document["routes"][0];
-    let paths: Vec<&str> = tuned["top_paths"]
+    let paths: Vec<&str> = tuned["paths"]
         .as_array()
         .unwrap()
         .iter()
@@ -260,14 +260,14 @@ routes:
         plain["mismatches"], 8,
         "without noise mode the timestamp is reported: {plain}"
     );
-    assert_eq!(plain["top_paths"][0]["path"], "$.generated_at");
+    assert_eq!(plain["paths"][0]["path"], "$.generated_at");
 
     let denoised = route("denoised");
     assert_eq!(denoised["mismatches"], 0, "{denoised}");
     assert_eq!(denoised["noise"], 8, "{denoised}");
     assert_eq!(denoised["passed"], true);
     assert_eq!(
-        denoised["suggested_ignores"],
+        denoised["suggested_ignore_json"],
         serde_json::json!(["$.generated_at"])
     );
     assert!(
@@ -423,10 +423,10 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
         "PASS orders [direction not recorded]: 1 samples, 1 match",
         "PASS invoices [primary legacy → candidate twin]: 2 samples, 2 match",
         // Each direction's example reads primary -> candidate, with the kind of difference.
-        "differs  type        4x $.total  e.g. GET /orders/1: \"10.50\" -> 10.5",
-        "differs  type        3x $.total  e.g. GET /orders/1: 10.5 -> \"10.50\"",
-        "differs  changed     2x $.status  e.g. GET /orders/2: \"open\" -> \"shipped\"",
-        "differs  changed     1x $.status  e.g. GET /orders/2: \"shipped\" -> \"open\"",
+        "    $.total type: 4 exchanges (100.00%), 2 records, 1 endpoint; 200→200: 4\n      e.g. GET /orders/1: \"10.50\" -> 10.5\n",
+        "    $.total type: 3 exchanges (100.00%), 2 records, 1 endpoint; 200→200: 3\n      e.g. GET /orders/1: 10.5 -> \"10.50\"\n",
+        "    $.status changed: 2 exchanges (50.00%), 1 record, 1 endpoint; 200→200: 2\n      e.g. GET /orders/2: \"open\" -> \"shipped\"\n",
+        "    $.status changed: 1 exchange (33.33%), 1 record, 1 endpoint; 200→200: 1\n      e.g. GET /orders/2: \"shipped\" -> \"open\"\n",
         "config generation 1, stage shadow",
         "config generation 2, stage new",
     ] {
@@ -474,7 +474,7 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
     assert_eq!(flipped["candidate"], "legacy");
     assert_eq!(flipped["stages"], json!(["new"]));
     assert_eq!(flipped["config_sha256"], json!([second_sha]));
-    let total = flipped["top_paths"]
+    let total = flipped["paths"]
         .as_array()
         .unwrap()
         .iter()

@@ -367,7 +367,7 @@ async fn the_migration_guide_does_what_it_says_stage_by_stage() {
     )
     .await;
     let report = wait_for_report(&walk.ports.diff_store(), 3);
-    let mut paths: Vec<&str> = report["top_paths"]
+    let mut paths: Vec<&str> = report["paths"]
         .as_array()
         .unwrap()
         .iter()

@@ -303,83 +303,17 @@ fn query_records(
     filter: &Filter,
     newest: Option<usize>,
 ) -> Result<Vec<DiffRecord>, StoreError> {
-    let shown = path.display().to_string();
-    let error = |source| StoreError::Sqlite {
-        path: shown.clone(),
-        source,
-    };
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(error)?;
-    let version = user_version(&connection).map_err(error)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: shown,
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    let provenance = version >= PROVENANCE_VERSION;
-    if filter.generation.is_some() && !provenance {
-        // Nothing in a store from before provenance has a generation.
+    let reader = Reader::open(path)?;
+    let error = |source| reader.error(source);
+    let Some((conditions, mut values)) = reader.selection(filter).map_err(error)? else {
         return Ok(Vec::new());
-    }
-    // Separate statements for with and without a route, so that SQLite can use the
-    // (route, at_ms) index for one and walk rowids backwards (stopping at `limit`) for the other;
-    // a catch-all `(?2 IS NULL OR route = ?2) ORDER BY id * ?3` can do neither.
+    };
     let mut sql = format!(
         "SELECT at_ms, route, method, path, query, request_id, primary_status, shadow_status,
                 verdict, differences, noise, primary_sample, shadow_sample, {}
-         FROM diffs WHERE at_ms >= ?",
-        if provenance {
-            "primary_upstream, candidate_upstream, stage, generation, config_sha256"
-        } else {
-            "NULL, NULL, NULL, NULL, NULL"
-        }
+         FROM diffs WHERE {conditions}",
+        reader.provenance_columns()
     );
-    let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(filter.since_ms)];
-    if let Some(route) = &filter.route {
-        sql.push_str(" AND route = ?");
-        values.push(Box::new(route.clone()));
-    }
-    if let Some(verdict) = &filter.verdict {
-        sql.push_str(" AND verdict = ?");
-        values.push(Box::new(verdict.clone()));
-    }
-    match filter.generation {
-        None => {}
-        Some(GenerationFilter::Number(number)) => {
-            sql.push_str(" AND generation = ?");
-            values.push(Box::new(i64::try_from(number).unwrap_or(i64::MAX)));
-        }
-        Some(GenerationFilter::Latest) => {
-            let newest: Option<(i64, Option<String>)> = connection
-                .query_row(
-                    "SELECT generation, config_sha256 FROM diffs
-                     WHERE generation IS NOT NULL ORDER BY id DESC LIMIT 1",
-                    [],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(error)?;
-            let Some((generation, sha256)) = newest else {
-                return Ok(Vec::new());
-            };
-            let after: i64 = connection
-                .query_row(
-                    "SELECT COALESCE(MAX(id), 0) FROM diffs WHERE generation > ?1",
-                    params![generation],
-                    |row| row.get(0),
-                )
-                .map_err(error)?;
-            sql.push_str(" AND id > ? AND generation = ? AND config_sha256 IS ?");
-            values.push(Box::new(after));
-            values.push(Box::new(generation));
-            values.push(Box::new(sha256));
-        }
-    }
     match newest {
         Some(limit) => {
             sql.push_str(" ORDER BY id DESC LIMIT ?");
@@ -387,7 +321,7 @@ fn query_records(
         }
         None => sql.push_str(" ORDER BY id"),
     }
-    let mut statement = connection.prepare(&sql).map_err(error)?;
+    let mut statement = reader.connection.prepare(&sql).map_err(error)?;
     let rows = statement
         .query_map(rusqlite::params_from_iter(values.iter()), |row| {
             let differences: String = row.get(9)?;
@@ -416,6 +350,236 @@ fn query_records(
         })
         .map_err(error)?;
     rows.collect::<Result<_, _>>().map_err(error)
+}
+
+/// How many exchanges of a store share a route, direction, verdict, status pair and provenance:
+/// what a report needs of every row, counted by SQLite without reading the rows out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeCount {
+    pub route: String,
+    pub primary_upstream: Option<String>,
+    pub candidate_upstream: Option<String>,
+    pub verdict: String,
+    pub primary_status: Option<u16>,
+    pub shadow_status: Option<u16>,
+    pub generation: Option<u64>,
+    pub stage: Option<String>,
+    pub config_sha256: Option<String>,
+    pub exchanges: u64,
+}
+
+/// An exchange that differed (verdict `mismatch`, `noise` or `shadow_error`) as a report reads
+/// it: the request, both statuses and the differences, without the body samples.
+#[derive(Debug, Clone)]
+pub struct DifferingExchange {
+    pub route: String,
+    pub primary_upstream: Option<String>,
+    pub candidate_upstream: Option<String>,
+    pub verdict: String,
+    pub method: String,
+    pub path: String,
+    /// Already redacted, without the `?`.
+    pub query: Option<String>,
+    pub request_id: String,
+    pub primary_status: Option<u16>,
+    pub shadow_status: Option<u16>,
+    pub differences: Vec<Difference>,
+    pub noise: Vec<Difference>,
+}
+
+/// Reads what `filter` selects of the store at `path` for a report, in one read transaction
+/// (one snapshot, however the proxy writes meanwhile): returns the exchanges counted in SQL
+/// ([`ExchangeCount`]) and hands every exchange that differed to `each`, oldest first, one row at
+/// a time, so memory does not grow with the store. Matching exchanges are counted, never read.
+pub fn scan_for_report(
+    path: &Path,
+    filter: &Filter,
+    mut each: impl FnMut(DifferingExchange),
+) -> Result<Vec<ExchangeCount>, StoreError> {
+    let reader = Reader::open(path)?;
+    let error = |source| reader.error(source);
+    // A deferred transaction takes its snapshot at the first SELECT (the one in `selection`
+    // that finds the newest generation) and keeps it for both queries below.
+    reader
+        .connection
+        .execute_batch("BEGIN DEFERRED")
+        .map_err(error)?;
+    let Some((conditions, values)) = reader.selection(filter).map_err(error)? else {
+        return Ok(Vec::new());
+    };
+    let provenance = reader.provenance_columns();
+    let mut counts = Vec::new();
+    {
+        let mut statement = reader
+            .connection
+            .prepare(&format!(
+                "SELECT route, verdict, primary_status, shadow_status, {provenance}, COUNT(*)
+                 FROM diffs WHERE {conditions}
+                 GROUP BY route, verdict, primary_status, shadow_status, 5, 6, 7, 8, 9"
+            ))
+            .map_err(error)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(values.iter()))
+            .map_err(error)?;
+        while let Some(row) = rows.next().map_err(error)? {
+            let generation: Option<i64> = row.get(7).map_err(error)?;
+            let exchanges: i64 = row.get(9).map_err(error)?;
+            counts.push(ExchangeCount {
+                route: row.get(0).map_err(error)?,
+                verdict: row.get(1).map_err(error)?,
+                primary_status: row.get(2).map_err(error)?,
+                shadow_status: row.get(3).map_err(error)?,
+                primary_upstream: row.get(4).map_err(error)?,
+                candidate_upstream: row.get(5).map_err(error)?,
+                stage: row.get(6).map_err(error)?,
+                generation: generation.and_then(|g| u64::try_from(g).ok()),
+                config_sha256: row.get(8).map_err(error)?,
+                exchanges: u64::try_from(exchanges).unwrap_or(0),
+            });
+        }
+    }
+    let mut statement = reader
+        .connection
+        .prepare(&format!(
+            "SELECT route, verdict, method, path, query, request_id, primary_status, shadow_status,
+                    differences, noise, {provenance}
+             FROM diffs WHERE {conditions} AND verdict <> 'match' ORDER BY id"
+        ))
+        .map_err(error)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(values.iter()))
+        .map_err(error)?;
+    while let Some(row) = rows.next().map_err(error)? {
+        let differences = row.get_ref(8).map_err(error)?.as_str().unwrap_or("[]");
+        let noise = row.get_ref(9).map_err(error)?.as_str().unwrap_or("[]");
+        each(DifferingExchange {
+            differences: serde_json::from_str(differences).unwrap_or_default(),
+            noise: serde_json::from_str(noise).unwrap_or_default(),
+            route: row.get(0).map_err(error)?,
+            verdict: row.get(1).map_err(error)?,
+            method: row.get(2).map_err(error)?,
+            path: row.get(3).map_err(error)?,
+            query: row.get(4).map_err(error)?,
+            request_id: row.get(5).map_err(error)?,
+            primary_status: row.get(6).map_err(error)?,
+            shadow_status: row.get(7).map_err(error)?,
+            primary_upstream: row.get(10).map_err(error)?,
+            candidate_upstream: row.get(11).map_err(error)?,
+        });
+    }
+    Ok(counts)
+}
+
+/// A read-only connection to a store whose schema this build understands.
+struct Reader {
+    connection: Connection,
+    shown: String,
+    /// Whether the store has the provenance columns (schema version 2 and later).
+    provenance: bool,
+}
+
+impl Reader {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        let version = user_version(&connection).map_err(|source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: shown,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Self {
+            connection,
+            shown,
+            provenance: version >= PROVENANCE_VERSION,
+        })
+    }
+
+    fn error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.shown.clone(),
+            source,
+        }
+    }
+
+    /// The five provenance columns, or `NULL`s in a store from before them.
+    fn provenance_columns(&self) -> &'static str {
+        if self.provenance {
+            "primary_upstream, candidate_upstream, stage, generation, config_sha256"
+        } else {
+            "NULL, NULL, NULL, NULL, NULL"
+        }
+    }
+
+    /// The `WHERE` conditions and their values that select what `filter` asks for; `None` when
+    /// nothing can match (a generation asked of a store without any).
+    ///
+    /// There are separate conditions for with and without a route, so that SQLite can use the
+    /// (route, at_ms) index for one and walk rowids (stopping at a `LIMIT`) for the other; a
+    /// catch-all `(?2 IS NULL OR route = ?2)` can do neither.
+    #[allow(clippy::type_complexity)]
+    fn selection(
+        &self,
+        filter: &Filter,
+    ) -> rusqlite::Result<Option<(String, Vec<Box<dyn rusqlite::ToSql>>)>> {
+        if filter.generation.is_some() && !self.provenance {
+            // Nothing in a store from before provenance has a generation.
+            return Ok(None);
+        }
+        let mut sql = String::from("at_ms >= ?");
+        let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(filter.since_ms)];
+        if let Some(route) = &filter.route {
+            sql.push_str(" AND route = ?");
+            values.push(Box::new(route.clone()));
+        }
+        if let Some(verdict) = &filter.verdict {
+            sql.push_str(" AND verdict = ?");
+            values.push(Box::new(verdict.clone()));
+        }
+        match filter.generation {
+            None => {}
+            Some(GenerationFilter::Number(number)) => {
+                sql.push_str(" AND generation = ?");
+                values.push(Box::new(i64::try_from(number).unwrap_or(i64::MAX)));
+            }
+            Some(GenerationFilter::Latest) => {
+                let newest: Option<(i64, Option<String>)> = self
+                    .connection
+                    .query_row(
+                        "SELECT generation, config_sha256 FROM diffs
+                         WHERE generation IS NOT NULL ORDER BY id DESC LIMIT 1",
+                        [],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((generation, sha256)) = newest else {
+                    return Ok(None);
+                };
+                let after: i64 = self.connection.query_row(
+                    "SELECT COALESCE(MAX(id), 0) FROM diffs WHERE generation > ?1",
+                    params![generation],
+                    |row| row.get(0),
+                )?;
+                sql.push_str(" AND id > ? AND generation = ? AND config_sha256 IS ?");
+                values.push(Box::new(after));
+                values.push(Box::new(generation));
+                values.push(Box::new(sha256));
+            }
+        }
+        Ok(Some((sql, values)))
+    }
 }
 
 /// Whether `path` can hold a diff store: its directory exists and takes new files (SQLite
@@ -686,6 +850,105 @@ mod tests {
         .unwrap();
         assert_eq!(newest.len(), 1);
         assert_eq!(newest[0].request_id, "run2-g2-b");
+    }
+
+    #[test]
+    fn a_report_scan_counts_every_exchange_in_sql_and_streams_only_the_differing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        let mut store = DiffStore::open(&path, 1000, Duration::from_secs(3600)).unwrap();
+        let differing = |verdict: &str, id: &str| DiffRecord {
+            request_id: id.into(),
+            query: Some("page=2".into()),
+            differences: vec![Difference {
+                path: "$.total".into(),
+                kind: crate::diff::Kind::Changed,
+                primary: Some("1".into()),
+                shadow: Some("2".into()),
+            }],
+            primary_sample: Some("{\"total\":1}".into()),
+            ..record("orders", verdict)
+        };
+        let mut records: Vec<DiffRecord> = (0..5).map(|_| record("orders", "match")).collect();
+        records.push(differing("mismatch", "m1"));
+        records.push(differing("mismatch", "m2"));
+        records.push(DiffRecord {
+            shadow_status: None,
+            ..differing("shadow_error", "e1")
+        });
+        records.push(record("invoices", "match"));
+        store.insert(&records).unwrap();
+
+        let mut streamed = Vec::new();
+        let mut counts = scan_for_report(&path, &Filter::default(), |exchange| {
+            streamed.push(exchange)
+        })
+        .unwrap();
+        counts.sort_by(|a, b| (&a.route, &a.verdict).cmp(&(&b.route, &b.verdict)));
+        let counted: Vec<(&str, &str, Option<u16>, u64)> = counts
+            .iter()
+            .map(|c| {
+                (
+                    c.route.as_str(),
+                    c.verdict.as_str(),
+                    c.shadow_status,
+                    c.exchanges,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                ("invoices", "match", Some(200), 1),
+                ("orders", "match", Some(200), 5),
+                ("orders", "mismatch", Some(200), 2),
+                ("orders", "shadow_error", None, 1),
+            ]
+        );
+        assert_eq!(counts[1].primary_upstream.as_deref(), Some("legacy"));
+        assert_eq!(counts[1].generation, Some(1));
+        let ids: Vec<&str> = streamed.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2", "e1"], "matches are counted, never read");
+        assert_eq!(streamed[0].query.as_deref(), Some("page=2"));
+        assert_eq!(streamed[0].differences[0].path, "$.total");
+        assert_eq!(streamed[0].candidate_upstream.as_deref(), Some("new"));
+
+        // The filter applies to both.
+        let mut streamed = 0;
+        let counts = scan_for_report(&path, &route("invoices"), |_| streamed += 1).unwrap();
+        assert_eq!((counts.len(), counts[0].exchanges, streamed), (1, 1, 0));
+        let latest = Filter {
+            generation: Some(GenerationFilter::Number(7)),
+            ..Filter::default()
+        };
+        assert!(scan_for_report(&path, &latest, |_| ()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_report_scan_reads_a_store_from_before_provenance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(VERSION_ZERO)
+            .unwrap();
+        let mut streamed = 0;
+        let counts = scan_for_report(&path, &Filter::default(), |exchange| {
+            assert_eq!(exchange.primary_upstream, None);
+            streamed += 1;
+        })
+        .unwrap();
+        assert_eq!(streamed, 1);
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            (counts[0].primary_upstream.as_ref(), counts[0].exchanges),
+            (None, 1)
+        );
+        let latest = Filter {
+            generation: Some(GenerationFilter::Latest),
+            ..Filter::default()
+        };
+        assert!(scan_for_report(&path, &latest, |_| ()).unwrap().is_empty());
     }
 
     #[test]

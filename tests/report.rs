@@ -1,0 +1,568 @@
+//! `strangler report` on stores that look like real services: header noise in every exchange
+//! and one body bug on a few records, which every format must put first.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::Value;
+use strangler::diff::{Difference, Kind};
+use strangler::store::{DiffRecord, DiffStore, now_ms};
+use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, binary, run_cli};
+
+/// Orders whose candidate total ignores the coupon's discount.
+const BUGGY_ORDERS: [u64; 3] = [3, 5, 9];
+
+/// An order as legacy (`candidate: false`) or the new service answers it: legacy sends
+/// `x-powered-by` and `vary: Accept-Encoding`, the new service `vary: Origin, Accept-Encoding`,
+/// a CORS header and no `x-powered-by`, and forgets the discount on [`BUGGY_ORDERS`].
+fn orders(candidate: bool) -> support::Responder {
+    Arc::new(move |request: &Recorded| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let id: u64 = path
+            .rsplit('/')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
+        let discount = if request.target.contains("coupon=") {
+            10
+        } else {
+            0
+        };
+        let total = if candidate && BUGGY_ORDERS.contains(&id) {
+            100
+        } else {
+            100 - discount
+        };
+        let mut response = hyper::Response::builder()
+            .header("content-type", "application/json")
+            .header("cache-control", "no-store");
+        response = if candidate {
+            response
+                .header("vary", "Origin, Accept-Encoding")
+                .header("access-control-allow-origin", "*")
+        } else {
+            response
+                .header("vary", "Accept-Encoding")
+                .header("x-powered-by", "Express")
+        };
+        response
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"id":{id},"subtotal":100,"discount":{discount},"total":{total},"currency":"EUR"}}"#
+            ))))
+            .unwrap()
+    })
+}
+
+fn orders_config(legacy: &Backend, candidate: &Backend, compare: &str) -> String {
+    format!(
+        r#"upstreams:
+  legacy: {{ backends: [{}] }}
+  orders-v2: {{ backends: [{}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    shadow: {{ upstream: orders-v2, compare: {compare} }}
+"#,
+        legacy.address, candidate.address
+    )
+}
+
+/// `strangler report --db store args...`: exit code and stdout; any other exit is a failure.
+fn report(store: &Path, args: &[&str]) -> (i32, String) {
+    let store = store.display().to_string();
+    let mut all = vec!["report", "--db", store.as_str()];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run_cli(&all, Path::new("/tmp"));
+    assert!(code == 0 || code == 1, "report failed ({code}): {stderr}");
+    (code, stdout)
+}
+
+/// Polls the JSON report until the selected exchanges of `orders` number `samples`.
+fn wait_for_samples(store: &Path, args: &[&str], samples: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        if store.exists() {
+            let mut all = vec!["--format", "json", "--min-samples", "0"];
+            all.extend_from_slice(args);
+            let (_, json) = report(store, &all);
+            let document: Value = serde_json::from_str(&json).unwrap();
+            let stored: u64 = document["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|group| group["samples"].as_u64().unwrap())
+                .sum();
+            if stored >= samples {
+                return document;
+            }
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never {samples} stored samples of orders"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends every order 1..=12 three times, with a coupon and a token the store must redact.
+async fn order_traffic(proxy: &Proxy) {
+    for _ in 0..3 {
+        for id in 1..=12 {
+            let response = proxy
+                .get(&format!("/orders/{id}?coupon=SPRING10&token=s3cret"))
+                .await;
+            assert_eq!(response.status, 200);
+            assert!(response.text().contains("\"total\":90"), "legacy answers");
+        }
+    }
+}
+
+/// The example request of a listed path: one of the buggy orders, with its query redacted.
+fn assert_buggy_example(request: &str) {
+    assert!(
+        BUGGY_ORDERS
+            .iter()
+            .any(|id| request.starts_with(&format!("GET /orders/{id}?coupon=SPRING10&token="))),
+        "{request}"
+    );
+    assert!(!request.contains("s3cret"), "{request}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_format_puts_a_body_bug_on_three_records_before_headers_that_differ_everywhere() {
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    let ports = Ports::reserve();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    // Written beside and renamed over, so the config watch never reads half a file.
+    let write = |compare: &str| {
+        let next = config.with_extension("next");
+        std::fs::write(
+            &next,
+            ports.with_server(&orders_config(&legacy, &candidate, compare)),
+        )
+        .unwrap();
+        std::fs::rename(&next, &config).unwrap();
+    };
+    write("{}");
+    let proxy = Proxy::start_on(dir, &config, ports).await;
+    order_traffic(&proxy).await;
+    let store = ports.diff_store();
+    let document = wait_for_samples(&store, &[], 36);
+
+    // JSON carries everything: the body bug first, on 3 records of 1 endpoint.
+    let route = &document["routes"][0];
+    assert_eq!(route["mismatches"], 36, "headers differ in every exchange");
+    assert_eq!(
+        route["status_pairs"],
+        serde_json::json!([{"primary": 200, "candidate": 200, "exchanges": 36}])
+    );
+    let first = &route["paths"][0];
+    assert_eq!(
+        (&first["section"], &first["path"], &first["kind"]),
+        (&"body".into(), &"$.total".into(), &"changed".into()),
+        "{document:#}"
+    );
+    assert_eq!(
+        (&first["exchanges"], &first["records"], &first["endpoints"]),
+        (&9.into(), &3.into(), &1.into())
+    );
+    assert_eq!(
+        (&first["example"]["primary"], &first["example"]["candidate"]),
+        (&"90".into(), &"100".into())
+    );
+    assert_buggy_example(first["example"]["request"].as_str().unwrap());
+    let listed: Vec<(&str, bool)> = route["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["likely_noise"].is_string()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("$.total", false),
+            ("headers.access-control-allow-origin", true),
+            ("headers.vary", true),
+            ("headers.x-powered-by", true),
+        ],
+        "headers that differ everywhere come last, as likely noise"
+    );
+    assert_eq!(
+        route["suggestion"],
+        "compare: { ignore_headers: [access-control-allow-origin, vary, x-powered-by] }"
+    );
+    assert_eq!(route["mismatches_with_suggestion"], 9);
+    assert_eq!(
+        document["listing"],
+        serde_json::json!({"min_share": 0.01, "min_exchanges": 2})
+    );
+
+    // Text: the same, in the same order.
+    let (code, text) = report(&store, &[]);
+    assert_eq!(code, 1, "{text}");
+    let body = text
+        .find("  body:\n    $.total changed: 9 exchanges (25.00%), 3 records, 1 endpoint; 200→200: 9\n      e.g. GET /orders/")
+        .unwrap_or_else(|| panic!("{text}"));
+    let noise = text
+        .find("  likely noise (listed last):\n    headers.access-control-allow-origin extra: 36 exchanges")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(body < noise, "{text}");
+    let example = text[body..]
+        .lines()
+        .nth(2)
+        .unwrap()
+        .trim_start()
+        .trim_start_matches("e.g. ");
+    assert_buggy_example(example);
+    assert!(example.ends_with(": 90 -> 100"), "{example}");
+    for line in [
+        "  statuses: 200→200: 36\n",
+        "  suggestion: compare: { ignore_headers: [access-control-allow-origin, vary, x-powered-by] }\n",
+        "  with it: 9 mismatches (25.00%), still over the allowed 1.00%\n",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+
+    // Markdown: the same detail, the body bug in the summary and first in the route's section.
+    let (_, markdown) = report(&store, &["--format", "markdown"]);
+    assert!(
+        markdown.contains("| orders | legacy → orders-v2 | ❌ fail | 36 | 0 | 36 | 0 | 100.00% | `$.total` changed (9 exchanges, 3 records) |"),
+        "{markdown}"
+    );
+    let body = markdown
+        .find("**Body**")
+        .unwrap_or_else(|| panic!("{markdown}"));
+    let row = markdown[body..]
+        .lines()
+        .find(|line| line.starts_with("| `$.total` |"))
+        .unwrap_or_else(|| panic!("{markdown}"));
+    assert!(
+        row.starts_with("| `$.total` | changed | 9 (25.00%) | 3 | 1 | 200→200: 9 | `GET /orders/"),
+        "{row}"
+    );
+    assert_buggy_example(row.split('`').nth(3).unwrap());
+    assert!(row.ends_with("`90` → `100` |"), "{row}");
+    assert!(
+        body < markdown.find("**Likely noise (listed last)**").unwrap(),
+        "{markdown}"
+    );
+    assert!(
+        markdown
+            .contains("```yaml\ncompare: { ignore_headers: [access-control-allow-origin, vary, x-powered-by] }\n```"),
+        "{markdown}"
+    );
+
+    // JUnit: one case for the route and direction; the message names the body bug.
+    let (_, junit) = report(&store, &["--format", "junit"]);
+    assert!(junit.contains("tests=\"1\" failures=\"1\""), "{junit}");
+    let message = junit
+        .split("<failure message=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("{junit}"));
+    assert!(
+        message.starts_with("mismatch rate 100.00% over the allowed 1.00%; body: $.total changed in 9 exchanges (3 records), e.g. GET /orders/"),
+        "{message}"
+    );
+    assert_buggy_example(
+        &message
+            .rsplit("e.g. ")
+            .next()
+            .unwrap()
+            .replace("&amp;", "&"),
+    );
+
+    // Promote the suggestion: after the reload, exactly what the report predicted is left.
+    write("{ ignore_headers: [access-control-allow-origin, vary, x-powered-by] }");
+    let reload = support::send(
+        proxy.admin,
+        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let started = Instant::now();
+    while proxy.routes().await["generation"] != 2 {
+        assert!(started.elapsed() < DEADLINE, "the reload never took");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    order_traffic(&proxy).await;
+    let document = wait_for_samples(&store, &["--since-reload"], 36);
+    let route = &document["routes"][0];
+    assert_eq!(
+        (&route["mismatches"], &route["matches"]),
+        (&9.into(), &27.into()),
+        "{document:#}"
+    );
+    assert_eq!(
+        route["paths"].as_array().unwrap().len(),
+        1,
+        "only the bug is left: {document:#}"
+    );
+    assert_eq!(route["paths"][0]["path"], "$.total");
+    assert_eq!(route["suggestion"], Value::Null);
+}
+
+/// 1,000 exchanges with `vary` differing in each, `$.total` on orders 3, 5 and 9 once each and
+/// `$.note` once.
+fn store_with_a_rare_bug(path: &Path) {
+    let records: Vec<DiffRecord> = (0..1000u64)
+        .map(|n| {
+            let mut differences = vec![difference(
+                "headers.vary",
+                Kind::Changed,
+                Some("Accept-Encoding"),
+                Some("Origin"),
+            )];
+            if BUGGY_ORDERS.contains(&n) {
+                differences.push(difference(
+                    "$.total",
+                    Kind::Changed,
+                    Some("90"),
+                    Some("100"),
+                ));
+            }
+            if n == 500 {
+                differences.push(difference("$.note", Kind::Extra, None, Some("\"hi\"")));
+            }
+            DiffRecord {
+                at_ms: now_ms(),
+                route: "orders".into(),
+                method: "GET".into(),
+                path: format!("/orders/{n}"),
+                query: Some("coupon=SPRING10".into()),
+                request_id: format!("r{n}"),
+                primary_status: Some(200),
+                shadow_status: Some(200),
+                verdict: "mismatch".into(),
+                differences,
+                noise: Vec::new(),
+                primary_sample: None,
+                shadow_sample: None,
+                primary_upstream: Some("legacy".into()),
+                candidate_upstream: Some("orders-v2".into()),
+                stage: Some("shadow".into()),
+                generation: Some(1),
+                config_sha256: Some("sha".into()),
+            }
+        })
+        .collect();
+    let mut store = DiffStore::open(path, 10_000, Duration::from_secs(3600)).unwrap();
+    store.insert(&records).unwrap();
+}
+
+#[test]
+fn the_listing_threshold_is_a_share_or_a_count_and_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("diffs.db");
+    store_with_a_rare_bug(&store);
+    let paths = |args: &[&str]| -> (Vec<String>, Value) {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let (_, json) = report(&store, &all);
+        let document: Value = serde_json::from_str(&json).unwrap();
+        let route = document["routes"][0].clone();
+        let paths = route["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path"].as_str().unwrap().to_owned())
+            .collect();
+        (paths, route["hidden"].clone())
+    };
+    // 3 of 1,000 exchanges is 0.3 %, but more than 2: listed, first; $.note (once) is not.
+    let (listed, hidden) = paths(&[]);
+    assert_eq!(listed, ["$.total", "headers.vary"]);
+    assert_eq!(
+        hidden,
+        serde_json::json!({"paths": 1, "body_paths": 1, "noisy_paths": 0})
+    );
+    let (_, text) = report(&store, &[]);
+    assert!(
+        text.contains("  not listed: 1 path (1 in the body), each in fewer than 2 exchanges and under 1.00% of them; --min-path-exchanges 1 lists them all\n"),
+        "{text}"
+    );
+    assert_eq!(
+        paths(&["--min-path-exchanges", "1"]).0,
+        ["$.total", "$.note", "headers.vary"]
+    );
+    assert_eq!(
+        paths(&["--min-path-exchanges", "5", "--min-path-share", "50%"]).0,
+        ["headers.vary"]
+    );
+    assert_eq!(
+        paths(&[
+            "--min-path-exchanges",
+            "1000000",
+            "--min-path-share",
+            "0.003"
+        ])
+        .0,
+        ["$.total", "headers.vary"],
+        "0.3 % reaches a share of 0.003"
+    );
+    let db = store.display().to_string();
+    let (code, stdout, stderr) = run_cli(
+        &["report", "--db", &db, "--min-path-share", "5"],
+        Path::new("/tmp"),
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("`5` is over 1, that is 500%"), "{stderr}");
+}
+
+fn difference(path: &str, kind: Kind, primary: Option<&str>, shadow: Option<&str>) -> Difference {
+    Difference {
+        path: path.into(),
+        kind,
+        primary: primary.map(str::to_owned),
+        shadow: shadow.map(str::to_owned),
+    }
+}
+
+/// A body sample of about 1 KiB, like the ones the proxy stores for differing exchanges.
+fn sample(id: u64, total: &str) -> String {
+    let items: Vec<String> = (0..8)
+        .map(|n| {
+            format!(
+                r#"{{"sku":"SKU-{n:04}","quantity":{},"price":"12.50"}}"#,
+                n + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"id":{id},"status":"open","total":{total},"currency":"EUR","items":[{}],"customer":{{"name":"Ada Lovelace","country":"FR"}}}}"#,
+        items.join(",")
+    )
+}
+
+/// `rows` exchanges of route `orders` (legacy → orders-v2) over 1,000 orders: every exchange
+/// differs in `x-powered-by` and `vary`; 1 in 100 (orders whose id ends in 7) has a wrong
+/// `$.total`; 1 in 200 is a 404 from the candidate; the rest of the body matches.
+fn realistic_store(path: &Path, rows: u64) {
+    let mut store = DiffStore::open(path, rows + 1000, Duration::from_secs(86_400)).unwrap();
+    let now = now_ms();
+    let mut batch = Vec::with_capacity(1000);
+    for n in 0..rows {
+        let id = n % 1000;
+        let mut differences = vec![
+            difference("headers.x-powered-by", Kind::Missing, Some("Express"), None),
+            difference(
+                "headers.vary",
+                Kind::Changed,
+                Some("Accept-Encoding"),
+                Some("Origin, Accept-Encoding"),
+            ),
+        ];
+        let (shadow_status, total) = if n % 200 == 199 {
+            differences.insert(
+                0,
+                difference("status", Kind::Changed, Some("200"), Some("404")),
+            );
+            differences.push(difference(
+                "$",
+                Kind::Type,
+                Some("{\"id\":...}"),
+                Some("\"Not Found\""),
+            ));
+            (404, "\"90.00\"")
+        } else if id % 10 == 7 && n % 10 == 7 {
+            differences.push(difference(
+                "$.total",
+                Kind::Changed,
+                Some("\"90.00\""),
+                Some("\"100.00\""),
+            ));
+            (200, "\"100.00\"")
+        } else {
+            (200, "\"90.00\"")
+        };
+        batch.push(DiffRecord {
+            at_ms: now - (rows - n) as i64,
+            route: "orders".into(),
+            method: "GET".into(),
+            path: format!("/api/orders/{id}"),
+            query: (n % 3 == 0).then(|| "expand=items&token=%5Bredacted%5D".to_owned()),
+            request_id: format!("req-{n}"),
+            primary_status: Some(200),
+            shadow_status: Some(shadow_status),
+            verdict: "mismatch".into(),
+            differences,
+            noise: Vec::new(),
+            primary_sample: Some(sample(id, "\"90.00\"")),
+            shadow_sample: Some(sample(id, total)),
+            primary_upstream: Some("legacy".into()),
+            candidate_upstream: Some("orders-v2".into()),
+            stage: Some("shadow".into()),
+            generation: Some(1),
+            config_sha256: Some("5ca1ab1e".into()),
+        });
+        if batch.len() == 1000 {
+            store.insert(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    store.insert(&batch).unwrap();
+}
+
+/// Runs `strangler report` with stdout to a file (it can be large); returns the exit code,
+/// stdout and how long it took.
+fn timed_report(args: &[&str], out: &Path) -> (i32, String, Duration) {
+    let started = Instant::now();
+    let status = Command::new(binary())
+        .arg("report")
+        .args(args)
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    let took = started.elapsed();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(out).unwrap(),
+        took,
+    )
+}
+
+/// `cargo test --release --test report -- --ignored --nocapture`: the time `strangler report`
+/// takes on a full store (100,000 rows, the default `diff_max_rows`).
+#[test]
+#[ignore = "a measurement, not a check: run it on a quiet machine"]
+fn a_report_on_a_full_store_of_100k_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    // STRANGLER_REPORT_BENCH_DB keeps the store (generated once) for runs by hand.
+    let store: PathBuf = std::env::var_os("STRANGLER_REPORT_BENCH_DB")
+        .map_or_else(|| dir.path().join("diffs.db"), PathBuf::from);
+    let started = Instant::now();
+    if !store.exists() {
+        realistic_store(&store, 100_000);
+    }
+    eprintln!(
+        "generated 100,000 rows in {:?} ({} MB)",
+        started.elapsed(),
+        std::fs::metadata(&store).unwrap().len() / 1_000_000
+    );
+    let db = store.display().to_string();
+    for format in ["text", "json", "markdown", "junit"] {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let (code, stdout, took) =
+                timed_report(&["--db", &db, "--format", format], &dir.path().join("out"));
+            assert_eq!(code, 1, "{stdout}");
+            times.push(took);
+        }
+        times.sort();
+        eprintln!(
+            "report --format {format}: median {:?} of {times:?}",
+            times[1]
+        );
+    }
+}
