@@ -906,7 +906,7 @@ routes:
         "compressed or not, the same orders: {orders}"
     );
     assert_eq!(orders["mismatches"], 1, "{orders}");
-    let paths: Vec<&str> = orders["top_paths"]
+    let paths: Vec<&str> = orders["paths"]
         .as_array()
         .unwrap()
         .iter()
@@ -977,10 +977,10 @@ routes:
     let orders = &document["routes"][0];
     assert_eq!(orders["mismatches"], 4, "{orders}");
     assert_eq!(orders["noise"], 0, "{orders}");
-    assert_eq!(orders["top_paths"][0]["path"], "$.generated_at");
-    assert_eq!(orders["top_paths"][0]["kind"], "missing");
+    assert_eq!(orders["paths"][0]["path"], "$.generated_at");
+    assert_eq!(orders["paths"][0]["kind"], "missing");
     assert_eq!(
-        orders["suggested_ignores"],
+        orders["suggested_ignore_json"],
         json!([]),
         "ignoring it would hide the missing field"
     );
@@ -1109,7 +1109,7 @@ routes:
     // report names whole orders out of place rather than every field of every order.
     let ordered = route("ordered");
     assert_eq!(ordered["mismatches"], 3, "{ordered}");
-    let paths: Vec<&str> = ordered["top_paths"]
+    let paths: Vec<&str> = ordered["paths"]
         .as_array()
         .unwrap()
         .iter()
