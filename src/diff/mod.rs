@@ -265,7 +265,10 @@ fn sample(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
         return None;
     }
     let text = if rule.redact_json.is_empty() {
-        String::from_utf8_lossy(&response.body).into_owned()
+        // Only what is kept is decoded (and a few bytes more, so a character cut at the limit is
+        // cut by `truncate_to`, and a longer body still ends in `…`).
+        let end = response.body.len().min(SAMPLE_LIMIT + 4);
+        String::from_utf8_lossy(&response.body[..end]).into_owned()
     } else {
         // A body that does not parse (not JSON, or cut at the capture limit) cannot be redacted,
         // so none of it is kept.
@@ -417,6 +420,14 @@ mod tests {
         );
         // Cut short (or not JSON at all), it cannot be redacted: nothing is stored.
         assert_eq!(sample(&rule, &response(r#"{"token":"secr"#)), None);
+        // A sample of a big body holds its 4 KiB, not the body's size, until it is stored.
+        let big = format!("{{\"pad\":\"{}\",\"token\":\"x\"}}", "é".repeat(100_000));
+        for rule in [&rule, &CompareRule::default()] {
+            let kept = sample(rule, &response(&big)).unwrap();
+            assert!(kept.ends_with('…'), "{}", &kept[kept.len() - 10..]);
+            assert!(kept.len() <= SAMPLE_LIMIT + 3, "{}", kept.len());
+            assert!(kept.capacity() < 2 * SAMPLE_LIMIT, "{}", kept.capacity());
+        }
         assert_eq!(
             sample(&CompareRule::default(), &response("plain text")).as_deref(),
             Some("plain text")
