@@ -1184,6 +1184,9 @@ pub(super) fn truncate_to(mut text: String, limit: usize) -> String {
         }
         text.truncate(cut);
         text.push('…');
+        // What is kept may be stored much later (a batch of records): it must not hold on to
+        // the whole text it was cut from.
+        text.shrink_to_fit();
     }
     text
 }

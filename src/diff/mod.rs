@@ -286,7 +286,13 @@ fn sample(rule: &CompareRule, prepared: &Prepared<'_>) -> Option<String> {
         ));
     };
     let text = if rule.redact_json.is_empty() {
-        text.to_owned()
+        // Only what is kept is copied (and a few bytes more, so a longer body still ends in `…`
+        // after `truncate_to`): a sample must not hold its body's size until it is stored.
+        let mut end = text.len().min(SAMPLE_LIMIT + 4);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
     } else {
         // A body that does not parse (not JSON, or cut at the capture limit) cannot be redacted,
         // so none of it is kept.
@@ -472,6 +478,14 @@ mod tests {
         );
         // Cut short (or not JSON at all), it cannot be redacted: nothing is stored.
         assert_eq!(sampled(&rule, &response(r#"{"token":"secr"#)), None);
+        // A sample of a big body holds its 4 KiB, not the body's size, until it is stored.
+        let big = format!("{{\"pad\":\"{}\",\"token\":\"x\"}}", "é".repeat(100_000));
+        for rule in [&rule, &CompareRule::default()] {
+            let kept = sampled(rule, &response(&big)).unwrap();
+            assert!(kept.ends_with('…'), "{}", &kept[kept.len() - 10..]);
+            assert!(kept.len() <= SAMPLE_LIMIT + 3, "{}", kept.len());
+            assert!(kept.capacity() < 2 * SAMPLE_LIMIT, "{}", kept.capacity());
+        }
         assert_eq!(
             sampled(&CompareRule::default(), &response("plain text")).as_deref(),
             Some("plain text")
