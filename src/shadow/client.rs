@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -51,17 +51,27 @@ impl ShadowClient {
                 .await
                 .map_err(|error| ShadowFailure::Failed(error.to_string()))?;
             let (parts, mut body) = response.into_parts();
-            let mut collected = BytesMut::new();
+            let mut collected = Vec::new();
+            // A declared length sizes the buffer once (growing by doubling would hold up to
+            // twice the body).
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+            if let Some(declared) = declared
+                && !memory.presize(&mut collected, declared.min(limit))
+            {
+                return Err(ShadowFailure::OverBudget);
+            }
             let mut truncated = false;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|error| ShadowFailure::Failed(error.to_string()))?;
                 if let Ok(data) = frame.into_data() {
                     let room = limit.saturating_sub(collected.len());
                     let kept = &data[..data.len().min(room)];
-                    if !memory.grow(kept.len()) {
+                    if !memory.append(&mut collected, kept, limit) {
                         return Err(ShadowFailure::OverBudget);
                     }
-                    collected.extend_from_slice(kept);
                     if data.len() > room {
                         truncated = true;
                         break;
@@ -71,7 +81,7 @@ impl ShadowClient {
             Ok(CapturedResponse {
                 status: parts.status,
                 headers: parts.headers,
-                body: collected.freeze(),
+                body: Bytes::from(collected),
                 truncated,
             })
         };

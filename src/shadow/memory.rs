@@ -69,6 +69,39 @@ impl Reservation {
         }
     }
 
+    /// Makes room in `buffer` for `expected` bytes in all (a declared length), holding the new
+    /// capacity against the budget before it is allocated; `false` (and nothing allocated) when
+    /// the budget has no room.
+    #[must_use]
+    pub fn presize(&mut self, buffer: &mut Vec<u8>, expected: usize) -> bool {
+        let extra = expected.saturating_sub(buffer.capacity());
+        if extra == 0 {
+            return true;
+        }
+        if !self.grow(extra) {
+            return false;
+        }
+        buffer.reserve_exact(expected - buffer.len());
+        true
+    }
+
+    /// Appends `data` to `buffer`. When the buffer must grow (doubling, as a `Vec` does, but not
+    /// past `limit` unless `data` needs it), the new capacity is held against the budget first:
+    /// what is counted is what the allocator holds, not just the bytes kept, which can be half
+    /// of it. `false` (and nothing appended) when the budget has no room.
+    #[must_use]
+    pub fn append(&mut self, buffer: &mut Vec<u8>, data: &[u8], limit: usize) -> bool {
+        let needed = buffer.len() + data.len();
+        if needed > buffer.capacity() {
+            let target = buffer.capacity().saturating_mul(2).min(limit).max(needed);
+            if !self.presize(buffer, target) {
+                return false;
+            }
+        }
+        buffer.extend_from_slice(data);
+        true
+    }
+
     /// Takes over what `other` holds.
     pub fn absorb(&mut self, mut other: Reservation) {
         if self.budget.is_none() {
@@ -115,6 +148,30 @@ mod tests {
             "absorbing moves bytes, it does not add any"
         );
         drop(first);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn buffers_are_counted_by_capacity_and_presized_exactly() {
+        let budget = MemoryBudget::new(1000);
+        let mut memory = budget.reservation();
+        let mut buffer = Vec::new();
+        assert!(memory.presize(&mut buffer, 300));
+        assert_eq!((buffer.capacity(), budget.used()), (300, 300));
+        for _ in 0..3 {
+            assert!(memory.append(&mut buffer, &[1; 100], 900));
+        }
+        assert_eq!((buffer.capacity(), budget.used()), (300, 300), "no growth");
+        // Growing doubles, but not past the limit; the growth is counted before it happens.
+        assert!(memory.append(&mut buffer, &[1; 10], 500));
+        assert_eq!((buffer.capacity(), budget.used()), (500, 500));
+        assert!(memory.append(&mut buffer, &[1; 190], 500));
+        assert!(
+            !memory.append(&mut buffer, &[1; 600], 2000),
+            "1,100 would pass 1,000"
+        );
+        assert_eq!((buffer.len(), budget.used()), (500, 500));
+        drop(memory);
         assert_eq!(budget.used(), 0);
     }
 }

@@ -453,6 +453,18 @@ impl ShadowCopy {
             truncated: false,
         });
         self.primary_body.clear();
+        let declared = response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        if let Some(declared) = declared
+            && !self.over_budget
+            && !self
+                .memory
+                .presize(&mut self.primary_body, declared.min(PRIMARY_CAPTURE_LIMIT))
+        {
+            self.over_budget = true;
+        }
     }
 
     pub fn capture_primary_body(&mut self, chunk: Option<&Bytes>) {
@@ -467,13 +479,14 @@ impl ShadowCopy {
             primary.truncated = true;
         }
         let kept = &chunk[..chunk.len().min(room)];
-        if !self.memory.grow(kept.len()) {
+        if !self
+            .memory
+            .append(&mut self.primary_body, kept, PRIMARY_CAPTURE_LIMIT)
+        {
             // Nothing is compared on half a body; the exchange is counted as dropped.
             self.over_budget = true;
             self.primary_body = Vec::new();
-            return;
         }
-        self.primary_body.extend_from_slice(kept);
     }
 
     /// Hands the primary's response (or its absence) to the shadow task.
