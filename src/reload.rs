@@ -194,10 +194,7 @@ impl Reloader {
         match compiled {
             Ok(table) => {
                 let restart_required = server_changes(&self.running_server, &table.config().server);
-                table.inherit_health(current);
-                self.carry_kill_switch(current, &table);
-                self.forget_removed(current, &table);
-                self.routes.store(Arc::new(table));
+                self.swap_in(current, table);
                 Outcome::Applied {
                     generation: next_generation,
                     restart_required,
@@ -215,6 +212,17 @@ impl Reloader {
                 }
             }
         }
+    }
+
+    /// The one way a compiled generation goes live, for an edited file and for new backend
+    /// addresses alike: it inherits what the running generation learned (backend health, the
+    /// operator's kill switch), the series of removed routes and upstreams are dropped, then
+    /// one atomic store. Requests already running keep the generation they loaded.
+    fn swap_in(&self, current: &RouteTable, next: RouteTable) {
+        next.inherit_health(current);
+        self.carry_kill_switch(current, &next);
+        self.forget_removed(current, &next);
+        self.routes.store(Arc::new(next));
     }
 
     /// The kill switch set through the admin API is an operator's decision mid-incident: a
@@ -258,6 +266,41 @@ impl Reloader {
     /// keep serving. Does nothing while the file holds an edit not applied yet (the file watch
     /// owns that).
     pub fn refresh_dns(&self) {
+        let changed = self.resolve_again();
+        if changed.is_empty() {
+            return;
+        }
+        let _one_at_a_time = self.in_progress.lock().expect("reload lock");
+        let current = self.routes.load_full();
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return;
+        };
+        let source = SourceFile::new(self.path.display().to_string(), text);
+        if source.sha256 != current.sha256() {
+            return;
+        }
+        let next = current.generation() + 1;
+        match parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next)) {
+            Ok(table) => {
+                self.swap_in(&current, table);
+                self.metrics.config_generation.set(next as i64);
+                tracing::info!(generation = next, upstreams = ?changed, "new backend addresses serving");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "recompiling for new backend addresses failed; the last good addresses keep serving");
+                for name in &changed {
+                    self.metrics
+                        .dns_refreshes
+                        .with_label_values(&[name, "failed"])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Looks every upstream's host names up again, counts each outcome, and names the
+    /// upstreams whose complete set of addresses differs from what serves now.
+    fn resolve_again(&self) -> Vec<String> {
         let current = self.routes.load_full();
         let mut changed = Vec::new();
         for (name, config) in &current.config().upstreams {
@@ -303,42 +346,7 @@ impl Reloader {
                 .with_label_values(&[name, result])
                 .inc();
         }
-        if changed.is_empty() {
-            return;
-        }
-        let _one_at_a_time = self.in_progress.lock().expect("reload lock");
-        let current = self.routes.load_full();
-        let Ok(text) = std::fs::read_to_string(&self.path) else {
-            return;
-        };
-        let source = SourceFile::new(self.path.display().to_string(), text);
-        if source.sha256 != current.sha256() {
-            return;
-        }
-        let next = current.generation() + 1;
-        match parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next)) {
-            Ok(table) => {
-                table.inherit_health(&current);
-                table.kill_switch.store(
-                    current
-                        .kill_switch
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                self.routes.store(Arc::new(table));
-                self.metrics.config_generation.set(next as i64);
-                tracing::info!(generation = next, upstreams = ?changed, "new backend addresses serving");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "recompiling for new backend addresses failed; the last good addresses keep serving");
-                for name in &changed {
-                    self.metrics
-                        .dns_refreshes
-                        .with_label_values(&[name, "failed"])
-                        .inc();
-                }
-            }
-        }
+        changed
     }
 
     /// Drops the metric series of routes and upstreams the new generation no longer has.
@@ -450,8 +458,6 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     changed
 }
 
-/// Runs the file watch and the SIGHUP handler until `shutdown` fires. Meant to run as a Pingora
-/// background service.
 /// Re-resolves backend host names every `server.dns_refresh` (read from the serving
 /// generation, so a reload can change it) until shutdown; see [`Reloader::refresh_dns`].
 pub async fn refresh_dns(
@@ -479,6 +485,8 @@ pub async fn refresh_dns(
     }
 }
 
+/// Runs the file watch and the SIGHUP handler until `shutdown` fires. Meant to run as a Pingora
+/// background service.
 pub async fn watch(reloader: Arc<Reloader>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
     let _watcher = match start_file_watch(reloader.path(), events_tx) {
