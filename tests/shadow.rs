@@ -35,22 +35,6 @@ routes:
     .await
 }
 
-/// Waits until the metric sample reaches `value`.
-async fn wait_for_metric(proxy: &Proxy, sample: &str, value: f64) {
-    let started = Instant::now();
-    loop {
-        let current = proxy.metric(sample).await.unwrap_or(0.0);
-        if current >= value {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{sample} = {current}, expected {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_get_without_a_body_is_mirrored_with_the_shadow_mark() {
     let primary = Backend::start("primary").await;
@@ -103,12 +87,12 @@ async fn a_get_without_a_body_is_mirrored_with_the_shadow_mark() {
         primary.last().header("authorization"),
         Some("Bearer secret")
     );
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"completed\",route=\"r\"}",
-        1.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"completed\",route=\"r\"}",
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,12 +137,12 @@ async fn unsafe_methods_are_not_mirrored_by_default() {
     }
     proxy.get("/r").await;
     candidate.wait_for_requests(1).await;
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"skipped_method\",route=\"r\"}",
-        4.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"skipped_method\",route=\"r\"}",
+            4.0,
+        )
+        .await;
     assert_eq!(candidate.count(), 1, "only the GET was mirrored");
     assert_eq!(candidate.last().method, "GET");
     assert_eq!(primary.count(), 5);
@@ -193,12 +177,12 @@ routes:
         proxy.get("/one").await;
     }
     always.wait_for_requests(20).await;
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"skipped_sample\",route=\"zero\"}",
-        20.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"skipped_sample\",route=\"zero\"}",
+            20.0,
+        )
+        .await;
     assert_eq!(never.count(), 0);
 
     // 200 users, each sending 3 requests: about half the users are shadowed, always all or
@@ -210,12 +194,12 @@ routes:
                 .await;
         }
     }
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"skipped_sample\",route=\"half\"}",
-        1.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"skipped_sample\",route=\"half\"}",
+            1.0,
+        )
+        .await;
     let sent = proxy
         .metric("strangler_shadow_requests_total{outcome=\"sent\",route=\"half\"}")
         .await
@@ -269,12 +253,12 @@ async fn a_body_over_max_body_skips_the_shadow_and_the_primary_succeeds() {
         .send(ClientRequest::new("POST", "/r").body("small"))
         .await;
     candidate.wait_for_requests(1).await;
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"skipped_body\",route=\"r\"}",
-        2.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"skipped_body\",route=\"r\"}",
+            2.0,
+        )
+        .await;
     assert_eq!(candidate.count(), 1);
     assert_eq!(&candidate.last().body[..], b"small");
 }
@@ -312,12 +296,12 @@ async fn the_inflight_cap_drops_copies_when_the_shadow_blackholes() {
     );
     assert_eq!(proxy.metric("strangler_shadow_inflight").await, Some(2.0));
     // The stuck copies time out and free their slots.
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"timeout\",route=\"r\"}",
-        2.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"timeout\",route=\"r\"}",
+            2.0,
+        )
+        .await;
     assert_eq!(proxy.metric("strangler_shadow_inflight").await, Some(0.0));
 }
 
@@ -379,6 +363,14 @@ async fn a_misbehaving_shadow_never_changes_the_primary_response_or_its_latency(
             );
         }
         let elapsed = started.elapsed();
+        // The primary's answers prove nothing unless the copies really went out to the
+        // misbehaving candidate.
+        proxy
+            .wait_for_metric(
+                "strangler_shadow_requests_total{outcome=\"sent\",route=\"r\"}",
+                BATCH as f64,
+            )
+            .await;
         assert!(
             elapsed < baseline * 3 + Duration::from_secs(1),
             "{name}: {BATCH} requests took {elapsed:?}, {baseline:?} without a shadow"
@@ -411,12 +403,12 @@ routes:
         .send(ClientRequest::get("/r/1").header("x-strangler-upstream", "candidate"))
         .await;
     assert_eq!(forced.status, 200);
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"skipped_same_upstream\",route=\"r\"}",
-        1.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"skipped_same_upstream\",route=\"r\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(candidate.count(), 1, "served once, mirrored never");
     assert_eq!(primary.count(), 0);
 
@@ -516,12 +508,12 @@ routes:
         assert_eq!(response.status, 200);
         assert_eq!(response.body.len(), 256 * 1024 + 30);
     }
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"dropped_memory\",route=\"r\"}",
-        1.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"dropped_memory\",route=\"r\"}",
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -549,18 +541,15 @@ routes:
     for n in 0..3 {
         assert_eq!(proxy.get(&format!("/r/{n}")).await.status, 200);
     }
-    wait_for_metric(
-        &proxy,
-        "strangler_shadow_requests_total{outcome=\"dropped_memory\",route=\"r\"}",
-        3.0,
-    )
-    .await;
-    wait_for_metric(
-        &proxy,
-        "strangler_diffs_total{result=\"skipped\",route=\"r\"}",
-        3.0,
-    )
-    .await;
+    proxy
+        .wait_for_metric(
+            "strangler_shadow_requests_total{outcome=\"dropped_memory\",route=\"r\"}",
+            3.0,
+        )
+        .await;
+    proxy
+        .wait_for_metric("strangler_diffs_total{result=\"skipped\",route=\"r\"}", 3.0)
+        .await;
     assert_eq!(
         proxy
             .metric("strangler_diffs_total{result=\"mismatch\",route=\"r\"}")

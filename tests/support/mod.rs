@@ -362,7 +362,6 @@ impl Proxy {
         get(self.admin, "/routes").await.unwrap().json()
     }
 
-    /// The value of metric sample `name` (with labels, as exposed), if present.
     /// Polls `/metrics` until `sample` reaches at least `value`; its value then.
     pub async fn wait_for_metric(&self, sample: &str, value: f64) -> f64 {
         let started = Instant::now();
@@ -379,6 +378,7 @@ impl Proxy {
         }
     }
 
+    /// The value of metric sample `sample` (name and labels, as exposed), if present.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let text = get(self.admin, "/metrics").await.unwrap().text();
         text.lines().find_map(|line| {
