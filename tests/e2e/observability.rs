@@ -1,7 +1,7 @@
 //! Metrics, access logs, request ids, trace context and the admin API (auth, methods, `/upstreams`,
 //! readiness, the loopback default), end to end.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,7 @@ async fn metrics_count_requests_durations_errors_and_health() {
 
     // A request is counted in its logging phase, which runs just after the client has its
     // answer: wait until all seven are in.
-    let started = Instant::now();
-    let text = loop {
+    let text = support::eventually("all 7 requests counted", || async {
         let text = support::get(proxy.admin, "/metrics").await.unwrap().text();
         let counted: f64 = text
             .lines()
@@ -44,14 +43,12 @@ async fn metrics_count_requests_durations_errors_and_health() {
             .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum();
         if counted >= 7.0 {
-            break text;
+            Ok(text)
+        } else {
+            Err(format!("{counted} counted in\n{text}"))
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{counted} of 7 requests counted in\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     let value = |sample: &str| -> f64 {
         text.lines()
             .find_map(|line| {
@@ -399,20 +396,17 @@ async fn upstreams_lists_every_backend_with_the_health_checks_verdict() {
 
     // The checks run every 100 ms: the dead backend goes out after two failures, the live one
     // keeps passing.
-    let started = Instant::now();
-    let document = loop {
+    let document = support::eventually("the health checks settling", || async {
         let document = admin_json(&proxy, "/upstreams").await;
         let down = backend_entry(&document, "checked", dead);
         let up = backend_entry(&document, "checked", live.address);
         if down["healthy"] == false && up["consecutive_check_passes"].as_u64() >= Some(1) {
-            break document;
+            Ok(document)
+        } else {
+            Err(format!("{document:#}"))
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the health checks did not settle: {document:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let down = backend_entry(&document, "checked", dead);
     assert_eq!(down["state"], "unhealthy");
     assert_eq!(down["probed_down"], true);
@@ -464,18 +458,16 @@ async fn upstreams_shows_a_passive_ejection_and_when_it_ends() {
     )
     .await;
     // Round robin sends one of the first requests to the dead backend; the retry answers.
-    let started = Instant::now();
-    let document = loop {
+    let document = support::eventually("the dead backend ejected", || async {
         assert_eq!(proxy.get("/").await.status, 200);
         let document = admin_json(&proxy, "/upstreams").await;
         if backend_entry(&document, "u", dead)["ejected"] == true {
-            break document;
+            Ok(document)
+        } else {
+            Err(format!("{document:#}"))
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the dead backend was never ejected: {document:#}"
-        );
-    };
+    })
+    .await;
     let down = backend_entry(&document, "u", dead);
     assert_eq!(down["healthy"], false);
     assert_eq!(down["state"], "ejected");

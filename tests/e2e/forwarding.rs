@@ -1,6 +1,6 @@
 //! What the proxy adds, strips and preserves on the way through, its errors, and the admin API.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! `strangler validate` and `strangler run` on good and broken configs: every error class names
 //! the field path and the line, all errors come at once, and nothing starts on a bad file.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! ConfigMap manifest, stdin and GitHub annotations; `schema` (against every shipped config and
 //! the committed copy); `completions` and `man`.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::Path;

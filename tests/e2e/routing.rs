@@ -1,6 +1,6 @@
 //! Matching and actions, end to end: the real binary between a real client and real backends.
 
-mod support;
+use crate::support;
 
 use support::{Backend, ClientRequest, Proxy};
 

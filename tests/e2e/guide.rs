@@ -6,7 +6,7 @@
 //! the kill switch, the fallback and the retired answer. Editing a block of the guide so that it
 //! no longer does what the page says fails here.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -253,18 +253,7 @@ impl Walk {
 
     /// Waits until metric sample `sample` reaches `at_least`.
     async fn wait_metric(&self, sample: &str, at_least: f64) {
-        let started = Instant::now();
-        loop {
-            let value = self.proxy.metric(sample).await.unwrap_or(0.0);
-            if value >= at_least {
-                return;
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{sample} is {value}, expected at least {at_least}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        self.proxy.wait_for_metric(sample, at_least).await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! Canary migration end to end: weighted splits, stickiness across a reload that raises the
 //! weight, the tester override, the kill switch, retired routes and stage validation.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

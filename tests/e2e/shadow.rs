@@ -1,7 +1,7 @@
 //! Shadow traffic end to end: what reaches the candidate, what does not, and proof that a
 //! misbehaving candidate never changes what the client gets.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

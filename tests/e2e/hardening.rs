@@ -2,7 +2,7 @@
 //! response framing a client could misread, request targets, `Host` values and paths that mean
 //! one thing to the router and another to the backend. Every case runs against the real binary.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

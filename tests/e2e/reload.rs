@@ -1,7 +1,7 @@
 //! Hot reload end to end: swaps under load, rename and ConfigMap-style symlink swaps, torn writes,
 //! deletion, SIGHUP, `POST /reload`, a request spanning a reload, recovery after a bad file.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,19 +89,17 @@ async fn wait_for_route(proxy: &Proxy, tag: &str) -> Duration {
 
 /// Polls `/routes` until the last reload has `result`.
 async fn wait_for_reload_result(proxy: &Proxy, result: &str, after: &str) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
+    let what = format!("a `{result}` reload after {after}");
+    support::eventually(&what, || async move {
         let document = proxy.routes().await;
         let last = &document["last_reload"];
         if last["result"] == result && last["at"].as_str().is_some_and(|at| at >= after) {
-            return document;
+            Ok(document)
+        } else {
+            Err(last.clone())
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no `{result}` reload seen: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 fn now_rfc3339() -> String {
@@ -309,19 +307,16 @@ async fn sighup_and_post_reload_reread_the_file() {
         .status()
         .unwrap();
     assert!(status.success());
-    let started = Instant::now();
-    loop {
+    let last = support::eventually("SIGHUP handled", || async {
         let last = proxy.routes().await["last_reload"].clone();
         if last["trigger"] == "signal" {
-            assert_eq!(last["result"], "unchanged");
-            break;
+            Ok(last)
+        } else {
+            Err(last)
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "SIGHUP was not handled: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
+    assert_eq!(last["result"], "unchanged");
     assert_eq!(
         proxy.get("/").await.status,
         200,

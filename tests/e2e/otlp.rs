@@ -1,7 +1,7 @@
 //! OpenTelemetry OTLP span export, end to end: a fake collector on loopback records what the
 //! real proxy exports, and a backend records the `traceparent` the proxy sends it.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

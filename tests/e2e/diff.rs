@@ -1,7 +1,7 @@
 //! Diffing end to end: traffic through the proxy with shadows, comparisons stored, and
 //! `strangler report` judging routes the way CI would.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -318,19 +318,15 @@ routes:
 
 /// Polls `/routes` until the proxy serves `generation`; returns that generation's SHA-256.
 async fn wait_for_generation(proxy: &Proxy, generation: u64) -> String {
-    let started = Instant::now();
-    loop {
+    let what = format!("generation {generation} serving");
+    support::eventually(&what, || async move {
         let routes = proxy.routes().await;
-        if routes["generation"] == generation {
-            return routes["sha256"].as_str().unwrap().to_owned();
+        match routes["sha256"].as_str() {
+            Some(sha256) if routes["generation"] == generation => Ok(sha256.to_owned()),
+            _ => Err(routes["last_reload"].clone()),
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "generation {generation} never served: {}",
-            routes["last_reload"]
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 /// The report's groups as (route, direction, samples, generations).

@@ -180,22 +180,41 @@ impl Backend {
 
     /// Waits (bounded by [`DEADLINE`]) until this backend has received `count` requests.
     pub async fn wait_for_requests(&self, count: usize) {
-        let started = Instant::now();
-        while self.count() < count {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{} received {} of {count} requests",
-                self.name,
-                self.count()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("{} receiving {count} requests", self.name);
+        eventually(&what, || async move {
+            match self.count() {
+                received if received >= count => Ok(()),
+                received => Err(format!("{received} received")),
+            }
+        })
+        .await
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Polls `check` every 10 ms until it returns `Ok`, and returns that value. `Err` says what
+/// was seen instead; at [`DEADLINE`] the test fails naming `what` and the last thing seen.
+/// The one polling loop of the suite: readiness is waited for, never slept for.
+pub async fn eventually<T, E, Fut>(what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                started.elapsed() < DEADLINE,
+                "{what}: not within {DEADLINE:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -364,18 +383,14 @@ impl Proxy {
 
     /// Polls `/metrics` until `sample` reaches at least `value`; its value then.
     pub async fn wait_for_metric(&self, sample: &str, value: f64) -> f64 {
-        let started = Instant::now();
-        loop {
-            let current = self.metric(sample).await.unwrap_or(0.0);
-            if current >= value {
-                return current;
+        let what = format!("{sample} reaching {value}");
+        eventually(&what, || async move {
+            match self.metric(sample).await.unwrap_or(0.0) {
+                current if current >= value => Ok(current),
+                current => Err(current),
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{sample} = {current}, expected at least {value}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// The value of metric sample `sample` (name and labels, as exposed), if present.

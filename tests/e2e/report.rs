@@ -1,7 +1,7 @@
 //! `strangler report` on stores that look like real services: header noise in every exchange
 //! and one body bug on a few records, which every format must put first.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! within its bound; health checks, passive ejection, retries and fallback; request limits; and
 //! ambiguous framing refused before anything reaches a backend.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -160,19 +160,15 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
     assert!(served(&proxy).await.contains(&"flappy".to_owned()));
 
     down.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    loop {
-        let document = proxy.routes().await;
-        if document["upstreams"]["u"]["backends"][1]["available"] == false {
-            break;
+    support::eventually("the failing backend taken out", || async {
+        let upstreams = proxy.routes().await["upstreams"].clone();
+        if upstreams["u"]["backends"][1]["available"] == false {
+            Ok(())
+        } else {
+            Err(upstreams)
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "never taken out: {}",
-            document["upstreams"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(
         served(&proxy).await.iter().all(|b| b == "steady"),
         "no traffic to a failing backend"
@@ -745,15 +741,14 @@ async fn connections_past_the_limit_get_503_until_a_slot_frees() {
 
     // Closing a connection frees its slot.
     drop(first);
-    let started = Instant::now();
-    loop {
-        let response = support::send(proxy.address, ClientRequest::get("/again")).await;
-        if response.is_ok_and(|r| r.status == 200) {
-            break;
+    support::eventually("the closed connection's slot freed", || async {
+        match support::send(proxy.address, ClientRequest::get("/again")).await {
+            Ok(response) if response.status == 200 => Ok(()),
+            Ok(response) => Err(format!("status {}", response.status)),
+            Err(error) => Err(error),
         }
-        assert!(started.elapsed() < DEADLINE, "the slot never freed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(
         proxy
             .metric("strangler_connections_closed_total{reason=\"too_many_connections\"}")

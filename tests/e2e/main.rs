@@ -1,0 +1,23 @@
+//! The end-to-end suite: every test here starts the real `strangler` binary and real servers on
+//! loopback and asserts what a client (or an operator at the CLI) sees.
+//!
+//! One test binary, a module per area (as ripgrep keeps its integration tests): the suite links
+//! once instead of once per file, and `cargo test` runs every area in parallel. Rules that need
+//! no process are tested beside their code in `src/`, not here. Shared harness: [`support`].
+
+mod support;
+
+mod authoring;
+mod canary;
+mod diff;
+mod forwarding;
+mod guide;
+mod hardening;
+mod observability;
+mod otlp;
+mod reload;
+mod report;
+mod resilience;
+mod routing;
+mod shadow;
+mod validate;
