@@ -12,6 +12,7 @@
 //! | GET    | `/metrics`     | Prometheus text exposition                                    |
 //! | POST   | `/reload`      | re-read the config file now; 200 applied/unchanged, 422 not   |
 //! | GET    | `/diffs`       | the newest stored diffs; `?route=&verdict=&since=&limit=`     |
+//! | GET    | `/coverage`    | traffic share of new services, uncovered templates; `?top=`   |
 //! | POST   | `/kill-switch` | `?state=on`: every route to legacy, kept across reloads until  |
 //! |        |                | `off` or a reload that changes `kill_switch` in the file      |
 //!
@@ -34,6 +35,7 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use prometheus::core::Collector;
 use serde_json::json;
 
 use std::sync::Arc;
@@ -61,6 +63,7 @@ const ENDPOINTS: &[&str] = &[
     "/metrics",
     "/reload",
     "/diffs",
+    "/coverage",
     "/kill-switch",
 ];
 
@@ -130,6 +133,62 @@ impl AdminApp {
                 &json!({ "error": format!("diff query failed: {error}") }),
             ),
         }
+    }
+
+    /// `/coverage?top=N`: see [`crate::coverage`].
+    fn coverage(&self, query: &str) -> Response<Vec<u8>> {
+        let mut top = 20;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let parsed = match name.as_ref() {
+                "top" => value.parse().ok().filter(|n| (1..=1000).contains(n)),
+                _ => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": "unknown parameter; known: top", "parameter": name }),
+                    );
+                }
+            };
+            match parsed {
+                Some(n) => top = n,
+                None => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": "top must be a whole number from 1 to 1000", "parameter": "top" }),
+                    );
+                }
+            }
+        }
+        let table = self.routes.load();
+        let families = self.metrics.requests.collect();
+        let served: Vec<crate::coverage::Served<'_>> = families
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|metric| {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == name)
+                        .map(|pair| pair.value())
+                };
+                Some(crate::coverage::Served {
+                    route: label("route")?,
+                    upstream: label("upstream")?,
+                    requests: metric.get_counter().value() as u64,
+                })
+            })
+            .collect();
+        let report = crate::coverage::CoverageReport::build(
+            table.generation(),
+            &served,
+            &self.metrics.unmatched,
+            &CoverageView(&table),
+            top,
+        );
+        json_response(
+            StatusCode::OK,
+            &serde_json::to_value(report).expect("coverage serializes"),
+        )
     }
 
     async fn reload(&self) -> Response<Vec<u8>> {
@@ -442,19 +501,43 @@ impl ServeHttp for AdminApp {
                 )
             }
             (_, "/kill-switch") => method_not_allowed("POST"),
+            (Method::GET | Method::HEAD, "/coverage") => {
+                self.coverage(session.req_header().uri.query().unwrap_or(""))
+            }
             (Method::GET | Method::HEAD, "/diffs") => {
                 let query = session.req_header().uri.query().unwrap_or("").to_owned();
                 self.diffs(&query).await
             }
             (_, "/reload") => method_not_allowed("POST"),
-            (_, "/healthz" | "/readyz" | "/routes" | "/upstreams" | "/metrics" | "/diffs") => {
-                method_not_allowed("GET, HEAD")
-            }
+            (
+                _,
+                "/healthz" | "/readyz" | "/routes" | "/upstreams" | "/metrics" | "/diffs"
+                | "/coverage",
+            ) => method_not_allowed("GET, HEAD"),
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({ "error": "not found", "endpoints": ENDPOINTS }),
             ),
         }
+    }
+}
+
+/// The serving route table, as [`crate::coverage`] asks about it.
+struct CoverageView<'a>(&'a crate::routing::RouteTable);
+
+impl crate::coverage::RouteView for CoverageView<'_> {
+    fn legacy_upstream(&self, route: &str) -> Option<&str> {
+        let route = self.0.routes().iter().find(|r| r.name == route)?;
+        Some(self.0.upstream(route.target(route.legacy).upstream).name())
+    }
+
+    fn default_upstream(&self) -> &str {
+        self.0.upstream(self.0.default_upstream()).name()
+    }
+
+    fn covers(&self, method: &str, path: &str) -> bool {
+        pingora_http::RequestHeader::build(method, path.as_bytes(), None)
+            .is_ok_and(|request| self.0.find(&request).is_some())
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod connection;
+pub mod coverage;
 pub mod demo;
 pub mod diff;
 pub mod forwarded;

@@ -31,6 +31,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum CoverageFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy. Refuses to start on an invalid config.
@@ -84,6 +90,23 @@ enum Command {
         /// Admin token (default: $STRANGLER_ADMIN_TOKEN).
         #[arg(long)]
         token: Option<String>,
+    },
+    /// How much of the monolith is left: the share of traffic new services serve, per route and
+    /// overall, and the most requested paths no route covers yet, each with a route stub to
+    /// paste. From a running proxy's admin API (counted since it started).
+    Coverage {
+        /// The proxy's admin address, like 127.0.0.1:9901.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Admin token (default: $STRANGLER_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        /// How many uncovered templates to list.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        top: u16,
+        /// `text` for people, `json` for tools (the `/coverage` document).
+        #[arg(long, value_enum, default_value_t = CoverageFormat::Text)]
+        format: CoverageFormat,
     },
     /// Summarise stored shadow diffs per route and direction; exit 1 when one fails the gate
     /// (for CI), 2 on a usage error or an unreadable store.
@@ -188,6 +211,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Coverage {
+            admin,
+            token,
+            top,
+            format,
+        } => {
+            let document =
+                admin_get(&admin, &format!("/coverage?top={top}"), token).and_then(|document| {
+                    Ok(serde_json::from_value::<strangler::coverage::CoverageReport>(document)?)
+                });
+            match document {
+                Ok(report) => {
+                    match format {
+                        CoverageFormat::Text => print!("{}", report.render()),
+                        CoverageFormat::Json => println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).expect("serializes")
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("strangler coverage: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Report {
             databases,
             route,
@@ -261,6 +311,17 @@ fn show_routes(
             table.config().kill_switch,
         ));
     };
+    let document = admin_get(admin, "/routes", token)?;
+    Ok(strangler::routes_cli::render(
+        &document["config"],
+        document["generation"].as_u64(),
+        document["kill_switch"].as_bool().unwrap_or(false),
+    ))
+}
+
+/// `GET path` on a running proxy's admin API, as JSON; the token defaults to
+/// `$STRANGLER_ADMIN_TOKEN`.
+fn admin_get(admin: &str, path: &str, token: Option<String>) -> anyhow::Result<serde_json::Value> {
     let token = token.or_else(|| std::env::var("STRANGLER_ADMIN_TOKEN").ok());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -270,7 +331,7 @@ fn show_routes(
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let mut request = http::Request::get(format!("http://{admin}/routes"));
+        let mut request = http::Request::get(format!("http://{admin}{path}"));
         if let Some(token) = &token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -288,11 +349,7 @@ fn show_routes(
         );
         Ok::<_, anyhow::Error>(serde_json::from_slice(&body)?)
     })?;
-    Ok(strangler::routes_cli::render(
-        &document["config"],
-        document["generation"].as_u64(),
-        document["kill_switch"].as_bool().unwrap_or(false),
-    ))
+    Ok(document)
 }
 
 fn init_logging(format: LogFormat) {

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub diffs: IntCounterVec,
     /// `strangler_requests_total{route,upstream,code}`.
     pub requests: IntCounterVec,
+    /// Requests no route matched, per method and path template: see [`crate::coverage`]. Not
+    /// a Prometheus series (templates are too many for labels); served by `/coverage`.
+    pub unmatched: crate::coverage::Unmatched,
     /// `strangler_request_duration_seconds{route,upstream}`: arrival to last byte sent.
     pub request_duration: HistogramVec,
     /// `strangler_upstream_errors_total{route,upstream,kind}`: the `x-strangler-error` reasons.
@@ -281,6 +284,7 @@ impl Metrics {
             shadow_inflight,
             diffs,
             requests,
+            unmatched: Default::default(),
             request_duration,
             upstream_errors,
             upstream_healthy,

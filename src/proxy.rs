@@ -533,6 +533,12 @@ impl ProxyHttp for StranglerProxy {
             .request_duration
             .with_label_values(&[route, upstream])
             .observe(elapsed.as_secs_f64());
+        if ctx.routed && ctx.route.is_none() && status != 0 {
+            let request = session.req_header();
+            self.metrics
+                .unmatched
+                .record(request.method.as_str(), request.uri.path());
+        }
         if let Some((from, why)) = ctx.fallback {
             self.metrics
                 .fallbacks

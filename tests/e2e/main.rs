@@ -9,6 +9,7 @@ mod support;
 
 mod authoring;
 mod canary;
+mod coverage;
 mod diff;
 mod forwarding;
 mod guide;
