@@ -389,7 +389,7 @@ impl CoverageReport {
         for route in &mut routes {
             route.new_share = share(route.new, route.legacy + route.new);
         }
-        routes.sort_by(|a, b| (b.legacy + b.new).cmp(&(a.legacy + a.new)));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.legacy + r.new));
         let requests = legacy + new;
 
         let (tally, other) = unmatched.snapshot();
