@@ -13,6 +13,7 @@
 //! | POST   | `/reload`      | re-read the config file now; 200 applied/unchanged, 422 not   |
 //! | GET    | `/diffs`       | the newest stored diffs; `?route=&verdict=&since=&limit=`     |
 //! | GET    | `/coverage`    | traffic share of new services, uncovered templates; `?top=`   |
+//! | POST   | `/routes/{name}/reset` | clears the route's tripped guard (see [`crate::guard`])  |
 //! | POST   | `/kill-switch` | `?state=on`: every route to legacy, kept across reloads until  |
 //! |        |                | `off` or a reload that changes `kill_switch` in the file      |
 //!
@@ -188,6 +189,31 @@ impl AdminApp {
         json_response(
             StatusCode::OK,
             &serde_json::to_value(report).expect("coverage serializes"),
+        )
+    }
+
+    /// `POST /routes/{name}/reset`: clears a tripped guard; the route serves as configured.
+    fn reset_guard(&self, name: &str) -> Response<Vec<u8>> {
+        let table = self.routes.load();
+        let Some(route) = table.routes().iter().find(|route| route.name == name) else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": format!("no route named `{name}`") }),
+            );
+        };
+        let Some(guard) = &route.guard else {
+            return json_response(
+                StatusCode::CONFLICT,
+                &json!({ "error": format!("route `{name}` has no guard") }),
+            );
+        };
+        let cleared = guard.reset();
+        if let Some(trip) = &cleared {
+            tracing::warn!(route = %name, reason = trip.reason, "guard reset from the admin API: the route serves as configured again");
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({ "route": name, "cleared": cleared, "generation": table.generation() }),
         )
     }
 
@@ -501,6 +527,13 @@ impl ServeHttp for AdminApp {
                 )
             }
             (_, "/kill-switch") => method_not_allowed("POST"),
+            (method, path) if path.starts_with("/routes/") && path.ends_with("/reset") => {
+                if method != Method::POST {
+                    return method_not_allowed("POST");
+                }
+                let name = &path["/routes/".len()..path.len() - "/reset".len()];
+                self.reset_guard(name)
+            }
             (Method::GET | Method::HEAD, "/coverage") => {
                 self.coverage(session.req_header().uri.query().unwrap_or(""))
             }
@@ -584,13 +617,19 @@ fn cross_site(
         return Some("cross-site requests are refused");
     }
     if request.method == Method::POST
-        && matches!(request.uri.path(), "/reload" | "/kill-switch")
+        && is_mutation(request.uri.path())
         && !token_configured
         && !request.headers.contains_key(ADMIN_HEADER)
     {
         return Some("a change needs the header `X-Strangler-Admin: 1` (or the bearer token)");
     }
     None
+}
+
+/// The endpoints that change something (POST only; any other POST is a 405).
+fn is_mutation(path: &str) -> bool {
+    matches!(path, "/reload" | "/kill-switch")
+        || (path.starts_with("/routes/") && path.ends_with("/reset"))
 }
 
 /// `host[:port]` names this listener: an IP address, `localhost`, or a configured name.

@@ -13,6 +13,7 @@ pub mod coverage;
 pub mod demo;
 pub mod diff;
 pub mod forwarded;
+pub mod guard;
 pub mod health;
 pub mod hygiene;
 pub mod metrics;

@@ -312,11 +312,15 @@ fn show_routes(
         ));
     };
     let document = admin_get(admin, "/routes", token)?;
-    Ok(strangler::routes_cli::render(
+    let mut text = strangler::routes_cli::render(
         &document["config"],
         document["generation"].as_u64(),
         document["kill_switch"].as_bool().unwrap_or(false),
-    ))
+    );
+    text.push_str(&strangler::routes_cli::render_guards(
+        &document["effective"],
+    ));
+    Ok(text)
 }
 
 /// `GET path` on a running proxy's admin API, as JSON; the token defaults to

@@ -48,6 +48,12 @@ pub struct Metrics {
     /// target instead of the upstream it names: the primary was `unreachable`, answered a
     /// `fallback_on` status (`status`), or the `kill_switch` was on.
     pub fallbacks: IntCounterVec,
+    /// `strangler_route_guard_trips_total{route,reason,mode}`: guards that tripped (see
+    /// [`crate::guard`]); `mode="observe"` counts trips that changed no routing.
+    pub guard_trips: IntCounterVec,
+    /// `strangler_route_guard_tripped{route,reason,mode}`: 1 while a route's guard is tripped;
+    /// read from the serving table at each scrape.
+    pub guard_tripped: IntGaugeVec,
     /// `strangler_dns_refreshes_total{upstream,result}`: re-resolutions of an upstream's host
     /// names: `changed` (a new generation serves the new addresses), `unchanged`, `failed`
     /// (the last good addresses keep serving).
@@ -155,9 +161,25 @@ impl Metrics {
         let fallbacks = IntCounterVec::new(
             Opts::new(
                 "strangler_fallbacks_total",
-                "Requests sent to the route's legacy target instead of its upstream, by reason (unreachable, status, kill_switch)",
+                "Requests sent to the route's legacy target instead of its upstream, by reason (unreachable, status, kill_switch, guard)",
             ),
             &["route", "from", "to", "reason"],
+        )
+        .expect("valid metric definition");
+        let guard_trips = IntCounterVec::new(
+            Opts::new(
+                "strangler_route_guard_trips_total",
+                "Route guards that tripped, by reason (error_rate, latency, mismatch) and mode (enforce, observe)",
+            ),
+            &["route", "reason", "mode"],
+        )
+        .expect("valid metric definition");
+        let guard_tripped = IntGaugeVec::new(
+            Opts::new(
+                "strangler_route_guard_tripped",
+                "1 while a route's guard is tripped (mode enforce: the route serves from legacy)",
+            ),
+            &["route", "reason", "mode"],
         )
         .expect("valid metric definition");
         let dns_refreshes = IntCounterVec::new(
@@ -236,6 +258,8 @@ impl Metrics {
             Box::new(kill_switch.clone()),
             Box::new(kill_switch_changes.clone()),
             Box::new(fallbacks.clone()),
+            Box::new(guard_trips.clone()),
+            Box::new(guard_tripped.clone()),
             Box::new(build_info.clone()),
             Box::new(dns_refreshes.clone()),
             Box::new(diff_store_errors.clone()),
@@ -292,6 +316,8 @@ impl Metrics {
             kill_switch,
             kill_switch_changes,
             fallbacks,
+            guard_trips,
+            guard_tripped,
             build_info,
             dns_refreshes,
             diff_store_errors,
@@ -308,6 +334,14 @@ impl Metrics {
             self.route_stage
                 .with_label_values(&[route.name.as_str(), route.stage.as_str()])
                 .set(1);
+        }
+        self.guard_tripped.reset();
+        for route in table.routes() {
+            if let Some(trip) = route.guard.as_ref().and_then(|guard| guard.trip()) {
+                self.guard_tripped
+                    .with_label_values(&[route.name.as_str(), trip.reason, trip.mode.as_str()])
+                    .set(1);
+            }
         }
         self.kill_switch.set(i64::from(
             table.kill_switch.load(std::sync::atomic::Ordering::Relaxed),
@@ -336,6 +370,7 @@ impl Metrics {
             &self.shadow_requests,
             &self.diffs,
             &self.fallbacks,
+            &self.guard_trips,
         ];
         for vec in by_route {
             forget_series(vec, "route", removed_routes);

@@ -88,6 +88,8 @@ enum FallbackReason {
     Status,
     /// The kill switch was on.
     KillSwitch,
+    /// The route's guard tripped (see [`crate::guard`]).
+    Guard,
 }
 
 impl FallbackReason {
@@ -96,6 +98,7 @@ impl FallbackReason {
             FallbackReason::Unreachable => "unreachable",
             FallbackReason::Status => "status",
             FallbackReason::KillSwitch => "kill_switch",
+            FallbackReason::Guard => "guard",
         }
     }
 }
@@ -389,7 +392,20 @@ impl ProxyHttp for StranglerProxy {
             Some(split) => split.pick(session.req_header(), client),
             None => route.primary,
         };
+        let (held, legacy) = (
+            route.guard.as_ref().is_some_and(|guard| guard.holds()),
+            route.legacy,
+        );
         ctx.use_target(target);
+        // A tripped guard holds the route on legacy, as legacy expects it; unlike the kill
+        // switch, copies still go out, so the team sees when the new side is healthy again.
+        if held {
+            let chosen = ctx.upstream;
+            ctx.use_target(legacy);
+            if chosen != ctx.upstream {
+                ctx.fallback = Some((chosen, FallbackReason::Guard));
+            }
+        }
         if let Some(forced) = tester_choice(&ctx.table, session.req_header(), client) {
             ctx.target = ctx.route().and_then(|route| route.target_for(forced));
             ctx.upstream = forced;
@@ -412,6 +428,7 @@ impl ProxyHttp for StranglerProxy {
                     stage: route.stage,
                     generation: ctx.table.generation(),
                     config_sha256: ctx.table.sha256(),
+                    guard: route.guard.as_ref(),
                 },
             );
         }
@@ -533,6 +550,7 @@ impl ProxyHttp for StranglerProxy {
             .request_duration
             .with_label_values(&[route, upstream])
             .observe(elapsed.as_secs_f64());
+        record_in_guard(ctx, status, error.is_some(), elapsed, &self.metrics);
         if ctx.routed && ctx.route.is_none() && status != 0 {
             let request = session.req_header();
             self.metrics
@@ -797,6 +815,36 @@ impl ProxyHttp for StranglerProxy {
 }
 
 /// The upstream a tester forces with the override header, when the request is authorized.
+/// Tells the route's guard (if any) how the request went, on which side; reports a trip.
+fn record_in_guard(
+    ctx: &RequestContext,
+    status: u16,
+    failed_without_answer: bool,
+    elapsed: Duration,
+    metrics: &Metrics,
+) {
+    let Some(route) = ctx.route() else { return };
+    let Some(guard) = &route.guard else { return };
+    let legacy = route.target(route.legacy).upstream;
+    let (side, failed) = match ctx.fallback {
+        // The new side failed and legacy covered for it: the client never saw the failure,
+        // the guard must.
+        Some((from, FallbackReason::Unreachable | FallbackReason::Status)) if from != legacy => {
+            (crate::guard::Side::New, true)
+        }
+        // Held on legacy by the guard or the kill switch: not a sample of either side's health.
+        Some((_, FallbackReason::Guard | FallbackReason::KillSwitch)) => return,
+        _ if ctx.upstream == legacy => (crate::guard::Side::Legacy, status >= 500),
+        _ => (
+            crate::guard::Side::New,
+            status >= 500 || (status == 0 && failed_without_answer),
+        ),
+    };
+    if let Some(trip) = guard.record_request(side, failed, elapsed) {
+        crate::guard::report(&route.name, &trip, metrics);
+    }
+}
+
 fn tester_choice(
     table: &RouteTable,
     request: &pingora_http::RequestHeader,

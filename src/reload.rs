@@ -216,10 +216,11 @@ impl Reloader {
 
     /// The one way a compiled generation goes live, for an edited file and for new backend
     /// addresses alike: it inherits what the running generation learned (backend health, the
-    /// operator's kill switch), the series of removed routes and upstreams are dropped, then
+    /// operator's kill switch, the guards of unchanged routes), the series of removed routes and upstreams are dropped, then
     /// one atomic store. Requests already running keep the generation they loaded.
-    fn swap_in(&self, current: &RouteTable, next: RouteTable) {
+    fn swap_in(&self, current: &RouteTable, mut next: RouteTable) {
         next.inherit_health(current);
+        next.inherit_guards(current);
         self.carry_kill_switch(current, &next);
         self.forget_removed(current, &next);
         self.routes.store(Arc::new(next));

@@ -158,3 +158,26 @@ fn served_by(route: &Value, default: &str) -> String {
     }
     served
 }
+
+/// The guards that tripped (or, in observe mode, would have), from the `effective` part of a
+/// `/routes` document: one line each, with the numbers and how to clear it.
+pub fn render_guards(effective: &Value) -> String {
+    let mut out = String::new();
+    for route in effective.as_array().into_iter().flatten() {
+        let Some(trip) = route["guard"]["trip"].as_object() else {
+            continue;
+        };
+        let name = route["route"].as_str().unwrap_or("?");
+        let what = if route["guard"]["holding"] == true {
+            "GUARD TRIPPED, serving from legacy"
+        } else {
+            "guard would have tripped (observe)"
+        };
+        out.push_str(&format!(
+            "{name}: {what} since {}: {} (clear: POST /routes/{name}/reset)\n",
+            trip.get("at").and_then(Value::as_str).unwrap_or("?"),
+            trip.get("detail").and_then(Value::as_str).unwrap_or("?"),
+        ));
+    }
+    out
+}

@@ -651,6 +651,76 @@ pub struct RouteConfig {
     )]
     #[schemars(with = "Option<HumanDuration>")]
     pub timeout: Option<Duration>,
+    /// Automatic rollback: thresholds over a sliding window that, once crossed, send the route
+    /// to its legacy target until reset. See [`GuardConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardConfig>,
+}
+
+/// A route's guard: when the new side misbehaves (errors, latency, shadow mismatches) over a
+/// sliding window, with at least `min_requests` samples, the route trips to its legacy target
+/// and stays there until `POST /routes/{name}/reset` or a change of the route's config.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// `enforce` (default) trips the route to legacy; `observe` only reports what it would do.
+    #[serde(default)]
+    pub mode: GuardMode,
+    /// The sliding window the thresholds are judged over (1s to 1h).
+    #[serde(default = "default_guard_window", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
+    pub window: Duration,
+    /// Samples the window must hold (new-side requests, or comparisons for the mismatch rule)
+    /// before a rule may trip, so a handful of requests cannot.
+    #[serde(default = "default_guard_min_requests")]
+    pub min_requests: u64,
+    /// Trips when more than this share (0.0–1.0) of the new side's requests fail: a 5xx, a
+    /// proxy error, or a failure the route fell back from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// Trips when the new side's p99 latency is over this.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub max_p99: Option<Duration>,
+    /// Trips when the new side's p99 is over this multiple of legacy's p99 on the same route
+    /// (both sides need `min_requests`: a canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ratio: Option<f64>,
+    /// Trips when more than this share (0.0–1.0) of the route's shadow comparisons mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mismatch_rate: Option<f64>,
+}
+
+fn default_guard_window() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_guard_min_requests() -> u64 {
+    20
+}
+
+/// What a tripped guard does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardMode {
+    /// Send the route to legacy.
+    #[default]
+    Enforce,
+    /// Report (log, metrics, `/routes`) what it would have done; routing unchanged.
+    Observe,
+}
+
+impl GuardMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardMode::Enforce => "enforce",
+            GuardMode::Observe => "observe",
+        }
+    }
 }
 
 /// A route's shadow traffic: copies of its requests sent to a candidate, off the request path.

@@ -47,6 +47,8 @@ pub struct DiffJob {
     /// The bytes this exchange holds against the shadow memory budget; given back when the
     /// job is dropped, after comparison.
     pub memory: crate::shadow::Reservation,
+    /// The route's guard, which counts the verdict.
+    pub guard: Option<Arc<crate::guard::Guard>>,
 }
 
 /// Where shadow exchanges go to be compared. Cheap to clone.
@@ -155,6 +157,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         outcome,
         noise,
         memory: _memory,
+        guard,
     } = job;
     let Some(primary) = outcome.primary.as_ref() else {
         // The primary failed: nothing to compare the candidate with.
@@ -215,6 +218,11 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             )
         }
     };
+    if let Some(guard) = &guard
+        && let Some(trip) = guard.record_diff(verdict != "match" && verdict != "noise")
+    {
+        crate::guard::report(&outcome.route, &trip, metrics);
+    }
     metrics.diff_result(
         &outcome.route,
         if verdict == "shadow_error" {
@@ -440,12 +448,14 @@ pub fn job(
     outcome: ShadowOutcome,
     noise: Option<Result<CapturedResponse, ShadowFailure>>,
     memory: crate::shadow::Reservation,
+    guard: Option<Arc<crate::guard::Guard>>,
 ) -> DiffJob {
     DiffJob {
         rule,
         outcome,
         noise,
         memory,
+        guard,
     }
 }
 

@@ -496,6 +496,22 @@ fn compile_route(
         .map(Arc::new)
     });
 
+    // Guards watch what the route sends anywhere but its legacy target.
+    let legacy_upstream = legacy.map(|id| targets[id].upstream);
+    let new_side = primary
+        .into_iter()
+        .chain(split.iter().flat_map(|split| split.targets()))
+        .any(|id| Some(targets[id].upstream) != legacy_upstream);
+    if let Some(guard) = &route.guard {
+        crate::guard::check(
+            guard,
+            &format!("{path}.guard"),
+            new_side,
+            route.shadow.is_some(),
+            diagnostics,
+        );
+    }
+
     if diagnostics.len() != before {
         return None;
     }
@@ -521,6 +537,10 @@ fn compile_route(
             targets,
             response_headers,
             shadow,
+            guard: route
+                .guard
+                .as_ref()
+                .map(|guard| Arc::new(crate::guard::Guard::new(guard))),
         },
         condition,
     ))

@@ -97,6 +97,9 @@ pub struct Route {
     pub legacy: TargetId,
     /// The answer of a retired route.
     pub retired: Option<RetiredAnswer>,
+    /// Automatic rollback to `legacy`, if configured; carried across reloads that leave the
+    /// route's config as it was (see [`RouteTable::inherit_guards`]).
+    pub guard: Option<Arc<crate::guard::Guard>>,
 }
 
 /// What one route does with requests at this moment; see [`RouteTable::effective_routing`].
@@ -110,6 +113,19 @@ pub struct EffectiveRoute {
     /// Where copies go now; `None` while the kill switch stops them.
     pub shadow: Option<String>,
     pub kill_switch: bool,
+    /// The route's guard, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardState>,
+}
+
+/// A guard as `/routes` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GuardState {
+    pub mode: crate::config::GuardMode,
+    /// Tripped in enforce mode: the route serves from legacy.
+    pub holding: bool,
+    /// What tripped it (in observe mode: what would have), with the numbers.
+    pub trip: Option<crate::guard::Trip>,
 }
 
 impl Route {
@@ -180,6 +196,27 @@ impl RouteTable {
         }
     }
 
+    /// Carries each route's guard (its window and whether it tripped) from the generation
+    /// this table replaces, when the route's config is exactly what it was: a trip holds
+    /// across unrelated reloads and DNS refreshes, and any edit of the route clears it (the
+    /// team changed something; judge it afresh).
+    pub fn inherit_guards(&mut self, previous: &RouteTable) {
+        let configs = &self.config.routes;
+        for route in &mut self.routes {
+            if route.guard.is_none() {
+                continue;
+            }
+            let Some(old) = previous.routes.iter().find(|old| old.name == route.name) else {
+                continue;
+            };
+            let same_config = configs.iter().find(|c| c.name == route.name)
+                == previous.config.routes.iter().find(|c| c.name == route.name);
+            if same_config && let Some(guard) = &old.guard {
+                route.guard = Some(guard.clone());
+            }
+        }
+    }
+
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -210,9 +247,10 @@ impl RouteTable {
         self.routes
             .iter()
             .map(|route| {
+                let held = route.guard.as_ref().is_some_and(|guard| guard.holds());
                 let serves = if route.retired.is_some() {
                     Vec::new()
-                } else if kill_switch {
+                } else if kill_switch || held {
                     vec![name(route, route.legacy)]
                 } else {
                     match &route.split {
@@ -231,6 +269,11 @@ impl RouteTable {
                         .filter(|_| !kill_switch)
                         .map(|rule| rule.upstream_name().to_owned()),
                     kill_switch,
+                    guard: route.guard.as_ref().map(|guard| GuardState {
+                        mode: guard.config().mode,
+                        holding: held,
+                        trip: guard.trip(),
+                    }),
                 }
             })
             .collect()

@@ -129,6 +129,8 @@ pub struct Origin<'a> {
     pub stage: crate::config::Stage,
     pub generation: u64,
     pub config_sha256: &'a str,
+    /// The route's guard, which counts this copy's verdict.
+    pub guard: Option<&'a Arc<crate::guard::Guard>>,
 }
 
 /// Everything known about one mirrored exchange; handed to [`observe`].
@@ -202,6 +204,7 @@ pub struct ShadowCopy {
     primary: Option<CapturedResponse>,
     primary_body: Vec<u8>,
     dispatched: bool,
+    guard: Option<Arc<crate::guard::Guard>>,
 }
 
 impl ShadowDispatcher {
@@ -289,6 +292,7 @@ impl ShadowDispatcher {
             primary: None,
             primary_body: Vec::new(),
             dispatched: false,
+            guard: origin.guard.cloned(),
         }))
     }
 
@@ -327,6 +331,7 @@ impl ShadowDispatcher {
         let provenance = copy.provenance.clone();
         let summary = copy.request.clone();
         let permits = copy.permits.take();
+        let guard = copy.guard.take();
         let mut shadow_memory = self.memory.reservation();
         let mut noise_memory = self.memory.reservation();
         let exchange = async move {
@@ -372,6 +377,7 @@ impl ShadowDispatcher {
                 outcome,
                 noise,
                 memory,
+                guard,
             ));
         };
         // A task of its own on the proxy's runtime: the request never awaits it. (A dedicated

@@ -12,6 +12,7 @@ mod canary;
 mod coverage;
 mod diff;
 mod forwarding;
+mod guard;
 mod guide;
 mod hardening;
 mod observability;
