@@ -15,6 +15,8 @@ pub mod forwarded;
 pub mod health;
 pub mod hygiene;
 pub mod metrics;
+#[cfg(test)]
+mod module_graph;
 pub mod proxy;
 pub mod redact;
 pub mod reload;
