@@ -392,7 +392,10 @@ impl ServeHttp for AdminApp {
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .header(header::CACHE_CONTROL, "no-store")
-                .body(self.metrics.render(&self.routes.load()))
+                .body(
+                    self.metrics
+                        .render(|m| self.routes.load().refresh_gauges(m)),
+                )
                 .expect("static response parts are valid"),
             (Method::POST, "/reload") => self.reload().await,
             (Method::POST, "/kill-switch") => {

@@ -382,7 +382,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "the cycles are broken in the next commits"]
     fn no_module_of_the_library_imports_one_that_imports_it_back() {
         let graph = without_tolerated(read(&src()).expect("src/ is readable"));
         let found = cycles(&graph);

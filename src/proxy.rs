@@ -43,9 +43,10 @@ use crate::forwarded;
 use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
-use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher, ShadowEvent};
+use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher};
 use crate::telemetry::{RequestSpan, RequestTracer, SpanEnd, TRACEPARENT, TRACESTATE};
 use crate::upstream::Tried;
+use crate::vocabulary::ShadowEvent;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");

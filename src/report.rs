@@ -29,8 +29,8 @@ use std::str::FromStr;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::diff::Kind;
 use crate::diff::path::generalize;
+use crate::record::Kind;
 use crate::store::{
     DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
 };
@@ -1394,8 +1394,8 @@ fn xml(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Difference;
-    use crate::store::{DiffRecord, DiffStore};
+    use crate::record::{DiffRecord, Difference};
+    use crate::store::DiffStore;
 
     #[test]
     fn a_diff_rate_is_a_fraction_or_a_percentage_and_nothing_else() {

@@ -600,7 +600,7 @@ fn store_with(dir: &Path, mismatches: usize) -> std::path::PathBuf {
     let mut store = strangler::store::DiffStore::open(&path, 1000, Duration::from_secs(3600))
         .expect("a store in a temp dir opens");
     let records: Vec<_> = (0..20)
-        .map(|i| strangler::store::DiffRecord {
+        .map(|i| strangler::record::DiffRecord {
             at_ms: strangler::store::now_ms(),
             route: "orders".into(),
             method: "GET".into(),

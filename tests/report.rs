@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
-use strangler::diff::{Difference, Kind};
-use strangler::store::{DiffRecord, DiffStore, now_ms};
+use strangler::record::{DiffRecord, Difference, Kind};
+use strangler::store::{DiffStore, now_ms};
 use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, binary, run_cli};
 
 /// Orders whose candidate total ignores the coupon's discount.

@@ -22,16 +22,18 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 pub use compare::{
-    CompareRule, DEFAULT_IGNORED_HEADERS, Difference, ENCODING_PATH, Kind, Prepared,
-    UnorderedArray, compare, compare_prepared, discount_noise,
+    CompareRule, DEFAULT_IGNORED_HEADERS, ENCODING_PATH, Prepared, UnorderedArray, compare,
+    compare_prepared, discount_noise,
 };
 use path::PathPattern;
 pub use suggest::{Suggestion, Suggestions, suggest};
 
 use crate::config::{CompareConfig, Diagnostic, NoiseMode};
+use crate::exchange::{CapturedResponse, Reservation, ShadowFailure, ShadowOutcome};
 use crate::metrics::Metrics;
-use crate::shadow::{CapturedResponse, ShadowFailure, ShadowOutcome};
-use crate::store::{DiffRecord, DiffStore, now_ms};
+use crate::record::{DiffRecord, Difference, Kind};
+use crate::store::{DiffStore, now_ms};
+use crate::vocabulary::DiffResult;
 
 /// Exchanges waiting for the worker; more are skipped.
 const QUEUE_CAPACITY: usize = 1024;
@@ -46,7 +48,7 @@ pub struct DiffJob {
     pub noise: Option<Result<CapturedResponse, ShadowFailure>>,
     /// The bytes this exchange holds against the shadow memory budget; given back when the
     /// job is dropped, after comparison.
-    pub memory: crate::shadow::Reservation,
+    pub memory: Reservation,
 }
 
 /// Where shadow exchanges go to be compared. Cheap to clone.
@@ -86,7 +88,8 @@ impl DiffSink {
         match self.queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.metrics.diff_result(&job.outcome.route, "skipped");
+                self.metrics
+                    .diff_result(&job.outcome.route, DiffResult::Skipped);
             }
         }
     }
@@ -158,7 +161,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
     } = job;
     let Some(primary) = outcome.primary.as_ref() else {
         // The primary failed: nothing to compare the candidate with.
-        metrics.diff_result(&outcome.route, "skipped");
+        metrics.diff_result(&outcome.route, DiffResult::Skipped);
         return None;
     };
     // An answer the proxy had no memory to keep says nothing about the candidate (it was
@@ -168,7 +171,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         matches!(answer, Some(Err(ShadowFailure::OverBudget)))
     };
     if over_budget(Some(&outcome.shadow)) || over_budget(noise.as_ref()) {
-        metrics.diff_result(&outcome.route, "skipped");
+        metrics.diff_result(&outcome.route, DiffResult::Skipped);
         return None;
     }
     let (verdict, differences, noisy, shadow_status, samples) = match &outcome.shadow {
@@ -217,10 +220,10 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
     };
     metrics.diff_result(
         &outcome.route,
-        if verdict == "shadow_error" {
-            "mismatch"
-        } else {
-            verdict
+        match verdict {
+            "match" => DiffResult::Match,
+            "noise" => DiffResult::Noise,
+            _ => DiffResult::Mismatch,
         },
     );
     let request = outcome.request;
@@ -439,7 +442,7 @@ pub fn job(
     rule: Arc<CompareRule>,
     outcome: ShadowOutcome,
     noise: Option<Result<CapturedResponse, ShadowFailure>>,
-    memory: crate::shadow::Reservation,
+    memory: Reservation,
 ) -> DiffJob {
     DiffJob {
         rule,

@@ -22,9 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::compare::Kind;
 use super::path::generalize;
-use crate::store::DiffRecord;
+use crate::record::{DiffRecord, Kind};
 
 /// Fewest exchanges a suggestion rests on.
 pub const MIN_EXCHANGES: u64 = 3;
@@ -239,7 +238,7 @@ pub fn request_shape(method: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Difference;
+    use crate::record::Difference;
 
     fn record(path: &str, differences: Vec<Difference>, noise: Vec<Difference>) -> DiffRecord {
         DiffRecord {

@@ -11,12 +11,12 @@ use regex::Regex;
 use super::canary::{RetiredAnswer, TesterOverride, check_stage, compile_split};
 use super::index::{PathCondition, RouteIndex};
 use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
-use super::rewrite::{HeaderActions, PathRewrite, RequestEdits};
 use super::{Route, RouteTable, Target, UpstreamId};
 use crate::config::{
     Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
     RouteConfig, TargetConfig, ValueMatchConfig, did_you_mean,
 };
+use crate::edits::{HeaderActions, PathRewrite, RequestEdits};
 use crate::redact::Redaction;
 use crate::shadow::compile_shadow;
 use crate::upstream::{AddressResolution, UpstreamPool};

@@ -11,8 +11,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Diagnostic, KeyConfig, ShadowConfig};
 use crate::diff::{CompareRule, compile_compare};
+use crate::edits::{RequestEdits, cookie_values};
 use crate::redact::{CREDENTIAL_HEADERS, Redaction};
-use crate::routing::RequestEdits;
 use crate::upstream::UpstreamPool;
 
 const SHADOW_MARK: HeaderName = HeaderName::from_static("x-strangler-shadow");
@@ -26,7 +26,7 @@ const RESPONSE_LIMIT: usize = 1 << 20;
 pub struct ShadowRule {
     pub(super) upstream: Arc<UpstreamPool>,
     sample: f64,
-    sample_key: Option<KeyConfig>,
+    sample_key: Option<SampleKey>,
     methods: Vec<Method>,
     pub(super) max_body: usize,
     pub(super) timeout: Duration,
@@ -70,17 +70,10 @@ pub fn compile_shadow(
             )),
         }
     }
-    if let Some(key) = &config.sample_key
-        && key.header.is_some() == key.cookie.is_some()
-    {
-        diagnostics.push(
-            Diagnostic::new(
-                format!("{path}.sample_key"),
-                "set exactly one of `header` or `cookie`",
-            )
-            .with_hint("sample_key: { cookie: session_id }"),
-        );
-    }
+    let sample_key = config
+        .sample_key
+        .as_ref()
+        .and_then(|key| compile_sample_key(key, &format!("{path}.sample_key"), diagnostics));
     if config.max_inflight == 0 {
         diagnostics.push(Diagnostic::new(
             format!("{path}.max_inflight"),
@@ -112,7 +105,7 @@ pub fn compile_shadow(
         compare: Arc::new(compare),
         upstream,
         sample: config.sample,
-        sample_key: config.sample_key.clone(),
+        sample_key,
         methods,
         max_body: usize::try_from(config.max_body.as_u64()).unwrap_or(usize::MAX),
         timeout: config.timeout,
@@ -225,13 +218,44 @@ impl ShadowRule {
     }
 }
 
-fn request_key<'a>(request: &'a RequestHeader, key: &'a KeyConfig) -> Option<&'a [u8]> {
-    if let Some(name) = &key.header {
-        return request
-            .headers
-            .get(name.as_str())
-            .map(HeaderValue::as_bytes);
+/// Where a request's sampling key comes from, compiled from `shadow.sample_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SampleKey {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// Compiles `sample_key:`: exactly one of `header` (a valid header name) or `cookie`.
+fn compile_sample_key(
+    key: &KeyConfig,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<SampleKey> {
+    match (&key.header, &key.cookie) {
+        (Some(header), None) => match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(name) => Some(SampleKey::Header(name)),
+            Err(_) => {
+                diagnostics.push(Diagnostic::new(
+                    format!("{path}.header"),
+                    format!("`{header}` is not a valid header name"),
+                ));
+                None
+            }
+        },
+        (None, Some(cookie)) => Some(SampleKey::Cookie(cookie.clone())),
+        _ => {
+            diagnostics.push(
+                Diagnostic::new(path, "set exactly one of `header` or `cookie`")
+                    .with_hint("sample_key: { cookie: session_id }"),
+            );
+            None
+        }
     }
-    let name = key.cookie.as_deref()?;
-    crate::routing::cookie_values(request, name).next()
+}
+
+fn request_key<'a>(request: &'a RequestHeader, key: &'a SampleKey) -> Option<&'a [u8]> {
+    match key {
+        SampleKey::Header(name) => request.headers.get(name).map(HeaderValue::as_bytes),
+        SampleKey::Cookie(name) => cookie_values(request, name).next(),
+    }
 }

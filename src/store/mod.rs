@@ -12,41 +12,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 
-use crate::diff::Difference;
-
-/// One compared exchange.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiffRecord {
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
-    pub route: String,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub request_id: String,
-    pub primary_status: Option<u16>,
-    pub shadow_status: Option<u16>,
-    /// `match`, `mismatch`, `noise` or `shadow_error`.
-    pub verdict: String,
-    pub differences: Vec<Difference>,
-    /// Differences discounted as noise.
-    pub noise: Vec<Difference>,
-    pub primary_sample: Option<String>,
-    pub shadow_sample: Option<String>,
-    /// The upstream that answered the client. `None` in rows stored before schema version 2.
-    pub primary_upstream: Option<String>,
-    /// The upstream that got the copy.
-    pub candidate_upstream: Option<String>,
-    /// The route's stage when the copy was decided (`shadow`, `canary`, `new`, ...).
-    pub stage: Option<String>,
-    /// The config generation that decided the copy. Generations count reloads of one process
-    /// and start at 1 again when it restarts; `config_sha256` tells those apart.
-    pub generation: Option<u64>,
-    /// SHA-256 (hex) of that generation's routes.yaml.
-    pub config_sha256: Option<String>,
-}
+use crate::record::{DiffRecord, Difference};
 
 /// The verdicts a record can have.
 pub const VERDICTS: &[&str] = &["match", "mismatch", "noise", "shadow_error"];
@@ -862,7 +829,7 @@ mod tests {
             query: Some("page=2".into()),
             differences: vec![Difference {
                 path: "$.total".into(),
-                kind: crate::diff::Kind::Changed,
+                kind: crate::record::Kind::Changed,
                 primary: Some("1".into()),
                 shadow: Some("2".into()),
             }],
