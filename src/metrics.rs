@@ -9,7 +9,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::vocabulary::{DiffResult, ShadowEvent};
+use crate::vocabulary::{DiffResult, Reason, ShadowEvent};
 
 /// Every metric strangler exports.
 pub struct Metrics {
@@ -261,14 +261,14 @@ impl Metrics {
             diff_store_errors.with_label_values(&[operation]);
         }
         for reason in [
-            "too_many_connections",
-            "header_timeout",
-            "request_timeout",
-            "uri_too_long",
-            "too_many_headers",
-            "headers_too_large",
+            Reason::TooManyConnections,
+            Reason::HeaderTimeout,
+            Reason::RequestTimeout,
+            Reason::UriTooLong,
+            Reason::TooManyHeaders,
+            Reason::HeadersTooLarge,
         ] {
-            connections_closed.with_label_values(&[reason]);
+            connections_closed.with_label_values(&[reason.as_str()]);
         }
         config_last_reload_success.set(1);
         Self {

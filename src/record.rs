@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocabulary::Verdict;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -62,8 +64,7 @@ pub struct DiffRecord {
     pub request_id: String,
     pub primary_status: Option<u16>,
     pub shadow_status: Option<u16>,
-    /// `match`, `mismatch`, `noise` or `shadow_error`.
-    pub verdict: String,
+    pub verdict: Verdict,
     pub differences: Vec<Difference>,
     /// Differences discounted as noise.
     pub noise: Vec<Difference>,

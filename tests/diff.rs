@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
+use strangler::vocabulary::Verdict;
 use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, Responder, run_cli};
 
 fn json_response(body: String) -> hyper::Response<Full<Bytes>> {
@@ -609,7 +610,11 @@ fn store_with(dir: &Path, mismatches: usize) -> std::path::PathBuf {
             request_id: format!("r{i}"),
             primary_status: Some(200),
             shadow_status: Some(200),
-            verdict: if i < mismatches { "mismatch" } else { "match" }.into(),
+            verdict: if i < mismatches {
+                Verdict::Mismatch
+            } else {
+                Verdict::Match
+            },
             differences: Vec::new(),
             noise: Vec::new(),
             primary_sample: None,

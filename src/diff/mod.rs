@@ -33,7 +33,7 @@ use crate::exchange::{CapturedResponse, Reservation, ShadowFailure, ShadowOutcom
 use crate::metrics::Metrics;
 use crate::record::{DiffRecord, Difference, Kind};
 use crate::store::{DiffStore, now_ms};
-use crate::vocabulary::DiffResult;
+use crate::vocabulary::{DiffResult, Verdict};
 
 /// Exchanges waiting for the worker; more are skipped.
 const QUEUE_CAPACITY: usize = 1024;
@@ -182,7 +182,13 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
                 primary: Some(primary.status.as_u16().to_string()),
                 shadow: Some(failure.to_string()),
             };
-            ("shadow_error", vec![difference], Vec::new(), None, None)
+            (
+                Verdict::ShadowError,
+                vec![difference],
+                Vec::new(),
+                None,
+                None,
+            )
         }
         Ok(shadow) => {
             let prepared_primary = Prepared::new(primary);
@@ -198,12 +204,12 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             };
             let (counted, noisy) = discount_noise(differences, &noise_differences);
             let verdict = match (counted.is_empty(), noisy.is_empty()) {
-                (false, _) => "mismatch",
-                (true, false) => "noise",
-                (true, true) => "match",
+                (false, _) => Verdict::Mismatch,
+                (true, false) => Verdict::Noise,
+                (true, true) => Verdict::Match,
             };
             // Samples explain differences; a matching exchange needs none.
-            let samples = (verdict != "match").then(|| {
+            let samples = (verdict != Verdict::Match).then(|| {
                 (
                     sample(&rule, &prepared_primary),
                     sample(&rule, &prepared_shadow),
@@ -218,14 +224,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             )
         }
     };
-    metrics.diff_result(
-        &outcome.route,
-        match verdict {
-            "match" => DiffResult::Match,
-            "noise" => DiffResult::Noise,
-            _ => DiffResult::Mismatch,
-        },
-    );
+    metrics.diff_result(&outcome.route, verdict.result());
     let request = outcome.request;
     let secrets = request.secrets;
     let provenance = outcome.provenance;
@@ -238,7 +237,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         request_id: request.request_id,
         primary_status: Some(primary.status.as_u16()),
         shadow_status,
-        verdict: verdict.to_owned(),
+        verdict,
         differences,
         noise: noisy,
         primary_sample: samples.as_ref().and_then(|(primary, _)| primary.clone()),

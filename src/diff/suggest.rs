@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use super::path::generalize;
 use crate::record::{DiffRecord, Kind};
+use crate::vocabulary::Verdict;
 
 /// Fewest exchanges a suggestion rests on.
 pub const MIN_EXCHANGES: u64 = 3;
@@ -56,7 +57,7 @@ pub struct Suggestions {
 pub fn suggest(records: &[DiffRecord]) -> Suggestions {
     let compared: Vec<&DiffRecord> = records
         .iter()
-        .filter(|record| record.verdict != "shadow_error")
+        .filter(|record| record.verdict != Verdict::ShadowError)
         .collect();
     let mut exchanges_per_shape: BTreeMap<String, u64> = BTreeMap::new();
     // Per JSON path or header: the shapes it appeared in, and the tallies below.
@@ -251,11 +252,10 @@ mod tests {
             primary_status: Some(200),
             shadow_status: Some(200),
             verdict: match (differences.is_empty(), noise.is_empty()) {
-                (false, _) => "mismatch",
-                (true, false) => "noise",
-                (true, true) => "match",
-            }
-            .into(),
+                (false, _) => Verdict::Mismatch,
+                (true, false) => Verdict::Noise,
+                (true, true) => Verdict::Match,
+            },
             differences,
             noise,
             primary_sample: None,

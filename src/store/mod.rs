@@ -14,9 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::record::{DiffRecord, Difference};
-
-/// The verdicts a record can have.
-pub const VERDICTS: &[&str] = &["match", "mismatch", "noise", "shadow_error"];
+use crate::vocabulary::Verdict;
 
 /// Which records a read returns. The default is every record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,8 +22,7 @@ pub struct Filter {
     pub route: Option<String>,
     /// Only records stored at or after this Unix time in milliseconds.
     pub since_ms: i64,
-    /// One of [`VERDICTS`].
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     pub generation: Option<GenerationFilter>,
 }
 
@@ -326,7 +323,7 @@ pub struct ExchangeCount {
     pub route: String,
     pub primary_upstream: Option<String>,
     pub candidate_upstream: Option<String>,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub primary_status: Option<u16>,
     pub shadow_status: Option<u16>,
     pub generation: Option<u64>,
@@ -342,7 +339,7 @@ pub struct DifferingExchange {
     pub route: String,
     pub primary_upstream: Option<String>,
     pub candidate_upstream: Option<String>,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub method: String,
     pub path: String,
     /// Already redacted, without the `?`.
@@ -511,9 +508,9 @@ impl Reader {
             sql.push_str(" AND route = ?");
             values.push(Box::new(route.clone()));
         }
-        if let Some(verdict) = &filter.verdict {
+        if let Some(verdict) = filter.verdict {
             sql.push_str(" AND verdict = ?");
-            values.push(Box::new(verdict.clone()));
+            values.push(Box::new(verdict));
         }
         match filter.generation {
             None => {}
@@ -606,6 +603,22 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A verdict is stored as its word ([`Verdict::as_str`]).
+impl rusqlite::types::ToSql for Verdict {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Verdict {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let word = value.as_str()?;
+        Verdict::parse(word).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown verdict `{word}`").into())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,7 +633,7 @@ mod tests {
             request_id: "r".into(),
             primary_status: Some(200),
             shadow_status: Some(200),
-            verdict: verdict.into(),
+            verdict: Verdict::parse(verdict).expect("a verdict"),
             differences: Vec::new(),
             noise: Vec::new(),
             primary_sample: None,
@@ -785,7 +798,7 @@ mod tests {
         };
         assert_eq!(
             ids(Filter {
-                verdict: Some("mismatch".into()),
+                verdict: Some(Verdict::Mismatch),
                 ..Filter::default()
             }),
             ["run1-g2", "run2-g2"]
@@ -809,7 +822,7 @@ mod tests {
             &path,
             &Filter {
                 generation: Some(GenerationFilter::Latest),
-                verdict: Some("match".into()),
+                verdict: Some(Verdict::Match),
                 ..Filter::default()
             },
             5,
