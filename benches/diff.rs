@@ -8,7 +8,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, StatusCode};
 use strangler::diff::{CompareRule, compare, decode, path::PathPattern};
-use strangler::shadow::CapturedResponse;
+use strangler::exchange::CapturedResponse;
 
 /// The same records with every object's keys in another order: equal as JSON, not as bytes,
 /// so the comparison parses and walks both documents.

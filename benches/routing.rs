@@ -123,7 +123,7 @@ fn rewriting(c: &mut Criterion) {
             || base.clone(),
             |request| {
                 if let Some(path) = rewrite.apply(request.uri.path()).map(|p| p.into_owned()) {
-                    strangler::routing::set_path(request, &path).unwrap();
+                    strangler::edits::set_path(request, &path).unwrap();
                 }
             },
             criterion::BatchSize::SmallInput,

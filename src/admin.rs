@@ -44,6 +44,7 @@ use std::sync::Arc;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
 use crate::routing::SharedRouteTable;
+use crate::vocabulary::Verdict;
 
 pub struct AdminApp {
     routes: SharedRouteTable,
@@ -330,7 +331,7 @@ impl AdminApp {
     }
 }
 
-/// The query of `GET /diffs`: `route=NAME`, `verdict=` one of [`crate::store::VERDICTS`],
+/// The query of `GET /diffs`: `route=NAME`, `verdict=` one of [`Verdict::ALL`],
 /// `since=DURATION` (like `strangler report --since`: `30m`, `2h`), `limit=1..=1000`
 /// (default 50). Each at most once.
 #[derive(Debug, PartialEq)]
@@ -369,15 +370,15 @@ impl DiffsQuery {
                     return Err(refuse("`route` needs a route name".into()));
                 }
                 "route" => parsed.filter.route = Some(value.into_owned()),
-                "verdict" if crate::store::VERDICTS.contains(&value.as_ref()) => {
-                    parsed.filter.verdict = Some(value.into_owned());
-                }
-                "verdict" => {
-                    return Err(refuse(format!(
-                        "`verdict` must be one of {}, not `{value}`",
-                        crate::store::VERDICTS.join(", ")
-                    )));
-                }
+                "verdict" => match Verdict::parse(&value) {
+                    Some(verdict) => parsed.filter.verdict = Some(verdict),
+                    None => {
+                        return Err(refuse(format!(
+                            "`verdict` must be one of {}, not `{value}`",
+                            Verdict::ALL.map(Verdict::as_str).join(", ")
+                        )));
+                    }
+                },
                 "limit" => {
                     parsed.limit = value
                         .parse()
@@ -477,7 +478,10 @@ impl ServeHttp for AdminApp {
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .header(header::CACHE_CONTROL, "no-store")
-                .body(self.metrics.render(&self.routes.load()))
+                .body(
+                    self.metrics
+                        .render(|m| self.routes.load().refresh_gauges(m)),
+                )
                 .expect("static response parts are valid"),
             (Method::POST, "/reload") => self.reload().await,
             (Method::POST, "/kill-switch") => {
@@ -695,7 +699,7 @@ mod tests {
                 filter: Filter {
                     route: Some("orders read".into()),
                     since_ms: 8_000,
-                    verdict: Some("shadow_error".into()),
+                    verdict: Some(Verdict::ShadowError),
                     generation: None,
                 },
                 limit: 1000

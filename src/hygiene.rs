@@ -14,14 +14,19 @@
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use crate::vocabulary::Reason;
+
 /// Why a request was refused before routing, and with which status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
-    pub reason: &'static str,
+    pub reason: Reason,
 }
 
-const fn refuse(status: u16, reason: &'static str) -> Option<Refusal> {
+fn refuse(reason: Reason) -> Option<Refusal> {
+    let status = reason
+        .status()
+        .expect("a refusal's reason has a status of its own");
     Some(Refusal { status, reason })
 }
 
@@ -35,18 +40,18 @@ pub fn check_request_target(request: &RequestHeader) -> Option<Refusal> {
         return None;
     }
     let Some((authority, _)) = split_absolute_form(raw) else {
-        return refuse(400, "invalid_request_target");
+        return refuse(Reason::InvalidRequestTarget);
     };
     let agrees = request
         .headers
         .get(http::header::HOST)
         .is_none_or(|host| host.as_bytes().eq_ignore_ascii_case(authority));
     if !is_valid_host(authority) {
-        refuse(400, "invalid_request_target")
+        refuse(Reason::InvalidRequestTarget)
     } else if agrees {
         None
     } else {
-        refuse(400, "host_mismatch")
+        refuse(Reason::HostMismatch)
     }
 }
 
@@ -74,12 +79,12 @@ pub fn check_host(request: &RequestHeader) -> Option<Refusal> {
     let mut hosts = request.headers.get_all(http::header::HOST).iter();
     let host = hosts.next()?;
     if hosts.next().is_some() {
-        return refuse(400, "multiple_hosts");
+        return refuse(Reason::MultipleHosts);
     }
     if is_valid_host(host.as_bytes()) {
         None
     } else {
-        refuse(400, "invalid_host")
+        refuse(Reason::InvalidHost)
     }
 }
 
@@ -136,14 +141,14 @@ pub fn check_path(request: &RequestHeader) -> Option<Refusal> {
         || contains_ignore_case(path, b"%00")
         || contains_ignore_case(path, b"%5c")
     {
-        return refuse(400, "invalid_path");
+        return refuse(Reason::InvalidPath);
     }
     let dot_segment = path.split(|b| *b == b'/').any(|segment| {
         let decoded = decode_dots(segment);
         decoded.as_slice() == b"." || decoded.as_slice() == b".."
     });
     if dot_segment {
-        refuse(400, "dot_segment_in_path")
+        refuse(Reason::DotSegmentInPath)
     } else {
         None
     }
@@ -239,7 +244,7 @@ pub fn check_underscore_headers(request: &mut RequestHeader) -> Option<Refusal> 
         match underscore_header(name) {
             UnderscoreHeader::Keep => {}
             UnderscoreHeader::Drop => dropped.push(name.clone()),
-            UnderscoreHeader::Refuse => return refuse(400, "ambiguous_framing"),
+            UnderscoreHeader::Refuse => return refuse(Reason::AmbiguousFraming),
         }
     }
     for name in &dropped {
@@ -278,7 +283,7 @@ pub fn check_response_framing(response: &ResponseHeader) -> Option<Refusal> {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"chunked"))
     {
-        return refuse(502, "upstream_bad_framing");
+        return refuse(Reason::UpstreamBadFraming);
     }
     let mut first: Option<&[u8]> = None;
     let lengths = response
@@ -289,11 +294,11 @@ pub fn check_response_framing(response: &ResponseHeader) -> Option<Refusal> {
         .map(<[u8]>::trim_ascii);
     for length in lengths {
         if length.is_empty() || !length.iter().all(u8::is_ascii_digit) {
-            return refuse(502, "upstream_bad_framing");
+            return refuse(Reason::UpstreamBadFraming);
         }
         match first {
             None => first = Some(length),
-            Some(first) if first != length => return refuse(502, "upstream_bad_framing"),
+            Some(first) if first != length => return refuse(Reason::UpstreamBadFraming),
             Some(_) => {}
         }
     }
@@ -352,7 +357,7 @@ mod tests {
         assert_eq!(split_absolute_form(b"ftp://h/a"), None);
         assert_eq!(
             check_request_target(&request("http://evil.example/a")).map(|r| r.reason),
-            Some("host_mismatch")
+            Some(Reason::HostMismatch)
         );
         for target in [
             "legacy/a",
@@ -362,7 +367,7 @@ mod tests {
         ] {
             assert_eq!(
                 check_request_target(&request(target)).map(|r| r.reason),
-                Some("invalid_request_target"),
+                Some(Reason::InvalidRequestTarget),
                 "{target}"
             );
         }

@@ -9,7 +9,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::shadow::ShadowEvent;
+use crate::vocabulary::{DiffResult, Reason, ShadowEvent};
 
 /// Every metric strangler exports.
 pub struct Metrics {
@@ -288,14 +288,14 @@ impl Metrics {
             diff_store_errors.with_label_values(&[operation]);
         }
         for reason in [
-            "too_many_connections",
-            "header_timeout",
-            "request_timeout",
-            "uri_too_long",
-            "too_many_headers",
-            "headers_too_large",
+            Reason::TooManyConnections,
+            Reason::HeaderTimeout,
+            Reason::RequestTimeout,
+            Reason::UriTooLong,
+            Reason::TooManyHeaders,
+            Reason::HeadersTooLarge,
         ] {
-            connections_closed.with_label_values(&[reason]);
+            connections_closed.with_label_values(&[reason.as_str()]);
         }
         config_last_reload_success.set(1);
         Self {
@@ -327,36 +327,6 @@ impl Metrics {
         }
     }
 
-    /// Sets the gauges read off the live table (route stages, kill switch, backend health).
-    fn refresh_from_table(&self, table: &crate::routing::RouteTable) {
-        self.route_stage.reset();
-        for route in table.routes() {
-            self.route_stage
-                .with_label_values(&[route.name.as_str(), route.stage.as_str()])
-                .set(1);
-        }
-        self.guard_tripped.reset();
-        for route in table.routes() {
-            if let Some(trip) = route.guard.as_ref().and_then(|guard| guard.trip()) {
-                self.guard_tripped
-                    .with_label_values(&[route.name.as_str(), trip.reason, trip.mode.as_str()])
-                    .set(1);
-            }
-        }
-        self.kill_switch.set(i64::from(
-            table.kill_switch.load(std::sync::atomic::Ordering::Relaxed),
-        ));
-        self.upstream_healthy.reset();
-        for pool in table.upstreams() {
-            for backend in pool.backends() {
-                let address = backend.address().to_string();
-                self.upstream_healthy
-                    .with_label_values(&[pool.name(), address.as_str()])
-                    .set(i64::from(backend.available()));
-            }
-        }
-    }
-
     /// Drops the series of routes and upstreams a reload removed, so the series count stays
     /// bounded by what routes.yaml names now, not by every name the process ever had. Counters
     /// of names that still exist are kept.
@@ -385,22 +355,25 @@ impl Metrics {
         }
     }
 
-    pub fn diff_result(&self, route: &str, result: &str) {
-        self.diffs.with_label_values(&[route, result]).inc();
+    pub fn diff_result(&self, route: &str, result: DiffResult) {
+        self.diffs
+            .with_label_values(&[route, result.as_str()])
+            .inc();
     }
 
     pub fn shadow_event(&self, route: &str, event: ShadowEvent) {
         self.shadow_requests
-            .with_label_values(&[route, event.label()])
+            .with_label_values(&[route, event.as_str()])
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric, with the table-derived gauges fresh.
-    /// Scrapes take turns: the refresh resets those gauges before refilling them, and a
-    /// concurrent scrape (two Prometheus replicas) must not catch them empty.
-    pub fn render(&self, table: &crate::routing::RouteTable) -> Vec<u8> {
+    /// The Prometheus text exposition of every metric, after `refresh` has set the gauges read
+    /// off live state (the route table's, see `RouteTable::refresh_gauges`). Scrapes take
+    /// turns: the refresh resets those gauges before refilling them, and a concurrent scrape
+    /// (two Prometheus replicas) must not catch them empty.
+    pub fn render(&self, refresh: impl FnOnce(&Metrics)) -> Vec<u8> {
         let _one_scrape_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh_from_table(table);
+        refresh(self);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -43,9 +43,10 @@ use crate::forwarded;
 use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::routing::{RouteTable, SharedRouteTable, TargetId, UpstreamId};
-use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher, ShadowEvent};
+use crate::shadow::{Origin, ShadowCopy, ShadowDispatcher};
 use crate::telemetry::{RequestSpan, RequestTracer, SpanEnd, TRACEPARENT, TRACESTATE};
 use crate::upstream::Tried;
+use crate::vocabulary::{Reason, ShadowEvent};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const STRANGLER_ERROR: HeaderName = HeaderName::from_static("x-strangler-error");
@@ -169,7 +170,7 @@ pub struct RequestContext {
     /// upstream it left; counted once, when the request is logged.
     fallback: Option<(UpstreamId, FallbackReason)>,
     /// Why the proxy refused or failed the request, when it knows better than the error type.
-    refusal: Option<&'static str>,
+    refusal: Option<Reason>,
     /// Request body bytes seen so far.
     body_bytes: u64,
     /// The upstream answered with a fallback status; the next attempt goes to the fallback.
@@ -247,7 +248,7 @@ impl RequestContext {
     fn check_deadline(&mut self) -> Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            self.refusal = Some("request_timeout");
+            self.refusal = Some(Reason::RequestTimeout);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(504),
                 "request deadline passed",
@@ -319,15 +320,18 @@ impl ProxyHttp for StranglerProxy {
         ctx.origin = peer_ip(session)
             .map(|peer| ctx.table.trusted_proxies.origin(session.req_header(), peer));
         let refusal = hygiene::check_underscore_headers(session.req_header_mut())
-            .map(|refusal| (refusal.status, refusal.reason))
+            .map(|refusal| refusal.reason)
             .or_else(|| check_limits(session, &ctx.table.config().server.limits));
         // A client that stops sending its body mid-way is cut off (408) instead of holding a slot.
         let body_idle = ctx.table.config().server.limits.body_idle_timeout;
         session
             .as_downstream_mut()
             .set_read_timeout(Some(body_idle));
-        if let Some((status, reason)) = refusal {
+        if let Some(reason) = refusal {
             ctx.refusal = Some(reason);
+            let status = reason
+                .status()
+                .expect("a request check's reason has a status");
             write_error_response(session, status, reason, &ctx.request_id).await?;
             return Ok(true);
         }
@@ -445,7 +449,7 @@ impl ProxyHttp for StranglerProxy {
         // A body without Content-Length (chunked) is measured as it streams.
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_bytes > ctx.table.config().server.limits.max_body.as_u64() {
-            ctx.refusal = Some("body_too_large");
+            ctx.refusal = Some(Reason::BodyTooLarge);
             ctx.shadow = None;
             return Err(Error::explain(
                 ErrorType::HTTPStatus(413),
@@ -572,7 +576,7 @@ impl ProxyHttp for StranglerProxy {
         if let Some(reason) = reason {
             self.metrics
                 .upstream_errors
-                .with_label_values(&[route, upstream, reason])
+                .with_label_values(&[route, upstream, reason.as_str()])
                 .inc();
         }
         let backend = ctx.backend.map(|index| pool.backends()[index].address());
@@ -632,7 +636,7 @@ impl ProxyHttp for StranglerProxy {
             if ctx.take_fallback(FallbackReason::Unreachable) {
                 continue;
             }
-            ctx.refusal = Some("no_healthy_backend");
+            ctx.refusal = Some(Reason::NoHealthyBackend);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no healthy backend",
@@ -789,7 +793,7 @@ impl ProxyHttp for StranglerProxy {
         let mut reason = ctx.refusal.unwrap_or(reason);
         // An upstream timeout cut to the request's deadline is the deadline's doing.
         if status == 504 && ctx.deadline_reached() {
-            reason = "request_timeout";
+            reason = Reason::RequestTimeout;
             ctx.refusal = Some(reason);
         }
         if status > 0 {
@@ -803,7 +807,7 @@ impl ProxyHttp for StranglerProxy {
             route = ctx.route_label(),
             upstream = ctx.table.upstream(ctx.upstream).name(),
             status,
-            reason,
+            reason = reason.as_str(),
             error = %error,
             "request failed"
         );
@@ -858,17 +862,15 @@ fn tester_choice(
     table.upstream_id(wanted.to_str().ok()?)
 }
 
-/// The limit `request` breaks, as (status, reason), checked before anything is routed or read.
-fn check_limits(
-    session: &Session,
-    limits: &crate::config::LimitsConfig,
-) -> Option<(u16, &'static str)> {
+/// The limit `request` breaks (its reason carries the status), checked before anything is routed
+/// or read.
+fn check_limits(session: &Session, limits: &crate::config::LimitsConfig) -> Option<Reason> {
     let request = session.req_header();
     if request.raw_path().len() as u64 > limits.max_uri_length.as_u64() {
-        return Some((414, "uri_too_long"));
+        return Some(Reason::UriTooLong);
     }
     if request.headers.len() > limits.max_header_count {
-        return Some((431, "too_many_headers"));
+        return Some(Reason::TooManyHeaders);
     }
     let header_bytes: usize = request
         .headers
@@ -876,26 +878,26 @@ fn check_limits(
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if header_bytes as u64 > limits.max_header_bytes.as_u64() {
-        return Some((431, "headers_too_large"));
+        return Some(Reason::HeadersTooLarge);
     }
     if request.version == http::Version::HTTP_11 && !request.headers.contains_key(HOST) {
-        return Some((400, "missing_host"));
+        return Some(Reason::MissingHost);
     }
     let refusal = hygiene::check_request_target(request)
         .or_else(|| hygiene::check_host(request))
         .or_else(|| hygiene::check_path(request));
     if let Some(refusal) = refusal {
-        return Some((refusal.status, refusal.reason));
+        return Some(refusal.reason);
     }
     if let Some(reason) = ambiguous_framing(session) {
-        return Some((400, reason));
+        return Some(reason);
     }
     let declared = request
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body.as_u64()) {
-        return Some((413, "body_too_large"));
+        return Some(Reason::BodyTooLarge);
     }
     None
 }
@@ -903,7 +905,7 @@ fn check_limits(
 /// Request framing that two parsers could read differently (the stuff of request smuggling).
 /// Pingora tolerates some of it; a proxy in front of legacy servers of unknown vintage refuses
 /// all of it.
-fn ambiguous_framing(session: &Session) -> Option<&'static str> {
+fn ambiguous_framing(session: &Session) -> Option<Reason> {
     let request = session.req_header();
     let mut encodings = request
         .headers
@@ -920,7 +922,7 @@ fn ambiguous_framing(session: &Session) -> Option<&'static str> {
             raw.split(|b| *b == b'\n')
                 .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
         }) {
-            return Some("ambiguous_framing");
+            return Some(Reason::AmbiguousFraming);
         }
         if encodings.next().is_some()
             || !encoding
@@ -928,7 +930,7 @@ fn ambiguous_framing(session: &Session) -> Option<&'static str> {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"chunked")
         {
-            return Some("unsupported_transfer_encoding");
+            return Some(Reason::UnsupportedTransferEncoding);
         }
         return None;
     }
@@ -943,11 +945,11 @@ fn ambiguous_framing(session: &Session) -> Option<&'static str> {
         .map(<[u8]>::trim_ascii);
     for length in lengths {
         if length.is_empty() || !length.iter().all(u8::is_ascii_digit) {
-            return Some("invalid_content_length");
+            return Some(Reason::InvalidContentLength);
         }
         match first {
             None => first = Some(length),
-            Some(first) if first != length => return Some("conflicting_content_length"),
+            Some(first) if first != length => return Some(Reason::ConflictingContentLength),
             Some(_) => {}
         }
     }
@@ -1005,43 +1007,46 @@ fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
 }
 
 /// The status a client sees for a failed request, and a short machine-readable reason.
-fn classify(error: &Error) -> (u16, &'static str) {
+fn classify(error: &Error) -> (u16, Reason) {
     use ErrorType::*;
     match (error.esource(), error.etype()) {
-        (_, HTTPStatus(code)) => (*code, "http_status"),
-        (ErrorSource::Upstream, ConnectTimedout) => (504, "connect_timeout"),
-        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, "upstream_timeout"),
-        (ErrorSource::Upstream, ConnectRefused) => (502, "connect_refused"),
+        (_, HTTPStatus(code)) => (*code, Reason::HttpStatus),
+        (ErrorSource::Upstream, ConnectTimedout) => (504, Reason::ConnectTimeout),
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, Reason::UpstreamTimeout),
+        (ErrorSource::Upstream, ConnectRefused) => (502, Reason::ConnectRefused),
         (ErrorSource::Upstream, ConnectNoRoute | ConnectError | SocketError) => {
-            (502, "connect_error")
+            (502, Reason::ConnectError)
         }
-        (ErrorSource::Upstream, ConnectionClosed) => (502, "upstream_closed"),
+        (ErrorSource::Upstream, ConnectionClosed) => (502, Reason::UpstreamClosed),
         // The backend's answer did not parse (garbage, conflicting lengths): Pingora refused it.
-        (ErrorSource::Upstream, InvalidHTTPHeader) => (502, "upstream_bad_response"),
-        (ErrorSource::Upstream, _) => (502, "upstream_error"),
+        (ErrorSource::Upstream, InvalidHTTPHeader) => (502, Reason::UpstreamBadResponse),
+        (ErrorSource::Upstream, _) => (502, Reason::UpstreamError),
         // The client is gone: nobody to answer.
-        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, "client_gone"),
-        (ErrorSource::Downstream, ReadTimedout) => (408, "client_timeout"),
-        (ErrorSource::Downstream, _) => (400, "bad_request"),
-        (ErrorSource::Internal | ErrorSource::Unset, _) => (500, "internal_error"),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
+            (0, Reason::ClientGone)
+        }
+        (ErrorSource::Downstream, ReadTimedout) => (408, Reason::ClientTimeout),
+        (ErrorSource::Downstream, _) => (400, Reason::BadRequest),
+        (ErrorSource::Internal | ErrorSource::Unset, _) => (500, Reason::InternalError),
     }
 }
 
 async fn write_error_response(
     session: &mut Session,
     status: u16,
-    reason: &'static str,
+    reason: Reason,
     request_id: &HeaderValue,
 ) -> Result<()> {
     let body = Bytes::from(format!(
-        "{{\"error\":\"{reason}\",\"status\":{status},\"request_id\":\"{}\"}}\n",
+        "{{\"error\":\"{}\",\"status\":{status},\"request_id\":\"{}\"}}\n",
+        reason.as_str(),
         String::from_utf8_lossy(request_id.as_bytes())
     ));
     let mut response = ResponseHeader::build(status, Some(5))?;
     response.insert_header(CONTENT_TYPE, "application/json")?;
     response.insert_header(CONTENT_LENGTH, body.len())?;
     response.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
-    response.insert_header(STRANGLER_ERROR, reason)?;
+    response.insert_header(STRANGLER_ERROR, reason.as_str())?;
     response.insert_header(REQUEST_ID, request_id.clone())?;
     if status == 503 {
         // No backend is up: tell clients when trying again makes sense.

@@ -29,11 +29,12 @@ use std::str::FromStr;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::diff::Kind;
 use crate::diff::path::generalize;
+use crate::record::Kind;
 use crate::store::{
     DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
 };
+use crate::vocabulary::Verdict;
 
 /// What the report covers and how it judges.
 #[derive(Debug, Clone)]
@@ -447,7 +448,7 @@ type StatusKey = (Option<u16>, Option<u16>);
 /// What one route and direction counted, merged over the stores.
 #[derive(Default)]
 struct Group {
-    verdicts: BTreeMap<String, u64>,
+    verdicts: BTreeMap<Verdict, u64>,
     status_pairs: HashMap<StatusKey, u64>,
     generations: BTreeSet<u64>,
     stages: BTreeSet<String>,
@@ -580,7 +581,7 @@ impl Group {
                     );
             }
         }
-        if exchange.verdict == "mismatch" || exchange.verdict == "shadow_error" {
+        if matches!(exchange.verdict, Verdict::Mismatch | Verdict::ShadowError) {
             combination.sort_unstable();
             combination.dedup();
             *self.combinations.entry(combination).or_default() += 1;
@@ -709,9 +710,9 @@ fn summarize(
     options: &ReportOptions,
 ) -> RouteSummary {
     let samples: u64 = group.verdicts.values().sum();
-    let count = |verdict: &str| group.verdicts.get(verdict).copied().unwrap_or(0);
-    let shadow_errors = count("shadow_error");
-    let mismatches = count("mismatch") + shadow_errors;
+    let count = |verdict| group.verdicts.get(&verdict).copied().unwrap_or(0);
+    let shadow_errors = count(Verdict::ShadowError);
+    let mismatches = count(Verdict::Mismatch) + shadow_errors;
     let mismatch_rate = if samples == 0 {
         0.0
     } else {
@@ -853,10 +854,10 @@ fn summarize(
         stages: group.stages.into_iter().collect(),
         config_sha256: group.configs.into_iter().collect(),
         samples,
-        matches: count("match"),
+        matches: count(Verdict::Match),
         mismatches,
         shadow_errors,
-        noise: count("noise"),
+        noise: count(Verdict::Noise),
         mismatch_rate,
         passed: failure.is_none(),
         failure,
@@ -1394,8 +1395,8 @@ fn xml(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Difference;
-    use crate::store::{DiffRecord, DiffStore};
+    use crate::record::{DiffRecord, Difference};
+    use crate::store::DiffStore;
 
     #[test]
     fn a_diff_rate_is_a_fraction_or_a_percentage_and_nothing_else() {
@@ -1548,7 +1549,8 @@ mod tests {
     }
 
     fn record(route: &str, direction: (&str, &str), generation: u64, verdict: &str) -> DiffRecord {
-        let differences = if verdict == "mismatch" {
+        let verdict = Verdict::parse(verdict).expect("a verdict");
+        let differences = if verdict == Verdict::Mismatch {
             vec![
                 Difference {
                     path: "$.items[0].total".into(),
@@ -1575,7 +1577,7 @@ mod tests {
             request_id: "r".into(),
             primary_status: Some(200),
             shadow_status: Some(200),
-            verdict: verdict.into(),
+            verdict,
             differences,
             noise: Vec::new(),
             primary_sample: None,

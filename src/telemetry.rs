@@ -52,6 +52,7 @@ use opentelemetry_sdk::trace::{
 };
 
 use crate::config::OtlpConfig;
+use crate::vocabulary::Reason;
 
 /// The W3C trace context request headers.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -251,7 +252,7 @@ pub struct SpanEnd<'a> {
     pub backend: Option<SocketAddr>,
     pub request_id: &'a str,
     /// Why the proxy refused or failed the request (`connect_refused`, `body_too_large`, ...).
-    pub error: Option<&'a str>,
+    pub error: Option<Reason>,
     /// The route's fallback upstream served instead.
     pub fallback: bool,
 }
@@ -315,7 +316,7 @@ impl RequestSpan {
         }
         let failed = end.status >= 500 || (end.status == 0 && end.error.is_some());
         let error_type = match end.error {
-            Some(reason) => Some(reason.to_owned()),
+            Some(reason) => Some(reason.as_str().to_owned()),
             None if end.status >= 500 => Some(end.status.to_string()),
             None => None,
         };
@@ -868,7 +869,7 @@ mod tests {
             status: 502,
             route: "broken",
             upstream: "gone",
-            error: Some("connect_refused"),
+            error: Some(Reason::ConnectRefused),
             ..SpanEnd::default()
         });
         let flushing = tracer.clone();

@@ -311,3 +311,110 @@ fn hint_for(message: &str) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    //! Parsing problems, located: each names its field and line, with a hint where one helps.
+
+    use super::*;
+
+    const BASE: &str =
+        "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: legacy\n";
+
+    /// Every problem as `path: message @line`, and the hints.
+    fn problems(text: &str) -> (Vec<String>, Vec<String>) {
+        // Parse problems travel with the loaded file, so that the compiler's join them in one
+        // report; located as that report locates them.
+        let error = match parse(SourceFile::new("routes.yaml", text)) {
+            Err(error) => error,
+            Ok(loaded) => {
+                assert!(!loaded.problems.is_empty(), "no problem found in {text}");
+                loaded.source.invalid(loaded.problems)
+            }
+        };
+        let diagnostics = error.diagnostics();
+        (
+            diagnostics
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}: {} @{}",
+                        d.path,
+                        d.message,
+                        d.location.map_or(0, |l| l.line)
+                    )
+                })
+                .collect(),
+            diagnostics.iter().filter_map(|d| d.hint.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_minimal_file_parses_with_its_defaults() {
+        let loaded = parse(SourceFile::new("routes.yaml", BASE)).expect("parses");
+        assert_eq!(loaded.config.default_upstream, "legacy");
+        assert!(loaded.config.routes.is_empty());
+        assert!(!loaded.config.kill_switch);
+        assert_eq!(loaded.source.sha256, sha256_hex(BASE));
+    }
+
+    #[test]
+    fn a_misspelled_top_level_key_is_named_with_a_suggestion() {
+        let (found, hints) = problems(&format!("{BASE}rotues: []\n"));
+        assert_eq!(found, ["rotues: unknown top-level key @4"]);
+        assert!(hints[0].contains("routes"), "{hints:?}");
+    }
+
+    #[test]
+    fn a_misspelled_route_key_is_located_at_its_line_with_the_keys_it_could_be() {
+        let (found, hints) = problems(&format!(
+            "{BASE}routes:\n  - name: r\n    upstream: legacy\n    mtach: {{ path_prefix: / }}\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("routes[0].mtach: unknown field `mtach`"),
+            "{found:?}"
+        );
+        assert!(found[0].ends_with("@7"), "{found:?}");
+        assert!(hints[0].contains("match"), "{hints:?}");
+    }
+
+    #[test]
+    fn a_bad_duration_gets_the_duration_hint() {
+        let (found, hints) = problems(&format!("{BASE}server: {{ request_timeout: soon }}\n"));
+        assert!(found[0].starts_with("server.request_timeout"), "{found:?}");
+        assert!(hints.iter().any(|h| h.contains("250ms")), "{hints:?}");
+    }
+
+    #[test]
+    fn broken_yaml_is_located_at_the_line_the_parser_stopped() {
+        let (found, _) = problems("upstreams:\n  legacy: { backends: [127.0.0.1:9001]\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with(": invalid YAML"), "{found:?}");
+        assert!(!found[0].ends_with("@0"), "{found:?}");
+    }
+
+    #[test]
+    fn an_empty_file_or_a_list_is_refused_with_a_skeleton() {
+        for text in ["", "- a\n- b\n"] {
+            let (found, hints) = problems(text);
+            assert_eq!(found.len(), 1, "{text:?}: {found:?}");
+            assert!(hints[0].contains("default_upstream"), "{hints:?}");
+        }
+    }
+
+    #[test]
+    fn problems_in_several_sections_are_all_reported() {
+        let (found, _) = problems(
+            "upstreams:\n  legacy: { backends: [127.0.0.1:9001], wat: 1 }\ndefault_upstream: legacy\nserver: { listen: nowhere }\n",
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("upstreams.legacy")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("server.listen")),
+            "{found:?}"
+        );
+    }
+}

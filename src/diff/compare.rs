@@ -14,14 +14,14 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use similar::{Algorithm, DiffOp};
 
 use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
 use super::media::{self, MediaType};
 use super::path::{PathPattern, Step, render};
-use crate::shadow::CapturedResponse;
+use crate::exchange::CapturedResponse;
+use crate::record::{Difference, Kind};
 
 /// Headers that differ between any two servers and say nothing about the answer: transport
 /// (framing, connection, content coding, caching negotiation) and server identity.
@@ -128,49 +128,6 @@ impl CompareRule {
     fn unordered(&self, path: &[Step<'_>]) -> Option<&UnorderedArray> {
         self.unordered_arrays.iter().find(|u| u.path.matches(path))
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// Both have it, with different values.
-    Changed,
-    /// The primary has it, the shadow does not.
-    Missing,
-    /// The shadow has it, the primary does not.
-    Extra,
-    /// Both have it, as different JSON types.
-    Type,
-}
-
-impl Kind {
-    /// `changed`, `missing`, `extra`, `type`: as stored and reported.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Changed => "changed",
-            Kind::Missing => "missing",
-            Kind::Extra => "extra",
-            Kind::Type => "type",
-        }
-    }
-
-    /// Both sides have a value here (that differs): the only kind noise can explain.
-    pub fn is_value(self) -> bool {
-        matches!(self, Kind::Changed | Kind::Type)
-    }
-}
-
-/// One difference between the primary's and the shadow's response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Difference {
-    /// `status`, `headers.<name>`, `$.json.path`, `body`, `body:encoding`, `body:line N` or
-    /// `body:lines N-M`.
-    pub path: String,
-    pub kind: Kind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub primary: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<String>,
 }
 
 /// A captured response made ready to compare: its media type parsed, its body decoded and its

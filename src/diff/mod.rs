@@ -22,16 +22,18 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 pub use compare::{
-    CompareRule, DEFAULT_IGNORED_HEADERS, Difference, ENCODING_PATH, Kind, Prepared,
-    UnorderedArray, compare, compare_prepared, discount_noise,
+    CompareRule, DEFAULT_IGNORED_HEADERS, ENCODING_PATH, Prepared, UnorderedArray, compare,
+    compare_prepared, discount_noise,
 };
 use path::PathPattern;
 pub use suggest::{Suggestion, Suggestions, suggest};
 
 use crate::config::{CompareConfig, Diagnostic, NoiseMode};
+use crate::exchange::{CapturedResponse, Reservation, ShadowFailure, ShadowOutcome};
 use crate::metrics::Metrics;
-use crate::shadow::{CapturedResponse, ShadowFailure, ShadowOutcome};
-use crate::store::{DiffRecord, DiffStore, now_ms};
+use crate::record::{DiffRecord, Difference, Kind};
+use crate::store::{DiffStore, now_ms};
+use crate::vocabulary::{DiffResult, Verdict};
 
 /// Exchanges waiting for the worker; more are skipped.
 const QUEUE_CAPACITY: usize = 1024;
@@ -46,7 +48,7 @@ pub struct DiffJob {
     pub noise: Option<Result<CapturedResponse, ShadowFailure>>,
     /// The bytes this exchange holds against the shadow memory budget; given back when the
     /// job is dropped, after comparison.
-    pub memory: crate::shadow::Reservation,
+    pub memory: Reservation,
     /// The route's guard, which counts the verdict.
     pub guard: Option<Arc<crate::guard::Guard>>,
 }
@@ -88,7 +90,8 @@ impl DiffSink {
         match self.queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.metrics.diff_result(&job.outcome.route, "skipped");
+                self.metrics
+                    .diff_result(&job.outcome.route, DiffResult::Skipped);
             }
         }
     }
@@ -161,7 +164,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
     } = job;
     let Some(primary) = outcome.primary.as_ref() else {
         // The primary failed: nothing to compare the candidate with.
-        metrics.diff_result(&outcome.route, "skipped");
+        metrics.diff_result(&outcome.route, DiffResult::Skipped);
         return None;
     };
     // An answer the proxy had no memory to keep says nothing about the candidate (it was
@@ -171,7 +174,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         matches!(answer, Some(Err(ShadowFailure::OverBudget)))
     };
     if over_budget(Some(&outcome.shadow)) || over_budget(noise.as_ref()) {
-        metrics.diff_result(&outcome.route, "skipped");
+        metrics.diff_result(&outcome.route, DiffResult::Skipped);
         return None;
     }
     let (verdict, differences, noisy, shadow_status, samples) = match &outcome.shadow {
@@ -182,7 +185,13 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
                 primary: Some(primary.status.as_u16().to_string()),
                 shadow: Some(failure.to_string()),
             };
-            ("shadow_error", vec![difference], Vec::new(), None, None)
+            (
+                Verdict::ShadowError,
+                vec![difference],
+                Vec::new(),
+                None,
+                None,
+            )
         }
         Ok(shadow) => {
             let prepared_primary = Prepared::new(primary);
@@ -198,12 +207,12 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             };
             let (counted, noisy) = discount_noise(differences, &noise_differences);
             let verdict = match (counted.is_empty(), noisy.is_empty()) {
-                (false, _) => "mismatch",
-                (true, false) => "noise",
-                (true, true) => "match",
+                (false, _) => Verdict::Mismatch,
+                (true, false) => Verdict::Noise,
+                (true, true) => Verdict::Match,
             };
             // Samples explain differences; a matching exchange needs none.
-            let samples = (verdict != "match").then(|| {
+            let samples = (verdict != Verdict::Match).then(|| {
                 (
                     sample(&rule, &prepared_primary),
                     sample(&rule, &prepared_shadow),
@@ -219,18 +228,11 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         }
     };
     if let Some(guard) = &guard
-        && let Some(trip) = guard.record_diff(verdict != "match" && verdict != "noise")
+        && let Some(trip) = guard.record_diff(verdict.result() == DiffResult::Mismatch)
     {
         crate::guard::report(&outcome.route, &trip, metrics);
     }
-    metrics.diff_result(
-        &outcome.route,
-        if verdict == "shadow_error" {
-            "mismatch"
-        } else {
-            verdict
-        },
-    );
+    metrics.diff_result(&outcome.route, verdict.result());
     let request = outcome.request;
     let secrets = request.secrets;
     let provenance = outcome.provenance;
@@ -243,7 +245,7 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
         request_id: request.request_id,
         primary_status: Some(primary.status.as_u16()),
         shadow_status,
-        verdict: verdict.to_owned(),
+        verdict,
         differences,
         noise: noisy,
         primary_sample: samples.as_ref().and_then(|(primary, _)| primary.clone()),
@@ -447,7 +449,7 @@ pub fn job(
     rule: Arc<CompareRule>,
     outcome: ShadowOutcome,
     noise: Option<Result<CapturedResponse, ShadowFailure>>,
-    memory: crate::shadow::Reservation,
+    memory: Reservation,
     guard: Option<Arc<crate::guard::Guard>>,
 ) -> DiffJob {
     DiffJob {

@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::compare::Kind;
 use super::path::generalize;
-use crate::store::DiffRecord;
+use crate::record::{DiffRecord, Kind};
+use crate::vocabulary::Verdict;
 
 /// Fewest exchanges a suggestion rests on.
 pub const MIN_EXCHANGES: u64 = 3;
@@ -57,7 +57,7 @@ pub struct Suggestions {
 pub fn suggest(records: &[DiffRecord]) -> Suggestions {
     let compared: Vec<&DiffRecord> = records
         .iter()
-        .filter(|record| record.verdict != "shadow_error")
+        .filter(|record| record.verdict != Verdict::ShadowError)
         .collect();
     let mut exchanges_per_shape: BTreeMap<String, u64> = BTreeMap::new();
     // Per JSON path or header: the shapes it appeared in, and the tallies below.
@@ -239,7 +239,7 @@ pub fn request_shape(method: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Difference;
+    use crate::record::Difference;
 
     fn record(path: &str, differences: Vec<Difference>, noise: Vec<Difference>) -> DiffRecord {
         DiffRecord {
@@ -252,11 +252,10 @@ mod tests {
             primary_status: Some(200),
             shadow_status: Some(200),
             verdict: match (differences.is_empty(), noise.is_empty()) {
-                (false, _) => "mismatch",
-                (true, false) => "noise",
-                (true, true) => "match",
-            }
-            .into(),
+                (false, _) => Verdict::Mismatch,
+                (true, false) => Verdict::Noise,
+                (true, true) => Verdict::Match,
+            },
             differences,
             noise,
             primary_sample: None,

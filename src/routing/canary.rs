@@ -58,7 +58,9 @@ fn key_hash(
     use xxhash_rust::xxh3::xxh3_64;
     match key {
         StickyKey::Header(name) => request.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
-        StickyKey::Cookie(name) => super::cookie_values(request, name).next().map(xxh3_64),
+        StickyKey::Cookie(name) => crate::edits::cookie_values(request, name)
+            .next()
+            .map(xxh3_64),
         StickyKey::ClientIp => client_ip.map(|ip| match ip {
             std::net::IpAddr::V4(v4) => xxh3_64(&v4.octets()),
             std::net::IpAddr::V6(v6) => xxh3_64(&v6.octets()),

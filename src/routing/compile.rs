@@ -11,12 +11,12 @@ use regex::Regex;
 use super::canary::{RetiredAnswer, TesterOverride, check_stage, compile_split};
 use super::index::{PathCondition, RouteIndex};
 use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
-use super::rewrite::{HeaderActions, PathRewrite, RequestEdits};
 use super::{Route, RouteTable, Target, UpstreamId};
 use crate::config::{
     Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
     RouteConfig, TargetConfig, ValueMatchConfig, did_you_mean,
 };
+use crate::edits::{HeaderActions, PathRewrite, RequestEdits};
 use crate::redact::Redaction;
 use crate::shadow::compile_shadow;
 use crate::upstream::{AddressResolution, UpstreamPool};
@@ -932,5 +932,413 @@ fn normalize_prefix(prefix: &str) -> String {
         "/".to_owned()
     } else {
         trimmed.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The compiler in-process: a routes.yaml text in, a table or located diagnostics out.
+
+    use pingora_http::RequestHeader;
+
+    use super::*;
+    use crate::config::{SourceFile, parse};
+    use crate::routing::TargetId;
+
+    const UPSTREAMS: &str = "upstreams:
+  legacy: { backends: [127.0.0.1:9001] }
+  new: { backends: [127.0.0.1:9002] }
+default_upstream: legacy
+";
+
+    fn loaded(yaml: &str) -> LoadedConfig {
+        parse(SourceFile::new("routes.yaml", format!("{UPSTREAMS}{yaml}")))
+            .unwrap_or_else(|error| panic!("does not parse: {error}"))
+    }
+
+    fn table(yaml: &str) -> RouteTable {
+        RouteTable::compile_resolving(loaded(yaml), 1, AddressResolution::SyntaxOnly)
+            .unwrap_or_else(|error| panic!("does not compile: {error}"))
+    }
+
+    /// Every problem as `path: message @line`, in the order reported.
+    fn problems(yaml: &str) -> Vec<String> {
+        let error = match parse(SourceFile::new("routes.yaml", format!("{UPSTREAMS}{yaml}"))) {
+            Err(error) => error,
+            Ok(loaded) => RouteTable::compile_resolving(loaded, 1, AddressResolution::SyntaxOnly)
+                .expect_err("the config should be refused"),
+        };
+        error
+            .diagnostics()
+            .iter()
+            .map(|d| {
+                let line = d.location.map_or(0, |l| l.line);
+                format!("{}: {} @{line}", d.path, d.message)
+            })
+            .collect()
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut request = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        for (name, value) in headers {
+            request.append_header(name.to_string(), *value).unwrap();
+        }
+        request
+    }
+
+    /// The name of the route that takes the request, or `default`.
+    fn routed(table: &RouteTable, request: &RequestHeader) -> String {
+        table
+            .find(request)
+            .map_or("default".into(), |at| table.routes()[at].name.clone())
+    }
+
+    fn upstream_of(table: &RouteTable, route: &Route, target: TargetId) -> String {
+        table
+            .upstream(route.target(target).upstream)
+            .name()
+            .to_owned()
+    }
+
+    #[test]
+    fn the_first_matching_route_in_file_order_wins() {
+        let table = table(
+            "routes:
+  - { name: one-order, match: { path: /api/orders/1 }, upstream: new }
+  - { name: orders, match: { path_prefix: /api/orders }, upstream: new }
+  - { name: everything, match: { path_prefix: / }, upstream: legacy }
+",
+        );
+        let get = |path| routed(&table, &request("GET", path, &[]));
+        assert_eq!(get("/api/orders/1"), "one-order");
+        assert_eq!(get("/api/orders/2"), "orders");
+        assert_eq!(get("/api/orders"), "orders");
+        assert_eq!(get("/api/ordersX"), "everything");
+        assert_eq!(get("/other"), "everything");
+    }
+
+    #[test]
+    fn a_prefix_matches_whole_segments_only() {
+        let table = table(
+            "routes:\n  - { name: r, match: { path_prefix: /api/orders/ }, upstream: new }\n",
+        );
+        let get = |path| routed(&table, &request("GET", path, &[]));
+        assert_eq!(get("/api/orders"), "r");
+        assert_eq!(get("/api/orders/7"), "r");
+        assert_eq!(get("/api/ordersX"), "default");
+    }
+
+    #[test]
+    fn methods_headers_and_regexes_must_all_hold() {
+        let table = table(
+            r#"routes:
+  - name: r
+    match:
+      path_regex: '^/v[0-9]+/items$'
+      methods: [post]
+      headers: { x-beta: "1" }
+    upstream: new
+"#,
+        );
+        let beta = [("x-beta", "1")];
+        assert_eq!(routed(&table, &request("POST", "/v2/items", &beta)), "r");
+        assert_eq!(
+            routed(&table, &request("GET", "/v2/items", &beta)),
+            "default"
+        );
+        assert_eq!(
+            routed(&table, &request("POST", "/v2/items", &[])),
+            "default"
+        );
+        assert_eq!(
+            routed(&table, &request("POST", "/vx/items", &beta)),
+            "default"
+        );
+        assert_eq!(
+            routed(&table, &request("POST", "/v2/items/x", &beta)),
+            "default"
+        );
+    }
+
+    #[test]
+    fn hosts_match_without_case_and_with_a_leading_wildcard() {
+        let table = table(
+            "routes:
+  - { name: api, match: { host: API.example.com }, upstream: new }
+  - { name: shops, match: { host: '*.shops.example' }, upstream: new }
+",
+        );
+        let host = |host| routed(&table, &request("GET", "/", &[("host", host)]));
+        assert_eq!(host("api.example.com"), "api");
+        assert_eq!(host("Api.Example.Com:8080"), "api");
+        assert_eq!(host("a.shops.example"), "shops");
+        assert_eq!(host("shops.example"), "default");
+        assert_eq!(host("other.example"), "default");
+    }
+
+    #[test]
+    fn a_split_sends_each_side_its_weight_and_a_sticky_key_always_the_same_side() {
+        let table = table(
+            "routes:
+  - name: r
+    stage: canary
+    match: { path_prefix: / }
+    split:
+      - { upstream: new, weight: 20 }
+      - { upstream: legacy, weight: 80 }
+    sticky: { header: x-user }
+",
+        );
+        let route = &table.routes()[0];
+        let split = route.split.as_ref().expect("a split");
+        let mut to_new = 0;
+        for user in 0..10_000 {
+            let user = user.to_string();
+            let request = request("GET", "/", &[("x-user", user.as_str())]);
+            let side = split.pick(&request, None);
+            // The same key lands on the same side every time.
+            assert_eq!(split.pick(&request, None), side);
+            if upstream_of(&table, route, side) == "new" {
+                to_new += 1;
+            }
+        }
+        // 20 % of 10,000 keys, within a few standard deviations (40).
+        assert!((1850..=2150).contains(&to_new), "{to_new} of 10000 to new");
+    }
+
+    #[test]
+    fn a_split_without_a_key_spreads_requests_by_weight_at_random() {
+        let table = table(
+            "routes:
+  - name: r
+    stage: canary
+    match: { path_prefix: / }
+    split: [{ upstream: new, weight: 50 }, { upstream: legacy, weight: 50 }]
+",
+        );
+        let route = &table.routes()[0];
+        let split = route.split.as_ref().expect("a split");
+        let request = request("GET", "/", &[]);
+        let to_new = (0..10_000)
+            .filter(|_| upstream_of(&table, route, split.pick(&request, None)) == "new")
+            .count();
+        assert!((4800..=5200).contains(&to_new), "{to_new} of 10000 to new");
+    }
+
+    #[test]
+    fn split_weights_that_do_not_sum_to_100_are_refused_at_their_line() {
+        let found = problems(
+            "routes:
+  - name: r
+    stage: canary
+    match: { path_prefix: / }
+    split: [{ upstream: new, weight: 30 }, { upstream: legacy, weight: 30 }]
+",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[0].split") && p.ends_with("@9")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_target_rewrite_edits_the_path_for_its_upstream_only() {
+        let table = table(
+            "routes:
+  - name: r
+    match: { path_prefix: /api/orders }
+    upstream: { name: new, rewrite: { strip_prefix: /api } }
+    fallback: legacy
+",
+        );
+        let route = &table.routes()[0];
+        let mut primary = request("GET", "/api/orders/7?x=1", &[]);
+        route
+            .target(route.primary)
+            .edits
+            .apply(&mut primary)
+            .unwrap();
+        assert_eq!(primary.uri.to_string(), "/orders/7?x=1");
+        let mut fallback = request("GET", "/api/orders/7?x=1", &[]);
+        let legacy = route.fallback.expect("a fallback");
+        route.target(legacy).edits.apply(&mut fallback).unwrap();
+        assert_eq!(fallback.uri.to_string(), "/api/orders/7?x=1");
+    }
+
+    #[test]
+    fn a_regex_rewrite_uses_its_capture_groups() {
+        let table = table(
+            r#"routes:
+  - name: r
+    match: { path_prefix: /users }
+    upstream:
+      name: new
+      rewrite: { regex: { pattern: '^/users/([0-9]+)$', replacement: '/v2/people/$1' } }
+"#,
+        );
+        let route = &table.routes()[0];
+        let mut request = request("GET", "/users/42", &[]);
+        route
+            .target(route.primary)
+            .edits
+            .apply(&mut request)
+            .unwrap();
+        assert_eq!(request.uri.path(), "/v2/people/42");
+    }
+
+    #[test]
+    fn request_header_edits_set_add_and_remove() {
+        let table = table(
+            r#"routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream:
+      name: new
+      request_headers: { set: { x-set: "1" }, add: { x-add: "2" }, remove: [x-gone] }
+"#,
+        );
+        let route = &table.routes()[0];
+        let mut request = request(
+            "GET",
+            "/",
+            &[("x-gone", "a"), ("x-set", "old"), ("x-add", "0")],
+        );
+        route
+            .target(route.primary)
+            .edits
+            .apply(&mut request)
+            .unwrap();
+        assert!(request.headers.get("x-gone").is_none());
+        assert_eq!(request.headers.get_all("x-set").iter().count(), 1);
+        assert_eq!(request.headers["x-set"], "1");
+        assert_eq!(request.headers.get_all("x-add").iter().count(), 2);
+    }
+
+    #[test]
+    fn an_unknown_upstream_is_named_with_a_suggestion_at_its_line() {
+        let found =
+            problems("routes:\n  - { name: r, match: { path_prefix: / }, upstream: nwe }\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("routes[0].upstream"), "{found:?}");
+        assert!(found[0].contains("unknown upstream `nwe`"), "{found:?}");
+        assert!(found[0].ends_with("@6"), "{found:?}");
+    }
+
+    #[test]
+    fn a_broken_regex_is_reported_at_its_field() {
+        let found = problems(
+            "routes:\n  - name: r\n    match: { path_regex: '^/(a' }\n    upstream: new\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[0].match.path_regex") && p.ends_with("@7")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_route_names_are_refused_and_the_first_one_named() {
+        let found = problems(
+            "routes:
+  - { name: same, match: { path_prefix: /a }, upstream: new }
+  - { name: same, match: { path_prefix: /b }, upstream: new }
+",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[1].name") && p.contains("routes[0]")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_one_pass() {
+        let found = problems(
+            "routes:
+  - { name: a, match: { path_prefix: / }, upstream: nope }
+  - { name: b, match: { path_regex: '(' }, upstream: new }
+  - { name: c, match: { path_prefix: / }, upstream: new, timeout: 0s }
+",
+        );
+        assert!(found.len() >= 3, "{found:?}");
+        for route in ["routes[0]", "routes[1]", "routes[2]"] {
+            assert!(
+                found.iter().any(|p| p.starts_with(route)),
+                "{route}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn editing_a_reserved_header_is_refused() {
+        let found = problems(
+            "routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: { name: new, request_headers: { set: { content-length: '1' } } }
+",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[0].upstream.request_headers")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn server_counts_of_zero_are_refused_by_name() {
+        let found = problems("server: { shadow_max_inflight: 0 }\nroutes: []\n");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("server.shadow_max_inflight: must be at least 1")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_shadow_to_the_routes_own_upstream_is_compiled_with_its_sampling() {
+        let table = table(
+            "routes:
+  - name: r
+    stage: shadow
+    match: { path_prefix: / }
+    upstream: legacy
+    shadow: { upstream: new, sample: 0.25 }
+",
+        );
+        let route = &table.routes()[0];
+        let shadow = route.shadow.as_ref().expect("a shadow rule");
+        assert_eq!(shadow.upstream_name(), "new");
+    }
+
+    #[test]
+    fn shadow_settings_out_of_range_are_all_reported_under_the_shadow() {
+        let found = problems(
+            "routes:
+  - name: r
+    stage: shadow
+    match: { path_prefix: / }
+    upstream: legacy
+    shadow:
+      upstream: new
+      sample: 1.5
+      methods: ['NOT A METHOD']
+      max_inflight: 0
+      sample_key: { header: x-a, cookie: b }
+",
+        );
+        for field in ["sample", "methods[0]", "max_inflight", "sample_key"] {
+            let path = format!("routes[0].shadow.{field}");
+            assert!(
+                found.iter().any(|p| p.starts_with(&path)),
+                "{path}: {found:?}"
+            );
+        }
     }
 }

@@ -3,10 +3,12 @@
 //! The path is not here because the route index ([`super::index`]) decides it for all routes at
 //! once. Everything in this file runs on the hot path and reads the request without allocating.
 
-use http::header::{COOKIE, HOST};
+use http::header::HOST;
 use http::{HeaderName, Method};
 use pingora_http::RequestHeader;
 use regex::Regex;
+
+use crate::edits::cookie_values;
 
 /// Compiled `match:` conditions of a route, minus the path.
 #[derive(Debug, Default)]
@@ -147,23 +149,6 @@ fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a [
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then_some(value.as_bytes())
     })
-}
-
-/// Values of cookie `name` across all `Cookie` headers.
-pub fn cookie_values<'a>(
-    request: &'a RequestHeader,
-    name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> {
-    request
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
-        .filter_map(move |pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ mod canary;
 mod compile;
 mod index;
 mod matcher;
-mod rewrite;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,12 +23,13 @@ use pingora_http::RequestHeader;
 use regex::Regex;
 
 use crate::config::{Config, ConfigError, load_file};
+use crate::edits::{HeaderActions, RequestEdits};
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamPool;
 pub use canary::{RetiredAnswer, Split, TesterOverride, constant_time_eq};
 pub use compile::CheckedConfig;
 use index::RouteIndex;
-pub use matcher::{RequestMatcher, cookie_values, request_host};
-pub use rewrite::{HeaderActions, PathRewrite, RequestEdits, set_path};
+pub use matcher::{RequestMatcher, request_host};
 
 /// The live table, swapped whole on reload.
 pub type SharedRouteTable = Arc<ArcSwap<RouteTable>>;
@@ -282,6 +282,41 @@ impl RouteTable {
     /// The config as parsed, with defaults filled in.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Sets the gauges read off this table (route stages, tripped guards, kill switch, backend
+    /// health); the
+    /// refresh [`Metrics::render`] runs before each scrape.
+    pub fn refresh_gauges(&self, metrics: &Metrics) {
+        metrics.route_stage.reset();
+        for route in self.routes() {
+            metrics
+                .route_stage
+                .with_label_values(&[route.name.as_str(), route.stage.as_str()])
+                .set(1);
+        }
+        metrics.guard_tripped.reset();
+        for route in self.routes() {
+            if let Some(trip) = route.guard.as_ref().and_then(|guard| guard.trip()) {
+                metrics
+                    .guard_tripped
+                    .with_label_values(&[route.name.as_str(), trip.reason, trip.mode.as_str()])
+                    .set(1);
+            }
+        }
+        metrics.kill_switch.set(i64::from(
+            self.kill_switch.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+        metrics.upstream_healthy.reset();
+        for pool in self.upstreams() {
+            for backend in pool.backends() {
+                let address = backend.address().to_string();
+                metrics
+                    .upstream_healthy
+                    .with_label_values(&[pool.name(), address.as_str()])
+                    .set(i64::from(backend.available()));
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{CapturedResponse, Reservation, ShadowFailure};
+use crate::exchange::{CapturedResponse, Reservation, ShadowFailure};
 
 #[derive(Clone)]
 pub struct ShadowClient {

@@ -13,23 +13,26 @@
 //! proxy only calls the hooks here from its phases.
 
 mod client;
-mod memory;
 mod rule;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub use client::ShadowClient;
-pub use memory::{MemoryBudget, Reservation};
 pub use rule::{ShadowRule, compile_shadow};
 
 use crate::diff::DiffSink;
+use crate::exchange::{
+    CapturedResponse, MemoryBudget, Provenance, RequestSummary, Reservation, ShadowFailure,
+    ShadowOutcome,
+};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamPool;
+use crate::vocabulary::ShadowEvent;
 
 /// Shared by every request: the client, the global cap, the diff sink and metrics.
 pub struct ShadowDispatcher {
@@ -40,89 +43,6 @@ pub struct ShadowDispatcher {
     metrics: Arc<Metrics>,
 }
 
-/// Why a request got no copy, or what became of it; the `outcome` label of
-/// `strangler_shadow_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShadowEvent {
-    Sent,
-    Completed,
-    DroppedFull,
-    /// The copy would have buffered past `server.shadow_max_memory`.
-    DroppedMemory,
-    SkippedSample,
-    SkippedMethod,
-    SkippedBody,
-    /// The request was served by the shadow's own upstream (a canary split or the tester
-    /// override chose it): comparing it with itself would only count fake matches.
-    SkippedSameUpstream,
-    /// The kill switch was on: no copies anywhere.
-    SkippedKillSwitch,
-    /// A protocol upgrade (WebSocket) is a conversation, not a request to replay.
-    SkippedUpgrade,
-    /// The copy was begun but never sent: the request failed or was refused before its body
-    /// was complete (413, a client that went away, a fallback before the copy left).
-    Abandoned,
-    Error,
-    Timeout,
-}
-
-impl ShadowEvent {
-    pub fn label(self) -> &'static str {
-        match self {
-            ShadowEvent::Sent => "sent",
-            ShadowEvent::Completed => "completed",
-            ShadowEvent::DroppedFull => "dropped_full",
-            ShadowEvent::DroppedMemory => "dropped_memory",
-            ShadowEvent::SkippedSample => "skipped_sample",
-            ShadowEvent::SkippedMethod => "skipped_method",
-            ShadowEvent::SkippedBody => "skipped_body",
-            ShadowEvent::SkippedSameUpstream => "skipped_same_upstream",
-            ShadowEvent::SkippedKillSwitch => "skipped_kill_switch",
-            ShadowEvent::SkippedUpgrade => "skipped_upgrade",
-            ShadowEvent::Abandoned => "abandoned",
-            ShadowEvent::Error => "error",
-            ShadowEvent::Timeout => "timeout",
-        }
-    }
-}
-
-/// A response as captured for comparison: status, headers and at most a capped body.
-#[derive(Debug, Clone)]
-pub struct CapturedResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    /// The body was longer than the cap; `body` holds its start.
-    pub truncated: bool,
-}
-
-/// The request both answers are for.
-#[derive(Debug, Clone)]
-pub struct RequestSummary {
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub request_id: String,
-    /// Secret values of this request (redacted query values, credentials), scrubbed from
-    /// everything stored about the exchange.
-    pub secrets: crate::redact::Secrets,
-}
-
-/// Where a mirrored exchange came from: which upstream answered the client, which one got the
-/// copy, and the config generation that decided both. Stored with every compared exchange, so a
-/// report can tell legacy→new comparisons from new→legacy ones and one reload from the next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provenance {
-    /// The upstream that served the client (the primary).
-    pub primary: Arc<str>,
-    /// The upstream that got the copy (the candidate).
-    pub candidate: Arc<str>,
-    pub stage: crate::config::Stage,
-    pub generation: u64,
-    /// SHA-256 (hex) of the routes.yaml of that generation.
-    pub config_sha256: Arc<str>,
-}
-
 /// What the proxy knows of a request's routing when it decides on a copy.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -131,28 +51,6 @@ pub struct Origin<'a> {
     pub config_sha256: &'a str,
     /// The route's guard, which counts this copy's verdict.
     pub guard: Option<&'a Arc<crate::guard::Guard>>,
-}
-
-/// Everything known about one mirrored exchange; handed to [`observe`].
-#[derive(Debug)]
-pub struct ShadowOutcome {
-    pub route: String,
-    pub provenance: Provenance,
-    pub request: RequestSummary,
-    /// `None` when the primary failed before it answered.
-    pub primary: Option<CapturedResponse>,
-    pub shadow: Result<CapturedResponse, ShadowFailure>,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ShadowFailure {
-    #[error("shadow timed out")]
-    Timeout,
-    #[error("shadow request failed: {0}")]
-    Failed(String),
-    /// Its answer would have buffered past the shadow memory budget.
-    #[error("shadow memory budget exhausted")]
-    OverBudget,
 }
 
 /// Counts how a shadow exchange ended; the comparison itself happens in [`crate::diff`].

@@ -11,8 +11,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Diagnostic, KeyConfig, ShadowConfig};
 use crate::diff::{CompareRule, compile_compare};
+use crate::edits::{RequestEdits, cookie_values};
 use crate::redact::{CREDENTIAL_HEADERS, Redaction};
-use crate::routing::RequestEdits;
 use crate::upstream::UpstreamPool;
 
 const SHADOW_MARK: HeaderName = HeaderName::from_static("x-strangler-shadow");
@@ -26,7 +26,7 @@ const RESPONSE_LIMIT: usize = 1 << 20;
 pub struct ShadowRule {
     pub(super) upstream: Arc<UpstreamPool>,
     sample: f64,
-    sample_key: Option<KeyConfig>,
+    sample_key: Option<SampleKey>,
     methods: Vec<Method>,
     pub(super) max_body: usize,
     pub(super) timeout: Duration,
@@ -70,17 +70,10 @@ pub fn compile_shadow(
             )),
         }
     }
-    if let Some(key) = &config.sample_key
-        && key.header.is_some() == key.cookie.is_some()
-    {
-        diagnostics.push(
-            Diagnostic::new(
-                format!("{path}.sample_key"),
-                "set exactly one of `header` or `cookie`",
-            )
-            .with_hint("sample_key: { cookie: session_id }"),
-        );
-    }
+    let sample_key = config
+        .sample_key
+        .as_ref()
+        .and_then(|key| compile_sample_key(key, &format!("{path}.sample_key"), diagnostics));
     if config.max_inflight == 0 {
         diagnostics.push(Diagnostic::new(
             format!("{path}.max_inflight"),
@@ -112,7 +105,7 @@ pub fn compile_shadow(
         compare: Arc::new(compare),
         upstream,
         sample: config.sample,
-        sample_key: config.sample_key.clone(),
+        sample_key,
         methods,
         max_body: usize::try_from(config.max_body.as_u64()).unwrap_or(usize::MAX),
         timeout: config.timeout,
@@ -225,13 +218,199 @@ impl ShadowRule {
     }
 }
 
-fn request_key<'a>(request: &'a RequestHeader, key: &'a KeyConfig) -> Option<&'a [u8]> {
-    if let Some(name) = &key.header {
-        return request
-            .headers
-            .get(name.as_str())
-            .map(HeaderValue::as_bytes);
+/// Where a request's sampling key comes from, compiled from `shadow.sample_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SampleKey {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// Compiles `sample_key:`: exactly one of `header` (a valid header name) or `cookie`.
+fn compile_sample_key(
+    key: &KeyConfig,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<SampleKey> {
+    match (&key.header, &key.cookie) {
+        (Some(header), None) => match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(name) => Some(SampleKey::Header(name)),
+            Err(_) => {
+                diagnostics.push(Diagnostic::new(
+                    format!("{path}.header"),
+                    format!("`{header}` is not a valid header name"),
+                ));
+                None
+            }
+        },
+        (None, Some(cookie)) => Some(SampleKey::Cookie(cookie.clone())),
+        _ => {
+            diagnostics.push(
+                Diagnostic::new(path, "set exactly one of `header` or `cookie`")
+                    .with_hint("sample_key: { cookie: session_id }"),
+            );
+            None
+        }
     }
-    let name = key.cookie.as_deref()?;
-    crate::routing::cookie_values(request, name).next()
+}
+
+fn request_key<'a>(request: &'a RequestHeader, key: &'a SampleKey) -> Option<&'a [u8]> {
+    match key {
+        SampleKey::Header(name) => request.headers.get(name).map(HeaderValue::as_bytes),
+        SampleKey::Cookie(name) => cookie_values(request, name).next(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Compiling `shadow:` and sampling, in-process.
+
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    fn compiled(yaml: &str) -> Result<ShadowRule, Vec<String>> {
+        let config: ShadowConfig = serde_yaml::from_str(yaml).expect("a shadow section");
+        let upstream: UpstreamConfig =
+            serde_yaml::from_str("backends: [127.0.0.1:9]").expect("an upstream");
+        let mut diagnostics = Vec::new();
+        let pool = UpstreamPool::compile(
+            "candidate",
+            &upstream,
+            "upstreams.candidate",
+            &mut diagnostics,
+        )
+        .expect("the upstream compiles");
+        let rule = compile_shadow(
+            &config,
+            "routes[0].shadow",
+            Some((Arc::new(pool), RequestEdits::default())),
+            &Arc::new(Redaction::default()),
+            &mut diagnostics,
+        );
+        rule.ok_or_else(|| {
+            diagnostics
+                .iter()
+                .map(|d| format!("{}: {}", d.path, d.message))
+                .collect()
+        })
+    }
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        for (name, value) in headers {
+            request.append_header(name.to_string(), *value).unwrap();
+        }
+        request
+    }
+
+    #[test]
+    fn a_sample_without_a_key_mirrors_that_share_of_requests_at_random() {
+        let rule = compiled("upstream: candidate\nsample: 0.25").unwrap();
+        let request = request(&[]);
+        let sampled = (0..20_000).filter(|_| rule.sampled(&request)).count();
+        // 25 % of 20,000, within about four standard deviations (61).
+        assert!((4750..=5250).contains(&sampled), "{sampled} of 20000");
+    }
+
+    #[test]
+    fn a_keyed_sample_gives_one_key_one_answer_and_the_share_across_keys() {
+        let rule =
+            compiled("upstream: candidate\nsample: 0.1\nsample_key: { cookie: sid }").unwrap();
+        let mut sampled = 0;
+        for user in 0..10_000 {
+            let cookie = format!("a=1; sid={user}");
+            let request = request(&[("cookie", cookie.as_str())]);
+            let first = rule.sampled(&request);
+            assert!((0..5).all(|_| rule.sampled(&request) == first));
+            sampled += usize::from(first);
+        }
+        assert!((850..=1150).contains(&sampled), "{sampled} of 10000");
+    }
+
+    #[test]
+    fn a_header_key_is_read_without_regard_to_case() {
+        let rule =
+            compiled("upstream: candidate\nsample: 0.5\nsample_key: { header: X-User }").unwrap();
+        let answers: Vec<bool> = (0..200)
+            .map(|user| {
+                let user = user.to_string();
+                let upper = rule.sampled(&request(&[("X-USER", user.as_str())]));
+                let lower = rule.sampled(&request(&[("x-user", user.as_str())]));
+                assert_eq!(upper, lower);
+                upper
+            })
+            .collect();
+        assert!(answers.contains(&true) && answers.contains(&false));
+    }
+
+    #[test]
+    fn everything_or_nothing_is_sampled_at_the_ends_of_the_range() {
+        let all = compiled("upstream: candidate\nsample: 1.0").unwrap();
+        let none = compiled("upstream: candidate\nsample: 0.0").unwrap();
+        assert!((0..100).all(|_| all.sampled(&request(&[]))));
+        assert!((0..100).all(|_| !none.sampled(&request(&[]))));
+    }
+
+    #[test]
+    fn a_sample_key_needs_exactly_one_source_and_a_valid_header_name() {
+        let both = compiled("upstream: candidate\nsample_key: { header: x-a, cookie: b }");
+        assert_eq!(
+            both.unwrap_err(),
+            ["routes[0].shadow.sample_key: set exactly one of `header` or `cookie`"]
+        );
+        let neither = compiled("upstream: candidate\nsample_key: {}");
+        assert!(neither.is_err());
+        let bad = compiled("upstream: candidate\nsample_key: { header: 'x a' }");
+        assert_eq!(
+            bad.unwrap_err(),
+            ["routes[0].shadow.sample_key.header: `x a` is not a valid header name"]
+        );
+    }
+
+    #[test]
+    fn methods_are_read_in_any_case_and_only_those_are_mirrored() {
+        let rule = compiled("upstream: candidate\nmethods: [get, Post]").unwrap();
+        assert!(rule.allows_method(&Method::GET));
+        assert!(rule.allows_method(&Method::POST));
+        assert!(!rule.allows_method(&Method::DELETE));
+    }
+
+    #[test]
+    fn the_copy_loses_credentials_and_redacted_headers_and_carries_the_shadow_mark() {
+        let rule = compiled("upstream: candidate\nredact: [x-secret]").unwrap();
+        let forwarded = request(&[
+            ("authorization", "Bearer t"),
+            ("cookie", "sid=1"),
+            ("x-secret", "s"),
+            ("content-length", "3"),
+            ("x-kept", "k"),
+        ]);
+        let copy = rule.shadow_header(&forwarded);
+        assert!(copy.headers.get("authorization").is_none());
+        assert!(copy.headers.get("cookie").is_none());
+        assert!(copy.headers.get("content-length").is_none());
+        assert_eq!(copy.headers["x-secret"], "[redacted]");
+        assert_eq!(copy.headers["x-kept"], "k");
+        assert_eq!(copy.headers["x-strangler-shadow"], "1");
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_its_field() {
+        let problems = compiled(
+            "upstream: candidate\nsample: -1\nmax_inflight: 0\ntimeout: 0s\nredact: ['bad name']\nmethods: ['A B']",
+        )
+        .unwrap_err();
+        for field in [
+            "sample",
+            "max_inflight",
+            "timeout",
+            "redact[0]",
+            "methods[0]",
+        ] {
+            let path = format!("routes[0].shadow.{field}:");
+            assert!(
+                problems.iter().any(|p| p.starts_with(&path)),
+                "{path} {problems:?}"
+            );
+        }
+    }
 }

@@ -12,44 +12,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 
-use crate::diff::Difference;
-
-/// One compared exchange.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiffRecord {
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
-    pub route: String,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub request_id: String,
-    pub primary_status: Option<u16>,
-    pub shadow_status: Option<u16>,
-    /// `match`, `mismatch`, `noise` or `shadow_error`.
-    pub verdict: String,
-    pub differences: Vec<Difference>,
-    /// Differences discounted as noise.
-    pub noise: Vec<Difference>,
-    pub primary_sample: Option<String>,
-    pub shadow_sample: Option<String>,
-    /// The upstream that answered the client. `None` in rows stored before schema version 2.
-    pub primary_upstream: Option<String>,
-    /// The upstream that got the copy.
-    pub candidate_upstream: Option<String>,
-    /// The route's stage when the copy was decided (`shadow`, `canary`, `new`, ...).
-    pub stage: Option<String>,
-    /// The config generation that decided the copy. Generations count reloads of one process
-    /// and start at 1 again when it restarts; `config_sha256` tells those apart.
-    pub generation: Option<u64>,
-    /// SHA-256 (hex) of that generation's routes.yaml.
-    pub config_sha256: Option<String>,
-}
-
-/// The verdicts a record can have.
-pub const VERDICTS: &[&str] = &["match", "mismatch", "noise", "shadow_error"];
+use crate::record::{DiffRecord, Difference};
+use crate::vocabulary::Verdict;
 
 /// Which records a read returns. The default is every record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,8 +22,7 @@ pub struct Filter {
     pub route: Option<String>,
     /// Only records stored at or after this Unix time in milliseconds.
     pub since_ms: i64,
-    /// One of [`VERDICTS`].
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     pub generation: Option<GenerationFilter>,
 }
 
@@ -359,7 +323,7 @@ pub struct ExchangeCount {
     pub route: String,
     pub primary_upstream: Option<String>,
     pub candidate_upstream: Option<String>,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub primary_status: Option<u16>,
     pub shadow_status: Option<u16>,
     pub generation: Option<u64>,
@@ -375,7 +339,7 @@ pub struct DifferingExchange {
     pub route: String,
     pub primary_upstream: Option<String>,
     pub candidate_upstream: Option<String>,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub method: String,
     pub path: String,
     /// Already redacted, without the `?`.
@@ -544,9 +508,9 @@ impl Reader {
             sql.push_str(" AND route = ?");
             values.push(Box::new(route.clone()));
         }
-        if let Some(verdict) = &filter.verdict {
+        if let Some(verdict) = filter.verdict {
             sql.push_str(" AND verdict = ?");
-            values.push(Box::new(verdict.clone()));
+            values.push(Box::new(verdict));
         }
         match filter.generation {
             None => {}
@@ -639,6 +603,22 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A verdict is stored as its word ([`Verdict::as_str`]).
+impl rusqlite::types::ToSql for Verdict {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Verdict {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let word = value.as_str()?;
+        Verdict::parse(word).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown verdict `{word}`").into())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,7 +633,7 @@ mod tests {
             request_id: "r".into(),
             primary_status: Some(200),
             shadow_status: Some(200),
-            verdict: verdict.into(),
+            verdict: Verdict::parse(verdict).expect("a verdict"),
             differences: Vec::new(),
             noise: Vec::new(),
             primary_sample: None,
@@ -818,7 +798,7 @@ mod tests {
         };
         assert_eq!(
             ids(Filter {
-                verdict: Some("mismatch".into()),
+                verdict: Some(Verdict::Mismatch),
                 ..Filter::default()
             }),
             ["run1-g2", "run2-g2"]
@@ -842,7 +822,7 @@ mod tests {
             &path,
             &Filter {
                 generation: Some(GenerationFilter::Latest),
-                verdict: Some("match".into()),
+                verdict: Some(Verdict::Match),
                 ..Filter::default()
             },
             5,
@@ -862,7 +842,7 @@ mod tests {
             query: Some("page=2".into()),
             differences: vec![Difference {
                 path: "$.total".into(),
-                kind: crate::diff::Kind::Changed,
+                kind: crate::record::Kind::Changed,
                 primary: Some("1".into()),
                 shadow: Some("2".into()),
             }],

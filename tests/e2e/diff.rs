@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
+use strangler::vocabulary::Verdict;
 use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, Responder, run_cli};
 
 fn json_response(body: String) -> hyper::Response<Full<Bytes>> {
@@ -596,7 +597,7 @@ fn store_with(dir: &Path, mismatches: usize) -> std::path::PathBuf {
     let mut store = strangler::store::DiffStore::open(&path, 1000, Duration::from_secs(3600))
         .expect("a store in a temp dir opens");
     let records: Vec<_> = (0..20)
-        .map(|i| strangler::store::DiffRecord {
+        .map(|i| strangler::record::DiffRecord {
             at_ms: strangler::store::now_ms(),
             route: "orders".into(),
             method: "GET".into(),
@@ -605,7 +606,11 @@ fn store_with(dir: &Path, mismatches: usize) -> std::path::PathBuf {
             request_id: format!("r{i}"),
             primary_status: Some(200),
             shadow_status: Some(200),
-            verdict: if i < mismatches { "mismatch" } else { "match" }.into(),
+            verdict: if i < mismatches {
+                Verdict::Mismatch
+            } else {
+                Verdict::Match
+            },
             differences: Vec::new(),
             noise: Vec::new(),
             primary_sample: None,

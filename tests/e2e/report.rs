@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
-use strangler::diff::{Difference, Kind};
-use strangler::store::{DiffRecord, DiffStore, now_ms};
+use strangler::record::{DiffRecord, Difference, Kind};
+use strangler::store::{DiffStore, now_ms};
+use strangler::vocabulary::Verdict;
 use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, binary, run_cli};
 
 /// Orders whose candidate total ignores the coupon's discount.
@@ -343,7 +344,7 @@ fn store_with_a_rare_bug(path: &Path) {
                 request_id: format!("r{n}"),
                 primary_status: Some(200),
                 shadow_status: Some(200),
-                verdict: "mismatch".into(),
+                verdict: Verdict::Mismatch,
                 differences,
                 noise: Vec::new(),
                 primary_sample: None,
@@ -495,7 +496,7 @@ fn realistic_store(path: &Path, rows: u64) {
             request_id: format!("req-{n}"),
             primary_status: Some(200),
             shadow_status: Some(shadow_status),
-            verdict: "mismatch".into(),
+            verdict: Verdict::Mismatch,
             differences,
             noise: Vec::new(),
             primary_sample: Some(sample(id, "\"90.00\"")),

@@ -1,9 +1,15 @@
 //! What is done to a request on its way to one upstream (path and host rewrites, header edits,
 //! together a target's [`RequestEdits`]) and to a response on its way back (a route's response
-//! header edits). Compiled once per config generation; applied on the hot path.
+//! header edits), and how a request's cookies are read ([`cookie_values`]). Compiled once per
+//! config generation (by [`crate::routing`], for every target, the shadow's included); applied
+//! on the hot path by the proxy and by [`crate::shadow`] to its copies.
+//!
+//! A leaf: it knows requests and headers, not routes or configs, so routing and shadowing both
+//! use it without using each other.
 
 use std::borrow::Cow;
 
+use http::header::COOKIE;
 use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use regex::Regex;
@@ -171,6 +177,23 @@ impl HeaderActions {
         }
         Ok(())
     }
+}
+
+/// Values of cookie `name` across all `Cookie` headers.
+pub fn cookie_values<'a>(
+    request: &'a RequestHeader,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> {
+    request
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|header| header.as_bytes().split(|b| *b == b';'))
+        .filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
 }
 
 #[cfg(test)]
