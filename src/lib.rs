@@ -26,3 +26,4 @@ pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod viewer;

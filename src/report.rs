@@ -31,6 +31,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::diff::Kind;
 use crate::diff::path::generalize;
+
+pub mod html;
 use crate::store::{
     DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
 };

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::Difference;
 
+pub mod summary;
+
 /// One compared exchange.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffRecord {
