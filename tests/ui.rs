@@ -564,6 +564,24 @@ async fn walk(client: Client, origin: String, store: PathBuf) {
     assert!(traffic.contains("legacy: 12"), "{traffic}");
     screenshot(&client, "overview.png").await;
 
+    // Sortable: a heading sorts by its column, a second click the other way.
+    let route_heading = client
+        .find(Locator::Css("#overview-table th:first-child"))
+        .await
+        .unwrap();
+    route_heading.click().await.unwrap();
+    assert!(
+        text_of(&client, "#overview-table tbody tr:first-child")
+            .await
+            .starts_with("orders")
+    );
+    route_heading.click().await.unwrap();
+    assert!(
+        text_of(&client, "#overview-table tbody tr:first-child")
+            .await
+            .starts_with("notes")
+    );
+
     // The token is kept in the tab, never in a URL.
     let kept = client
         .execute(
