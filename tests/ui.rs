@@ -214,8 +214,24 @@ async fn the_json_endpoints_answer_scripts_with_the_token_and_refuse_bad_filters
         .unwrap();
     assert_eq!(orders["direction"], "legacy → orders-v2");
     assert_eq!(orders["exchanges"], 12);
-    assert_eq!(orders["paths"][0]["path"], "$.total", "{orders:#}");
-    assert_eq!(orders["paths"][0]["exchanges"], 4);
+    assert_eq!(orders["passed"], false, "every exchange differs in x-cache");
+    assert_eq!(
+        orders["paths"],
+        json!([]),
+        "paths are ranked for one route only"
+    );
+    let route = scene.admin("/diffs/summary?route=orders").await.json();
+    let ranked = &route["routes"][0];
+    assert_eq!(ranked["paths"][0]["path"], "$.total", "{ranked:#}");
+    assert_eq!(ranked["paths"][0]["exchanges"], 4);
+    let example = ranked["paths"][0]["example"]["request_id"]
+        .as_str()
+        .unwrap();
+    assert!(ranked["example_ids"][example].is_i64(), "{ranked:#}");
+    assert_eq!(
+        ranked["suggestion"],
+        "# routes: - name: orders → shadow: (merge with an existing compare:)\ncompare: { ignore_headers: [x-cache] }\n"
+    );
     assert_eq!(orders["stages"], json!(["shadow"]));
     assert_eq!(orders["generations"], json!([1]));
     assert_eq!(summary["live"]["generation"], 1);

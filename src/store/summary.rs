@@ -226,11 +226,31 @@ pub fn page(
         "SELECT {COLUMNS}, {} FROM diffs WHERE {conditions}",
         reader.provenance_columns()
     );
+    // One route's rows come newest first straight from the (route, at_ms) index (whose entries
+    // end in the rowid), so a page reads its rows only; ordering them by id instead would read
+    // and sort every row of the route. Ids and times grow together (one writer, in time order).
+    // Without a route, walking rowids backwards is the cheap order.
+    let by_time = filter.route.is_some();
     if let Some(before) = before {
-        sql.push_str(" AND id < ?");
+        if by_time {
+            // Older than row `before` in that order; nothing when it is gone (retention
+            // deletes the oldest rows, so everything older went with it).
+            sql.push_str(
+                " AND (at_ms < COALESCE((SELECT at_ms FROM diffs WHERE id = ?), -1)
+                   OR (at_ms = (SELECT at_ms FROM diffs WHERE id = ?) AND id < ?))",
+            );
+            values.push(Box::new(before));
+            values.push(Box::new(before));
+        } else {
+            sql.push_str(" AND id < ?");
+        }
         values.push(Box::new(before));
     }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql.push_str(if by_time {
+        " ORDER BY at_ms DESC, id DESC LIMIT ?"
+    } else {
+        " ORDER BY id DESC LIMIT ?"
+    });
     values.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
     let mut statement = reader.connection.prepare(&sql).map_err(error)?;
     let rows = statement
@@ -275,18 +295,23 @@ pub fn exchange(path: &Path, id: i64) -> Result<Option<ExchangeWithNeighbours>, 
     let neighbour = |sql: &str| -> Result<Option<i64>, StoreError> {
         reader
             .connection
-            .query_row(sql, params![exchange.record.route, id], |row| row.get(0))
+            .query_row(
+                sql,
+                params![exchange.record.route, exchange.record.at_ms, id],
+                |row| row.get(0),
+            )
             .optional()
             .map_err(error)
     };
-    // The (route, at_ms) index finds the route's rows; ids grow with time.
+    // In the order of the (route, at_ms) index, whose entries end in the rowid: the walk stops
+    // at the first differing row instead of sorting the route's rows by id.
     let older = neighbour(
-        "SELECT id FROM diffs WHERE route = ?1 AND id < ?2 AND verdict <> 'match'
-         ORDER BY id DESC LIMIT 1",
+        "SELECT id FROM diffs WHERE route = ?1 AND (at_ms < ?2 OR (at_ms = ?2 AND id < ?3))
+         AND verdict <> 'match' ORDER BY at_ms DESC, id DESC LIMIT 1",
     )?;
     let newer = neighbour(
-        "SELECT id FROM diffs WHERE route = ?1 AND id > ?2 AND verdict <> 'match'
-         ORDER BY id LIMIT 1",
+        "SELECT id FROM diffs WHERE route = ?1 AND (at_ms > ?2 OR (at_ms = ?2 AND id > ?3))
+         AND verdict <> 'match' ORDER BY at_ms, id LIMIT 1",
     )?;
     Ok(Some(ExchangeWithNeighbours {
         exchange,
@@ -296,27 +321,37 @@ pub fn exchange(path: &Path, id: i64) -> Result<Option<ExchangeWithNeighbours>, 
 }
 
 /// The ids of the newest stored exchanges with these request ids (a report's examples name
-/// their exchange by request id), in the order asked; unknown ones are left out.
+/// their exchange by request id), in the order asked; unknown ones are left out. There is no
+/// index on request ids, so all are looked up in one pass over the table, not one per id.
 pub fn ids_of_requests(
     path: &Path,
     request_ids: &[&str],
 ) -> Result<Vec<(String, i64)>, StoreError> {
     let reader = Reader::open(path)?;
     let error = |source| reader.error(source);
-    let mut statement = reader
-        .connection
-        .prepare("SELECT MAX(id) FROM diffs WHERE request_id = ?1")
-        .map_err(error)?;
-    let mut found = Vec::new();
-    for request_id in request_ids {
-        let id: Option<i64> = statement
-            .query_row(params![request_id], |row| row.get(0))
+    let mut newest = std::collections::HashMap::new();
+    // SQLite takes at most 32,766 parameters in one statement.
+    for chunk in request_ids.chunks(1000) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let mut statement = reader
+            .connection
+            .prepare(&format!(
+                "SELECT request_id, MAX(id) FROM diffs WHERE request_id IN ({marks})
+                 GROUP BY request_id"
+            ))
             .map_err(error)?;
-        if let Some(id) = id {
-            found.push(((*request_id).to_owned(), id));
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(chunk.iter()))
+            .map_err(error)?;
+        while let Some(row) = rows.next().map_err(error)? {
+            let request_id: String = row.get(0).map_err(error)?;
+            newest.insert(request_id, row.get::<_, i64>(1).map_err(error)?);
         }
     }
-    Ok(found)
+    Ok(request_ids
+        .iter()
+        .filter_map(|id| Some(((*id).to_owned(), *newest.get(*id)?)))
+        .collect())
 }
 
 /// The columns [`stored_exchange`] reads before the provenance columns.
@@ -481,6 +516,9 @@ mod tests {
             route: Some("orders".into()),
             ..Filter::default()
         };
+        let everything = page(&path, &Filter::default(), 3, Some(5)).unwrap();
+        let ids: Vec<i64> = everything.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [4, 3, 2], "without a route, by id");
         let first = page(&path, &orders, 2, None).unwrap();
         let ids: Vec<i64> = first.iter().map(|e| e.id).collect();
         assert_eq!(ids, [5, 4]);

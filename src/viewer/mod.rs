@@ -150,13 +150,28 @@ pub async fn respond(
     }
 }
 
-/// The overview of what `filter` selects: [`summary::count`]'s groups, each with the report's
-/// ranking of its differing paths and its suggested ignore rules.
+/// The overview of what `filter` selects: [`summary::count`]'s groups; for one route, each
+/// with the report's ranking of its differing paths and its suggested ignore rules.
 pub fn overview(store: &Path, filter: &Filter, now_ms: i64) -> Result<Value, StoreError> {
     if !store.exists() {
         return Ok(json!({ "routes": [], "from_ms": now_ms, "bucket_ms": 1, "buckets": 0 }));
     }
     let counts = summary::count(store, filter, TREND_BUCKETS)?;
+    // Ranking paths reads every differing row: only for one route, not for the overview.
+    if filter.route.is_none() {
+        let routes: Vec<Value> = counts
+            .groups
+            .iter()
+            .map(|group| route_document(group, None))
+            .collect();
+        return Ok(json!({
+            "from_ms": counts.from_ms,
+            "bucket_ms": counts.bucket_ms,
+            "buckets": counts.buckets,
+            "max_diff_rate": report::DiffRate::default(),
+            "routes": routes,
+        }));
+    }
     let report = report::build(&ReportOptions {
         databases: vec![store.to_path_buf()],
         route: filter.route.clone(),
@@ -236,7 +251,12 @@ fn route_document(group: &GroupCounts, detail: Option<&RouteSummary>) -> Value {
         "first_ms": group.first_ms,
         "last_ms": group.last_ms,
         "trend": group.trend,
-        "passed": detail.map(|d| d.passed),
+        // The report's verdict; the same rule (default rate, at least one exchange) without it.
+        "passed": detail.map_or_else(
+            || group.exchanges > 0
+                && !report::DiffRate::default().exceeded_by(differing, group.exchanges),
+            |d| d.passed,
+        ),
         "paths": detail.map(|d| d.paths.as_slice()).unwrap_or_default(),
         "noisy_paths": detail.map(|d| d.noisy_paths.as_slice()).unwrap_or_default(),
         "hidden": detail.map(|d| d.hidden),
