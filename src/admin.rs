@@ -11,7 +11,8 @@
 //! | GET    | `/upstreams`   | every upstream's backends, their health and health settings   |
 //! | GET    | `/metrics`     | Prometheus text exposition                                    |
 //! | POST   | `/reload`      | re-read the config file now; 200 applied/unchanged, 422 not   |
-//! | GET    | `/diffs`       | the newest stored diffs; `?route=&verdict=&since=&limit=`     |
+//! | GET    | `/diffs`       | stored diffs, newest first; `?route&verdict&since&generation&limit&before` |
+//! | GET    | `/diffs/summary`, `/diffs/{id}`, `/ui` | the diff viewer: see [`crate::viewer`] |
 //! | GET    | `/coverage`    | traffic share of new services, uncovered templates; `?top=`   |
 //! | POST   | `/routes/{name}/reset` | clears the route's tripped guard (see [`crate::guard`])  |
 //! | POST   | `/kill-switch` | `?state=on`: every route to legacy, kept across reloads until  |
@@ -19,7 +20,8 @@
 //!
 //! Mutations are POST only, so a stray GET (a crawler, a browser prefetch) changes nothing; any
 //! other method gets 405 with `Allow`. With a token configured, everything but `/healthz`,
-//! `/readyz` and `/metrics` requires `Authorization: Bearer <token>` (401 otherwise).
+//! `/readyz`, `/metrics` and the viewer page's assets (which hold no data) requires
+//! `Authorization: Bearer <token>` (401 otherwise).
 //!
 //! A browser on the operator's machine reaches a loopback admin too, so everything but the
 //! three open endpoints is also guarded against cross-site requests (see [`cross_site`]): the
@@ -44,7 +46,6 @@ use std::sync::Arc;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
 use crate::routing::SharedRouteTable;
-use crate::vocabulary::Verdict;
 
 pub struct AdminApp {
     routes: SharedRouteTable,
@@ -66,6 +67,9 @@ const ENDPOINTS: &[&str] = &[
     "/reload",
     "/diffs",
     "/coverage",
+    "/diffs/summary",
+    "/diffs/{id}",
+    "/ui",
     "/kill-switch",
 ];
 
@@ -104,37 +108,6 @@ impl AdminApp {
             .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
         presented
             .is_some_and(|presented| crate::routing::constant_time_eq(presented, token.as_bytes()))
-    }
-
-    async fn diffs(&self, query: &str) -> Response<Vec<u8>> {
-        let DiffsQuery { filter, limit } = match DiffsQuery::parse(query, crate::store::now_ms()) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &json!({ "error": error.message, "parameter": error.parameter }),
-                );
-            }
-        };
-        let store = self.routes.load().config().server.diff_store.clone();
-        if !store.exists() {
-            return json_response(StatusCode::OK, &json!({ "diffs": [] }));
-        }
-        // SQLite reads block; keep them off the admin's I/O thread.
-        let records =
-            tokio::task::spawn_blocking(move || crate::store::read_latest(&store, &filter, limit))
-                .await;
-        match records {
-            Ok(Ok(records)) => json_response(StatusCode::OK, &json!({ "diffs": records })),
-            Ok(Err(error)) => json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &json!({ "error": error.to_string() }),
-            ),
-            Err(error) => json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &json!({ "error": format!("diff query failed: {error}") }),
-            ),
-        }
     }
 
     /// `/coverage?top=N`: see [`crate::coverage`].
@@ -331,85 +304,6 @@ impl AdminApp {
     }
 }
 
-/// The query of `GET /diffs`: `route=NAME`, `verdict=` one of [`Verdict::ALL`],
-/// `since=DURATION` (like `strangler report --since`: `30m`, `2h`), `limit=1..=1000`
-/// (default 50). Each at most once.
-#[derive(Debug, PartialEq)]
-struct DiffsQuery {
-    filter: crate::store::Filter,
-    limit: usize,
-}
-
-/// A parameter of a query that was refused, and why.
-#[derive(Debug, PartialEq)]
-struct QueryError {
-    parameter: String,
-    message: String,
-}
-
-/// Most records one `GET /diffs` returns.
-const DIFFS_MAX_LIMIT: usize = 1000;
-
-impl DiffsQuery {
-    fn parse(query: &str, now_ms: i64) -> Result<Self, QueryError> {
-        let mut parsed = DiffsQuery {
-            filter: crate::store::Filter::default(),
-            limit: 50,
-        };
-        let mut seen = std::collections::HashSet::new();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            let refuse = |message: String| QueryError {
-                parameter: key.clone().into_owned(),
-                message,
-            };
-            if !seen.insert(key.clone()) {
-                return Err(refuse(format!("`{key}` is given more than once")));
-            }
-            match key.as_ref() {
-                "route" if value.is_empty() => {
-                    return Err(refuse("`route` needs a route name".into()));
-                }
-                "route" => parsed.filter.route = Some(value.into_owned()),
-                "verdict" => match Verdict::parse(&value) {
-                    Some(verdict) => parsed.filter.verdict = Some(verdict),
-                    None => {
-                        return Err(refuse(format!(
-                            "`verdict` must be one of {}, not `{value}`",
-                            Verdict::ALL.map(Verdict::as_str).join(", ")
-                        )));
-                    }
-                },
-                "limit" => {
-                    parsed.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|limit| (1..=DIFFS_MAX_LIMIT).contains(limit))
-                        .ok_or_else(|| {
-                            refuse(format!(
-                                "`limit` must be a whole number from 1 to {DIFFS_MAX_LIMIT}, not `{value}`"
-                            ))
-                        })?;
-                }
-                "since" => {
-                    let age = humantime::parse_duration(&value).map_err(|error| {
-                        refuse(format!(
-                            "`since` must be a duration like 30m or 2h, not `{value}`: {error}"
-                        ))
-                    })?;
-                    let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-                    parsed.filter.since_ms = now_ms.saturating_sub(age).max(0);
-                }
-                _ => {
-                    return Err(refuse(format!(
-                        "unknown parameter `{key}`; /diffs takes route, verdict, since and limit"
-                    )));
-                }
-            }
-        }
-        Ok(parsed)
-    }
-}
-
 fn backend_document(backend: &crate::upstream::Backend) -> serde_json::Value {
     // One read of each flag, so the fields agree with each other (`healthy` is `available()`).
     let probed_down = backend.probed_down();
@@ -446,7 +340,8 @@ impl ServeHttp for AdminApp {
         if !open && let Some(refusal) = cross_site(session, &self.hosts, self.token.is_some()) {
             return json_response(StatusCode::FORBIDDEN, &json!({ "error": refusal }));
         }
-        if !open && !self.authorized(session) {
+        // The viewer's page holds no data: a browser navigating to it cannot send the token.
+        if !open && !crate::viewer::is_asset(&path) && !self.authorized(session) {
             let mut response = json_response(
                 StatusCode::UNAUTHORIZED,
                 &json!({ "error": "a valid bearer token is required" }),
@@ -541,16 +436,15 @@ impl ServeHttp for AdminApp {
             (Method::GET | Method::HEAD, "/coverage") => {
                 self.coverage(session.req_header().uri.query().unwrap_or(""))
             }
-            (Method::GET | Method::HEAD, "/diffs") => {
+            (Method::GET | Method::HEAD, path) if crate::viewer::serves(path) => {
                 let query = session.req_header().uri.query().unwrap_or("").to_owned();
-                self.diffs(&query).await
+                crate::viewer::respond(&self.routes, &self.metrics, path, &query).await
             }
             (_, "/reload") => method_not_allowed("POST"),
-            (
-                _,
-                "/healthz" | "/readyz" | "/routes" | "/upstreams" | "/metrics" | "/diffs"
-                | "/coverage",
-            ) => method_not_allowed("GET, HEAD"),
+            (_, "/healthz" | "/readyz" | "/routes" | "/upstreams" | "/metrics" | "/coverage") => {
+                method_not_allowed("GET, HEAD")
+            }
+            (_, path) if crate::viewer::serves(path) => method_not_allowed("GET, HEAD"),
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({ "error": "not found", "endpoints": ENDPOINTS }),
@@ -674,71 +568,4 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u
         .header(header::CACHE_CONTROL, "no-store")
         .body(body)
         .expect("static response parts are valid")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Filter;
-
-    #[test]
-    fn diffs_queries_are_parsed_with_defaults() {
-        assert_eq!(
-            DiffsQuery::parse("", 10_000),
-            Ok(DiffsQuery {
-                filter: Filter::default(),
-                limit: 50
-            })
-        );
-        assert_eq!(
-            DiffsQuery::parse(
-                "route=orders%20read&verdict=shadow_error&since=2s&limit=1000",
-                10_000
-            ),
-            Ok(DiffsQuery {
-                filter: Filter {
-                    route: Some("orders read".into()),
-                    since_ms: 8_000,
-                    verdict: Some(Verdict::ShadowError),
-                    generation: None,
-                },
-                limit: 1000
-            })
-        );
-        // Older than the epoch is everything, not an overflow.
-        assert_eq!(
-            DiffsQuery::parse("since=100years", 10_000)
-                .unwrap()
-                .filter
-                .since_ms,
-            0
-        );
-    }
-
-    #[test]
-    fn a_bad_or_unknown_diffs_parameter_is_named_not_ignored() {
-        for (query, parameter) in [
-            ("verdict=bogus", "verdict"),
-            ("verdict=", "verdict"),
-            ("verdict=MATCH", "verdict"),
-            ("limit=0", "limit"),
-            ("limit=1001", "limit"),
-            ("limit=ten", "limit"),
-            ("limit=-1", "limit"),
-            ("since=yesterday", "since"),
-            ("since=", "since"),
-            ("route=", "route"),
-            ("route=a&route=b", "route"),
-            ("rout=orders", "rout"),
-            ("verdict=match&foo", "foo"),
-        ] {
-            let error = DiffsQuery::parse(query, 10_000).unwrap_err();
-            assert_eq!(error.parameter, parameter, "{query}: {}", error.message);
-            assert!(
-                error.message.contains(parameter),
-                "{query}: {}",
-                error.message
-            );
-        }
-    }
 }

@@ -56,4 +56,5 @@ pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod viewer;
 pub mod vocabulary;

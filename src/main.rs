@@ -160,6 +160,8 @@ enum ReportFormat {
     Json,
     Junit,
     Markdown,
+    /// One self-contained page: overview, routes and example exchanges side by side.
+    Html,
 }
 
 fn main() -> ExitCode {
@@ -267,14 +269,26 @@ fn main() -> ExitCode {
                 },
             };
             let format = match format {
-                ReportFormat::Text => strangler::report::Format::Text,
-                ReportFormat::Json => strangler::report::Format::Json,
-                ReportFormat::Junit => strangler::report::Format::Junit,
-                ReportFormat::Markdown => strangler::report::Format::Markdown,
+                ReportFormat::Text => Some(strangler::report::Format::Text),
+                ReportFormat::Json => Some(strangler::report::Format::Json),
+                ReportFormat::Junit => Some(strangler::report::Format::Junit),
+                ReportFormat::Markdown => Some(strangler::report::Format::Markdown),
+                // HTML also shows example exchanges in full, read from the stores.
+                ReportFormat::Html => None,
             };
-            match strangler::report::build(&options) {
-                Ok(report) => {
-                    print!("{}", strangler::report::render(&report, format));
+            let rendered = strangler::report::build(&options).and_then(|report| {
+                let text = match format {
+                    Some(format) => strangler::report::render(&report, format),
+                    None => {
+                        let html = strangler::report::html::examples(&report, &options.databases)?;
+                        strangler::report::html::render(&report, &html)
+                    }
+                };
+                Ok((report, text))
+            });
+            match rendered {
+                Ok((report, text)) => {
+                    print!("{text}");
                     if report.passed {
                         ExitCode::SUCCESS
                     } else {

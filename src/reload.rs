@@ -449,6 +449,10 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
             "server.diff_max_age",
             running.diff_max_age != new.diff_max_age,
         ),
+        (
+            "server.diff_max_sample",
+            running.diff_max_sample != new.diff_max_sample,
+        ),
         ("server.otlp", running.otlp != new.otlp),
     ];
     for (field, differs) in read_at_start {

@@ -31,6 +31,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::diff::path::generalize;
 use crate::record::Kind;
+pub mod exchange;
+pub mod html;
 use crate::store::{
     DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
 };
@@ -1940,4 +1942,12 @@ mod tests {
             "/orders/2 in both replicas is one record"
         );
     }
+}
+
+/// The report's suggested rules as YAML to paste under the route's `shadow:`.
+pub fn suggestion_yaml(route: &str, summary: &RouteSummary) -> Option<String> {
+    let line = summary.suggestion.as_ref()?;
+    Some(format!(
+        "# routes: - name: {route} → shadow: (merge with an existing compare:)\n{line}\n"
+    ))
 }

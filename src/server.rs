@@ -102,6 +102,7 @@ pub fn serve(
         path: server_config.diff_store.clone(),
         max_rows: server_config.diff_max_rows,
         max_age: server_config.diff_max_age,
+        max_sample: usize::try_from(server_config.diff_max_sample.as_u64()).unwrap_or(usize::MAX),
     };
     let store = if table.routes().iter().any(|route| route.shadow.is_some()) {
         Some(DiffStore::open(

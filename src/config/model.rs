@@ -332,6 +332,11 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub diff_max_age: Duration,
+    /// Longest body sample stored per side of a differing exchange (decoded text, cut with a
+    /// `…`), which the viewer and `/diffs` show; `0` stores none. At most 64 KiB: the diff
+    /// worker holds two per exchange of a batch.
+    #[schemars(with = "ByteSizeSchema")]
+    pub diff_max_sample: bytesize::ByteSize,
     /// Limits on what clients may send.
     pub limits: LimitsConfig,
     /// What is redacted in everything strangler stores or shows (diff store, `/diffs`,
@@ -473,6 +478,7 @@ impl Default for ServerConfig {
             diff_store: "strangler-diffs.db".into(),
             diff_max_rows: 100_000,
             diff_max_age: Duration::from_secs(7 * 24 * 3600),
+            diff_max_sample: bytesize::ByteSize::kib(4),
             limits: LimitsConfig::default(),
             redact: RedactConfig::default(),
             otlp: None,

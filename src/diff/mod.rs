@@ -37,8 +37,8 @@ use crate::vocabulary::{DiffResult, Verdict};
 
 /// Exchanges waiting for the worker; more are skipped.
 const QUEUE_CAPACITY: usize = 1024;
-/// Longest body sample stored per side.
-const SAMPLE_LIMIT: usize = 4096;
+/// Longest body sample stored per side by default (`server.diff_max_sample`).
+pub const SAMPLE_LIMIT: usize = 4096;
 
 /// A finished shadow exchange, ready to compare.
 pub struct DiffJob {
@@ -66,6 +66,8 @@ pub struct StoreSettings {
     pub path: std::path::PathBuf,
     pub max_rows: u64,
     pub max_age: Duration,
+    /// Longest body sample stored per side, in bytes (`server.diff_max_sample`).
+    pub max_sample: usize,
 }
 
 impl DiffSink {
@@ -111,7 +113,7 @@ fn run_worker(
         // Drain what is waiting so the store writes one transaction per batch.
         let mut records = Vec::new();
         for job in std::iter::once(first).chain(jobs.try_iter().take(256)) {
-            if let Some(record) = judge(job, &metrics) {
+            if let Some(record) = judge(job, &metrics, settings.max_sample) {
                 records.push(record);
             }
         }
@@ -154,7 +156,7 @@ fn run_worker(
 }
 
 /// Compares one exchange, counts its verdict, and returns what to store.
-fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
+fn judge(job: DiffJob, metrics: &Metrics, max_sample: usize) -> Option<DiffRecord> {
     let DiffJob {
         rule,
         outcome,
@@ -214,8 +216,8 @@ fn judge(job: DiffJob, metrics: &Metrics) -> Option<DiffRecord> {
             // Samples explain differences; a matching exchange needs none.
             let samples = (verdict != Verdict::Match).then(|| {
                 (
-                    sample(&rule, &prepared_primary),
-                    sample(&rule, &prepared_shadow),
+                    sample(&rule, &prepared_primary, max_sample),
+                    sample(&rule, &prepared_shadow, max_sample),
                 )
             });
             (
@@ -279,8 +281,8 @@ fn scrub(record: &mut DiffRecord, secrets: &crate::redact::Secrets) {
 
 /// A bounded, redacted body sample for the store: the decoded body as text. A body that is not
 /// text (or does not decode) is described, never stored as bytes.
-fn sample(rule: &CompareRule, prepared: &Prepared<'_>) -> Option<String> {
-    if prepared.response.body.is_empty() {
+fn sample(rule: &CompareRule, prepared: &Prepared<'_>, limit: usize) -> Option<String> {
+    if prepared.response.body.is_empty() || limit == 0 {
         return None;
     }
     let decoded = match prepared.body() {
@@ -298,7 +300,7 @@ fn sample(rule: &CompareRule, prepared: &Prepared<'_>) -> Option<String> {
     let text = if rule.redact_json.is_empty() {
         // Only what is kept is copied (and a few bytes more, so a longer body still ends in `…`
         // after `truncate_to`): a sample must not hold its body's size until it is stored.
-        let mut end = text.len().min(SAMPLE_LIMIT + 4);
+        let mut end = text.len().min(limit + 4);
         while !text.is_char_boundary(end) {
             end -= 1;
         }
@@ -310,7 +312,7 @@ fn sample(rule: &CompareRule, prepared: &Prepared<'_>) -> Option<String> {
         redact(&mut value, &rule.redact_json, &mut Vec::new());
         value.to_string()
     };
-    Some(compare::truncate_to(text, SAMPLE_LIMIT))
+    Some(compare::truncate_to(text, limit))
 }
 
 /// `bytes` as text when they are UTF-8 (a body cut short may end inside a character).
@@ -475,7 +477,7 @@ mod tests {
     }
 
     fn sampled(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
-        sample(rule, &Prepared::new(response))
+        sample(rule, &Prepared::new(response), SAMPLE_LIMIT)
     }
 
     #[test]
@@ -502,6 +504,14 @@ mod tests {
             sampled(&CompareRule::default(), &response("plain text")).as_deref(),
             Some("plain text")
         );
+        // `server.diff_max_sample` sets the cap; 0 keeps nothing.
+        let plain = CompareRule::default();
+        let cut = sample(&plain, &Prepared::new(&response("0123456789")), 4).unwrap();
+        assert!(
+            cut.starts_with("012") && cut.ends_with('…') && cut.len() <= 7,
+            "{cut}"
+        );
+        assert_eq!(sample(&plain, &Prepared::new(&response("0123")), 0), None);
     }
 
     #[test]

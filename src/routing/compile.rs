@@ -179,6 +179,13 @@ impl RouteTable {
                 .with_hint("the HTTP parser reads at most 256 header lines"),
             );
         }
+        if config.server.diff_max_sample > bytesize::ByteSize::kib(64) {
+            diagnostics.push(
+                Diagnostic::new("server.diff_max_sample", "must be at most 64 KiB").with_hint(
+                    "samples explain differences; the store keeps one per side per exchange",
+                ),
+            );
+        }
         if let Some(otlp) = &config.server.otlp
             && let Err(crate::telemetry::TelemetryError::Invalid { field, message }) =
                 crate::telemetry::validate(otlp)

@@ -16,6 +16,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use crate::record::{DiffRecord, Difference};
 use crate::vocabulary::Verdict;
 
+pub mod summary;
+
 /// Which records a read returns. The default is every record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {

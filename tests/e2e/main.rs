@@ -22,4 +22,5 @@ mod report;
 mod resilience;
 mod routing;
 mod shadow;
+mod ui;
 mod validate;
