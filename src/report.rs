@@ -1394,6 +1394,14 @@ fn xml(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The report's suggested rules as YAML to paste under the route's `shadow:`.
+pub fn suggestion_yaml(route: &str, summary: &RouteSummary) -> Option<String> {
+    let line = summary.suggestion.as_ref()?;
+    Some(format!(
+        "# routes: - name: {route} → shadow: (merge with an existing compare:)\n{line}\n"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1942,12 +1950,4 @@ mod tests {
             "/orders/2 in both replicas is one record"
         );
     }
-}
-
-/// The report's suggested rules as YAML to paste under the route's `shadow:`.
-pub fn suggestion_yaml(route: &str, summary: &RouteSummary) -> Option<String> {
-    let line = summary.suggestion.as_ref()?;
-    Some(format!(
-        "# routes: - name: {route} → shadow: (merge with an existing compare:)\n{line}\n"
-    ))
 }
