@@ -13,9 +13,9 @@
 //!
 //! 1. Leaves, which use nothing of the crate: [`config`] (the file's model and its loading),
 //!    [`vocabulary`] (every word said to the outside: reasons, verdicts, metric labels),
-//!    [`record`] (a stored comparison), [`edits`] (what is done to a request on its way),
-//!    [`hygiene`] and [`forwarded`] (request rules).
-//! 2. [`metrics`] (uses only [`vocabulary`]), [`redact`], [`upstream`], [`telemetry`],
+//!    [`edits`] (what is done to a request on its way) and [`forwarded`].
+//! 2. Modules that use only leaves: [`metrics`] and [`hygiene`] (only [`vocabulary`]),
+//!    [`record`] (a stored comparison), [`redact`], [`upstream`], [`telemetry`], then
 //!    [`store`] (persists [`record`]s) and [`exchange`] (one mirrored exchange in flight).
 //! 3. [`diff`]: judges exchanges, writes records.
 //! 4. [`shadow`]: sends copies, hands exchanges to [`diff`].

@@ -243,3 +243,175 @@ impl TesterOverride {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    //! Stages, splits and the tester override, in-process.
+
+    use std::net::IpAddr;
+
+    use super::*;
+
+    /// The messages `check_stage` gives for a route of `stage` with these sections.
+    fn stage_problems(
+        stage: Stage,
+        (split, shadow, upstream): (bool, bool, bool),
+        retired: Option<RetiredConfig>,
+    ) -> Vec<String> {
+        let mut diagnostics = Vec::new();
+        check_stage(
+            stage,
+            split,
+            shadow,
+            upstream,
+            retired.as_ref(),
+            "routes[0]",
+            &mut diagnostics,
+        );
+        diagnostics
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn each_stage_accepts_what_it_serves_with_and_names_what_it_lacks() {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            stage_problems(Stage::Legacy, (false, false, true), None),
+            none
+        );
+        assert_eq!(
+            stage_problems(Stage::Shadow, (false, true, true), None),
+            none
+        );
+        assert_eq!(
+            stage_problems(Stage::Canary, (true, true, false), None),
+            none
+        );
+        assert_eq!(stage_problems(Stage::New, (false, true, true), None), none);
+        assert_eq!(
+            stage_problems(Stage::Retired, (false, false, false), None),
+            none
+        );
+        assert_eq!(
+            stage_problems(Stage::Shadow, (false, false, true), None),
+            ["routes[0].stage: stage: shadow needs a `shadow:` section"]
+        );
+        assert_eq!(
+            stage_problems(Stage::Canary, (false, false, true), None),
+            ["routes[0].stage: stage: canary needs a `split:` of weighted upstreams"]
+        );
+        for stage in [Stage::Legacy, Stage::Shadow, Stage::New] {
+            let found = stage_problems(stage, (true, true, false), None);
+            assert_eq!(found.len(), 1, "{stage:?}: {found:?}");
+            assert!(found[0].contains("stage: canary"), "{found:?}");
+        }
+        assert_eq!(
+            stage_problems(Stage::Retired, (false, false, true), None),
+            [
+                "routes[0].stage: a retired route answers by itself: remove upstream, split and shadow"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_retired_answer_belongs_to_a_retired_route_and_has_a_real_status() {
+        let answer = |status| RetiredConfig {
+            status,
+            body: "moved".into(),
+        };
+        assert_eq!(
+            stage_problems(Stage::New, (false, false, true), Some(answer(410))),
+            ["routes[0].retired: only applies with stage: retired"]
+        );
+        assert_eq!(
+            stage_problems(Stage::Retired, (false, false, false), Some(answer(99))),
+            ["routes[0].retired.status: must be an HTTP status, 200 to 599"]
+        );
+        let compiled = RetiredAnswer::from_config(Some(&answer(301)));
+        assert_eq!((compiled.status, &compiled.body[..]), (301, &b"moved"[..]));
+        let default = RetiredAnswer::from_config(None);
+        assert_eq!((default.status, default.body.len()), (410, 0));
+    }
+
+    fn split_of(weights: &[u32], sticky: Option<StickyConfig>) -> (Option<Split>, Vec<String>) {
+        let sides: Vec<SplitConfig> = weights
+            .iter()
+            .enumerate()
+            .map(|(number, weight)| {
+                serde_yaml::from_str(&format!("{{ upstream: u{number}, weight: {weight} }}"))
+                    .expect("a split side")
+            })
+            .collect();
+        let mut diagnostics = Vec::new();
+        let mut next = 0;
+        let split = compile_split(
+            &sides,
+            sticky.as_ref(),
+            "routes[0]",
+            |_, _, _| {
+                next += 1;
+                Some(next - 1)
+            },
+            &mut diagnostics,
+        );
+        let messages = diagnostics
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect();
+        (split, messages)
+    }
+
+    #[test]
+    fn weights_are_summed_without_wrapping_and_must_make_100() {
+        let (_, found) = split_of(&[u32::MAX, 101], None);
+        assert_eq!(
+            found,
+            ["routes[0].split: weights sum to 4294967396, not 100"]
+        );
+        let (split, found) = split_of(&[10, 90], None);
+        assert!(found.is_empty() && split.is_some(), "{found:?}");
+    }
+
+    #[test]
+    fn a_client_ip_key_keeps_one_client_on_one_side() {
+        let sticky: StickyConfig = serde_yaml::from_str("{ client_ip: true }").unwrap();
+        let (split, _) = split_of(&[50, 50], Some(sticky));
+        let split = split.unwrap();
+        let request = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut sides = [0; 2];
+        for last in 0..=255u8 {
+            let client: IpAddr = [10, 0, 0, last].into();
+            let side = split.pick(&request, Some(client));
+            assert_eq!(split.pick(&request, Some(client)), side);
+            sides[side] += 1;
+        }
+        assert!(sides[0] > 80 && sides[1] > 80, "{sides:?}");
+    }
+
+    #[test]
+    fn a_sticky_key_needs_a_split_and_exactly_one_source() {
+        let both: StickyConfig = serde_yaml::from_str("{ cookie: a, header: b }").unwrap();
+        let (_, found) = split_of(&[100], Some(both));
+        assert_eq!(
+            found,
+            ["routes[0].sticky: set exactly one of `cookie`, `header` or `client_ip`"]
+        );
+        let cookie: StickyConfig = serde_yaml::from_str("{ cookie: a }").unwrap();
+        let (split, found) = split_of(&[], Some(cookie));
+        assert!(split.is_none());
+        assert_eq!(
+            found,
+            ["routes[0].sticky: only applies to a route with a split"]
+        );
+    }
+
+    #[test]
+    fn tokens_compare_in_full() {
+        assert!(constant_time_eq(b"secret-token", b"secret-token"));
+        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
+        assert!(!constant_time_eq(b"secret", b"secret-token"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

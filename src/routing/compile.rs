@@ -587,9 +587,10 @@ fn compile_target(
     })
 }
 
-/// The route-wide `rewrite` and `request_headers` (and the shadow's own `rewrite` and
-/// `headers`) of earlier versions applied to whichever upstream served, so every way back to
-/// legacy got the new service's paths. They are refused, with the spelling that replaces them.
+/// The route-wide `rewrite` and `request_headers` of earlier versions applied to whichever
+/// upstream served, so every way back to legacy got the new service's paths. They are refused,
+/// with the spelling that replaces them. (The shadow's own old fields are refused with the rest
+/// of `shadow:`, by `compile_shadow`.)
 fn reject_route_wide_edits(route: &RouteConfig, path: &str, diagnostics: &mut Vec<Diagnostic>) {
     let owner = match (&route.upstream, route.split.first()) {
         (Some(target), _) => Some(("upstream", target.name.as_str())),
@@ -620,31 +621,6 @@ fn reject_route_wide_edits(route: &RouteConfig, path: &str, diagnostics: &mut Ve
             )
             .with_hint(example),
         );
-    }
-    if let Some(shadow) = &route.shadow {
-        for (field, new_field, value) in [
-            ("rewrite", "rewrite", &shadow.rewrite),
-            ("headers", "request_headers", &shadow.headers),
-        ] {
-            let Some(value) = value else { continue };
-            let hint = if value.as_mapping().is_some_and(|map| map.is_empty()) {
-                "remove it: a copy is the client's request as sent unless its upstream has edits"
-                    .to_owned()
-            } else {
-                format!(
-                    "shadow: {{ upstream: {{ name: {}, {new_field}: {} }} }}",
-                    shadow.upstream.name,
-                    flow(value)
-                )
-            };
-            diagnostics.push(
-                Diagnostic::new(
-                    format!("{path}.shadow.{field}"),
-                    format!("`shadow.{field}` moved into the shadow's upstream"),
-                )
-                .with_hint(hint),
-            );
-        }
     }
 }
 

@@ -54,6 +54,7 @@ pub fn compile_shadow(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<ShadowRule> {
     let before = diagnostics.len();
+    reject_moved_edits(config, path, diagnostics);
     if !(0.0..=1.0).contains(&config.sample) || config.sample.is_nan() {
         diagnostics.push(
             Diagnostic::new(format!("{path}.sample"), "must be between 0.0 and 1.0")
@@ -116,6 +117,35 @@ pub fn compile_shadow(
         redaction: redaction.clone(),
         response_limit: RESPONSE_LIMIT,
     })
+}
+
+/// The shadow's own `rewrite` and `headers` of earlier versions: refused, with the spelling that
+/// replaces them (edits belong to the shadow's upstream, a target like any other).
+fn reject_moved_edits(config: &ShadowConfig, path: &str, diagnostics: &mut Vec<Diagnostic>) {
+    for (field, new_field, value) in [
+        ("rewrite", "rewrite", &config.rewrite),
+        ("headers", "request_headers", &config.headers),
+    ] {
+        let Some(value) = value else { continue };
+        let hint = if value.as_mapping().is_some_and(|map| map.is_empty()) {
+            "remove it: a copy is the client's request as sent unless its upstream has edits"
+                .to_owned()
+        } else {
+            // A YAML value on one line (JSON is YAML's flow style).
+            let flow = serde_json::to_string(value).unwrap_or_else(|_| "{..}".to_owned());
+            format!(
+                "shadow: {{ upstream: {{ name: {}, {new_field}: {flow} }} }}",
+                config.upstream.name
+            )
+        };
+        diagnostics.push(
+            Diagnostic::new(
+                format!("{path}.{field}"),
+                format!("`shadow.{field}` moved into the shadow's upstream"),
+            )
+            .with_hint(hint),
+        );
+    }
 }
 
 /// Seed of the sampling hash; any value other than the split's (unseeded) one.
@@ -391,6 +421,20 @@ mod tests {
         assert_eq!(copy.headers["x-secret"], "[redacted]");
         assert_eq!(copy.headers["x-kept"], "k");
         assert_eq!(copy.headers["x-strangler-shadow"], "1");
+    }
+
+    #[test]
+    fn the_old_shadow_edits_are_refused_with_their_new_spelling() {
+        let problems =
+            compiled("upstream: candidate\nrewrite: { strip_prefix: /api }\nheaders: {}")
+                .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "routes[0].shadow.rewrite: `shadow.rewrite` moved into the shadow's upstream",
+                "routes[0].shadow.headers: `shadow.headers` moved into the shadow's upstream",
+            ]
+        );
     }
 
     #[test]

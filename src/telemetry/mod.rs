@@ -24,35 +24,29 @@
 //!
 //! A span that is not sampled costs the sampling decision and its `traceparent`, nothing else:
 //! no attributes are built and nothing is queued.
+//!
+//! This module owns the tracer and its config check; `span.rs` the request's span,
+//! `propagation.rs` the W3C headers (through the SDK's propagator), `export.rs` the OTLP client.
 
-use std::borrow::Cow;
-use std::net::SocketAddr;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
-    SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 
+mod export;
+mod propagation;
+mod span;
+
 use crate::config::OtlpConfig;
-use crate::vocabulary::Reason;
+use export::{ExportClient, ReportingExporter};
+pub use span::{RequestSpan, SpanEnd};
 
 /// The W3C trace context request headers.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -64,8 +58,6 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a partial batch is sent, unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise.
 const SCHEDULE_DELAY: Duration = Duration::from_secs(1);
-/// A collector's answer is a few bytes; anything past this is refused.
-const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -195,19 +187,8 @@ impl RequestTracer {
         traceparent: Option<&HeaderValue>,
         tracestate: Option<&HeaderValue>,
     ) -> RequestSpan {
-        let method = method_name(method);
-        let parent = match traceparent.and_then(|value| parse_traceparent(value.as_bytes())) {
-            Some((trace_id, span_id, flags)) => {
-                let state = tracestate
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| TraceState::from_str(value).ok())
-                    .unwrap_or_default();
-                Context::new().with_remote_span_context(SpanContext::new(
-                    trace_id, span_id, flags, true, state,
-                ))
-            }
-            None => Context::new(),
-        };
+        let method = span::method_name(method);
+        let parent = propagation::extract(traceparent, tracestate).unwrap_or_default();
         let builder = self
             .tracer
             .span_builder(method.clone())
@@ -230,305 +211,6 @@ impl RequestTracer {
     }
 }
 
-/// The proxy's span for one request. Ends (as it is) when dropped without [`finish`].
-///
-/// [`finish`]: RequestSpan::finish
-#[derive(Debug)]
-pub struct RequestSpan {
-    span: opentelemetry_sdk::trace::Span,
-    method: Cow<'static, str>,
-}
-
-/// How a request ended, for [`RequestSpan::finish`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SpanEnd<'a> {
-    /// The status code sent to the client; 0 when no response was sent.
-    pub status: u16,
-    /// The matched route's name (`default` for the default upstream).
-    pub route: &'a str,
-    /// The upstream that served (or failed) the request.
-    pub upstream: &'a str,
-    /// The backend of the last attempt, if one was chosen.
-    pub backend: Option<SocketAddr>,
-    pub request_id: &'a str,
-    /// Why the proxy refused or failed the request (`connect_refused`, `body_too_large`, ...).
-    pub error: Option<Reason>,
-    /// The route's fallback upstream served instead.
-    pub fallback: bool,
-}
-
-impl RequestSpan {
-    /// Whether this span is sampled and will be exported.
-    pub fn is_recording(&self) -> bool {
-        self.span.is_recording()
-    }
-
-    /// This span's trace id, when it is recorded (for access logs).
-    pub fn trace_id(&self) -> Option<TraceId> {
-        self.is_recording()
-            .then(|| self.span.span_context().trace_id())
-    }
-
-    /// The `traceparent` to send upstream: this span's trace id, with this span as the parent,
-    /// and its sampling decision (flags `01` when the span is exported, `00` when not, as
-    /// OpenTelemetry propagates an unsampled context). `None` only once the tracer is shut down.
-    pub fn traceparent(&self) -> Option<HeaderValue> {
-        let context = self.span.span_context();
-        if !context.is_valid() {
-            return None;
-        }
-        Some(format_traceparent(
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags(),
-        ))
-    }
-
-    /// Ends the span with the request's outcome. The span's status is `Error` for a 5xx and
-    /// for a request that failed before any response; 4xx answers keep `Unset` (the client's
-    /// error, per the HTTP semantic conventions) but still carry `error.type` when the proxy
-    /// refused them.
-    pub fn finish(mut self, end: &SpanEnd<'_>) {
-        if !self.span.is_recording() {
-            return;
-        }
-        let span = &mut self.span;
-        span.update_name(format!("{} {}", self.method, end.route));
-        if end.status != 0 {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(end.status),
-            ));
-        }
-        span.set_attribute(KeyValue::new("strangler.route", end.route.to_owned()));
-        span.set_attribute(KeyValue::new("strangler.upstream", end.upstream.to_owned()));
-        if let Some(backend) = end.backend {
-            span.set_attribute(KeyValue::new("strangler.backend", backend.to_string()));
-        }
-        if !end.request_id.is_empty() {
-            span.set_attribute(KeyValue::new(
-                "strangler.request_id",
-                end.request_id.to_owned(),
-            ));
-        }
-        if end.fallback {
-            span.set_attribute(KeyValue::new("strangler.fallback", true));
-        }
-        let failed = end.status >= 500 || (end.status == 0 && end.error.is_some());
-        let error_type = match end.error {
-            Some(reason) => Some(reason.as_str().to_owned()),
-            None if end.status >= 500 => Some(end.status.to_string()),
-            None => None,
-        };
-        if let Some(error_type) = error_type {
-            if failed {
-                span.set_status(Status::error(error_type.clone()));
-            }
-            span.set_attribute(KeyValue::new("error.type", error_type));
-        }
-        span.end();
-    }
-}
-
-fn method_name(method: &Method) -> Cow<'static, str> {
-    let name = match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => return Cow::Owned(method.as_str().to_owned()),
-    };
-    Cow::Borrowed(name)
-}
-
-/// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`). Returns
-/// `None` for anything invalid: version `ff`, upper-case or short ids, all-zero ids, a version
-/// 00 header with trailing data. Later versions are read by their version-00 prefix, as the
-/// spec asks.
-pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
-    let value = value.trim_ascii();
-    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
-        return None;
-    }
-    let version = hex_byte(value[0], value[1])?;
-    match version {
-        0xff => return None,
-        0 if value.len() != 55 => return None,
-        _ if value.len() > 55 && value[55] != b'-' => return None,
-        _ => {}
-    }
-    let mut trace_id = [0u8; 16];
-    for (byte, pair) in trace_id.iter_mut().zip(value[3..35].chunks_exact(2)) {
-        *byte = hex_byte(pair[0], pair[1])?;
-    }
-    let mut span_id = [0u8; 8];
-    for (byte, pair) in span_id.iter_mut().zip(value[36..52].chunks_exact(2)) {
-        *byte = hex_byte(pair[0], pair[1])?;
-    }
-    let flags = hex_byte(value[53], value[54])?;
-    let trace_id = TraceId::from_bytes(trace_id);
-    let span_id = SpanId::from_bytes(span_id);
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return None;
-    }
-    // Only the sampled bit is defined for version 00.
-    Some((trace_id, span_id, TraceFlags::new(flags & 0x01)))
-}
-
-/// `00-<trace id>-<span id>-<flags>`, 55 bytes.
-pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
-    fn put_hex(out: &mut [u8], bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0x0f)];
-        }
-    }
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    put_hex(&mut out[3..35], &trace_id.to_bytes());
-    put_hex(&mut out[36..52], &span_id.to_bytes());
-    put_hex(&mut out[53..55], &[flags.to_u8()]);
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
-}
-
-fn hex_byte(high: u8, low: u8) -> Option<u8> {
-    fn nibble(digit: u8) -> Option<u8> {
-        match digit {
-            b'0'..=b'9' => Some(digit - b'0'),
-            b'a'..=b'f' => Some(digit - b'a' + 10),
-            _ => None,
-        }
-    }
-    Some(nibble(high)? << 4 | nibble(low)?)
-}
-
-/// The OTLP exporter, reporting when exports start failing and when they recover (the SDK's
-/// own diagnostics are compiled out).
-#[derive(Debug)]
-struct ReportingExporter {
-    inner: opentelemetry_otlp::SpanExporter,
-    endpoint: String,
-    failing: AtomicBool,
-}
-
-impl SpanExporter for ReportingExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let result = self.inner.export(batch).await;
-        match &result {
-            Err(error) if !self.failing.swap(true, Ordering::Relaxed) => tracing::warn!(
-                endpoint = %self.endpoint,
-                %error,
-                spans,
-                "OTLP export failed; spans are dropped until the collector answers"
-            ),
-            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
-                tracing::info!(endpoint = %self.endpoint, "OTLP export works again");
-            }
-            _ => {}
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// An HTTP/1.1 client (hyper, plain TCP) for the OTLP exporter. The SDK's batch processor runs
-/// exports on its own thread with a minimal executor, where hyper (which needs a Tokio reactor)
-/// cannot run; so each exchange is spawned onto a current-thread Tokio runtime on a dedicated
-/// thread, and the exporter awaits its join handle. The thread stops when the client is dropped.
-#[derive(Debug)]
-struct ExportClient {
-    runtime: tokio::runtime::Handle,
-    client: Client<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl ExportClient {
-    fn start(timeout: Duration) -> std::io::Result<Self> {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, handle) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("otlp-http".to_owned())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = ready.send(Ok(runtime.handle().clone()));
-                // Runs spawned exchanges until the client is dropped.
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-            })?;
-        let runtime = handle
-            .recv()
-            .map_err(|_| std::io::Error::other("the OTLP HTTP thread exited"))??;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(2)
-            .build(connector);
-        Ok(Self {
-            runtime,
-            client,
-            timeout,
-            _stop: stop,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl HttpClient for ExportClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, HttpError> {
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        let exchange = self.runtime.spawn(async move {
-            let exchange = async {
-                let response = client.request(request.map(Full::new)).await?;
-                let (parts, body) = response.into_parts();
-                let body = Limited::new(body, MAX_RESPONSE_BODY)
-                    .collect()
-                    .await?
-                    .to_bytes();
-                Ok::<_, HttpError>(http::Response::from_parts(parts, body))
-            };
-            match tokio::time::timeout(timeout, exchange).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no answer within {timeout:?}").into()),
-            }
-        });
-        exchange.await.map_err(HttpError::from)?
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -544,7 +226,14 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
     use prost::Message;
 
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+
     use super::*;
+    use crate::telemetry::propagation::tests::parse_traceparent;
+    use crate::vocabulary::Reason;
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const PARENT: &str = "00f067aa0ba902b7";
@@ -559,60 +248,6 @@ mod tests {
             service_name: "strangler-test".to_owned(),
             sample_ratio,
         }
-    }
-
-    #[test]
-    fn parses_a_valid_traceparent() {
-        let (trace, span, flags) =
-            parse_traceparent(format!("00-{TRACE}-{PARENT}-01").as_bytes()).unwrap();
-        assert_eq!(format!("{trace:032x}"), TRACE);
-        assert_eq!(format!("{span:016x}"), PARENT);
-        assert!(flags.is_sampled());
-        let (_, _, flags) =
-            parse_traceparent(format!("00-{TRACE}-{PARENT}-00").as_bytes()).unwrap();
-        assert!(!flags.is_sampled());
-        // Later versions: the version-00 prefix counts, more fields may follow.
-        assert!(
-            parse_traceparent(format!("01-{TRACE}-{PARENT}-01-what-ever").as_bytes()).is_some()
-        );
-        assert!(parse_traceparent(format!(" 00-{TRACE}-{PARENT}-01 ").as_bytes()).is_some());
-    }
-
-    #[test]
-    fn rejects_invalid_traceparents() {
-        for bad in [
-            String::new(),
-            "garbage".to_owned(),
-            format!("00-{TRACE}-{PARENT}"),
-            format!("00-{TRACE}-{PARENT}-01-extra"),
-            format!("ff-{TRACE}-{PARENT}-01"),
-            format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),
-            format!("00-{}-{PARENT}-01", "0".repeat(32)),
-            format!("00-{TRACE}-{}-01", "0".repeat(16)),
-            format!("00-{TRACE}-{PARENT}-0g"),
-            format!("00_{TRACE}-{PARENT}-01"),
-            format!("01-{TRACE}-{PARENT}-01x"),
-            format!("00-{}-{PARENT}-01", &TRACE[1..]),
-        ] {
-            assert!(
-                parse_traceparent(bad.as_bytes()).is_none(),
-                "{bad:?} parsed"
-            );
-        }
-    }
-
-    #[test]
-    fn formats_a_traceparent() {
-        let (trace, span, flags) =
-            parse_traceparent(format!("00-{TRACE}-{PARENT}-01").as_bytes()).unwrap();
-        assert_eq!(
-            format_traceparent(trace, span, flags),
-            format!("00-{TRACE}-{PARENT}-01").as_str()
-        );
-        assert_eq!(
-            format_traceparent(trace, span, TraceFlags::NOT_SAMPLED),
-            format!("00-{TRACE}-{PARENT}-00").as_str()
-        );
     }
 
     #[test]
