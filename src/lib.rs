@@ -14,6 +14,7 @@ pub mod diff;
 pub mod forwarded;
 pub mod health;
 pub mod hygiene;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;
