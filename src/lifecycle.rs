@@ -19,8 +19,11 @@
 //! Here [`Signals`] is Pingora's `shutdown_signal` and returns to Pingora only once the drain is
 //! over; Pingora then just tears the runtimes down.
 //!
-//! What it does not own: serving or closing connections (`connection.rs`), the sockets' transfer
-//! protocol (Pingora's `Fds`), the new process's side of an upgrade (Pingora's bootstrap).
+//! The new process's side of an upgrade is here too ([`receive_listeners`]): Pingora's receiver
+//! looks for the old process only once a second.
+//!
+//! What it does not own: serving or closing connections (`connection.rs`), the sending side of
+//! the sockets' transfer (Pingora's `Fds::send_to_sock`, whose wire format the receiver reads).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,9 +41,10 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 /// How long the old process waits for the new one, from SIGQUIT until the new process's
-/// `/readyz` answers (the new process loads its config before it takes the sockets). Past it,
-/// the upgrade is abandoned and the old process keeps serving.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `/readyz` answers (the new process loads its config before it takes the sockets); past it,
+/// the upgrade is abandoned and the old process keeps serving. Also how long a new process
+/// waits for the sockets before it gives up.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the old process asks `/readyz` during a hand-over.
 const HANDOVER_POLL: Duration = Duration::from_millis(20);
 
@@ -104,6 +108,9 @@ pub struct Lifecycle {
     closed: Notify,
     /// The listening sockets Pingora bound or inherited, to hand over on SIGQUIT.
     fds: Mutex<Option<ListenFds>>,
+    /// Sockets received from the old process ([`receive_listeners`]), until the first listening
+    /// service puts them in Pingora's table.
+    inherited: Mutex<Option<Vec<(String, i32)>>>,
 }
 
 impl Lifecycle {
@@ -117,7 +124,28 @@ impl Lifecycle {
             connections: AtomicUsize::new(0),
             closed: Notify::new(),
             fds: Mutex::new(None),
+            inherited: Mutex::new(None),
         })
+    }
+
+    /// Keeps the sockets received from the old process for the listeners to take; those on an
+    /// address this process does not listen on (`expected`) are closed, or they would keep
+    /// accepting connections nobody serves.
+    pub fn inherit(&self, sockets: Vec<(String, i32)>, expected: &[String]) {
+        let (kept, unclaimed): (Vec<_>, Vec<_>) = sockets
+            .into_iter()
+            .partition(|(address, _)| expected.contains(address));
+        for (address, descriptor) in unclaimed {
+            tracing::warn!(
+                address,
+                "upgrade: the old process listened on an address this config does not: closed"
+            );
+            // SAFETY: received from the old process, owned by nothing else here.
+            drop(unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(descriptor)
+            });
+        }
+        *self.inherited.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
     }
 
     pub fn phase(&self) -> Phase {
@@ -277,6 +305,112 @@ impl Lifecycle {
             tokio::time::sleep(HANDOVER_POLL).await;
         }
     }
+}
+
+/// The new process's side of an upgrade: waits (up to `timeout`) on `path` for the old process
+/// to send its listening sockets; the bind addresses (Pingora's keys) and descriptors.
+///
+/// Pingora's own receiver polls for the old process once a second, which made every upgrade
+/// take a second or more (in whole-second steps); this one answers within milliseconds. The
+/// wire format is Pingora's (`Fds::send_to_sock`): the addresses space-separated in the
+/// payload, the descriptors as `SCM_RIGHTS`.
+pub fn receive_listeners(path: &str, timeout: Duration) -> std::io::Result<Vec<(String, i32)>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixListener;
+
+    // A socket file left by an earlier attempt would make the bind fail.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let started = Instant::now();
+    let connection = loop {
+        match listener.accept() {
+            Ok((connection, _)) => break connection,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                if started.elapsed() > timeout {
+                    let _ = std::fs::remove_file(path);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no running strangler sent its sockets to {path} within {timeout:?} \
+                             (send it SIGQUIT)"
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let _ = std::fs::remove_file(path);
+    connection.set_nonblocking(false)?;
+    connection.set_read_timeout(Some(timeout))?;
+
+    const MAX_FDS: usize = 32;
+    let mut payload = [0u8; 2048];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) };
+    let mut control = vec![0u8; space as usize];
+    // SAFETY: an all-zero msghdr is a valid empty header; its buffers are set below and outlive
+    // the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &raw mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = control.len() as _;
+    // SAFETY: `message` points at live buffers of the sizes it states. CLOEXEC: a process this
+    // one starts must not inherit (and hold open) the listening sockets.
+    let read = unsafe {
+        libc::recvmsg(
+            connection.as_raw_fd(),
+            &raw mut message,
+            libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    let Ok(read) = usize::try_from(read) else {
+        return Err(std::io::Error::last_os_error());
+    };
+    let mut descriptors = Vec::new();
+    // SAFETY: walking the control messages the kernel just wrote into `control`, within the
+    // length it reported, with the libc macros made for it.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&raw const message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+                let bytes = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for index in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    descriptors.push(data.add(index).read_unaligned());
+                }
+            }
+            header = libc::CMSG_NXTHDR(&raw const message, header);
+        }
+    }
+    let addresses: Vec<String> = std::str::from_utf8(&payload[..read])
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if addresses.len() != descriptors.len() {
+        let message = format!(
+            "{} addresses for {} sockets",
+            addresses.len(),
+            descriptors.len()
+        );
+        for descriptor in descriptors {
+            // SAFETY: received just now, owned by nothing else.
+            drop(unsafe { OwnedFd::from_raw_fd(descriptor) });
+        }
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            message,
+        ));
+    }
+    Ok(addresses.into_iter().zip(descriptors).collect())
 }
 
 /// Whether a Unix socket listens at `path`, from `/proc/net/unix` (Linux): the hand-over socket
@@ -469,6 +603,23 @@ where
         listeners_per_fd: usize,
     ) {
         if let Some(fds) = &fds {
+            // Inherited sockets go in Pingora's table before any listener is built (the lock
+            // held throughout makes the other service wait), so it takes them over instead of
+            // binding the addresses anew.
+            let mut inherited = self
+                .lifecycle
+                .inherited
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(sockets) = inherited.take() {
+                let mut table = fds.lock();
+                for (address, descriptor) in sockets {
+                    if table.get(&address).is_none() {
+                        table.add(address, descriptor);
+                    }
+                }
+            }
+            drop(inherited);
             *self.lifecycle.fds.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds.clone());
         }
         let accept_loop = self.lifecycle.accept_loop(self.listener);
@@ -538,6 +689,55 @@ mod tests {
         assert!(!socket_listening(path));
         let _listener = std::os::unix::net::UnixListener::bind(path).unwrap();
         assert!(socket_listening(path));
+    }
+
+    #[test]
+    fn sockets_sent_the_way_pingora_sends_them_are_received_with_their_addresses() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let path = path.to_str().unwrap().to_owned();
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_address = proxy.local_addr().unwrap();
+        let mut fds = pingora_core::server::Fds::new();
+        fds.add(proxy_address.to_string(), proxy.as_raw_fd());
+        fds.add(admin.local_addr().unwrap().to_string(), admin.as_raw_fd());
+        let receiver = std::thread::spawn({
+            let path = path.clone();
+            move || receive_listeners(&path, Duration::from_secs(10))
+        });
+        while !socket_listening(&path) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fds.send_to_sock(path.as_str()).unwrap();
+        let received = receiver.join().unwrap().unwrap();
+        assert_eq!(received.len(), 2);
+        let (_, descriptor) = received
+            .iter()
+            .find(|(address, _)| *address == proxy_address.to_string())
+            .expect("the proxy's address");
+        // The received descriptor is the same listening socket: a connection to the address
+        // is accepted through it.
+        // SAFETY: received above, owned by nothing else.
+        let inherited =
+            unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(*descriptor) };
+        let _client = std::net::TcpStream::connect(proxy_address).unwrap();
+        inherited.accept().unwrap();
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "the socket file is removed"
+        );
+    }
+
+    #[test]
+    fn a_new_process_gives_up_when_no_sockets_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let error = receive_listeners(path.to_str().unwrap(), Duration::from_millis(50))
+            .expect_err("nothing was sent");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(error.to_string().contains("SIGQUIT"), "{error}");
     }
 
     fn lifecycle(drain_timeout: Duration) -> Arc<Lifecycle> {

@@ -48,6 +48,8 @@ pub enum StartError {
         "the admin listener {0} is not on loopback and has no token: set server.admin_token or STRANGLER_ADMIN_TOKEN"
     )]
     UnprotectedAdmin(SocketAddr),
+    #[error("cannot take over the listening sockets (--upgrade): {0}")]
+    Upgrade(std::io::Error),
     #[error("cannot start the diff worker: {0}")]
     Worker(std::io::Error),
     #[error("cannot open the diff store (server.diff_store): {0}")]
@@ -134,17 +136,16 @@ pub fn serve(
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    let opt = Opt {
-        upgrade,
-        ..Opt::default()
-    };
+    // The sockets of an upgrade are received by `lifecycle::receive_listeners`, not by
+    // Pingora's bootstrap (which polls for them once a second).
+    let opt = Opt::default();
     let upgrade_sock = pingora_conf.upgrade_sock.clone();
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
     let lifecycle = Lifecycle::new(crate::lifecycle::Settings {
         drain_timeout: server_config.drain_timeout,
-        upgrade_sock,
+        upgrade_sock: upgrade_sock.clone(),
         admin: server_config.admin,
     });
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
@@ -213,6 +214,23 @@ pub fn serve(
         server.add_service(background_service("config watch", ConfigWatch { reloader }));
     }
 
+    if upgrade {
+        // Last, so that the new process serves at once when the old one hands over.
+        tracing::info!(
+            socket = upgrade_sock,
+            "waiting for the running strangler's sockets (send it SIGQUIT)"
+        );
+        let sockets =
+            crate::lifecycle::receive_listeners(&upgrade_sock, crate::lifecycle::HANDOVER_TIMEOUT)
+                .map_err(StartError::Upgrade)?;
+        lifecycle.inherit(
+            sockets,
+            &[
+                server_config.listen.to_string(),
+                server_config.admin.to_string(),
+            ],
+        );
+    }
     let table = routes.load();
     tracing::info!(
         config = %config_path.map_or("(built in)".into(), |path| path.display().to_string()),
