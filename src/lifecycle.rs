@@ -45,6 +45,8 @@ use tokio::sync::{Notify, watch};
 /// the upgrade is abandoned and the old process keeps serving. Also how long a new process
 /// waits for the sockets before it gives up.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a stop waits for the accept loop to take the connections already queued.
+const ACCEPT_QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// How often the old process asks `/readyz` during a hand-over.
 const HANDOVER_POLL: Duration = Duration::from_millis(20);
 
@@ -92,6 +94,8 @@ pub struct Settings {
     pub upgrade_sock: String,
     /// The admin listener, where the new process's `/readyz` is asked during a hand-over.
     pub admin: SocketAddr,
+    /// The proxy listener (its address is its key in Pingora's socket table).
+    pub listen: SocketAddr,
 }
 
 /// The process's lifecycle, shared by the signal handler, the listeners and every connection.
@@ -215,6 +219,10 @@ impl Lifecycle {
     async fn drain(&self, also_stop: &[Listener]) {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+        if also_stop.is_empty() {
+            // A stop, not a hand-over (then the socket lives on in the new process).
+            self.empty_accept_queue(deadline).await;
+        }
         let mut listeners = vec![Listener::Proxy];
         listeners.extend_from_slice(also_stop);
         self.stop_accepting(&listeners, deadline).await;
@@ -240,6 +248,39 @@ impl Lifecycle {
                     "drain timeout: the connections still open are cut"
                 );
                 return;
+            }
+        }
+    }
+
+    /// Before the proxy listener closes: stops the kernel completing new handshakes on it, then
+    /// waits (bounded) until the accept loop has taken every connection already completed.
+    /// Closing a listener resets the connections still in its accept queue, and their clients
+    /// may already have written a request; a client whose handshake is refused instead retries
+    /// and then finds the port closed, before it has sent anything.
+    async fn empty_accept_queue(&self, deadline: tokio::time::Instant) {
+        let key = self.settings.listen.to_string();
+        let socket = self
+            .fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|fds| fds.lock().get(&key).copied());
+        let Some(socket) = socket else {
+            return;
+        };
+        if let Err(error) = refuse_new_handshakes(socket) {
+            tracing::warn!(%error, "cannot hold new connections off before the listener closes");
+            return;
+        }
+        let until = deadline.min(tokio::time::Instant::now() + ACCEPT_QUEUE_WAIT);
+        loop {
+            match accept_queue_length(socket) {
+                Ok(0) | Err(_) => return,
+                Ok(queued) if tokio::time::Instant::now() >= until => {
+                    tracing::warn!(queued, "connections still queued when the listener closes");
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
     }
@@ -411,6 +452,65 @@ pub fn receive_listeners(path: &str, timeout: Duration) -> std::io::Result<Vec<(
         ));
     }
     Ok(addresses.into_iter().zip(descriptors).collect())
+}
+
+/// `SO_ATTACH_FILTER` (`asm-generic/socket.h`; the same number on the architectures Pingora
+/// runs on).
+const SO_ATTACH_FILTER: libc::c_int = 26;
+
+/// Attaches a socket filter to the listening socket `socket` that drops every packet: the kernel
+/// then answers no new SYN and completes no handshake, while connections already in the accept
+/// queue stay there to be accepted.
+fn refuse_new_handshakes(socket: i32) -> std::io::Result<()> {
+    // One classic BPF instruction: `ret #0`, keep nothing.
+    let mut drop_all = [libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let program = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `program` and the instruction it points to outlive the call, which copies them.
+    let result = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            (&raw const program).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// How many completed connections wait in the accept queue of the listening TCP socket
+/// `socket` (Linux reports it as `tcpi_unacked` of a listener's `TCP_INFO`).
+fn accept_queue_length(socket: i32) -> std::io::Result<u32> {
+    // SAFETY: an all-zero tcp_info is valid; the kernel fills at most `length` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a live buffer of `length` bytes.
+    let result = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut length,
+        )
+    };
+    if result == 0 {
+        Ok(info.tcpi_unacked)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Whether a Unix socket listens at `path`, from `/proc/net/unix` (Linux): the hand-over socket
@@ -740,11 +840,36 @@ mod tests {
         assert!(error.to_string().contains("SIGQUIT"), "{error}");
     }
 
+    #[test]
+    fn a_closing_listener_keeps_its_queued_connections_and_completes_no_new_one() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let queued: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect();
+        let started = Instant::now();
+        while accept_queue_length(listener.as_raw_fd()).unwrap() < 3 {
+            assert!(started.elapsed() < Duration::from_secs(5), "never queued");
+            std::thread::yield_now();
+        }
+        refuse_new_handshakes(listener.as_raw_fd()).unwrap();
+        // A new client gets no handshake (its SYN goes unanswered)...
+        let late = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300));
+        assert!(late.is_err(), "a handshake completed after the door closed");
+        // ...while the queued ones are still there to be accepted, and counted down.
+        for _ in &queued {
+            listener.accept().unwrap();
+        }
+        assert_eq!(accept_queue_length(listener.as_raw_fd()).unwrap(), 0);
+    }
+
     fn lifecycle(drain_timeout: Duration) -> Arc<Lifecycle> {
         Lifecycle::new(Settings {
             drain_timeout,
             upgrade_sock: String::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 9)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9)),
         })
     }
 

@@ -147,6 +147,7 @@ pub fn serve(
         drain_timeout: server_config.drain_timeout,
         upgrade_sock: upgrade_sock.clone(),
         admin: server_config.admin,
+        listen: server_config.listen,
     });
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
