@@ -3,8 +3,9 @@
 //! Reading order for newcomers: [`config`] (the file) → [`routing`] (the compiled table) →
 //! [`upstream`] and [`health`] (backend pools and their health) → [`proxy`] (the Pingora
 //! phases) → [`shadow`] → [`diff`] → [`store`] (mirroring, comparing, keeping the results) →
-//! [`server`] (process assembly) → [`reload`] (hot reload) → [`admin`] (the admin listener) →
-//! [`metrics`]. [`report`] and [`routes_cli`] are CLI commands; [`demo`] is the embedded demo.
+//! [`server`] (process assembly) → [`lifecycle`] (stop and upgrade) → [`reload`] (hot reload)
+//! → [`admin`] (the admin listener) → [`metrics`]. [`report`] and [`routes_cli`] are CLI
+//! commands; [`demo`] is the embedded demo.
 
 pub mod admin;
 pub mod config;

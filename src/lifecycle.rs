@@ -70,6 +70,15 @@ pub enum Listener {
     Admin,
 }
 
+/// Why the process drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// SIGTERM: the process stops; its proxy listener closes for good.
+    Stop,
+    /// The sockets were handed over: they live on in the new process, admin included.
+    HandedOver,
+}
+
 /// A listener's accept loop: told to stop, and telling when it has.
 struct AcceptLoop {
     stop: watch::Sender<bool>,
@@ -216,16 +225,21 @@ impl Lifecycle {
 
     /// Stops accepting client connections, then drains them; returns once none is left, or at
     /// the drain deadline (the connections still open then are cut by the runtime's teardown).
-    async fn drain(&self, also_stop: &[Listener]) {
+    async fn drain(&self, reason: Reason) {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
-        if also_stop.is_empty() {
-            // A stop, not a hand-over (then the socket lives on in the new process).
-            self.empty_accept_queue(deadline).await;
-        }
-        let mut listeners = vec![Listener::Proxy];
-        listeners.extend_from_slice(also_stop);
-        self.stop_accepting(&listeners, deadline).await;
+        let listeners: &[Listener] = match reason {
+            Reason::Stop => {
+                self.empty_accept_queue(deadline).await;
+                // The admin listener stays up while draining: `/readyz` says so, metrics stay
+                // readable.
+                &[Listener::Proxy]
+            }
+            // The admin socket is the new process's now too: stop answering on it, or
+            // readiness probes would meet this draining process.
+            Reason::HandedOver => &[Listener::Proxy, Listener::Admin],
+        };
+        self.stop_accepting(listeners, deadline).await;
         self.phase.send_replace(Phase::Draining);
         self.draining.send_replace(true);
         let open = self.open_connections();
@@ -658,10 +672,8 @@ impl ShutdownSignalWatch for Signals {
                         },
                     };
                     if handed_over {
-                        // The admin socket is the new process's now too: stop answering on it,
-                        // or readiness probes would meet this draining process.
                         tokio::select! {
-                            () = lifecycle.drain(&[Listener::Admin]) => {}
+                            () = lifecycle.drain(Reason::HandedOver) => {}
                             received = signals.next() => if received == Received::Interrupt {
                                 return ShutdownSignal::FastShutdown;
                             },
@@ -672,9 +684,8 @@ impl ShutdownSignalWatch for Signals {
                 }
             }
         }
-        // The admin listener stays up while draining: `/readyz` says so, metrics stay readable.
         tokio::select! {
-            () = lifecycle.drain(&[]) => {}
+            () = lifecycle.drain(Reason::Stop) => {}
             received = signals.next() => if received == Received::Interrupt {
                 return ShutdownSignal::FastShutdown;
             },
@@ -888,7 +899,7 @@ mod tests {
         let mut draining = lifecycle.draining();
         let drain = tokio::spawn({
             let lifecycle = lifecycle.clone();
-            async move { lifecycle.drain(&[]).await }
+            async move { lifecycle.drain(Reason::Stop).await }
         });
         draining.wait_for(|draining| *draining).await.unwrap();
         assert_eq!(lifecycle.phase(), Phase::Draining);
@@ -907,7 +918,7 @@ mod tests {
         no_listeners(&lifecycle);
         let _stuck = lifecycle.connection();
         let started = tokio::time::Instant::now();
-        lifecycle.drain(&[]).await;
+        lifecycle.drain(Reason::Stop).await;
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
@@ -917,7 +928,7 @@ mod tests {
         let mut stop = lifecycle.proxy.stop.subscribe();
         let drain = tokio::spawn({
             let lifecycle = lifecycle.clone();
-            async move { lifecycle.drain(&[]).await }
+            async move { lifecycle.drain(Reason::Stop).await }
         });
         stop.wait_for(|stop| *stop).await.unwrap();
         // Told to stop, not yet stopped: no client may be told to reconnect yet.

