@@ -6,7 +6,9 @@
 //! | method | path           | answer                                                        |
 //! |--------|----------------|---------------------------------------------------------------|
 //! | GET    | `/healthz`     | 200 while the process runs                                    |
-//! | GET    | `/readyz`      | 200 with the config generation once the proxy can serve       |
+//! | GET    | `/readyz`      | 200 with the config generation and pid while the proxy serves; |
+//! |        |                | 503 `draining` once it stops (the pid tells an upgrade's two  |
+//! |        |                | processes apart: they share this socket for a moment)         |
 //! | GET    | `/routes`      | the live config as JSON, its generation, SHA-256, last reload |
 //! | GET    | `/upstreams`   | every upstream's backends, their health and health settings   |
 //! | GET    | `/metrics`     | Prometheus text exposition                                    |
@@ -56,6 +58,8 @@ pub struct AdminApp {
     metrics: Arc<Metrics>,
     /// `None` when the config did not come from a file (the demo's built-in copy).
     reloader: Option<Arc<Reloader>>,
+    /// Whether the process drains, for `/readyz`; `None`: never says so.
+    lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 const ENDPOINTS: &[&str] = &[
@@ -94,7 +98,14 @@ impl AdminApp {
             token,
             metrics,
             reloader,
+            lifecycle: None,
         }
+    }
+
+    /// `/readyz` says 503 `draining` once `lifecycle` drains.
+    pub fn with_lifecycle(mut self, lifecycle: Arc<crate::lifecycle::Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -358,10 +369,21 @@ impl ServeHttp for AdminApp {
             }
             (Method::GET | Method::HEAD, "/readyz") => {
                 let generation = self.routes.load().generation();
-                json_response(
-                    StatusCode::OK,
-                    &json!({ "status": "ready", "generation": generation }),
-                )
+                let pid = std::process::id();
+                let draining = self.lifecycle.as_ref().is_some_and(|lifecycle| {
+                    lifecycle.phase() == crate::lifecycle::Phase::Draining
+                });
+                if draining {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({ "status": "draining", "generation": generation, "pid": pid }),
+                    )
+                } else {
+                    json_response(
+                        StatusCode::OK,
+                        &json!({ "status": "ready", "generation": generation, "pid": pid }),
+                    )
+                }
             }
             (Method::GET | Method::HEAD, "/routes") => {
                 json_response(StatusCode::OK, &self.routes_document())

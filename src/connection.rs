@@ -15,6 +15,13 @@
 //!   already under way stalls, or an upstream trickles its headers; the connection is then
 //!   closed, so the client sees the response cut short rather than complete.
 //!
+//! During a drain (see `lifecycle.rs`), Pingora's HTTP code is handed the drain as its shutdown
+//! watch, so every request read from then on is answered with `Connection: close`, and
+//! [`closing_after_response`] tells the proxy to do the same for requests already under way.
+//! A connection left quiet (no request under way, none arriving) for [`DRAIN_IDLE_QUIET`] is
+//! closed (`strangler_connections_closed_total{reason="drain_idle"}`); Pingora's own shutdown
+//! would abort idle keep-alive connections at once, racing requests already on their way.
+//!
 //! The proxy phases reach their connection's state through a task-local (`CURRENT`), since
 //! Pingora drives a whole HTTP/1 connection, request after request, inside one task.
 //!
@@ -42,6 +49,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::routing::SharedRouteTable;
 
@@ -51,6 +59,11 @@ use crate::routing::SharedRouteTable;
 const STARTED_RESPONSE_GRACE: Duration = Duration::from_millis(200);
 /// The same for a response that has not started: the proxy's 504 is due at the deadline itself.
 const UNSTARTED_RESPONSE_GRACE: Duration = Duration::from_millis(500);
+
+/// During a drain, how long a kept-alive connection must have been quiet before it is closed: a
+/// client that sends back to back gets its `Connection: close` on its next response instead,
+/// and one that sends now and then is unlikely to pick the very moment of the close.
+pub const DRAIN_IDLE_QUIET: Duration = Duration::from_millis(500);
 
 /// How long a refused connection is given to send its request before the 503 goes out.
 const REFUSAL_READ_WAIT: Duration = Duration::from_millis(50);
@@ -70,6 +83,25 @@ fn raw_error_response(status_line: &str, reason: &str, extra_headers: &str) -> (
 fn peer_address(stream: &Stream) -> Option<String> {
     let digest = stream.get_socket_digest()?;
     Some(digest.peer_addr()?.to_string())
+}
+
+/// Whether bytes wait unread on `socket`: a request the kernel has received but the proxy has
+/// not read yet, which a close would destroy (closing a socket with unread bytes resets it).
+/// A non-blocking peek; an error (the client reset, or not a socket) counts as nothing waiting.
+fn bytes_waiting(socket: UniqueIDType) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a non-blocking peek of one byte into a local buffer; `socket` is the descriptor
+    // of the connection this task owns, open until the task drops its stream.
+    let read = unsafe {
+        libc::recv(
+            socket,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // 0 is the client's own close: nothing to lose by closing ours.
+    read > 0
 }
 
 tokio::task_local! {
@@ -97,6 +129,15 @@ pub fn response_started() {
     let _ = CURRENT.try_with(|state| state.response_started.store(true, Ordering::Relaxed));
 }
 
+/// Whether the response being written must close its connection: the process is draining.
+/// The proxy then turns keep-alive off, so the client reconnects (elsewhere) for its next
+/// request rather than find this connection closed.
+pub fn closing_after_response() -> bool {
+    CURRENT
+        .try_with(|state| *state.draining.borrow())
+        .unwrap_or(false)
+}
+
 /// Called by the proxy when a request is over; the connection waits for the next one.
 pub fn request_finished() {
     let _ = CURRENT.try_with(|state| state.request_finished());
@@ -107,15 +148,22 @@ pub struct GuardedProxy<A> {
     proxy: Arc<A>,
     routes: SharedRouteTable,
     metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
     open: AtomicUsize,
 }
 
 impl<A> GuardedProxy<A> {
-    pub fn new(proxy: A, routes: SharedRouteTable, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        proxy: A,
+        routes: SharedRouteTable,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         Self {
             proxy: Arc::new(proxy),
             routes,
             metrics,
+            lifecycle,
             open: AtomicUsize::new(0),
         }
     }
@@ -129,8 +177,11 @@ where
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        shutdown: &ShutdownWatch,
+        // The accept loop's stop; the drain below is what matters to a connection.
+        _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Counted until the end of this function, when the connection is closed.
+        let _counted = self.lifecycle.connection();
         // Limits are read per connection, so a reload applies to the next connections.
         let (max_connections, header_timeout, head_limits) = {
             let table = self.routes.load();
@@ -150,7 +201,11 @@ where
             return None;
         };
 
-        let state = Arc::new(ConnectionState::new());
+        let draining = self.lifecycle.draining();
+        // The socket, to look for a request arriving before closing a quiet connection (for a
+        // TCP stream, TLS or not, the id is its file descriptor).
+        let socket = stream.id();
+        let state = Arc::new(ConnectionState::new(draining.clone()));
         let guarded: Stream = Box::new(GuardedStream::new(
             stream,
             state.clone(),
@@ -158,10 +213,17 @@ where
             head_limits,
             self.metrics.clone(),
         ));
-        let serve = CURRENT.scope(state.clone(), self.proxy.process_new(guarded, shutdown));
+        let serve = CURRENT.scope(state.clone(), self.proxy.process_new(guarded, &draining));
         tokio::select! {
             biased;
             _ = serve => {}
+            () = state.quiet_while_draining(socket) => {
+                // Dropping `serve` closes the connection; no request was on its way.
+                self.metrics
+                    .connections_closed
+                    .with_label_values(&["drain_idle"])
+                    .inc();
+            }
             () = state.overdue() => {
                 // Dropping `serve` closes the connection (and the upstream's, if any).
                 self.metrics
@@ -181,7 +243,8 @@ where
     }
 
     async fn cleanup(&self) {
-        self.proxy.cleanup().await;
+        // Not passed on: Pingora's proxy would abort every idle keep-alive connection at once,
+        // racing the requests on their way; the drain closes them when quiet instead.
     }
 }
 
@@ -263,6 +326,13 @@ struct ConnectionState {
     rearm: Notify,
     /// The current request's id, for the log line when the watch closes the connection.
     request_id: Mutex<Option<HeaderValue>>,
+    /// Since when (nanoseconds since [`EPOCH`]) no request has been under way or arriving;
+    /// 0 while one is.
+    quiet_since: AtomicU64,
+    /// Woken when a request ends and the connection turns quiet.
+    quieted: Notify,
+    /// True once the process drains.
+    draining: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A fixed origin so deadlines fit in an atomic.
@@ -278,7 +348,7 @@ fn from_nanos(nanos: u64) -> Instant {
 }
 
 impl ConnectionState {
-    fn new() -> Self {
+    fn new(draining: tokio::sync::watch::Receiver<bool>) -> Self {
         Self {
             phase: AtomicU8::new(Phase::Headers as u8),
             deadline: AtomicU64::new(0),
@@ -286,6 +356,10 @@ impl ConnectionState {
             response_started: AtomicBool::new(false),
             rearm: Notify::new(),
             request_id: Mutex::new(None),
+            // A new connection is quiet until its first bytes arrive.
+            quiet_since: AtomicU64::new(to_nanos(Instant::now())),
+            quieted: Notify::new(),
+            draining,
         }
     }
 
@@ -313,6 +387,45 @@ impl ConnectionState {
     fn request_finished(&self) {
         self.deadline.store(0, Ordering::Release);
         self.phase.store(Phase::Idle as u8, Ordering::Relaxed);
+        self.quiet_since
+            .store(to_nanos(Instant::now()), Ordering::Release);
+        self.quieted.notify_one();
+    }
+
+    /// Bytes of a request arrived: the connection is not quiet.
+    fn request_arriving(&self) {
+        self.quiet_since.store(0, Ordering::Release);
+    }
+
+    /// Resolves once the process drains and this connection has been quiet for
+    /// [`DRAIN_IDLE_QUIET`] with nothing waiting on `socket`: it may be closed without cutting
+    /// a request off. Pends forever when the process never drains.
+    async fn quiet_while_draining(&self, socket: UniqueIDType) {
+        let mut draining = self.draining.clone();
+        if draining.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        loop {
+            // Registered before the state is read, so a request ending in between still wakes.
+            let quieted = self.quieted.notified();
+            let since = self.quiet_since.load(Ordering::Acquire);
+            if since == 0 {
+                quieted.await;
+                continue;
+            }
+            let due = from_nanos(since) + DRAIN_IDLE_QUIET;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.into()).await;
+                continue;
+            }
+            if bytes_waiting(socket) {
+                // A request is arriving that the proxy has not read yet: give it the turn
+                // (it reads it, the connection stops being quiet), then look again.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            return;
+        }
     }
 
     /// Resolves when the request under way has run past its deadline by a grace period (longer
@@ -523,6 +636,9 @@ impl AsyncRead for GuardedStream {
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
+                if buf.filled().len() > filled {
+                    this.state.request_arriving();
+                }
                 // The first bytes after an idle keep-alive period start the next request.
                 if buf.filled().len() > filled && this.state.phase() == Phase::Idle {
                     this.state
@@ -656,5 +772,99 @@ impl GetSocketDigest for GuardedStream {
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use tokio::sync::watch;
+
+    /// A connected loopback pair: (the proxy's side, the client's side).
+    async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_request_the_proxy_has_not_read_yet_is_seen_waiting() {
+        let (server, mut client) = socket_pair().await;
+        assert!(!bytes_waiting(server.as_raw_fd()));
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        while !bytes_waiting(server.as_raw_fd()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "bytes never seen"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Peeked, not read: still there for the proxy.
+        assert!(bytes_waiting(server.as_raw_fd()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_closed_while_the_process_is_not_draining() {
+        let (_draining, watch) = watch::channel(false);
+        let state = ConnectionState::new(watch);
+        let closed = tokio::time::timeout(Duration::from_secs(60), state.quiet_while_draining(-1));
+        assert!(closed.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_is_closed_after_the_quiet_period_of_a_drain() {
+        let (server, _client) = socket_pair().await;
+        let (draining, watch) = watch::channel(false);
+        let state = ConnectionState::new(watch);
+        draining.send_replace(true);
+        let started = Instant::now();
+        state.quiet_while_draining(server.as_raw_fd()).await;
+        assert!(started.elapsed() >= DRAIN_IDLE_QUIET);
+    }
+
+    #[tokio::test]
+    async fn a_request_under_way_is_never_cut_by_the_drain() {
+        let (server, _client) = socket_pair().await;
+        let (draining, watch) = watch::channel(true);
+        let state = Arc::new(ConnectionState::new(watch));
+        state.request_arriving();
+        let quiet = tokio::spawn({
+            let state = state.clone();
+            let socket = server.as_raw_fd();
+            async move { state.quiet_while_draining(socket).await }
+        });
+        tokio::time::sleep(DRAIN_IDLE_QUIET * 2).await;
+        assert!(!quiet.is_finished(), "closed during a request");
+        // The request ends: quiet from now, closed a quiet period later.
+        let ended = Instant::now();
+        state.request_finished();
+        tokio::time::timeout(Duration::from_secs(5), quiet)
+            .await
+            .expect("closed once quiet")
+            .unwrap();
+        assert!(ended.elapsed() >= DRAIN_IDLE_QUIET);
+        drop(draining);
+    }
+
+    #[tokio::test]
+    async fn bytes_waiting_on_a_quiet_connection_hold_off_its_close() {
+        let (server, mut client) = socket_pair().await;
+        let (_draining, watch) = watch::channel(true);
+        let state = Arc::new(ConnectionState::new(watch));
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let quiet = tokio::spawn({
+            let state = state.clone();
+            let socket = server.as_raw_fd();
+            async move { state.quiet_while_draining(socket).await }
+        });
+        tokio::time::sleep(DRAIN_IDLE_QUIET * 2).await;
+        assert!(!quiet.is_finished(), "closed with a request waiting");
+        quiet.abort();
+        drop(server);
     }
 }

@@ -3,8 +3,9 @@
 //! Reading order for newcomers: [`config`] (the file) → [`routing`] (the compiled table) →
 //! [`upstream`] and [`health`] (backend pools and their health) → [`proxy`] (the Pingora
 //! phases) → [`shadow`] → [`diff`] → [`store`] (mirroring, comparing, keeping the results) →
-//! [`server`] (process assembly) → [`reload`] (hot reload) → [`admin`] (the admin listener) →
-//! [`metrics`]. [`report`] and [`routes_cli`] are CLI commands; [`demo`] is the embedded demo.
+//! [`server`] (process assembly) → [`lifecycle`] (stop and upgrade) → [`reload`] (hot reload)
+//! → [`admin`] (the admin listener) → [`metrics`]. [`report`] and [`routes_cli`] are CLI
+//! commands; [`demo`] is the embedded demo.
 //!
 //! # Layers
 //!
@@ -23,7 +24,7 @@
 //!    included.
 //! 6. [`health`], [`reload`], [`report`], [`routes_cli`]: work on a table or a store.
 //! 7. [`proxy`] and [`connection`] (the request path), [`admin`].
-//! 8. [`server`] and [`demo`]: the process.
+//! 8. [`lifecycle`] (stop and upgrade), [`server`] and [`demo`]: the process.
 //!
 //! `connection` and `proxy` still use each other (the request id); that tie is the one
 //! tolerated exception. A unit test reads the `crate::` references of `src/` and fails naming
@@ -41,6 +42,7 @@ pub mod forwarded;
 pub mod guard;
 pub mod health;
 pub mod hygiene;
+pub mod lifecycle;
 pub mod metrics;
 #[cfg(test)]
 mod module_graph;

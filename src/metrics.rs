@@ -72,8 +72,9 @@ pub struct Metrics {
     /// `strangler_open_connections`: client connections open now.
     pub open_connections: IntGauge,
     /// `strangler_connections_closed_total{reason}`: client connections the proxy closed
-    /// itself: too_many_connections, header_timeout, request_timeout, and uri_too_long,
-    /// too_many_headers, headers_too_large for request heads refused before parsing.
+    /// itself: too_many_connections, header_timeout, request_timeout, uri_too_long,
+    /// too_many_headers, headers_too_large for request heads refused before parsing, and
+    /// drain_idle for kept-alive connections closed quiet while the process drains.
     pub connections_closed: IntCounterVec,
 }
 
@@ -237,7 +238,7 @@ impl Metrics {
             Opts::new(
                 "strangler_connections_closed_total",
                 "Client connections closed by the proxy, by reason (too_many_connections, \
-                 header_timeout, request_timeout)",
+                 header_timeout, request_timeout, drain_idle, ...)",
             ),
             &["reason"],
         )
@@ -297,6 +298,8 @@ impl Metrics {
         ] {
             connections_closed.with_label_values(&[reason.as_str()]);
         }
+        // Not a refusal: a kept-alive connection closed quietly while the process drains.
+        connections_closed.with_label_values(&["drain_idle"]);
         config_last_reload_success.set(1);
         Self {
             registry,

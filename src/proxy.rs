@@ -762,11 +762,15 @@ impl ProxyHttp for StranglerProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         connection::response_started();
+        if connection::closing_after_response() {
+            // Draining: Pingora then writes `Connection: close` and closes after this response.
+            session.set_keepalive(None);
+        }
         strip_response_hop_by_hop(response);
         hygiene::keep_upgrade_headers(response)?;
         hygiene::strip_bodyless_framing(response);

@@ -1,5 +1,6 @@
 //! Process assembly: load and validate the config, then build and run the Pingora server with
-//! the proxy and admin services.
+//! the proxy and admin services. How the process stops and hands over its sockets is
+//! `lifecycle.rs`'s; this module wires it in (the listeners, Pingora's signal hook).
 //!
 //! Nothing binds before the config is known to be valid, so an invalid file never leaves a
 //! half-started process listening. A config with shadows also needs its diff store: it is opened
@@ -19,6 +20,7 @@ use pingora_core::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::connection::GuardedProxy;
 use crate::diff::{DiffSink, StoreSettings};
+use crate::lifecycle::{Lifecycle, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::StranglerProxy;
 use crate::reload::Reloader;
@@ -30,8 +32,9 @@ use crate::store::DiffStore;
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config_path: PathBuf,
-    /// Take the listening sockets over from a running instance (Pingora's graceful upgrade):
-    /// start the new binary with this flag, then send SIGQUIT to the old one.
+    /// Take the listening sockets over from a running instance (Pingora's socket hand-over):
+    /// start the new binary with this flag, then send SIGQUIT to the old one, which stops
+    /// accepting once this one answers `/readyz`, then drains.
     pub upgrade: bool,
 }
 
@@ -45,6 +48,8 @@ pub enum StartError {
         "the admin listener {0} is not on loopback and has no token: set server.admin_token or STRANGLER_ADMIN_TOKEN"
     )]
     UnprotectedAdmin(SocketAddr),
+    #[error("cannot take over the listening sockets (--upgrade): {0}")]
+    Upgrade(std::io::Error),
     #[error("cannot start the diff worker: {0}")]
     Worker(std::io::Error),
     #[error("cannot open the diff store (server.diff_store): {0}")]
@@ -59,7 +64,7 @@ pub enum StartError {
 }
 
 /// Loads the config and serves until the process is told to stop. Returns only on a start-up
-/// error; Pingora exits the process itself on shutdown.
+/// error; the process exits once drained (see [`crate::lifecycle`]).
 pub fn run(options: &RunOptions) -> Result<(), StartError> {
     let table = load_route_table_for_run(&options.config_path, 1)?;
     serve(table, Some(&options.config_path), options.upgrade)
@@ -125,20 +130,26 @@ pub fn serve(
             "/tmp/strangler-{}-upgrade.sock",
             server_config.listen.port()
         ),
-        // On SIGTERM Pingora closes the listeners at once, lets requests in flight run for
-        // `grace_period_seconds` (its default: 300 s, far past any orchestrator's patience),
-        // then stops the runtimes.
-        grace_period_seconds: Some(server_config.drain_timeout.as_secs()),
+        // The drain happens before Pingora hears of the signal (`lifecycle::Signals` returns
+        // only once it is over), so Pingora's grace period, which it would sleep out whole,
+        // is none; the runtimes' teardown then gets a second for blocking tasks.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    let opt = Opt {
-        upgrade,
-        ..Opt::default()
-    };
+    // The sockets of an upgrade are received by `lifecycle::receive_listeners`, not by
+    // Pingora's bootstrap (which polls for them once a second).
+    let opt = Opt::default();
+    let upgrade_sock = pingora_conf.upgrade_sock.clone();
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
+    let lifecycle = Lifecycle::new(crate::lifecycle::Settings {
+        drain_timeout: server_config.drain_timeout,
+        upgrade_sock: upgrade_sock.clone(),
+        admin: server_config.admin,
+        listen: server_config.listen,
+    });
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
     let diffs =
@@ -168,7 +179,12 @@ pub fn serve(
     );
     let mut proxy = Service::new(
         "strangler proxy".to_owned(),
-        GuardedProxy::new(proxy_app, routes.clone(), metrics.clone()),
+        GuardedProxy::new(
+            proxy_app,
+            routes.clone(),
+            metrics.clone(),
+            lifecycle.clone(),
+        ),
     );
     proxy.add_tcp(&server_config.listen.to_string());
 
@@ -177,12 +193,13 @@ pub fn serve(
         metrics.clone(),
         reloader.clone(),
         admin_token,
-    );
+    )
+    .with_lifecycle(lifecycle.clone());
     let mut admin = Service::new("strangler admin".to_owned(), admin_app);
     admin.add_tcp(&server_config.admin.to_string());
 
-    server.add_service(proxy);
-    server.add_service(admin);
+    server.add_service(lifecycle.listening(Listener::Proxy, proxy));
+    server.add_service(lifecycle.listening(Listener::Admin, admin));
     server.add_service(background_service(
         "health checks",
         HealthChecks {
@@ -199,6 +216,23 @@ pub fn serve(
         server.add_service(background_service("config watch", ConfigWatch { reloader }));
     }
 
+    if upgrade {
+        // Last, so that the new process serves at once when the old one hands over.
+        tracing::info!(
+            socket = upgrade_sock,
+            "waiting for the running strangler's sockets (send it SIGQUIT)"
+        );
+        let sockets =
+            crate::lifecycle::receive_listeners(&upgrade_sock, crate::lifecycle::HANDOVER_TIMEOUT)
+                .map_err(StartError::Upgrade)?;
+        lifecycle.inherit(
+            sockets,
+            &[
+                server_config.listen.to_string(),
+                server_config.admin.to_string(),
+            ],
+        );
+    }
     let table = routes.load();
     tracing::info!(
         config = %config_path.map_or("(built in)".into(), |path| path.display().to_string()),
@@ -210,9 +244,11 @@ pub fn serve(
         threads,
         "strangler is serving"
     );
-    // `run` returns once every service has stopped (after the drain), so the last spans are
+    // `run` returns once the drain is over and the runtimes are down, so the last spans are
     // queued; flush them (at most 2 s), then exit as `run_forever` would.
-    server.run(pingora_core::server::RunArgs::default());
+    server.run(pingora_core::server::RunArgs {
+        shutdown_signal: Box::new(lifecycle.signals()),
+    });
     if let Some(tracer) = tracer {
         tracer.shutdown();
     }

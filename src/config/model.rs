@@ -299,8 +299,8 @@ pub struct ServerConfig {
     pub admin_hosts: Vec<String>,
     /// Worker threads for the proxy. Defaults to the CPUs this process may run on.
     pub threads: Option<usize>,
-    /// After SIGTERM the listeners close at once; requests in flight get this long to finish,
-    /// then the process exits (Pingora waits out the whole period).
+    /// The longest a stop may take: after SIGTERM (or an upgrade's hand-over) requests in flight
+    /// finish and connections close; the process exits once none is left, or after this.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub drain_timeout: Duration,

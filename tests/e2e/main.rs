@@ -15,6 +15,7 @@ mod forwarding;
 mod guard;
 mod guide;
 mod hardening;
+mod lifecycle;
 mod observability;
 mod otlp;
 mod reload;
