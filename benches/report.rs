@@ -2,7 +2,8 @@
 //! route that differs in two headers everywhere, a total on 1 % and a 404 on 0.5 % of exchanges,
 //! with 1 KiB body samples like the proxy stores. Measures what the command does in-process:
 //! the SQL counts, the streaming scan of the differing rows, the suggestion rule and rendering.
-//! `cargo bench --bench report` (the store is generated once, ~10 s, in a temporary directory).
+//! `cargo bench --bench report` (the store is generated once, ~10 s, in a temporary directory,
+//! or kept at `$STRANGLER_REPORT_BENCH_DB`).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -112,8 +113,12 @@ fn realistic_store(path: &Path, rows: u64) {
 
 fn full_store(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("diffs.db");
-    realistic_store(&path, ROWS);
+    // STRANGLER_REPORT_BENCH_DB keeps the store (generated once) for timing the command by hand.
+    let path = std::env::var_os("STRANGLER_REPORT_BENCH_DB")
+        .map_or_else(|| dir.path().join("diffs.db"), std::path::PathBuf::from);
+    if !path.exists() {
+        realistic_store(&path, ROWS);
+    }
     let options = ReportOptions {
         databases: vec![path],
         route: None,

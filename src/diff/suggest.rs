@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::compare::{Difference, Kind};
 use super::path::generalize;
@@ -193,15 +193,15 @@ impl JsonTally {
 impl Suggester {
     pub fn add(&mut self, exchange: Exchange<'_>) {
         let shape = request_shape(exchange.method, exchange.path);
-        let request = xxh3_64(
-            format!(
-                "{}\0{}\0{}",
-                exchange.method,
-                exchange.path,
-                exchange.query.unwrap_or_default()
-            )
-            .as_bytes(),
-        );
+        let request = {
+            let mut hasher = Xxh3::new();
+            for part in [exchange.method, exchange.path] {
+                hasher.update(part.as_bytes());
+                hasher.update(&[0]);
+            }
+            hasher.update(exchange.query.unwrap_or_default().as_bytes());
+            hasher.digest()
+        };
         // With noise mode on (it found noise here), a counted difference is one where the
         // primary agreed with itself: a stable value.
         let noise_mode = !exchange.noise.is_empty();
@@ -255,14 +255,27 @@ impl Suggester {
             self.json.entry(path).or_default().differed += 1;
         }
         for name in headers_here {
-            *self.headers.entry(name.to_owned()).or_default() += 1;
+            match self.headers.get_mut(name) {
+                Some(count) => *count += 1,
+                None => {
+                    self.headers.insert(name.to_owned(), 1);
+                }
+            }
         }
     }
 
+    /// Allocates only for a key or shape not seen before: this runs for every difference of
+    /// every exchange a report reads.
     fn appears(&mut self, key: &str, shape: &str) {
-        let shapes = self.shapes.entry(key.to_owned()).or_default();
-        if !shapes.contains(shape) {
-            shapes.insert(shape.to_owned());
+        match self.shapes.get_mut(key) {
+            Some(shapes) if shapes.contains(shape) => {}
+            Some(shapes) => {
+                shapes.insert(shape.to_owned());
+            }
+            None => {
+                self.shapes
+                    .insert(key.to_owned(), BTreeSet::from([shape.to_owned()]));
+            }
         }
     }
 
@@ -366,17 +379,20 @@ fn at_or_under(path: &str, ancestor: &str) -> bool {
 /// `GET /orders/*/lines`: the request with the path segments that identify a resource (holding
 /// a digit, or longer than 24 characters) generalized.
 pub fn request_shape(method: &str, path: &str) -> String {
-    let segments: Vec<&str> = path
-        .split('/')
-        .map(|segment| {
-            if segment.len() > 24 || segment.bytes().any(|b| b.is_ascii_digit()) {
-                "*"
-            } else {
-                segment
-            }
-        })
-        .collect();
-    format!("{method} {}", segments.join("/"))
+    let mut shape = String::with_capacity(method.len() + 1 + path.len());
+    shape.push_str(method);
+    shape.push(' ');
+    for (n, segment) in path.split('/').enumerate() {
+        if n > 0 {
+            shape.push('/');
+        }
+        if segment.len() > 24 || segment.bytes().any(|b| b.is_ascii_digit()) {
+            shape.push('*');
+        } else {
+            shape.push_str(segment);
+        }
+    }
+    shape
 }
 
 #[cfg(test)]
