@@ -11,6 +11,15 @@ use strangler::routing::load_route_table;
 use strangler::server::{RunOptions, StartError};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, not glibc malloc: after a load of large bodies or many connections glibc kept the
+/// peak (its per-thread arenas rarely give memory back), jemalloc returns most of it to the OS
+/// within seconds of the load stopping, through its background thread (the `background_threads`
+/// feature; override with `_RJEM_MALLOC_CONF`). Measured in docs/performance.md, "Memory"
+/// (bench/memory.sh); `--no-default-features` builds with glibc malloc to compare.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "strangler",

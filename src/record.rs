@@ -82,3 +82,22 @@ pub struct DiffRecord {
     /// SHA-256 (hex) of that generation's routes.yaml.
     pub config_sha256: Option<String>,
 }
+
+/// `GET /orders/*/lines`: the request with the path segments that identify a resource (holding
+/// a digit, or longer than 24 characters) generalized.
+pub fn request_shape(method: &str, path: &str) -> String {
+    let mut shape = String::with_capacity(method.len() + 1 + path.len());
+    shape.push_str(method);
+    shape.push(' ');
+    for (n, segment) in path.split('/').enumerate() {
+        if n > 0 {
+            shape.push('/');
+        }
+        if segment.len() > 24 || segment.bytes().any(|b| b.is_ascii_digit()) {
+            shape.push('*');
+        } else {
+            shape.push_str(segment);
+        }
+    }
+    shape
+}

@@ -11,13 +11,14 @@
 //! of distinct records (request paths, ids kept) and endpoints (ids generalized), the status
 //! pairs they came with and an example request line with both values; every path above a
 //! threshold ([`Listing`]), not a fixed few; body differences first, and what is likely noise
-//! (a header that differs in nearly every exchange, a value the primary itself changes between
-//! two answers to the same request) last, with ready-to-paste `ignore_headers` / `ignore_json`
-//! suggestions and what the mismatch rate would be with them. Every output format renders the
+//! last, with ready-to-paste `ignore_headers` / `ignore_json` suggestions and what the mismatch
+//! rate would be with them. What is likely noise and what is suggested is one rule, owned by
+//! [`crate::diff::suggest`]: this module feeds it each differing exchange and the exchanges per
+//! request shape, and lists a path as likely noise when a suggested rule covers it. Every output format renders the
 //! same content and the same verdicts, so a JUnit file never disagrees with the exit status.
 //!
-//! Counting is done in SQL ([`crate::store::scan_for_report`]); only the exchanges that differed
-//! are read, one row at a time and without their body samples, and distinct records are kept as
+//! Counting is done in SQL ([`crate::store::scan_for_report`]), per request shape too; only the
+//! exchanges that differed are read, one row at a time and without their body samples, and distinct records are kept as
 //! 64-bit hashes, so memory does not grow with the rows of a store.
 
 use std::cmp::Reverse;
@@ -33,6 +34,7 @@ use crate::diff::path::generalize;
 use crate::record::Kind;
 pub mod exchange;
 pub mod html;
+use crate::diff::{Exchange, Suggester, Suggestions};
 use crate::store::{
     DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
 };
@@ -228,10 +230,13 @@ pub struct RouteSummary {
     pub noisy_paths: Vec<PathSummary>,
     /// What the threshold left out.
     pub hidden: Hidden,
-    /// Headers to add to `compare.ignore_headers`: those likely noise.
+    /// Headers to add to `compare.ignore_headers` ([`crate::diff::suggest`]): those that
+    /// differ in (nearly) every exchange they appear in.
     pub suggested_ignore_headers: Vec<String>,
-    /// JSON paths to add to `compare.ignore_json`: noise (`noise: legacy`) in at least half of
-    /// the samples, or values the primary itself changed between answers to one request.
+    /// JSON paths to add to `compare.ignore_json` ([`crate::diff::suggest`]): noise
+    /// (`noise: legacy`) in at least half of the exchanges they appear in, or values the
+    /// primary itself changed between answers to one request; never over a difference seen on
+    /// stable values.
     pub suggested_ignore_json: Vec<String>,
     /// The suggestions as a line to paste under the route's `shadow:`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,76 +353,7 @@ pub struct Example {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Noise rules. They judge differences the way the diff engine could (src/diff), and may move
-// there; they live here while the engine is being reworked.
-
-/// A header that differs in at least this share of a group's exchanges is taken for a
-/// difference between the two servers (CORS, caching, `x-powered-by`, a charset), not between
-/// answers about the data.
-const SERVER_WIDE_SHARE: f64 = 0.9;
-
-/// Headers whose difference changes what a client does with the answer: never taken for noise
-/// nor suggested for `ignore_headers`, however often they differ.
-const MEANINGFUL_HEADERS: &[&str] = &[
-    "content-type",
-    "content-encoding",
-    "content-disposition",
-    "content-language",
-    "location",
-    "www-authenticate",
-    "retry-after",
-];
-
-/// How the primary's value at one path behaved across repeats of the same request: a value it
-/// changes between two answers to one request (a timestamp, a request id) is volatile.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Volatility {
-    /// Requests (method, path, query) seen with this difference more than once.
-    repeated: u64,
-    /// Of those, the requests for which the primary gave different values.
-    varied: u64,
-}
-
-impl Volatility {
-    /// At least two repeated requests, and the primary's value varied in half of them or more.
-    fn volatile(self) -> bool {
-        self.varied >= 2 && self.varied * 2 >= self.repeated
-    }
-}
-
-/// Why a difference is likely noise, or `None` when it may be real.
-fn likely_noise(
-    section: Section,
-    path: &str,
-    share: f64,
-    volatility: Volatility,
-) -> Option<String> {
-    let volatile = || {
-        volatility.volatile().then(|| {
-            format!(
-                "the primary gave different values to the same request ({} of {} repeated requests)",
-                volatility.varied, volatility.repeated
-            )
-        })
-    };
-    match section {
-        Section::Headers => {
-            let name = path.trim_start_matches("headers.");
-            if MEANINGFUL_HEADERS.contains(&name) {
-                None
-            } else if share >= SERVER_WIDE_SHARE {
-                Some(format!(
-                    "differs in {:.2}% of exchanges (the servers differ, not the answers)",
-                    share * 100.0
-                ))
-            } else {
-                volatile()
-            }
-        }
-        Section::Body => volatile(),
-        Section::Status | Section::Error => None,
-    }
-}
+// Records and endpoints.
 
 /// The request path with id-like segments (numbers, UUIDs, long hex strings) replaced by `{id}`:
 /// `/orders/7/items` → `/orders/{id}/items`.
@@ -457,8 +393,10 @@ struct Group {
     configs: BTreeSet<String>,
     differing: BTreeMap<(String, Kind), PathTally>,
     noisy: BTreeMap<(String, Kind), PathTally>,
-    /// Noise (`noise: legacy`) per path, whatever the kind: what the ignore suggestions count.
-    noisy_exchanges: BTreeMap<String, u64>,
+    /// The suggestion rule's tallies, and the compared exchanges per request shape it measures
+    /// paths against.
+    suggester: Suggester,
+    shapes: HashMap<String, u64>,
     sections: SectionCounts,
     /// Mismatching exchanges by the set of paths that differed in them (as indices into
     /// `path_names`): what is left of them once suggested ignores are in.
@@ -475,9 +413,6 @@ struct PathTally {
     endpoints: HashSet<u64>,
     status_pairs: HashMap<StatusKey, u64>,
     example: Option<Example>,
-    /// Per request (hash of method, path and query): the hash of the primary's first value, how
-    /// often it was seen (up to 2) and whether the value ever changed.
-    requests: HashMap<u64, (u64, u8, bool)>,
 }
 
 impl PathTally {
@@ -486,14 +421,6 @@ impl PathTally {
         self.records.insert(exchange.record);
         self.endpoints.insert(exchange.endpoint);
         *self.status_pairs.entry(exchange.statuses).or_default() += 1;
-        let value = primary.map_or(0, |value| xxh3_64(value.as_bytes()) | 1);
-        self.requests
-            .entry(exchange.request)
-            .and_modify(|(first, seen, varied)| {
-                *seen = seen.saturating_add(1).min(2);
-                *varied |= *first != value;
-            })
-            .or_insert((value, 1, false));
         if self.example.is_none() {
             let differing = exchange.exchange;
             let mut request = format!("{} {}", differing.method, differing.path);
@@ -511,23 +438,11 @@ impl PathTally {
             });
         }
     }
-
-    fn volatility(&self) -> Volatility {
-        let mut volatility = Volatility::default();
-        for &(_, seen, varied) in self.requests.values() {
-            if seen >= 2 {
-                volatility.repeated += 1;
-                volatility.varied += u64::from(varied);
-            }
-        }
-        volatility
-    }
 }
 
 /// One exchange being tallied, with its hashes computed once.
 struct Seen<'a> {
     exchange: &'a DifferingExchange,
-    request: u64,
     record: u64,
     endpoint: u64,
     statuses: StatusKey,
@@ -546,20 +461,17 @@ impl Group {
     }
 
     fn tally(&mut self, exchange: &DifferingExchange) {
-        let mut request = Vec::with_capacity(
-            exchange.method.len()
-                + exchange.path.len()
-                + exchange.query.as_ref().map_or(0, String::len)
-                + 2,
-        );
-        request.extend_from_slice(exchange.method.as_bytes());
-        request.push(0);
-        request.extend_from_slice(exchange.path.as_bytes());
-        request.push(0);
-        request.extend_from_slice(exchange.query.as_deref().unwrap_or("").as_bytes());
+        if exchange.verdict != Verdict::ShadowError {
+            self.suggester.add(Exchange {
+                method: &exchange.method,
+                path: &exchange.path,
+                query: exchange.query.as_deref(),
+                differences: &exchange.differences,
+                noise: &exchange.noise,
+            });
+        }
         let seen = Seen {
             exchange,
-            request: xxh3_64(&request),
             record: xxh3_64(exchange.path.as_bytes()),
             endpoint: xxh3_64(endpoint(&exchange.path).as_bytes()),
             statuses: (exchange.primary_status, exchange.shadow_status),
@@ -596,10 +508,8 @@ impl Group {
                 u64::from(sections.len() == 1 && sections.contains(&Section::Headers));
         }
         counted.clear();
-        let mut noisy_paths = BTreeSet::new();
         for difference in &exchange.noise {
             let path = generalize(&difference.path);
-            noisy_paths.insert(path.clone());
             if counted.insert((path.clone(), difference.kind)) {
                 self.noisy.entry((path, difference.kind)).or_default().add(
                     &seen,
@@ -607,9 +517,6 @@ impl Group {
                     difference.shadow.as_deref(),
                 );
             }
-        }
-        for path in noisy_paths {
-            *self.noisy_exchanges.entry(path).or_default() += 1;
         }
     }
 
@@ -645,7 +552,19 @@ pub fn build(options: &ReportOptions) -> Result<Report, StoreError> {
                 .or_default()
                 .tally(&exchange);
         })?;
-        for count in counts {
+        for shape in counts.shapes {
+            *groups
+                .entry((
+                    shape.route,
+                    shape.primary_upstream,
+                    shape.candidate_upstream,
+                ))
+                .or_default()
+                .shapes
+                .entry(shape.shape)
+                .or_default() += shape.exchanges;
+        }
+        for count in counts.exchanges {
             groups
                 .entry((
                     count.route.clone(),
@@ -708,9 +627,12 @@ fn summarize(
     route: String,
     primary: Option<String>,
     candidate: Option<String>,
-    group: Group,
+    mut group: Group,
     options: &ReportOptions,
 ) -> RouteSummary {
+    let shapes = std::mem::take(&mut group.shapes);
+    let suggestions: Suggestions = std::mem::take(&mut group.suggester)
+        .finish(|shape| shapes.get(shape).copied().unwrap_or(0));
     let samples: u64 = group.verdicts.values().sum();
     let count = |verdict| group.verdicts.get(&verdict).copied().unwrap_or(0);
     let shadow_errors = count(Verdict::ShadowError);
@@ -752,7 +674,9 @@ fn summarize(
             .map(|((path, kind), tally)| {
                 let section = Section::of(&path);
                 let likely_noise = if judge {
-                    likely_noise(section, &path, share(tally.exchanges), tally.volatility())
+                    suggestions
+                        .covering(&path)
+                        .map(|suggestion| suggestion.reason.to_string())
                 } else {
                     None
                 };
@@ -776,38 +700,11 @@ fn summarize(
     let all_paths = summaries(group.differing, true);
     let noisy_paths = summaries(group.noisy, false);
 
-    let mut suggested_ignore_headers = Vec::new();
-    let mut suggested_ignore_json = Vec::new();
-    let mut likely: Vec<&PathSummary> = all_paths
-        .iter()
-        .filter(|path| path.likely_noise.is_some())
-        .collect();
-    likely.sort_by_key(|path| Reverse(path.exchanges));
-    for path in likely {
-        match path.section {
-            Section::Headers => {
-                let name = path.path.trim_start_matches("headers.").to_owned();
-                if !suggested_ignore_headers.contains(&name) {
-                    suggested_ignore_headers.push(name);
-                }
-            }
-            _ if path.path.starts_with('$') && !suggested_ignore_json.contains(&path.path) => {
-                suggested_ignore_json.push(path.path.clone());
-            }
-            _ => {}
-        }
-    }
-    let mut noisy_exchanges: Vec<(String, u64)> = group
-        .noisy_exchanges
-        .into_iter()
-        .filter(|(path, count)| path.starts_with('$') && count * 2 >= samples.max(1))
-        .collect();
-    noisy_exchanges.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    for (path, _) in noisy_exchanges {
-        if !suggested_ignore_json.contains(&path) {
-            suggested_ignore_json.push(path);
-        }
-    }
+    let rules = |list: &[crate::diff::Suggestion]| -> Vec<String> {
+        list.iter().map(|s| s.rule.clone()).collect()
+    };
+    let suggested_ignore_headers = rules(&suggestions.ignore_headers);
+    let suggested_ignore_json = rules(&suggestions.ignore_json);
     let suggestion = suggestion(&suggested_ignore_headers, &suggested_ignore_json);
     let mismatches_with_suggestion = suggestion.as_ref().map(|_| {
         let covered = |id: &u32| {
@@ -1509,49 +1406,7 @@ mod tests {
     }
 
     #[test]
-    fn noise_is_a_header_that_differs_nearly_everywhere_or_a_value_the_primary_changes() {
-        let steady = Volatility::default();
-        let why = |section, path, share| likely_noise(section, path, share, steady);
-        assert!(
-            why(Section::Headers, "headers.x-powered-by", 1.0)
-                .unwrap()
-                .contains("differs in 100.00% of exchanges")
-        );
-        assert!(why(Section::Headers, "headers.vary", 0.91).is_some());
-        assert_eq!(why(Section::Headers, "headers.vary", 0.5), None);
-        assert_eq!(
-            why(Section::Headers, "headers.content-type", 1.0),
-            None,
-            "a content type that differs everywhere is a real difference"
-        );
-        assert_eq!(
-            why(Section::Body, "$.total", 1.0),
-            None,
-            "a body path that differs everywhere is a real difference"
-        );
-        assert_eq!(why(Section::Status, "status", 1.0), None);
-
-        let volatile = Volatility {
-            repeated: 3,
-            varied: 2,
-        };
-        assert!(
-            likely_noise(Section::Body, "$.generated_at", 0.1, volatile)
-                .unwrap()
-                .contains("different values to the same request (2 of 3")
-        );
-        for stable in [
-            Volatility {
-                repeated: 5,
-                varied: 2,
-            },
-            Volatility {
-                repeated: 1,
-                varied: 1,
-            },
-        ] {
-            assert!(!stable.volatile(), "{stable:?}");
-        }
+    fn a_suggested_rule_covers_its_path_and_the_paths_under_it() {
         assert!(covers("$.generated_at", "$.generated_at"));
         assert!(covers("$.items[*]", "$.items[*].sku"));
         assert!(!covers("$.total", "$.totals"));
@@ -1863,7 +1718,7 @@ mod tests {
             "  status:\n    status changed: 10 exchanges (5.00%), 1 record, 1 endpoint; 200→404: 10\n",
             "  likely noise (listed last):\n    $.generated_at changed",
             "      likely noise: the primary gave different values to the same request (2 of 2 repeated requests)\n",
-            "      likely noise: differs in 100.00% of exchanges (the servers differ, not the answers)\n",
+            "      likely noise: differs in 100.00% of the 200 exchanges it appears in (the servers differ, not the answers)\n",
             "  suggestion: compare: { ignore_headers: [vary, x-powered-by], ignore_json: ['$.generated_at'] }\n",
             "  with it: 41 mismatches (20.50%), still over the allowed 1.00%\n",
             "  not listed: 1 path (1 in the body), each in fewer than 2 exchanges and under 1.00% of them; --min-path-exchanges 1 lists them all\n",
@@ -1898,7 +1753,7 @@ mod tests {
             "**Body**\n\n| path | kind | exchanges | records | endpoints | statuses | example (primary → candidate) |",
             "| `$.total` | changed | 30 (15.00%) | 3 | 1 | 200→200: 30 | `GET /orders/3?coupon=SAVE3&token=%5Bredacted%5D`: `90` → `100` |",
             "**Likely noise (listed last)**",
-            "| `headers.vary` | changed | 200 (100.00%) | 20 | 1 | 200→200: 190, 200→404: 10 | `GET /orders/0?coupon=SAVE0&token=%5Bredacted%5D`: `Accept` → `Origin` | differs in 100.00% of exchanges",
+            "| `headers.vary` | changed | 200 (100.00%) | 20 | 1 | 200→200: 190, 200→404: 10 | `GET /orders/0?coupon=SAVE0&token=%5Bredacted%5D`: `Accept` → `Origin` | differs in 100.00% of the 200 exchanges it appears in",
             "```yaml\ncompare: { ignore_headers: [vary, x-powered-by], ignore_json: ['$.generated_at'] }\n```",
             "With it: 41 mismatches (20.50%), still over the allowed 1.00%.",
             "Not listed: 1 path",

@@ -26,7 +26,7 @@ pub use compare::{
     compare_prepared, discount_noise,
 };
 use path::PathPattern;
-pub use suggest::{Suggestion, Suggestions, suggest};
+pub use suggest::{Exchange, Reason, Suggester, Suggestion, Suggestions, suggest};
 
 use crate::config::{CompareConfig, Diagnostic, NoiseMode};
 use crate::exchange::{CapturedResponse, Reservation, ShadowFailure, ShadowOutcome};

@@ -1,7 +1,10 @@
-//! Which ignore rules stored exchanges justify: the rule `strangler report` applies to suggest
-//! `ignore_json` and `ignore_headers` entries.
+//! Which ignore rules stored exchanges justify: the one rule for `ignore_json` and
+//! `ignore_headers` suggestions and for what `strangler report` calls *likely noise*. The report
+//! feeds it one differing exchange at a time ([`Suggester::add`]) and the number of exchanges
+//! per request shape, counted in SQL ([`Suggester::finish`]); [`suggest`] does both for records
+//! in memory.
 //!
-//! Three principles:
+//! Principles:
 //!
 //! - **Noise is measured against how often a path appears**, not against all of a route's
 //!   exchanges: a timestamp only one endpoint of a route returns is noisy every time it appears,
@@ -9,21 +12,28 @@
 //!   path is taken to appear in every exchange of the *request shapes* (method and path, with
 //!   segments that hold digits or long tokens generalized: `GET /orders/*`) in which it ever
 //!   differed or was noise.
-//! - **A JSON path is noisy** only by noise mode's evidence (the primary disagreed with itself
-//!   there, [`super::discount_noise`]): different values from different resources are not
-//!   noise. **A header is noisy** when the primary answered the same request with different
-//!   values, or noise mode discounted it.
-//! - **Nothing is suggested that would hide a difference seen on stable values**: a JSON path
-//!   with a counted difference at or under it (the primary agreed with itself, the candidate did
-//!   not), a header the primary answered the same way twice for one request while the
-//!   candidate differed, or anything one side lacks (`missing`, `extra`).
+//! - **A header is suggested** when it differed in (nearly) every exchange it appears in
+//!   ([`HEADER_DIFFER_SHARE`]): the servers differ (CORS, caching, `vary`, `x-powered-by`), not
+//!   the answers. Never one that changes what a client does with the answer
+//!   ([`MEANINGFUL_HEADERS`]), however often it differs.
+//! - **A JSON path is suggested** on evidence that the primary disagrees with itself there:
+//!   noise mode discounted it ([`super::discount_noise`]) in at least half the exchanges it
+//!   appears in, or the primary gave different values to the same request (method, path and
+//!   query) in at least two repeated requests and half of them. Different values from different
+//!   resources are not noise.
+//! - **Nothing is suggested that would hide a difference seen on stable values**: no JSON rule
+//!   at or over a path where noise mode showed the primary agreeing with itself while the
+//!   candidate differed, or where one side lacked the value (`missing`, `extra`: noise explains
+//!   values, not absences).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 
 use serde::Serialize;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::path::generalize;
-use crate::record::{DiffRecord, Kind};
+use crate::record::{DiffRecord, Difference, Kind, request_shape};
 use crate::vocabulary::Verdict;
 
 /// Fewest exchanges a suggestion rests on.
@@ -34,16 +44,69 @@ pub const JSON_NOISE_SHARE: f64 = 0.5;
 /// A header is suggested when it differed in at least this share of the exchanges it appears in:
 /// (nearly) every one.
 pub const HEADER_DIFFER_SHARE: f64 = 0.9;
+/// Headers whose difference changes what a client (or a cache) does with the answer: never
+/// suggested, however often they differ.
+pub const MEANINGFUL_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "location",
+    "www-authenticate",
+    "retry-after",
+];
+
+/// Why a rule is suggested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "because", rename_all = "snake_case")]
+pub enum Reason {
+    /// A header that differed in (nearly) every exchange it appears in.
+    ServerWide { differed: u64, seen: u64 },
+    /// A JSON path noise mode discounted in at least half the exchanges it appears in.
+    Noise { noisy: u64, seen: u64 },
+    /// A JSON value the primary gave differently to the same request.
+    Volatile { varied: u64, repeated: u64 },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::ServerWide { differed, seen } => write!(
+                f,
+                "differs in {:.2}% of the {seen} exchanges it appears in (the servers differ, not the answers)",
+                share(differed, seen) * 100.0
+            ),
+            Reason::Noise { noisy, seen } => write!(
+                f,
+                "noise (noise: legacy) in {noisy} of the {seen} exchanges it appears in"
+            ),
+            Reason::Volatile { varied, repeated } => write!(
+                f,
+                "the primary gave different values to the same request ({varied} of {repeated} repeated requests)"
+            ),
+        }
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
 
 /// One suggested rule and what it rests on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Suggestion {
     /// The `ignore_json` path (`$.items[*].updated_at`) or the `ignore_headers` name.
     pub rule: String,
-    /// Exchanges in which it was noise (a JSON path) or differed (a header).
+    /// Exchanges in which it was noise or differed.
     pub noisy: u64,
     /// Exchanges in which it appears (see the module documentation).
     pub seen: u64,
+    pub reason: Reason,
 }
 
 /// Rules to suggest for one set of exchanges (one route and direction), most often noisy first.
@@ -53,187 +116,264 @@ pub struct Suggestions {
     pub ignore_headers: Vec<Suggestion>,
 }
 
-/// What `records` (one route and direction) justify ignoring.
-pub fn suggest(records: &[DiffRecord]) -> Suggestions {
-    let compared: Vec<&DiffRecord> = records
-        .iter()
-        .filter(|record| record.verdict != Verdict::ShadowError)
-        .collect();
-    let mut exchanges_per_shape: BTreeMap<String, u64> = BTreeMap::new();
-    // Per JSON path or header: the shapes it appeared in, and the tallies below.
-    let mut shapes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut json_noise: BTreeMap<String, u64> = BTreeMap::new();
-    let mut json_counted: BTreeSet<String> = BTreeSet::new();
-    let mut headers: BTreeMap<String, HeaderTally> = BTreeMap::new();
+impl Suggestions {
+    /// Why `path` (generalized, as a report lists it: `$.items[*].at`, `headers.vary`) is likely
+    /// noise: the reason of the suggested rule that covers it, if one does.
+    pub fn covering(&self, path: &str) -> Option<&Suggestion> {
+        if let Some(name) = path.strip_prefix("headers.") {
+            self.ignore_headers.iter().find(|s| s.rule == name)
+        } else if path.starts_with('$') {
+            self.ignore_json.iter().find(|s| at_or_under(path, &s.rule))
+        } else {
+            None
+        }
+    }
+}
 
-    for record in &compared {
-        let shape = request_shape(&record.method, &record.path);
-        *exchanges_per_shape.entry(shape.clone()).or_default() += 1;
-        let request = format!(
-            "{} {}?{}",
-            record.method,
-            record.path,
-            record.query.as_deref().unwrap_or_default()
-        );
-        let noise_mode = !record.noise.is_empty();
+/// One compared exchange that differed or had noise (a shadow error compares nothing: leave it
+/// out), as the report's scan or a stored record has it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Redacted as stored, without the `?`.
+    pub query: Option<&'a str>,
+    pub differences: &'a [Difference],
+    pub noise: &'a [Difference],
+}
+
+impl<'a> From<&'a DiffRecord> for Exchange<'a> {
+    fn from(record: &'a DiffRecord) -> Self {
+        Self {
+            method: &record.method,
+            path: &record.path,
+            query: record.query.as_deref(),
+            differences: &record.differences,
+            noise: &record.noise,
+        }
+    }
+}
+
+/// Tallies exchanges one at a time; memory grows with the distinct paths, shapes and requests
+/// that differed, not with the exchanges.
+#[derive(Debug, Default)]
+pub struct Suggester {
+    /// Per JSON path or `headers.<name>`: the request shapes it differed or was noise in.
+    shapes: HashMap<String, BTreeSet<String>>,
+    json: BTreeMap<String, JsonTally>,
+    /// JSON paths with a difference no rule may hide (see the module documentation).
+    stable: BTreeSet<String>,
+    /// Per header name: the exchanges it differed (or was noise) in.
+    headers: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct JsonTally {
+    /// Exchanges in which noise mode discounted it.
+    noisy: u64,
+    /// Exchanges in which it was a counted difference.
+    differed: u64,
+    /// Per request (hash of method, path and query): the hash of the primary's first value,
+    /// whether the request was seen again with the path differing, whether the value changed.
+    requests: HashMap<u64, (u64, bool, bool)>,
+}
+
+impl JsonTally {
+    /// Repeated requests, and of those the ones the primary answered with different values.
+    fn volatility(&self) -> (u64, u64) {
+        self.requests
+            .values()
+            .filter(|(_, repeated, _)| *repeated)
+            .fold((0, 0), |(repeated, varied), (_, _, changed)| {
+                (repeated + 1, varied + u64::from(*changed))
+            })
+    }
+}
+
+impl Suggester {
+    pub fn add(&mut self, exchange: Exchange<'_>) {
+        let shape = request_shape(exchange.method, exchange.path);
+        let request = {
+            let mut hasher = Xxh3::new();
+            for part in [exchange.method, exchange.path] {
+                hasher.update(part.as_bytes());
+                hasher.update(&[0]);
+            }
+            hasher.update(exchange.query.unwrap_or_default().as_bytes());
+            hasher.digest()
+        };
+        // With noise mode on (it found noise here), a counted difference is one where the
+        // primary agreed with itself: a stable value.
+        let noise_mode = !exchange.noise.is_empty();
         let mut noisy_here = BTreeSet::new();
-        let mut changed_here = BTreeSet::new();
-        for (difference, is_noise) in record
+        let mut differed_here = BTreeSet::new();
+        let mut headers_here = BTreeSet::new();
+        for (difference, is_noise) in exchange
             .differences
             .iter()
             .map(|d| (d, false))
-            .chain(record.noise.iter().map(|d| (d, true)))
+            .chain(exchange.noise.iter().map(|d| (d, true)))
         {
             if difference.path.starts_with('$') {
                 let path = generalize(&difference.path);
-                shapes
-                    .entry(path.clone())
-                    .or_default()
-                    .insert(shape.clone());
+                self.appears(&path, &shape);
+                if matches!(difference.kind, Kind::Missing | Kind::Extra)
+                    || (noise_mode && !is_noise)
+                {
+                    self.stable.insert(path.clone());
+                }
                 if is_noise {
                     noisy_here.insert(path);
-                } else {
-                    json_counted.insert(path);
+                } else if differed_here.insert(path.clone()) {
+                    let value = difference
+                        .primary
+                        .as_deref()
+                        .map_or(0, |value| xxh3_64(value.as_bytes()) | 1);
+                    self.json
+                        .entry(path)
+                        .or_default()
+                        .requests
+                        .entry(request)
+                        .and_modify(|(first, repeated, varied)| {
+                            *repeated = true;
+                            *varied |= *first != value;
+                        })
+                        .or_insert((value, false, false));
                 }
             } else if let Some(name) = difference.path.strip_prefix("headers.") {
-                shapes
-                    .entry(header_key(name))
-                    .or_default()
-                    .insert(shape.clone());
-                let tally = headers.entry(name.to_owned()).or_default();
-                if difference.kind != Kind::Changed {
-                    tally.absent_on_one_side = true;
+                if MEANINGFUL_HEADERS.contains(&name) {
                     continue;
                 }
-                if is_noise {
-                    tally.noisy = true;
-                } else if noise_mode {
-                    // The primary agreed with itself here, the candidate did not.
-                    tally.stable = true;
-                }
-                if changed_here.insert(name) {
-                    tally.differed += 1;
-                    tally
-                        .values
-                        .entry(request.clone())
-                        .or_default()
-                        .push(difference.primary.clone());
-                }
+                self.appears(&difference.path, &shape);
+                headers_here.insert(name);
             }
         }
         for path in noisy_here {
-            *json_noise.entry(path).or_default() += 1;
+            self.json.entry(path).or_default().noisy += 1;
         }
-    }
-
-    let seen = |key: &str| -> u64 {
-        shapes.get(key).map_or(0, |shapes| {
-            shapes
-                .iter()
-                .map(|shape| exchanges_per_shape.get(shape).copied().unwrap_or(0))
-                .sum()
-        })
-    };
-
-    let mut ignore_json: Vec<Suggestion> = json_noise
-        .iter()
-        .filter(|(path, noisy)| {
-            **noisy >= MIN_EXCHANGES
-                && **noisy as f64 >= JSON_NOISE_SHARE * seen(path) as f64
-                && !json_counted
-                    .iter()
-                    .any(|counted| at_or_under(counted, path))
-        })
-        .map(|(path, noisy)| Suggestion {
-            rule: path.clone(),
-            noisy: *noisy,
-            seen: seen(path),
-        })
-        .collect();
-    // A rule already covered by a broader one adds nothing.
-    let broad: Vec<String> = ignore_json.iter().map(|s| s.rule.clone()).collect();
-    ignore_json.retain(|s| {
-        !broad
-            .iter()
-            .any(|other| other != &s.rule && at_or_under(&s.rule, other))
-    });
-
-    let mut ignore_headers: Vec<Suggestion> = headers
-        .into_iter()
-        .filter_map(|(name, mut tally)| {
-            tally.judge_repeats();
-            let seen = seen(&header_key(&name));
-            let suggested = tally.noisy
-                && !tally.stable
-                && !tally.absent_on_one_side
-                && tally.differed >= MIN_EXCHANGES
-                && tally.differed as f64 >= HEADER_DIFFER_SHARE * seen as f64;
-            suggested.then_some(Suggestion {
-                rule: name,
-                noisy: tally.differed,
-                seen,
-            })
-        })
-        .collect();
-
-    for list in [&mut ignore_json, &mut ignore_headers] {
-        list.sort_by(|a, b| b.noisy.cmp(&a.noisy).then_with(|| a.rule.cmp(&b.rule)));
-    }
-    Suggestions {
-        ignore_json,
-        ignore_headers,
-    }
-}
-
-#[derive(Default)]
-struct HeaderTally {
-    /// Exchanges in which its values differed.
-    differed: u64,
-    noisy: bool,
-    stable: bool,
-    absent_on_one_side: bool,
-    /// The primary's values per request, in the exchanges where it differed.
-    values: BTreeMap<String, Vec<Option<String>>>,
-}
-
-impl HeaderTally {
-    /// The same request answered twice or more: different values are noise, the same value
-    /// every time is a stable value the candidate did not match.
-    fn judge_repeats(&mut self) {
-        for values in self.values.values().filter(|values| values.len() > 1) {
-            if values.iter().all(|value| value == &values[0]) {
-                self.stable = true;
-            } else {
-                self.noisy = true;
+        for path in differed_here {
+            self.json.entry(path).or_default().differed += 1;
+        }
+        for name in headers_here {
+            match self.headers.get_mut(name) {
+                Some(count) => *count += 1,
+                None => {
+                    self.headers.insert(name.to_owned(), 1);
+                }
             }
         }
     }
+
+    /// Allocates only for a key or shape not seen before: this runs for every difference of
+    /// every exchange a report reads.
+    fn appears(&mut self, key: &str, shape: &str) {
+        match self.shapes.get_mut(key) {
+            Some(shapes) if shapes.contains(shape) => {}
+            Some(shapes) => {
+                shapes.insert(shape.to_owned());
+            }
+            None => {
+                self.shapes
+                    .insert(key.to_owned(), BTreeSet::from([shape.to_owned()]));
+            }
+        }
+    }
+
+    /// The rules, given the number of compared exchanges (differing or not, shadow errors left
+    /// out) of each request shape.
+    pub fn finish(self, exchanges_of_shape: impl Fn(&str) -> u64) -> Suggestions {
+        let seen = |key: &str, at_least: u64| -> u64 {
+            let counted: u64 = self.shapes.get(key).map_or(0, |shapes| {
+                shapes.iter().map(|shape| exchanges_of_shape(shape)).sum()
+            });
+            // A store written between two queries could count fewer; never below what was seen.
+            counted.max(at_least)
+        };
+
+        let mut ignore_json: Vec<Suggestion> = self
+            .json
+            .iter()
+            .filter(|(path, _)| !self.stable.iter().any(|stable| at_or_under(stable, path)))
+            .filter_map(|(path, tally)| {
+                let seen = seen(path, tally.noisy.max(tally.differed));
+                let (repeated, varied) = tally.volatility();
+                let reason = if tally.noisy >= MIN_EXCHANGES
+                    && tally.noisy as f64 >= JSON_NOISE_SHARE * seen as f64
+                {
+                    Reason::Noise {
+                        noisy: tally.noisy,
+                        seen,
+                    }
+                } else if varied >= 2 && varied * 2 >= repeated {
+                    Reason::Volatile { varied, repeated }
+                } else {
+                    return None;
+                };
+                Some(Suggestion {
+                    rule: path.clone(),
+                    noisy: tally.noisy.max(tally.differed),
+                    seen,
+                    reason,
+                })
+            })
+            .collect();
+        // A rule already covered by a broader one adds nothing.
+        let broad: Vec<String> = ignore_json.iter().map(|s| s.rule.clone()).collect();
+        ignore_json.retain(|s| {
+            !broad
+                .iter()
+                .any(|other| other != &s.rule && at_or_under(&s.rule, other))
+        });
+
+        let mut ignore_headers: Vec<Suggestion> = self
+            .headers
+            .iter()
+            .filter_map(|(name, &differed)| {
+                let seen = seen(&header_key(name), differed);
+                (differed >= MIN_EXCHANGES && differed as f64 >= HEADER_DIFFER_SHARE * seen as f64)
+                    .then(|| Suggestion {
+                        rule: name.clone(),
+                        noisy: differed,
+                        seen,
+                        reason: Reason::ServerWide { differed, seen },
+                    })
+            })
+            .collect();
+
+        for list in [&mut ignore_json, &mut ignore_headers] {
+            list.sort_by(|a, b| b.noisy.cmp(&a.noisy).then_with(|| a.rule.cmp(&b.rule)));
+        }
+        Suggestions {
+            ignore_json,
+            ignore_headers,
+        }
+    }
+}
+
+/// What `records` (one route and direction, in memory) justify ignoring.
+pub fn suggest(records: &[DiffRecord]) -> Suggestions {
+    let mut exchanges_of_shape: HashMap<String, u64> = HashMap::new();
+    let mut suggester = Suggester::default();
+    for record in records.iter().filter(|r| r.verdict != Verdict::ShadowError) {
+        *exchanges_of_shape
+            .entry(request_shape(&record.method, &record.path))
+            .or_default() += 1;
+        suggester.add(record.into());
+    }
+    suggester.finish(|shape| exchanges_of_shape.get(shape).copied().unwrap_or(0))
 }
 
 fn header_key(name: &str) -> String {
     format!("headers.{name}")
 }
 
-/// Whether `path` is `ancestor` or lies under it (`$.a.b` under `$.a`, `$.a[*]` under `$.a`).
+/// Whether `path` is `ancestor` or lies under it (`$.a.b` under `$.a`, `$.a[*]` under `$.a`);
+/// everything is under `$`.
 fn at_or_under(path: &str, ancestor: &str) -> bool {
-    path.strip_prefix(ancestor)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
-}
-
-/// `GET /orders/*/lines`: the request with the path segments that identify a resource (holding
-/// a digit, or longer than 24 characters) generalized.
-pub fn request_shape(method: &str, path: &str) -> String {
-    let segments: Vec<&str> = path
-        .split('/')
-        .map(|segment| {
-            if segment.len() > 24 || segment.bytes().any(|b| b.is_ascii_digit()) {
-                "*"
-            } else {
-                segment
-            }
-        })
-        .collect();
-    format!("{method} {}", segments.join("/"))
+    ancestor == "$"
+        || path
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
 }
 
 #[cfg(test)]
@@ -344,15 +484,18 @@ mod tests {
     }
 
     #[test]
-    fn headers_that_differ_in_nearly_every_exchange_with_varying_values_are_suggested() {
+    fn headers_that_differ_in_nearly_every_exchange_are_suggested_unless_they_matter_to_clients() {
         let mut records = Vec::new();
         for i in 0..10 {
-            // Each order fetched twice: x-runtime varies for the same request, cache-control
-            // is the same every time (a stable difference), x-trace appears once.
+            // Each order fetched twice: x-runtime varies, x-cache names the other edge every
+            // time (the servers differ), cache-control changes what caches do, x-trace appears
+            // once.
             for repeat in 0..2 {
                 let mut differences = vec![
                     changed("headers.x-runtime", &format!("{}ms", 10 + i * 2 + repeat)),
+                    changed("headers.x-cache", "MISS from edge-1"),
                     changed("headers.cache-control", "max-age=60"),
+                    changed("headers.content-type", "application/json"),
                 ];
                 if i == 0 && repeat == 0 {
                     differences.push(changed("headers.x-trace", "abc"));
@@ -366,7 +509,11 @@ mod tests {
             .iter()
             .map(|s| (s.rule.as_str(), s.noisy, s.seen))
             .collect();
-        assert_eq!(headers, [("x-runtime", 20, 20)]);
+        assert_eq!(headers, [("x-cache", 20, 20), ("x-runtime", 20, 20)]);
+        assert_eq!(
+            suggested.ignore_headers[0].reason.to_string(),
+            "differs in 100.00% of the 20 exchanges it appears in (the servers differ, not the answers)"
+        );
         assert!(suggested.ignore_json.is_empty());
 
         // Differing in only half the exchanges is not "nearly every".
@@ -385,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn noise_mode_headers_are_noisy_and_a_header_one_side_lacks_is_not() {
+    fn a_header_noisy_in_every_exchange_is_suggested_and_one_in_most_is_not() {
         let mut records: Vec<DiffRecord> = (0..5)
             .map(|i| {
                 record(
@@ -412,6 +559,70 @@ mod tests {
             .map(|s| s.rule.as_str())
             .collect();
         assert_eq!(names, ["x-runtime"]);
+    }
+
+    #[test]
+    fn a_value_the_primary_changes_for_the_same_request_is_suggested_and_a_stable_one_is_not() {
+        let mut records = Vec::new();
+        for round in 0..3 {
+            for id in 0..4 {
+                let mut differences = vec![changed("$.total", "90")];
+                if id < 2 {
+                    // Orders 0 and 1 carry a timestamp the primary renews on every call.
+                    differences.push(changed("$.generated_at", &format!("t{round}")));
+                }
+                records.push(record(&format!("/orders/{id}"), differences, Vec::new()));
+            }
+        }
+        let suggested = suggest(&records);
+        assert_eq!(json_rules(&suggested), [("$.generated_at", 6, 12)]);
+        assert_eq!(
+            suggested.ignore_json[0].reason,
+            Reason::Volatile {
+                varied: 2,
+                repeated: 2
+            }
+        );
+        assert_eq!(
+            suggested
+                .covering("$.generated_at")
+                .map(|s| s.rule.as_str()),
+            Some("$.generated_at")
+        );
+        assert_eq!(
+            suggested.covering("$.total"),
+            None,
+            "the same 90 every time"
+        );
+
+        // Once the candidate lacks it, the rule would hide that: not suggested.
+        records[0].differences.push(Difference {
+            path: "$.generated_at".into(),
+            kind: Kind::Missing,
+            primary: Some("t0".into()),
+            shadow: None,
+        });
+        assert_eq!(json_rules(&suggest(&records)), []);
+    }
+
+    #[test]
+    fn shadow_errors_are_not_exchanges_a_path_appears_in() {
+        let mut records: Vec<DiffRecord> = (0..3)
+            .map(|i| {
+                record(
+                    &format!("/orders/{i}"),
+                    Vec::new(),
+                    vec![changed("$.at", "t")],
+                )
+            })
+            .collect();
+        for _ in 0..10 {
+            records.push(DiffRecord {
+                verdict: Verdict::ShadowError,
+                ..record("/orders/4", vec![changed("shadow", "")], Vec::new())
+            });
+        }
+        assert_eq!(json_rules(&suggest(&records)), [("$.at", 3, 3)]);
     }
 
     #[test]

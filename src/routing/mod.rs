@@ -247,7 +247,12 @@ impl RouteTable {
         self.routes
             .iter()
             .map(|route| {
-                let held = route.guard.as_ref().is_some_and(|guard| guard.holds());
+                // One read of the trip, so `serves`, `holding` and `trip` agree.
+                let trip = route.guard.as_ref().and_then(|guard| guard.trip());
+                let held = trip.is_some()
+                    && route.guard.as_ref().is_some_and(|guard| {
+                        guard.config().mode == crate::config::GuardMode::Enforce
+                    });
                 let serves = if route.retired.is_some() {
                     Vec::new()
                 } else if kill_switch || held {
@@ -272,7 +277,7 @@ impl RouteTable {
                     guard: route.guard.as_ref().map(|guard| GuardState {
                         mode: guard.config().mode,
                         holding: held,
-                        trip: guard.trip(),
+                        trip,
                     }),
                 }
             })

@@ -334,6 +334,25 @@ pub struct ExchangeCount {
     pub exchanges: u64,
 }
 
+/// How many compared exchanges (shadow errors left out) of a route and direction share a request
+/// shape ([`crate::record::request_shape`]: `GET /orders/*`): what suggestions measure a
+/// path's noise against, since the store does not list the paths that were equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeCount {
+    pub route: String,
+    pub primary_upstream: Option<String>,
+    pub candidate_upstream: Option<String>,
+    pub shape: String,
+    pub exchanges: u64,
+}
+
+/// What a report scan counted in SQL, beside the differing exchanges it streamed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportCounts {
+    pub exchanges: Vec<ExchangeCount>,
+    pub shapes: Vec<ShapeCount>,
+}
+
 /// An exchange that differed (verdict `mismatch`, `noise` or `shadow_error`) as a report reads
 /// it: the request, both statuses and the differences, without the body samples.
 #[derive(Debug, Clone)]
@@ -355,13 +374,14 @@ pub struct DifferingExchange {
 
 /// Reads what `filter` selects of the store at `path` for a report, in one read transaction
 /// (one snapshot, however the proxy writes meanwhile): returns the exchanges counted in SQL
-/// ([`ExchangeCount`]) and hands every exchange that differed to `each`, oldest first, one row at
-/// a time, so memory does not grow with the store. Matching exchanges are counted, never read.
+/// ([`ExchangeCount`], and per request shape: [`ShapeCount`]) and hands every exchange that
+/// differed to `each`, oldest first, one row at a time, so memory does not grow with the store.
+/// Matching exchanges are counted, never read.
 pub fn scan_for_report(
     path: &Path,
     filter: &Filter,
     mut each: impl FnMut(DifferingExchange),
-) -> Result<Vec<ExchangeCount>, StoreError> {
+) -> Result<ReportCounts, StoreError> {
     let reader = Reader::open(path)?;
     let error = |source| reader.error(source);
     // A deferred transaction takes its snapshot at the first SELECT (the one in `selection`
@@ -371,7 +391,7 @@ pub fn scan_for_report(
         .execute_batch("BEGIN DEFERRED")
         .map_err(error)?;
     let Some((conditions, values)) = reader.selection(filter).map_err(error)? else {
-        return Ok(Vec::new());
+        return Ok(ReportCounts::default());
     };
     let provenance = reader.provenance_columns();
     let mut counts = Vec::new();
@@ -404,6 +424,44 @@ pub fn scan_for_report(
             });
         }
     }
+    // Per distinct request path, generalized here: SQLite groups the rows (without reading
+    // them out), Rust folds the paths into shapes, so memory grows with shapes, not rows.
+    let mut shapes: std::collections::HashMap<
+        (String, Option<String>, Option<String>, String),
+        u64,
+    > = std::collections::HashMap::new();
+    {
+        let direction = if reader.provenance {
+            "primary_upstream, candidate_upstream"
+        } else {
+            "NULL, NULL"
+        };
+        let mut statement = reader
+            .connection
+            .prepare(&format!(
+                "SELECT route, {direction}, method, path, COUNT(*)
+                 FROM diffs WHERE {conditions} AND verdict <> 'shadow_error'
+                 GROUP BY 1, 2, 3, 4, 5"
+            ))
+            .map_err(error)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(values.iter()))
+            .map_err(error)?;
+        while let Some(row) = rows.next().map_err(error)? {
+            let method = row.get_ref(3).map_err(error)?.as_str().unwrap_or_default();
+            let request = row.get_ref(4).map_err(error)?.as_str().unwrap_or_default();
+            let shape = crate::record::request_shape(method, request);
+            let exchanges: i64 = row.get(5).map_err(error)?;
+            *shapes
+                .entry((
+                    row.get(0).map_err(error)?,
+                    row.get(1).map_err(error)?,
+                    row.get(2).map_err(error)?,
+                    shape,
+                ))
+                .or_default() += u64::try_from(exchanges).unwrap_or(0);
+        }
+    }
     let mut statement = reader
         .connection
         .prepare(&format!(
@@ -433,7 +491,22 @@ pub fn scan_for_report(
             candidate_upstream: row.get(11).map_err(error)?,
         });
     }
-    Ok(counts)
+    let shapes = shapes
+        .into_iter()
+        .map(
+            |((route, primary_upstream, candidate_upstream, shape), exchanges)| ShapeCount {
+                route,
+                primary_upstream,
+                candidate_upstream,
+                shape,
+                exchanges,
+            },
+        )
+        .collect();
+    Ok(ReportCounts {
+        exchanges: counts,
+        shapes,
+    })
 }
 
 /// A read-only connection to a store whose schema this build understands.
@@ -841,6 +914,7 @@ mod tests {
         let mut store = DiffStore::open(&path, 1000, Duration::from_secs(3600)).unwrap();
         let differing = |verdict: &str, id: &str| DiffRecord {
             request_id: id.into(),
+            path: format!("/orders/{}", id.len() + 6),
             query: Some("page=2".into()),
             differences: vec![Difference {
                 path: "$.total".into(),
@@ -862,10 +936,28 @@ mod tests {
         store.insert(&records).unwrap();
 
         let mut streamed = Vec::new();
-        let mut counts = scan_for_report(&path, &Filter::default(), |exchange| {
+        let ReportCounts {
+            exchanges: mut counts,
+            mut shapes,
+        } = scan_for_report(&path, &Filter::default(), |exchange| {
             streamed.push(exchange)
         })
         .unwrap();
+        shapes.sort_by(|a, b| (&a.route, &a.shape).cmp(&(&b.route, &b.shape)));
+        let shaped: Vec<(&str, &str, u64)> = shapes
+            .iter()
+            .map(|s| (s.route.as_str(), s.shape.as_str(), s.exchanges))
+            .collect();
+        assert_eq!(
+            shaped,
+            [
+                ("invoices", "GET /x", 1),
+                ("orders", "GET /orders/*", 2),
+                ("orders", "GET /x", 5),
+            ],
+            "ids generalized, shadow errors left out"
+        );
+        assert_eq!(shapes[1].candidate_upstream.as_deref(), Some("new"));
         counts.sort_by(|a, b| (&a.route, &a.verdict).cmp(&(&b.route, &b.verdict)));
         let counted: Vec<(&str, &str, Option<u16>, u64)> = counts
             .iter()
@@ -898,12 +990,23 @@ mod tests {
         // The filter applies to both.
         let mut streamed = 0;
         let counts = scan_for_report(&path, &route("invoices"), |_| streamed += 1).unwrap();
-        assert_eq!((counts.len(), counts[0].exchanges, streamed), (1, 1, 0));
+        assert_eq!(
+            (
+                counts.exchanges.len(),
+                counts.exchanges[0].exchanges,
+                streamed
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(counts.shapes.len(), 1);
         let latest = Filter {
             generation: Some(GenerationFilter::Number(7)),
             ..Filter::default()
         };
-        assert!(scan_for_report(&path, &latest, |_| ()).unwrap().is_empty());
+        assert_eq!(
+            scan_for_report(&path, &latest, |_| ()).unwrap(),
+            ReportCounts::default()
+        );
     }
 
     #[test]
@@ -921,6 +1024,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(streamed, 1);
+        let counts = counts.exchanges;
         assert_eq!(counts.len(), 1);
         assert_eq!(
             (counts[0].primary_upstream.as_ref(), counts[0].exchanges),
@@ -930,7 +1034,10 @@ mod tests {
             generation: Some(GenerationFilter::Latest),
             ..Filter::default()
         };
-        assert!(scan_for_report(&path, &latest, |_| ()).unwrap().is_empty());
+        assert_eq!(
+            scan_for_report(&path, &latest, |_| ()).unwrap(),
+            ReportCounts::default()
+        );
     }
 
     #[test]

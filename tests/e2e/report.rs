@@ -3,8 +3,7 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use serde_json::Value;
 use strangler::record::{DiffRecord, Difference, Kind};
 use strangler::store::{DiffStore, now_ms};
 use strangler::vocabulary::Verdict;
-use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, binary, run_cli};
+use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, run_cli};
 
 /// Orders whose candidate total ignores the coupon's discount.
 const BUGGY_ORDERS: [u64; 3] = [3, 5, 9];
@@ -429,144 +428,102 @@ fn difference(path: &str, kind: Kind, primary: Option<&str>, shadow: Option<&str
     }
 }
 
-/// A body sample of about 1 KiB, like the ones the proxy stores for differing exchanges.
-fn sample(id: u64, total: &str) -> String {
-    let items: Vec<String> = (0..8)
-        .map(|n| {
-            format!(
-                r#"{{"sku":"SKU-{n:04}","quantity":{},"price":"12.50"}}"#,
-                n + 1
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"id":{id},"status":"open","total":{total},"currency":"EUR","items":[{}],"customer":{{"name":"Ada Lovelace","country":"FR"}}}}"#,
-        items.join(",")
-    )
-}
-
-/// `rows` exchanges of route `orders` (legacy → orders-v2) over 1,000 orders: every exchange
-/// differs in `x-powered-by` and `vary`; 1 in 100 has a wrong `$.total` (orders whose id ends in
-/// 7, in one pass over the orders of ten); 1 in 200 is a 404 from the candidate; the rest of the
-/// body matches.
-fn realistic_store(path: &Path, rows: u64) {
-    let mut store = DiffStore::open(path, rows + 1000, Duration::from_secs(86_400)).unwrap();
-    let now = now_ms();
-    let mut batch = Vec::with_capacity(1000);
-    for n in 0..rows {
-        let id = n % 1000;
-        let mut differences = vec![
-            difference("headers.x-powered-by", Kind::Missing, Some("Express"), None),
-            difference(
-                "headers.vary",
-                Kind::Changed,
-                Some("Accept-Encoding"),
-                Some("Origin, Accept-Encoding"),
-            ),
-        ];
-        let (shadow_status, total) = if n % 200 == 199 {
-            differences.insert(
-                0,
-                difference("status", Kind::Changed, Some("200"), Some("404")),
-            );
-            differences.push(difference(
-                "$",
-                Kind::Type,
-                Some("{\"id\":...}"),
-                Some("\"Not Found\""),
-            ));
-            (404, "\"90.00\"")
-        } else if id % 10 == 7 && (n / 1000) % 10 == 0 {
-            differences.push(difference(
-                "$.total",
-                Kind::Changed,
-                Some("\"90.00\""),
-                Some("\"100.00\""),
-            ));
-            (200, "\"100.00\"")
-        } else {
-            (200, "\"90.00\"")
-        };
-        batch.push(DiffRecord {
-            at_ms: now - (rows - n) as i64,
-            route: "orders".into(),
-            method: "GET".into(),
-            path: format!("/api/orders/{id}"),
-            query: (n % 3 == 0).then(|| "expand=items&token=%5Bredacted%5D".to_owned()),
-            request_id: format!("req-{n}"),
-            primary_status: Some(200),
-            shadow_status: Some(shadow_status),
-            verdict: Verdict::Mismatch,
-            differences,
-            noise: Vec::new(),
-            primary_sample: Some(sample(id, "\"90.00\"")),
-            shadow_sample: Some(sample(id, total)),
-            primary_upstream: Some("legacy".into()),
-            candidate_upstream: Some("orders-v2".into()),
-            stage: Some("shadow".into()),
-            generation: Some(1),
-            config_sha256: Some("5ca1ab1e".into()),
-        });
-        if batch.len() == 1000 {
-            store.insert(&batch).unwrap();
-            batch.clear();
-        }
+/// An exchange of route `orders` (legacy → orders-v2) with these differences and noise.
+fn exchange(path: &str, differences: Vec<Difference>, noise: Vec<Difference>) -> DiffRecord {
+    DiffRecord {
+        at_ms: now_ms(),
+        route: "orders".into(),
+        method: "GET".into(),
+        path: path.into(),
+        query: None,
+        request_id: format!("r-{path}"),
+        primary_status: Some(200),
+        shadow_status: Some(200),
+        verdict: match (differences.is_empty(), noise.is_empty()) {
+            (false, _) => Verdict::Mismatch,
+            (true, false) => Verdict::Noise,
+            (true, true) => Verdict::Match,
+        },
+        differences,
+        noise,
+        primary_sample: None,
+        shadow_sample: None,
+        primary_upstream: Some("legacy".into()),
+        candidate_upstream: Some("orders-v2".into()),
+        stage: Some("shadow".into()),
+        generation: Some(1),
+        config_sha256: Some("sha".into()),
     }
-    store.insert(&batch).unwrap();
 }
 
-/// Runs `strangler report` with stdout to a file (it can be large); returns the exit code,
-/// stdout and how long it took.
-fn timed_report(args: &[&str], out: &Path) -> (i32, String, Duration) {
-    let started = Instant::now();
-    let status = Command::new(std::env::var("STRANGLER_REPORT_BIN").unwrap_or(binary().to_owned()))
-        .arg("report")
-        .args(args)
-        .stdout(std::fs::File::create(out).unwrap())
-        .stderr(Stdio::inherit())
-        .status()
-        .unwrap();
-    let took = started.elapsed();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(out).unwrap(),
-        took,
-    )
-}
-
-/// The time `strangler report` takes on a full store (100,000 rows, the default
-/// `diff_max_rows`): `cargo build --release` first, then
-/// `STRANGLER_REPORT_BIN=target/release/strangler cargo test --test report -- --ignored --nocapture`
-/// (without it, the debug binary is timed).
 #[test]
-#[ignore = "a measurement, not a check: run it on a quiet machine"]
-fn a_report_on_a_full_store_of_100k_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    // STRANGLER_REPORT_BENCH_DB keeps the store (generated once) for runs by hand.
-    let store: PathBuf = std::env::var_os("STRANGLER_REPORT_BENCH_DB")
-        .map_or_else(|| dir.path().join("diffs.db"), PathBuf::from);
-    let started = Instant::now();
-    if !store.exists() {
-        realistic_store(&store, 100_000);
-    }
-    eprintln!(
-        "generated 100,000 rows in {:?} ({} MB)",
-        started.elapsed(),
-        std::fs::metadata(&store).unwrap().len() / 1_000_000
-    );
-    let db = store.display().to_string();
-    for format in ["text", "json", "markdown", "junit"] {
-        let mut times = Vec::new();
-        for _ in 0..3 {
-            let (code, stdout, took) =
-                timed_report(&["--db", &db, "--format", format], &dir.path().join("out"));
-            assert_eq!(code, 1, "{stdout}");
-            times.push(took);
+fn noise_is_measured_against_the_exchanges_where_a_path_appears_and_stable_differences_are_never_suggested()
+ {
+    // With `noise: legacy`: 27 calls of an order's history, whose `$.events[*].at` timestamps the
+    // primary changed between its two answers in 24 (89 %); 54 calls of the orders themselves,
+    // which match and have no events at all. So the field is noise in 24 of the route's 81
+    // exchanges (30 %), and in 89 % of those where it appears.
+    let changed =
+        |path: &str, primary: &str| difference(path, Kind::Changed, Some(primary), Some("other"));
+    let mut records = Vec::new();
+    for n in 0..27u64 {
+        let mut noise = Vec::new();
+        if n % 9 != 0 {
+            noise.push(changed(&format!("$.events[{}].at", n % 4), "t"));
         }
-        times.sort();
-        eprintln!(
-            "report --format {format}: median {:?} of {times:?}",
-            times[1]
-        );
+        // `$.total` is noise in most history calls too, but in one the primary answered the
+        // same total twice and the candidate another: a difference on a stable value.
+        let mut differences = Vec::new();
+        if n == 13 {
+            differences.push(changed("$.total", "90"));
+        } else if n % 3 != 0 {
+            noise.push(changed("$.total", "90"));
+        }
+        records.push(exchange(
+            &format!("/orders/{n}/history"),
+            differences,
+            noise,
+        ));
     }
+    for n in 0..54u64 {
+        records.push(exchange(&format!("/orders/{n}"), Vec::new(), Vec::new()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("diffs.db");
+    DiffStore::open(&store, 10_000, Duration::from_secs(3600))
+        .unwrap()
+        .insert(&records)
+        .unwrap();
+
+    let (code, json) = report(&store, &["--format", "json"]);
+    assert_eq!(
+        code, 1,
+        "the one stable $.total difference fails the gate: {json}"
+    );
+    let document: Value = serde_json::from_str(&json).unwrap();
+    let route = &document["routes"][0];
+    assert_eq!(route["samples"], 81, "{document:#}");
+    assert_eq!(
+        route["suggested_ignore_json"],
+        serde_json::json!(["$.events[*].at"]),
+        "{document:#}"
+    );
+    assert_eq!(route["suggested_ignore_headers"], serde_json::json!([]));
+    assert_eq!(
+        route["suggestion"],
+        "compare: { ignore_json: ['$.events[*].at'] }"
+    );
+    let listed: Vec<(&str, bool)> = route["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["likely_noise"].is_string()))
+        .collect();
+    assert_eq!(listed, [("$.total", false)], "{document:#}");
+
+    let (_, text) = report(&store, &[]);
+    assert!(
+        text.contains("  suggestion: compare: { ignore_json: ['$.events[*].at'] }\n"),
+        "{text}"
+    );
 }
