@@ -150,6 +150,17 @@ where
             return None;
         };
 
+        if matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora_core::protocols::ALPN::H2)
+        ) {
+            // HTTP/2 (ALPN or h2c, see `tls.rs`) carries frames, not HTTP/1 heads, and serves
+            // each stream in a task of its own: the head scan and the deadline watch below do
+            // not apply. The h2 server's limits (`tls::h2_options`) and the proxy's own checks
+            // on parsed headers and deadlines do.
+            self.proxy.process_new(stream, shutdown).await;
+            return None;
+        }
         let state = Arc::new(ConnectionState::new());
         let guarded: Stream = Box::new(GuardedStream::new(
             stream,

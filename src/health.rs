@@ -61,6 +61,23 @@ async fn probe(
     let attempt = async {
         match &check.path {
             None => TcpStream::connect(address).await.is_ok(),
+            Some(path) if pool.probe_client().is_some() => {
+                // TLS or h2c: the upstream's own client, with its `tls` settings.
+                let client = pool.probe_client().expect("checked");
+                let Ok(uri) = format!("{}://{address}{path}", pool.scheme()).parse::<http::Uri>()
+                else {
+                    return false;
+                };
+                let request = http::Request::get(uri)
+                    .header(http::header::USER_AGENT, "strangler-health-check")
+                    .body(http_body_util::Full::new(Bytes::new()));
+                match request {
+                    Ok(request) => client.request(request).await.is_ok_and(|response| {
+                        response.status().is_success() || response.status().is_redirection()
+                    }),
+                    Err(_) => false,
+                }
+            }
             Some(path) => {
                 let Ok(uri) = format!("http://{address}{path}").parse::<http::Uri>() else {
                     return false;

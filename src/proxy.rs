@@ -707,7 +707,10 @@ impl ProxyHttp for StranglerProxy {
                 &origin,
                 peer,
                 session.req_header().headers.get(HOST),
-                false,
+                // TLS terminated here (a TLS listener, see `tls.rs`).
+                session
+                    .digest()
+                    .is_some_and(|digest| digest.ssl_digest.is_some()),
             )?;
         }
         // The backend's spans nest under the proxy's own span.
@@ -960,6 +963,10 @@ fn classify(error: &Error) -> (u16, &'static str) {
         (ErrorSource::Upstream, ConnectRefused) => (502, "connect_refused"),
         (ErrorSource::Upstream, ConnectNoRoute | ConnectError | SocketError) => {
             (502, "connect_error")
+        }
+        // The backend's certificate did not verify (unknown CA, wrong name), or TLS failed.
+        (ErrorSource::Upstream, TLSHandshakeFailure | InvalidCert | TLSHandshakeTimedout) => {
+            (502, "upstream_tls")
         }
         (ErrorSource::Upstream, ConnectionClosed) => (502, "upstream_closed"),
         // The backend's answer did not parse (garbage, conflicting lengths): Pingora refused it.

@@ -49,6 +49,8 @@ pub enum StartError {
     Worker(std::io::Error),
     #[error("cannot open the diff store (server.diff_store): {0}")]
     DiffStore(#[from] crate::store::StoreError),
+    #[error("cannot serve TLS (server.listen): {0}")]
+    Tls(#[from] crate::tls::CertError),
     #[error("cannot listen on {address} ({role}): {source}")]
     Bind {
         address: SocketAddr,
@@ -84,11 +86,12 @@ pub fn serve(
     }
     // Pingora reports a bind failure from deep inside a service thread; check up front so the
     // user gets one clear line and a non-zero exit instead. (An upgrade inherits the sockets.)
-    let addresses = [
-        (server_config.listen, "proxy"),
-        (server_config.admin, "admin"),
-    ];
-    for (address, role) in addresses.into_iter().filter(|_| !upgrade) {
+    let addresses = server_config
+        .listen
+        .iter()
+        .map(|listener| (listener.address, "proxy"))
+        .chain([(server_config.admin, "admin")]);
+    for (address, role) in addresses.filter(|_| !upgrade) {
         TcpListener::bind(address).map_err(|source| StartError::Bind {
             address,
             role,
@@ -119,10 +122,13 @@ pub fn serve(
     let pingora_conf = ServerConf {
         threads,
         // Pingora's defaults are shared /tmp paths; parallel instances must not collide.
-        pid_file: format!("/tmp/strangler-{}.pid", server_config.listen.port()),
+        pid_file: format!(
+            "/tmp/strangler-{}.pid",
+            server_config.listen.primary().port()
+        ),
         upgrade_sock: format!(
             "/tmp/strangler-{}-upgrade.sock",
-            server_config.listen.port()
+            server_config.listen.primary().port()
         ),
         // On SIGTERM Pingora closes the listeners at once, lets requests in flight run for
         // `grace_period_seconds` (its default: 300 s, far past any orchestrator's patience),
@@ -161,15 +167,21 @@ pub fn serve(
         .as_ref()
         .map(crate::telemetry::RequestTracer::new)
         .transpose()?;
-    let proxy_app = pingora_proxy::http_proxy(
+    let mut proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         StranglerProxy::new(routes.clone(), shadows, metrics.clone()).with_tracer(tracer.clone()),
     );
-    let mut proxy = Service::new(
-        "strangler proxy".to_owned(),
+    proxy_app.h2_options = Some(crate::tls::h2_options(&server_config.limits));
+    // TLS listeners are plain TCP to Pingora: the edge runs the handshakes (see `tls.rs`).
+    let (edge, tls_listeners) = crate::tls::Edge::new(
         GuardedProxy::new(proxy_app, routes.clone(), metrics.clone()),
-    );
-    proxy.add_tcp(&server_config.listen.to_string());
+        &server_config.listen,
+        metrics.clone(),
+    )?;
+    let mut proxy = Service::new("strangler proxy".to_owned(), edge);
+    for listener in server_config.listen.iter() {
+        proxy.add_tcp(&listener.address.to_string());
+    }
 
     let admin_app = AdminApp::new(
         routes.clone(),
@@ -188,6 +200,15 @@ pub fn serve(
             routes: routes.clone(),
         },
     ));
+    if !tls_listeners.is_empty() {
+        server.add_service(background_service(
+            "certificate watch",
+            crate::tls::CertificateWatch {
+                routes: routes.clone(),
+                listeners: tls_listeners,
+            },
+        ));
+    }
     if let Some(reloader) = reloader {
         server.add_service(background_service(
             "dns refresh",
