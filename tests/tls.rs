@@ -742,6 +742,7 @@ async fn rapidly_reset_h2_streams_end_the_connection_and_others_are_served() {
         started.elapsed()
     );
     assert!(sent < 5000, "the connection outlived 5000 resets");
+    eprintln!("GOAWAY after {sent} reset streams ({error})");
     // Others are served as before.
     assert_eq!(proxy.get("/after-the-flood").await.status, 200);
 }
@@ -850,5 +851,202 @@ async fn a_continuation_flood_is_cut_off_long_before_it_ends() {
         "the whole flood was taken in ({written} bytes; {verdict})"
     );
     assert_eq!(backend.count(), 0, "no request reached the backend");
+    eprintln!("CONTINUATION flood: {verdict} after {written} bytes written");
     assert_eq!(proxy.get("/after-the-flood").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mismatched_or_expired_certificate_is_a_located_error_and_a_reload_to_it_is_refused() {
+    let backend = Backend::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("edge ca");
+    let (cert, key) = ca.write_leaf(dir.path(), "good", &["shop.test"]);
+    let (_, other_key) = ca.write_leaf(dir.path(), "other", &["other.test"]);
+    let expired_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.test".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&expired_key).unwrap();
+    let expired_cert = dir.path().join("expired.crt");
+    let expired_key_path = dir.path().join("expired.key");
+    std::fs::write(&expired_cert, expired.pem()).unwrap();
+    std::fs::write(&expired_key_path, expired_key.serialize_pem()).unwrap();
+
+    // `strangler validate` names the field, its line and the file.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        format!(
+            "server:\n  listen:\n    - 127.0.0.1:0\n    - address: 127.0.0.1:1\n      tls:\n        certificates:\n          - {{ cert: {}, key: {} }}\n          - cert: {}\n            key: {}\nupstreams:\n  legacy: {{ backends: ['{}'] }}\ndefault_upstream: legacy\n",
+            cert.display(),
+            other_key.display(),
+            expired_cert.display(),
+            expired_key_path.display(),
+            backend.address
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        support::run_cli(&["validate", broken.to_str().unwrap()], dir.path());
+    let output = format!("{stdout}{stderr}");
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains(":7:")
+            && output.contains("server.listen[1].tls.certificates[0].key")
+            && output.contains("other.key")
+            && output.contains("does not match"),
+        "{output}"
+    );
+    assert!(
+        output.contains("server.listen[1].tls.certificates[1].cert")
+            && output.contains("expired.crt expired"),
+        "{output}"
+    );
+    // CI machines without the files: --no-resolve skips reading them.
+    let (code, _, stderr) = support::run_cli(
+        &["validate", "--no-resolve", broken.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    // A running proxy refuses a reload to a mismatched pair and keeps serving its certificate.
+    let (proxy, tls) = start_tls_proxy(
+        dir,
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &format!(
+            "upstreams:\n  legacy: {{ backends: ['{}'] }}\ndefault_upstream: legacy\n",
+            backend.address
+        ),
+    )
+    .await;
+    let config = std::fs::read_to_string(proxy.config_path()).unwrap();
+    std::fs::write(
+        proxy.config_path(),
+        config.replace(
+            &format!("key: {}", key.display()),
+            &format!("key: {}", other_key.display()),
+        ),
+    )
+    .unwrap();
+    let response = support::send(
+        proxy.admin,
+        support::ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.json()["result"], "invalid", "{}", response.text());
+    assert!(
+        response.text().contains("does not match"),
+        "{}",
+        response.text()
+    );
+    let stream = tls_connect(tls, &ca, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(presented_names(&stream), ["shop.test"]);
+    let (status, _, _) = h1_get(tls, &ca, "shop.test", "/still-serving").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_probe_an_https_backend_with_the_upstreams_tls_settings() {
+    let backend_ca = Ca::new("backend ca");
+    let other_ca = Ca::new("other ca");
+    let backend = https_backend(&backend_ca, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = backend_ca.write(dir.path(), "backend-ca");
+    let bad = other_ca.write(dir.path(), "other-ca");
+    let check = "{ path: /health, interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }";
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy:
+    backends: ['{backend}']
+    tls: {{ sni: backend.test, ca_file: {good} }}
+    health_check: {check}
+  distrusted:
+    backends: ['{backend}']
+    tls: {{ sni: backend.test, ca_file: {bad} }}
+    health_check: {check}
+default_upstream: legacy
+routes:
+  - {{ name: distrusted, match: {{ path_prefix: /distrusted }}, upstream: distrusted }}
+"#,
+        good = good.display(),
+        bad = bad.display(),
+    ))
+    .await;
+    // The probe that cannot verify takes its backend out: 503, not a 502 per request.
+    let started = Instant::now();
+    loop {
+        let response = proxy.get("/distrusted").await;
+        if response.status == 503 {
+            assert_eq!(
+                response.header("x-strangler-error"),
+                Some("no_healthy_backend")
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never taken out: {}",
+            response.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The verified one stays in and serves.
+    assert_eq!(proxy.get("/served").await.status, 200);
+}
+
+/// A plain HTTP/2 (prior knowledge) backend answering with the protocol it spoke.
+async fn h2c_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|request: http::Request<Incoming>| async move {
+                    let body = format!("{{\"version\":\"{:?}\"}}", request.version());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        body,
+                    ))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_upstream_is_spoken_to_in_http2_by_the_proxy_and_the_shadow() {
+    let legacy = Backend::start("legacy").await;
+    let backend = h2c_backend().await;
+    let candidate = h2c_backend().await;
+    let proxy = Proxy::start(&format!(
+        r#"upstreams:
+  legacy: {{ backends: ['{}'] }}
+  grpc-gateway: {{ backends: ['{backend}'], protocol: h2c }}
+  candidate: {{ backends: ['{candidate}'], protocol: h2c }}
+default_upstream: legacy
+routes:
+  - {{ name: gateway, match: {{ path_prefix: /gw }}, upstream: grpc-gateway }}
+  - name: mirrored
+    stage: shadow
+    match: {{ path_prefix: /api }}
+    upstream: legacy
+    shadow: {{ upstream: candidate }}
+"#,
+        legacy.address
+    ))
+    .await;
+    let response = proxy.get("/gw/x").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.text(), "{\"version\":\"HTTP/2.0\"}");
+    assert_eq!(proxy.get("/api/y").await.status, 200);
+    proxy
+        .wait_for_metric(
+            "strangler_diffs_total{result=\"mismatch\",route=\"mirrored\"}",
+            1.0,
+        )
+        .await;
 }
