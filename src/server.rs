@@ -176,6 +176,7 @@ pub fn serve(
     let (edge, tls_listeners) = crate::tls::Edge::new(
         GuardedProxy::new(proxy_app, routes.clone(), metrics.clone()),
         &server_config.listen,
+        routes.clone(),
         metrics.clone(),
     )?;
     let mut proxy = Service::new("strangler proxy".to_owned(), edge);

@@ -650,11 +650,18 @@ enum Kind {
     Tls(Arc<TlsListener>),
 }
 
-/// The proxy application behind every client listener: TLS handshakes, h2c detection, then the
-/// wrapped application.
+struct EdgeListener {
+    address: SocketAddr,
+    kind: Kind,
+    proxy_protocol: bool,
+}
+
+/// The proxy application behind every client listener: PROXY protocol headers, TLS
+/// handshakes, h2c detection, then the wrapped application.
 pub struct Edge<A> {
     inner: Arc<A>,
-    listeners: Vec<(SocketAddr, Kind)>,
+    listeners: Vec<EdgeListener>,
+    routes: SharedRouteTable,
     metrics: Arc<Metrics>,
 }
 
@@ -666,6 +673,7 @@ impl<A> Edge<A> {
     pub fn new(
         inner: A,
         listeners: &Listeners,
+        routes: SharedRouteTable,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, TlsListeners), CertError> {
         let mut kinds = Vec::new();
@@ -678,30 +686,35 @@ impl<A> Edge<A> {
             } else {
                 Kind::Plain { h2c: listener.h2c }
             };
-            kinds.push((listener.address, kind));
+            kinds.push(EdgeListener {
+                address: listener.address,
+                kind,
+                proxy_protocol: listener.proxy_protocol,
+            });
         }
         Ok((
             Self {
                 inner: Arc::new(inner),
                 listeners: kinds,
+                routes,
                 metrics,
             },
             Arc::new(tls),
         ))
     }
 
-    fn kind_of(&self, local: Option<SocketAddr>) -> Option<&Kind> {
+    fn listener_of(&self, local: Option<SocketAddr>) -> Option<&EdgeListener> {
         let local = local?;
         // An exact address first, then a wildcard one on the same port.
         self.listeners
             .iter()
-            .find(|(address, _)| *address == local)
+            .find(|listener| listener.address == local)
             .or_else(|| {
-                self.listeners.iter().find(|(address, _)| {
-                    address.port() == local.port() && address.ip().is_unspecified()
+                self.listeners.iter().find(|listener| {
+                    listener.address.port() == local.port()
+                        && listener.address.ip().is_unspecified()
                 })
             })
-            .map(|(_, kind)| kind)
     }
 
     fn closed(&self, reason: &str) {
@@ -719,6 +732,78 @@ fn local_address(stream: &Stream) -> Option<SocketAddr> {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The first 12 bytes of every PROXY protocol v2 header.
+const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Why a PROXY protocol header was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProxyHeaderError {
+    #[error("no PROXY protocol v2 signature")]
+    Signature,
+    #[error("unsupported PROXY protocol version or command {0:#04x}")]
+    VersionCommand(u8),
+    #[error("address block too short for its family")]
+    Truncated,
+    #[error("connection ended inside the header")]
+    Io,
+}
+
+/// Reads a PROXY protocol v2 header off `stream` (exactly its bytes); the client's address, or
+/// `None` for a LOCAL connection or an address family other than TCP over IPv4/IPv6.
+async fn read_proxy_header(stream: &mut Stream) -> Result<Option<SocketAddr>, ProxyHeaderError> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 16];
+    stream
+        .read_exact(&mut head)
+        .await
+        .map_err(|_| ProxyHeaderError::Io)?;
+    let length = usize::from(u16::from_be_bytes([head[14], head[15]]));
+    // Read the signature's verdict before trusting the length.
+    parse_proxy_head(&head)?;
+    let mut body = vec![0u8; length];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| ProxyHeaderError::Io)?;
+    parse_proxy_v2(&head, &body)
+}
+
+fn parse_proxy_head(head: &[u8; 16]) -> Result<(), ProxyHeaderError> {
+    if head[..12] != PROXY_V2_SIGNATURE {
+        return Err(ProxyHeaderError::Signature);
+    }
+    match head[12] {
+        0x20 | 0x21 => Ok(()),
+        other => Err(ProxyHeaderError::VersionCommand(other)),
+    }
+}
+
+/// Parses a PROXY protocol v2 header: its fixed 16 bytes and the `length` bytes after them.
+pub fn parse_proxy_v2(
+    head: &[u8; 16],
+    body: &[u8],
+) -> Result<Option<SocketAddr>, ProxyHeaderError> {
+    parse_proxy_head(head)?;
+    if head[12] == 0x20 {
+        return Ok(None); // LOCAL
+    }
+    let port = |bytes: &[u8]| u16::from_be_bytes([bytes[0], bytes[1]]);
+    match head[13] {
+        0x11 => {
+            let b = body.get(..12).ok_or(ProxyHeaderError::Truncated)?;
+            let ip = std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+            Ok(Some(SocketAddr::from((ip, port(&b[8..10])))))
+        }
+        0x21 => {
+            let b = body.get(..36).ok_or(ProxyHeaderError::Truncated)?;
+            let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&b[..16]).expect("16 bytes"));
+            Ok(Some(SocketAddr::from((ip, port(&b[32..34])))))
+        }
+        // UNSPEC, UDP, unix sockets: nothing usable; the peer stays the client.
+        _ => Ok(None),
+    }
+}
+
 #[async_trait]
 impl<A> ServerApp for Edge<A>
 where
@@ -729,8 +814,47 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let kind = self.kind_of(local_address(&stream));
-        let stream: Stream = match kind {
+        let listener = self.listener_of(local_address(&stream));
+        if listener.is_some_and(|l| l.proxy_protocol)
+            && let Some(peer) = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr()?.as_inet().copied())
+        {
+            let (trusted, wait) = {
+                let table = self.routes.load();
+                (
+                    table.trusted_proxies.trusts(peer.ip()),
+                    table.config().server.limits.header_timeout,
+                )
+            };
+            if trusted {
+                match tokio::time::timeout(wait, read_proxy_header(&mut stream)).await {
+                    Ok(Ok(Some(client))) => {
+                        if let Some(fd) = stream
+                            .as_any()
+                            .downcast_ref::<L4Stream>()
+                            .map(std::os::fd::AsRawFd::as_raw_fd)
+                        {
+                            let digest = pingora_core::protocols::SocketDigest::from_raw_fd(fd);
+                            let _ = digest.peer_addr.set(Some(client.into()));
+                            stream.set_socket_digest(digest);
+                        }
+                    }
+                    // LOCAL (the balancer's own health check): the peer is the client.
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => {
+                        self.closed("proxy_protocol_invalid");
+                        tracing::debug!(%peer, %error, "bad PROXY protocol header: connection closed");
+                        return None;
+                    }
+                    Err(_) => {
+                        self.closed("proxy_protocol_timeout");
+                        return None;
+                    }
+                }
+            }
+        }
+        let stream: Stream = match listener.map(|l| &l.kind) {
             None | Some(Kind::Plain { h2c: false }) => stream,
             Some(Kind::Plain { h2c: true }) => {
                 let mut preface = [0u8; H2_PREFACE.len()];
@@ -1052,6 +1176,34 @@ mod tests {
         let error = load_certificate(&config).unwrap_err();
         assert!(matches!(error, CertError::Expired { .. }), "{error}");
         assert!(error.to_string().contains("old.crt expired"), "{error}");
+    }
+
+    #[test]
+    fn a_proxy_v2_header_names_the_client_and_local_or_garbage_do_not() {
+        let mut head = [0u8; 16];
+        head[..12].copy_from_slice(&PROXY_V2_SIGNATURE);
+        head[12] = 0x21;
+        head[13] = 0x11;
+        head[15] = 12;
+        let body = [203, 0, 113, 7, 10, 0, 0, 1, 0x30, 0x39, 0x1f, 0x90];
+        assert_eq!(
+            parse_proxy_v2(&head, &body),
+            Ok(Some("203.0.113.7:12345".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_proxy_v2(&head, &body[..8]),
+            Err(ProxyHeaderError::Truncated)
+        );
+        head[12] = 0x20;
+        assert_eq!(parse_proxy_v2(&head, &[]), Ok(None));
+        head[12] = 0x11;
+        assert_eq!(
+            parse_proxy_v2(&head, &body),
+            Err(ProxyHeaderError::VersionCommand(0x11))
+        );
+        let mut http = [0u8; 16];
+        http.copy_from_slice(b"GET / HTTP/1.1\r\n");
+        assert_eq!(parse_proxy_v2(&http, &[]), Err(ProxyHeaderError::Signature));
     }
 
     #[test]

@@ -1050,3 +1050,88 @@ routes:
         )
         .await;
 }
+
+/// A PROXY protocol v2 header for a TCP/IPv4 connection from `client` to `server`.
+fn proxy_v2_header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(client), SocketAddr::V4(server)) = (client, server) else {
+        panic!("IPv4 only");
+    };
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&client.ip().octets());
+    header.extend_from_slice(&server.ip().octets());
+    header.extend_from_slice(&client.port().to_be_bytes());
+    header.extend_from_slice(&server.port().to_be_bytes());
+    header
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_protocol_header_from_a_trusted_balancer_names_the_client_before_tls() {
+    use tokio::io::AsyncWriteExt;
+
+    let backend = Backend::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("edge ca");
+    let (cert, key) = ca.write_leaf(dir.path(), "shop", &["shop.test"]);
+    let ports = Ports::reserve();
+    let tls = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let config = format!(
+        "server:\n  trusted_proxies: [127.0.0.1]\n  listen:\n    - {{ address: {plain}, proxy_protocol: true }}\n    - address: {tls}\n      proxy_protocol: true\n      tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}\n  admin: {admin}\n  threads: 1\n  diff_store: {store}\nupstreams:\n  legacy: {{ backends: ['{backend}'] }}\ndefault_upstream: legacy\n",
+        plain = ports.listen,
+        admin = ports.admin,
+        cert = cert.display(),
+        key = key.display(),
+        store = ports.diff_store().display(),
+        backend = backend.address,
+    );
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config).unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let client: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+
+    // Plain: the header, then the request.
+    let mut tcp = TcpStream::connect(proxy.address).await.unwrap();
+    tcp.write_all(&proxy_v2_header(client, proxy.address))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/plain")
+        .header("host", "shop.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        backend.last().header("x-forwarded-for"),
+        Some("203.0.113.7")
+    );
+
+    // TLS: the header comes before the handshake.
+    let mut tcp = TcpStream::connect(tls).await.unwrap();
+    tcp.write_all(&proxy_v2_header(client, tls)).await.unwrap();
+    let stream = TlsConnector::from(client_config(&ca, &[b"h2"]))
+        .connect(ServerName::try_from("shop.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("https://shop.test/over-tls")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = backend.last();
+    assert_eq!(seen.target, "/over-tls");
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
+    // Without a header, a trusted peer's connection is refused, not misread.
+    let status = support::send_raw(proxy.address, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_ne!(status, 200);
+}

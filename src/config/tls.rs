@@ -26,6 +26,7 @@ impl Listeners {
             address,
             tls: None,
             h2c: false,
+            proxy_protocol: false,
         }])
     }
 
@@ -42,10 +43,10 @@ impl Listeners {
 
     /// What takes a restart: the addresses and what each speaks (TLS or not, h2c). Certificates
     /// and handshake limits apply on reload, so they are not part of it.
-    pub fn restart_key(&self) -> Vec<(SocketAddr, bool, bool)> {
+    pub fn restart_key(&self) -> Vec<(SocketAddr, bool, bool, bool)> {
         self.0
             .iter()
-            .map(|l| (l.address, l.tls.is_some(), l.h2c))
+            .map(|l| (l.address, l.tls.is_some(), l.h2c, l.proxy_protocol))
             .collect()
     }
 }
@@ -78,6 +79,11 @@ pub struct ListenerConfig {
     /// negotiate HTTP/2 with ALPN instead.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
+    /// Connections from `server.trusted_proxies` start with a PROXY protocol v2 header (AWS
+    /// NLB, GCP TCP proxy, HAProxy `send-proxy-v2`) naming the real client, read before TLS.
+    /// Connections from other peers are taken as direct.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// A TLS listener's certificates and handshake limits. Certificate files are read at start, on
@@ -140,6 +146,7 @@ fn parse_address<E: de::Error>(value: &str) -> Result<ListenerConfig, E> {
         address,
         tls: None,
         h2c: false,
+        proxy_protocol: false,
     })
 }
 
@@ -203,12 +210,13 @@ impl Serialize for Listeners {
         if let [only] = self.0.as_slice()
             && only.tls.is_none()
             && !only.h2c
+            && !only.proxy_protocol
         {
             return only.address.serialize(serializer);
         }
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
         for listener in &self.0 {
-            if listener.tls.is_none() && !listener.h2c {
+            if listener.tls.is_none() && !listener.h2c && !listener.proxy_protocol {
                 seq.serialize_element(&listener.address)?;
             } else {
                 seq.serialize_element(listener)?;
