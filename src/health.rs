@@ -1,6 +1,7 @@
 //! Active health checks: every backend of an upstream with `health_check:` is probed on its
-//! interval (a TCP connect, or an HTTP GET of `path` expecting 2xx/3xx), and taken out of or
-//! brought back into rotation after the configured number of consecutive results.
+//! interval (a TCP connect, or an HTTP GET of `path` expecting 2xx/3xx; over TLS or h2c with the
+//! upstream's own `tls`/`protocol` settings when it has them), and taken out of or brought back
+//! into rotation after the configured number of consecutive results.
 //!
 //! Checks follow the live route table, so a reload changes what is probed at the next tick. The
 //! health state itself lives on the backends ([`crate::upstream`]); this module only probes.
