@@ -1026,10 +1026,12 @@ impl CertificateWatch {
         }
     }
 
-    /// The directories holding the current certificate files (and their symlink targets').
-    fn directories(&self) -> Vec<PathBuf> {
+    /// The directories holding the current certificate files (and their symlink targets'),
+    /// and the file names that matter in them.
+    fn directories(&self) -> (Vec<PathBuf>, Vec<std::ffi::OsString>) {
         let table = self.routes.load();
         let mut directories = Vec::new();
+        let mut names = Vec::new();
         for listener in table.config().server.listen.iter() {
             for certificate in listener.tls.iter().flat_map(|tls| &tls.certificates) {
                 for file in [&certificate.cert, &certificate.key] {
@@ -1037,8 +1039,10 @@ impl CertificateWatch {
                         continue;
                     };
                     let mut candidates = vec![absolute.parent().map(Path::to_owned)];
+                    names.extend(absolute.file_name().map(ToOwned::to_owned));
                     if let Ok(target) = std::fs::canonicalize(&absolute) {
                         candidates.push(target.parent().map(Path::to_owned));
+                        names.extend(target.file_name().map(ToOwned::to_owned));
                     }
                     for directory in candidates.into_iter().flatten() {
                         if !directories.contains(&directory) {
@@ -1048,7 +1052,7 @@ impl CertificateWatch {
                 }
             }
         }
-        directories
+        (directories, names)
     }
 }
 
@@ -1060,8 +1064,25 @@ impl BackgroundService for CertificateWatch {
             return;
         }
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Only the certificate files (under their names or their symlink targets') and
+        // Kubernetes' `..data` swaps matter: a busy directory must not keep re-reading them.
+        let wanted_names = Arc::new(std::sync::Mutex::new(Vec::<std::ffi::OsString>::new()));
+        let names = wanted_names.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|event| !event.kind.is_access()) {
+            let relevant = event.is_ok_and(|event| {
+                !event.kind.is_access()
+                    && event.paths.iter().any(|path| {
+                        path.file_name().is_some_and(|name| {
+                            name.to_string_lossy().starts_with("..")
+                                || names
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .iter()
+                                    .any(|wanted| wanted == name)
+                        })
+                    })
+            });
+            if relevant {
                 let _ = events_tx.send(());
             }
         })
@@ -1073,7 +1094,8 @@ impl BackgroundService for CertificateWatch {
         loop {
             // Follow the directories the current config names.
             if let Some(watcher) = watcher.as_mut() {
-                let wanted = self.directories();
+                let (wanted, names) = self.directories();
+                *wanted_names.lock().unwrap_or_else(|e| e.into_inner()) = names;
                 if wanted != watched {
                     for directory in &watched {
                         let _ = watcher.unwatch(directory);

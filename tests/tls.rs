@@ -1135,3 +1135,58 @@ async fn a_proxy_protocol_header_from_a_trusted_balancer_names_the_client_before
     let status = support::send_raw(proxy.address, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
     assert_ne!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_rotated_the_way_kubernetes_swaps_a_secret_is_served() {
+    use std::os::unix::fs::symlink;
+
+    let backend = Backend::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("edge ca");
+    // The kubelet's layout: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/
+    let secret = dir.path().join("secret");
+    let first = secret.join("..2026_12_02_first");
+    std::fs::create_dir_all(&first).unwrap();
+    let (cert, key) = ca.leaf(&["first.test", "shop.test"], false);
+    std::fs::write(first.join("tls.crt"), cert).unwrap();
+    std::fs::write(first.join("tls.key"), key).unwrap();
+    symlink("..2026_12_02_first", secret.join("..data")).unwrap();
+    symlink("..data/tls.crt", secret.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", secret.join("tls.key")).unwrap();
+    let (_proxy, tls) = start_tls_proxy(
+        dir,
+        &format!(
+            "[{{ cert: {}, key: {} }}]",
+            secret.join("tls.crt").display(),
+            secret.join("tls.key").display()
+        ),
+        &format!(
+            "upstreams:\n  legacy: {{ backends: ['{}'] }}\ndefault_upstream: legacy\n",
+            backend.address
+        ),
+    )
+    .await;
+    let stream = tls_connect(tls, &ca, "shop.test", &[b"http/1.1"]).await;
+    assert_eq!(presented_names(&stream), ["first.test", "shop.test"]);
+
+    // The renewal: a new timestamped directory, then `..data` swapped to it in one rename.
+    let second = secret.join("..2026_12_02_second");
+    std::fs::create_dir_all(&second).unwrap();
+    let (cert, key) = ca.leaf(&["second.test", "shop.test"], false);
+    std::fs::write(second.join("tls.crt"), cert).unwrap();
+    std::fs::write(second.join("tls.key"), key).unwrap();
+    symlink("..2026_12_02_second", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let started = Instant::now();
+    loop {
+        let stream = tls_connect(tls, &ca, "shop.test", &[b"http/1.1"]).await;
+        if presented_names(&stream) == ["second.test", "shop.test"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the renewed certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
