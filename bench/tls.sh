@@ -72,7 +72,6 @@ http {
   upstream origin { server 127.0.0.1:$origin; keepalive 128; }
   server {
     listen 127.0.0.1:$nginx_tls ssl;
-    http2 on;
     ssl_certificate $work/tls.crt;
     ssl_certificate_key $work/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -111,7 +110,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 # nginx's worker, not its master, does the work.
-nginx_worker="$(pgrep -P "$(cat "$work/nginx-tls/pid")" | head -1)"
+nginx_worker="$(pgrep -P "${pids[1]}" | head -1)"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_s="$(getconf CLK_TCK)"
