@@ -201,6 +201,19 @@ where
             return None;
         };
 
+        if matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora_core::protocols::ALPN::H2)
+        ) {
+            // HTTP/2 (ALPN or h2c, see `tls.rs`) carries frames, not HTTP/1 heads, and serves
+            // each stream in a task of its own: the head scan and the deadline watch below do
+            // not apply. The h2 server's limits (`tls::h2_options`) and the proxy's own checks
+            // on parsed headers and deadlines do; the drain is its shutdown signal (GOAWAY).
+            self.proxy
+                .process_new(stream, &self.lifecycle.draining())
+                .await;
+            return None;
+        }
         let draining = self.lifecycle.draining();
         // The socket, to look for a request arriving before closing a quiet connection (for a
         // TCP stream, TLS or not, the id is its file descriptor).

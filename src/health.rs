@@ -1,6 +1,7 @@
 //! Active health checks: every backend of an upstream with `health_check:` is probed on its
-//! interval (a TCP connect, or an HTTP GET of `path` expecting 2xx/3xx), and taken out of or
-//! brought back into rotation after the configured number of consecutive results.
+//! interval (a TCP connect, or an HTTP GET of `path` expecting 2xx/3xx; over TLS or h2c with the
+//! upstream's own `tls`/`protocol` settings when it has them), and taken out of or brought back
+//! into rotation after the configured number of consecutive results.
 //!
 //! Checks follow the live route table, so a reload changes what is probed at the next tick. The
 //! health state itself lives on the backends ([`crate::upstream`]); this module only probes.
@@ -61,6 +62,23 @@ async fn probe(
     let attempt = async {
         match &check.path {
             None => TcpStream::connect(address).await.is_ok(),
+            Some(path) if pool.probe_client().is_some() => {
+                // TLS or h2c: the upstream's own client, with its `tls` settings.
+                let client = pool.probe_client().expect("checked");
+                let Ok(uri) = format!("{}://{address}{path}", pool.scheme()).parse::<http::Uri>()
+                else {
+                    return false;
+                };
+                let request = http::Request::get(uri)
+                    .header(http::header::USER_AGENT, "strangler-health-check")
+                    .body(http_body_util::Full::new(Bytes::new()));
+                match request {
+                    Ok(request) => client.request(request).await.is_ok_and(|response| {
+                        response.status().is_success() || response.status().is_redirection()
+                    }),
+                    Err(_) => false,
+                }
+            }
             Some(path) => {
                 let Ok(uri) = format!("http://{address}{path}").parse::<http::Uri>() else {
                     return false;

@@ -23,7 +23,9 @@
 //! 5. [`routing`]: compiles a config into the table, the shadow rules and compare rules
 //!    included.
 //! 6. [`health`], [`reload`], [`report`], [`routes_cli`]: work on a table or a store.
-//! 7. [`proxy`] and [`connection`] (the request path), [`admin`].
+//! 7. [`proxy`] and [`connection`] (the request path), [`edge`] (PROXY protocol, TLS
+//!    handshakes, certificate watch), [`admin`], [`guard`]'s users; [`tls`] (certificates and
+//!    backend clients) sits with [`upstream`] below.
 //! 8. [`lifecycle`] (stop and upgrade), [`server`] and [`demo`]: the process.
 //!
 //! `connection` and `proxy` still use each other (the request id); that tie is the one
@@ -36,6 +38,7 @@ pub mod connection;
 pub mod coverage;
 pub mod demo;
 pub mod diff;
+pub mod edge;
 pub mod edits;
 pub mod exchange;
 pub mod forwarded;
@@ -57,6 +60,7 @@ pub mod server;
 pub mod shadow;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod viewer;
 pub mod vocabulary;

@@ -103,8 +103,8 @@ pub struct Settings {
     pub upgrade_sock: String,
     /// The admin listener, where the new process's `/readyz` is asked during a hand-over.
     pub admin: SocketAddr,
-    /// The proxy listener (its address is its key in Pingora's socket table).
-    pub listen: SocketAddr,
+    /// The proxy listeners (each address is its key in Pingora's socket table).
+    pub listen: Vec<SocketAddr>,
 }
 
 /// The process's lifecycle, shared by the signal handler, the listeners and every connection.
@@ -272,21 +272,32 @@ impl Lifecycle {
     /// may already have written a request; a client whose handshake is refused instead retries
     /// and then finds the port closed, before it has sent anything.
     async fn empty_accept_queue(&self, deadline: tokio::time::Instant) {
-        let key = self.settings.listen.to_string();
-        let socket = self
-            .fds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|fds| fds.lock().get(&key).copied());
-        let Some(socket) = socket else {
-            return;
-        };
-        if let Err(error) = refuse_new_handshakes(socket) {
-            tracing::warn!(%error, "cannot hold new connections off before the listener closes");
-            return;
-        }
         let until = deadline.min(tokio::time::Instant::now() + ACCEPT_QUEUE_WAIT);
+        let mut sockets = Vec::new();
+        for address in &self.settings.listen {
+            let key = address.to_string();
+            let socket = self
+                .fds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|fds| fds.lock().get(&key).copied());
+            let Some(socket) = socket else {
+                continue;
+            };
+            if let Err(error) = refuse_new_handshakes(socket) {
+                tracing::warn!(%error, %address, "cannot hold new connections off before the listener closes");
+                continue;
+            }
+            sockets.push(socket);
+        }
+        for socket in sockets {
+            Self::wait_for_empty_queue(socket, until).await;
+        }
+    }
+
+    /// Waits (until `until`) for the accept loop to take every connection queued on `socket`.
+    async fn wait_for_empty_queue(socket: i32, until: tokio::time::Instant) {
         loop {
             match accept_queue_length(socket) {
                 Ok(0) | Err(_) => return,
@@ -880,7 +891,7 @@ mod tests {
             drain_timeout,
             upgrade_sock: String::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 9)),
-            listen: SocketAddr::from(([127, 0, 0, 1], 9)),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
         })
     }
 

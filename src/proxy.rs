@@ -735,7 +735,10 @@ impl ProxyHttp for StranglerProxy {
                 &origin,
                 peer,
                 session.req_header().headers.get(HOST),
-                false,
+                // TLS terminated here (a TLS listener, see `tls.rs`).
+                session
+                    .digest()
+                    .is_some_and(|digest| digest.ssl_digest.is_some()),
             )?;
         }
         // The backend's spans nest under the proxy's own span.
@@ -1020,6 +1023,10 @@ fn classify(error: &Error) -> (u16, Reason) {
         (ErrorSource::Upstream, ConnectRefused) => (502, Reason::ConnectRefused),
         (ErrorSource::Upstream, ConnectNoRoute | ConnectError | SocketError) => {
             (502, Reason::ConnectError)
+        }
+        // The backend's certificate did not verify (unknown CA, wrong name), or TLS failed.
+        (ErrorSource::Upstream, TLSHandshakeFailure | InvalidCert | TLSHandshakeTimedout) => {
+            (502, Reason::UpstreamTls)
         }
         (ErrorSource::Upstream, ConnectionClosed) => (502, Reason::UpstreamClosed),
         // The backend's answer did not parse (garbage, conflicting lengths): Pingora refused it.

@@ -413,7 +413,7 @@ impl Reloader {
 /// The `server.*` settings that differ; they need a restart.
 fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     let mut changed = Vec::new();
-    if running.listen != new.listen {
+    if running.listen.restart_key() != new.listen.restart_key() {
         changed.push(format!(
             "server.listen ({} -> {})",
             running.listen, new.listen

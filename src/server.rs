@@ -54,6 +54,8 @@ pub enum StartError {
     Worker(std::io::Error),
     #[error("cannot open the diff store (server.diff_store): {0}")]
     DiffStore(#[from] crate::store::StoreError),
+    #[error("cannot serve TLS (server.listen): {0}")]
+    Tls(#[from] crate::tls::CertError),
     #[error("cannot listen on {address} ({role}): {source}")]
     Bind {
         address: SocketAddr,
@@ -89,11 +91,12 @@ pub fn serve(
     }
     // Pingora reports a bind failure from deep inside a service thread; check up front so the
     // user gets one clear line and a non-zero exit instead. (An upgrade inherits the sockets.)
-    let addresses = [
-        (server_config.listen, "proxy"),
-        (server_config.admin, "admin"),
-    ];
-    for (address, role) in addresses.into_iter().filter(|_| !upgrade) {
+    let addresses = server_config
+        .listen
+        .iter()
+        .map(|listener| (listener.address, "proxy"))
+        .chain([(server_config.admin, "admin")]);
+    for (address, role) in addresses.filter(|_| !upgrade) {
         TcpListener::bind(address).map_err(|source| StartError::Bind {
             address,
             role,
@@ -125,10 +128,13 @@ pub fn serve(
     let pingora_conf = ServerConf {
         threads,
         // Pingora's defaults are shared /tmp paths; parallel instances must not collide.
-        pid_file: format!("/tmp/strangler-{}.pid", server_config.listen.port()),
+        pid_file: format!(
+            "/tmp/strangler-{}.pid",
+            server_config.listen.primary().port()
+        ),
         upgrade_sock: format!(
             "/tmp/strangler-{}-upgrade.sock",
-            server_config.listen.port()
+            server_config.listen.primary().port()
         ),
         // The drain happens before Pingora hears of the signal (`lifecycle::Signals` returns
         // only once it is over), so Pingora's grace period, which it would sleep out whole,
@@ -148,7 +154,7 @@ pub fn serve(
         drain_timeout: server_config.drain_timeout,
         upgrade_sock: upgrade_sock.clone(),
         admin: server_config.admin,
-        listen: server_config.listen,
+        listen: server_config.listen.iter().map(|l| l.address).collect(),
     });
     let routes: SharedRouteTable = Arc::new(ArcSwap::from_pointee(table));
     let metrics = Arc::new(Metrics::new());
@@ -173,20 +179,27 @@ pub fn serve(
         .as_ref()
         .map(crate::telemetry::RequestTracer::new)
         .transpose()?;
-    let proxy_app = pingora_proxy::http_proxy(
+    let mut proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         StranglerProxy::new(routes.clone(), shadows, metrics.clone()).with_tracer(tracer.clone()),
     );
-    let mut proxy = Service::new(
-        "strangler proxy".to_owned(),
+    proxy_app.h2_options = Some(crate::tls::h2_options(&server_config.limits));
+    // TLS listeners are plain TCP to Pingora: the edge runs the handshakes (see `tls.rs`).
+    let (edge, tls_listeners) = crate::edge::Edge::new(
         GuardedProxy::new(
             proxy_app,
             routes.clone(),
             metrics.clone(),
             lifecycle.clone(),
         ),
-    );
-    proxy.add_tcp(&server_config.listen.to_string());
+        &server_config.listen,
+        routes.clone(),
+        metrics.clone(),
+    )?;
+    let mut proxy = Service::new("strangler proxy".to_owned(), edge);
+    for listener in server_config.listen.iter() {
+        proxy.add_tcp(&listener.address.to_string());
+    }
 
     let admin_app = AdminApp::new(
         routes.clone(),
@@ -206,6 +219,15 @@ pub fn serve(
             routes: routes.clone(),
         },
     ));
+    if !tls_listeners.is_empty() {
+        server.add_service(background_service(
+            "certificate watch",
+            crate::edge::CertificateWatch {
+                routes: routes.clone(),
+                listeners: tls_listeners,
+            },
+        ));
+    }
     if let Some(reloader) = reloader {
         server.add_service(background_service(
             "dns refresh",
@@ -225,13 +247,13 @@ pub fn serve(
         let sockets =
             crate::lifecycle::receive_listeners(&upgrade_sock, crate::lifecycle::HANDOVER_TIMEOUT)
                 .map_err(StartError::Upgrade)?;
-        lifecycle.inherit(
-            sockets,
-            &[
-                server_config.listen.to_string(),
-                server_config.admin.to_string(),
-            ],
-        );
+        let mut expected: Vec<String> = server_config
+            .listen
+            .iter()
+            .map(|listener| listener.address.to_string())
+            .collect();
+        expected.push(server_config.admin.to_string());
+        lifecycle.inherit(sockets, &expected);
     }
     let table = routes.load();
     tracing::info!(

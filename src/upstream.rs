@@ -10,6 +10,7 @@
 //! none is left the caller answers 503. Retries and fallbacks are the proxy's decisions.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,24 @@ pub struct UpstreamPool {
     retries: u32,
     passive: PassiveHealthConfig,
     health_check: Option<HealthCheckConfig>,
+    /// `https` for TLS upstreams: the scheme of the URIs the shadow client and probes build.
+    scheme: &'static str,
+    /// For TLS and h2c upstreams: the clients of the shadow copies and of the health checks
+    /// (plain HTTP/1.1 upstreams use theirs).
+    clients: Option<BackendClients>,
+}
+
+/// See [`UpstreamPool::shadow_client`].
+#[derive(Clone)]
+struct BackendClients {
+    shadow: crate::tls::BackendClient,
+    probe: crate::tls::BackendClient,
+}
+
+impl std::fmt::Debug for BackendClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendClients")
+    }
 }
 
 #[derive(Debug)]
@@ -224,6 +243,13 @@ impl UpstreamPool {
             );
         }
         check_timeouts(&config.timeouts, &format!("{path}.timeouts"), diagnostics);
+        crate::tls::check_upstream(
+            config,
+            path,
+            resolution == AddressResolution::Dns,
+            diagnostics,
+        );
+        let transport = (diagnostics.len() == before).then(|| Transport::new(config));
 
         let mut backends = Vec::with_capacity(config.backends.len());
         for (index, address) in config.backends.iter().enumerate() {
@@ -237,7 +263,7 @@ impl UpstreamPool {
                         }
                         backends.push(Backend {
                             address,
-                            peer: peer_for(address, &config.timeouts),
+                            peer: peer_for(address, &config.timeouts, transport.as_ref()),
                             health: BackendHealth::default(),
                         });
                     }
@@ -276,7 +302,28 @@ impl UpstreamPool {
             }
         }
 
+        let clients = if diagnostics.len() == before {
+            match (
+                crate::tls::backend_client(config, true),
+                crate::tls::backend_client(config, false),
+            ) {
+                (Ok(Some(shadow)), Ok(Some(probe))) => Some(BackendClients { shadow, probe }),
+                (Ok(_), Ok(_)) => None,
+                (Err(error), _) | (_, Err(error)) => {
+                    diagnostics.push(Diagnostic::new(format!("{path}.tls"), error.to_string()));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         (diagnostics.len() == before).then(|| Self {
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            clients,
             name: name.to_owned(),
             backends,
             next: AtomicUsize::new(0),
@@ -288,6 +335,21 @@ impl UpstreamPool {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// The client the shadow sends this upstream's copies with, when it is not plain HTTP/1.1.
+    pub fn shadow_client(&self) -> Option<&crate::tls::BackendClient> {
+        self.clients.as_ref().map(|clients| &clients.shadow)
+    }
+
+    /// The client of this upstream's HTTP health checks, when it is not plain HTTP/1.1.
+    pub fn probe_client(&self) -> Option<&crate::tls::BackendClient> {
+        self.clients.as_ref().map(|clients| &clients.probe)
     }
 
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -519,13 +581,96 @@ fn check_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn peer_for(address: SocketAddr, timeouts: &TimeoutsConfig) -> HttpPeer {
-    let mut peer = HttpPeer::new(address, false, String::new());
+/// How an upstream's backends are spoken to: TLS settings loaded once per pool, shared by
+/// every backend's peer.
+struct Transport {
+    tls: Option<(String, bool)>,
+    protocol: crate::config::UpstreamProtocol,
+    ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
+    /// Pingora pools connections by address, SNI and client certificate, not by protocol or
+    /// trusted CA: without this key, an upstream that trusts another CA (or speaks h2) would
+    /// be handed a connection another upstream of the same backend opened and verified.
+    group_key: u64,
+}
+
+impl Transport {
+    /// Files were checked by [`crate::tls::check_upstream`]; one that changed since is
+    /// skipped here (and the handshake fails visibly) rather than panicking.
+    fn new(config: &UpstreamConfig) -> Self {
+        let tls = config.tls.as_ref();
+        let ca = tls.and_then(|tls| tls.ca_file.as_ref()).and_then(|file| {
+            let chain = crate::tls::read_chain(file).ok()?;
+            let wrapped: Vec<_> = chain
+                .into_iter()
+                .map(|der| {
+                    pingora_core::utils::tls::WrappedX509::new(
+                        der.to_vec(),
+                        pingora_core::utils::tls::parse_x509,
+                    )
+                })
+                .collect();
+            Some(Arc::from(wrapped.into_boxed_slice()))
+        });
+        let client_cert = tls.and_then(|tls| {
+            let chain = crate::tls::read_chain(tls.client_cert.as_ref()?).ok()?;
+            let key = crate::tls::read_key(tls.client_key.as_ref()?).ok()?;
+            Some(Arc::new(pingora_core::utils::tls::CertKey::new(
+                chain.into_iter().map(|der| der.to_vec()).collect(),
+                key.secret_der().to_vec(),
+            )))
+        });
+        let group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            format!("{:?}{:?}", config.protocol, config.tls).hash(&mut hasher);
+            hasher.finish()
+        };
+        Self {
+            group_key,
+            tls: tls.map(|tls| (crate::tls::upstream_sni(config), tls.verify)),
+            protocol: config.protocol,
+            ca,
+            client_cert,
+        }
+    }
+}
+
+fn peer_for(
+    address: SocketAddr,
+    timeouts: &TimeoutsConfig,
+    transport: Option<&Transport>,
+) -> HttpPeer {
+    use crate::config::UpstreamProtocol;
+    use pingora_core::protocols::ALPN;
+
+    let tls = transport.and_then(|t| t.tls.clone());
+    let mut peer = HttpPeer::new(
+        address,
+        tls.is_some(),
+        tls.as_ref().map(|(sni, _)| sni.clone()).unwrap_or_default(),
+    );
     let options = &mut peer.options;
     options.connection_timeout = Some(timeouts.connect);
     options.read_timeout = Some(timeouts.read);
     options.write_timeout = Some(timeouts.write);
     options.idle_timeout = Some(timeouts.idle);
+    if let Some(transport) = transport {
+        options.alpn = match transport.protocol {
+            UpstreamProtocol::H1 => ALPN::H1,
+            // Offered with ALPN; a backend that does not pick h2 gets HTTP/1.1.
+            UpstreamProtocol::H2 => ALPN::H2H1,
+            // No negotiation without TLS: HTTP/2 with prior knowledge.
+            UpstreamProtocol::H2c => ALPN::H2,
+        };
+        if let Some((_, verify)) = &tls {
+            options.verify_cert = *verify;
+            options.verify_hostname = *verify;
+            options.ca = transport.ca.clone();
+        }
+        peer.client_cert_key = transport.client_cert.clone();
+        peer.group_key = transport.group_key;
+    }
     peer
 }
 

@@ -118,6 +118,8 @@ pub enum Reason {
     ConnectTimeout,
     UpstreamTimeout,
     UpstreamClosed,
+    /// The backend's certificate did not verify, or its TLS handshake failed.
+    UpstreamTls,
     UpstreamBadResponse,
     UpstreamBadFraming,
     UpstreamError,
@@ -130,7 +132,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of docs/security.md's table.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::TooManyConnections,
         Reason::HeaderTimeout,
         Reason::UriTooLong,
@@ -156,6 +158,7 @@ impl Reason {
         Reason::ConnectTimeout,
         Reason::UpstreamTimeout,
         Reason::UpstreamClosed,
+        Reason::UpstreamTls,
         Reason::UpstreamBadResponse,
         Reason::UpstreamBadFraming,
         Reason::UpstreamError,
@@ -193,6 +196,7 @@ impl Reason {
             Reason::ConnectTimeout => "connect_timeout",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::UpstreamClosed => "upstream_closed",
+            Reason::UpstreamTls => "upstream_tls",
             Reason::UpstreamBadResponse => "upstream_bad_response",
             Reason::UpstreamBadFraming => "upstream_bad_framing",
             Reason::UpstreamError => "upstream_error",
@@ -226,6 +230,7 @@ impl Reason {
             Reason::ConnectRefused
             | Reason::ConnectError
             | Reason::UpstreamClosed
+            | Reason::UpstreamTls
             | Reason::UpstreamBadResponse
             | Reason::UpstreamBadFraming
             | Reason::UpstreamError => 502,

@@ -12,9 +12,14 @@ mod load;
 mod model;
 mod positions;
 mod schema;
+mod tls;
 
 pub use configmap::{ConfigMapEntry, configmap_entries};
 pub use diagnostic::{ConfigError, Diagnostic, Location, did_you_mean};
 pub use load::{LoadedConfig, SourceFile, load_file, parse, sha256_hex};
 pub use model::*;
 pub use schema::{SCHEMA_PATH, json_schema, json_schema_text};
+pub use tls::{
+    CertificateConfig, ListenerConfig, ListenerTlsConfig, Listeners, UpstreamProtocol,
+    UpstreamTlsConfig,
+};

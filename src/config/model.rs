@@ -278,8 +278,9 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Where the proxy accepts client traffic.
-    pub listen: SocketAddr,
+    /// Where the proxy accepts client traffic: an address, or a list of listeners, each plain
+    /// or TLS (see `ListenerConfig`).
+    pub listen: super::tls::Listeners,
     /// Where the admin API (`/healthz`, `/readyz`, `/routes`) listens. Loopback by default.
     pub admin: SocketAddr,
     /// Bearer token required by the admin API (all but /healthz, /readyz, /metrics); falls back
@@ -464,7 +465,7 @@ impl Default for LimitsConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen: super::tls::Listeners::plain(SocketAddr::from(([0, 0, 0, 0], 8080))),
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             admin_token: None,
             admin_hosts: Vec::new(),
@@ -505,6 +506,15 @@ pub struct UpstreamConfig {
     /// this is safe for every method).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// TLS to the backends; absent: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::UpstreamTlsConfig>,
+    /// `h1` (the default), `h2` (over TLS, by ALPN) or `h2c` (plain, prior knowledge).
+    #[serde(
+        default,
+        skip_serializing_if = "super::tls::UpstreamProtocol::is_default"
+    )]
+    pub protocol: super::tls::UpstreamProtocol,
 }
 
 fn default_retries() -> u32 {

@@ -161,10 +161,11 @@ fn load_demo_config(config: Option<PathBuf>) -> anyhow::Result<(RouteTable, Opti
 
 fn print_tour(table: &RouteTable, config: Option<&Path>) {
     let server = &table.config().server;
-    let proxy: SocketAddr = if server.listen.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], server.listen.port()))
+    let listen = server.listen.primary();
+    let proxy: SocketAddr = if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], listen.port()))
     } else {
-        server.listen
+        listen
     };
     let admin = server.admin;
     println!(

@@ -265,6 +265,11 @@ impl RouteTable {
             })
         });
 
+        crate::tls::check_listeners(
+            &config.server.listen,
+            resolution == AddressResolution::Dns,
+            &mut diagnostics,
+        );
         let redaction = Arc::new(Redaction::compile(&config.server.redact));
         let mut trusted = Vec::new();
         for (number, cidr) in config.server.trusted_proxies.iter().enumerate() {

@@ -1,5 +1,7 @@
 //! The shadow's own HTTP client: a connection pool separate from the primary's, every exchange
-//! bounded in time and in how much of the answer is read.
+//! bounded in time and in how much of the answer is read. Plain HTTP/1.1 candidates share one
+//! pool here; a TLS or h2c candidate's request carries its upstream's client (built with the
+//! upstream's `tls` settings, see [`crate::tls::backend_client`]) in its extensions.
 
 use std::time::Duration;
 
@@ -39,17 +41,21 @@ impl ShadowClient {
     /// costs `limit` bytes, not more.
     pub async fn send(
         &self,
-        request: http::Request<Full<Bytes>>,
+        mut request: http::Request<Full<Bytes>>,
         timeout: Duration,
         limit: usize,
         memory: &mut Reservation,
     ) -> Result<CapturedResponse, ShadowFailure> {
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|error| ShadowFailure::Failed(error.to_string()))?;
+            // TLS and h2c upstreams bring their client (see `ShadowRule::build_request`).
+            let own = request
+                .extensions_mut()
+                .remove::<crate::tls::BackendClient>();
+            let response = match own {
+                Some(client) => client.request(request).await,
+                None => self.client.request(request).await,
+            }
+            .map_err(|error| ShadowFailure::Failed(error.to_string()))?;
             let (parts, mut body) = response.into_parts();
             let mut collected = Vec::new();
             // A declared length sizes the buffer once (growing by doubling would hold up to

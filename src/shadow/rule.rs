@@ -225,9 +225,10 @@ impl ShadowRule {
         body: Vec<Bytes>,
         pool: Option<&UpstreamPool>,
     ) -> Result<http::Request<Full<Bytes>>, http::Error> {
-        let address = pool.unwrap_or(&self.upstream).select_address();
+        let pool = pool.unwrap_or(&self.upstream);
+        let address = pool.select_address();
         let path_and_query = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = format!("http://{address}{path_and_query}");
+        let uri = format!("{}://{address}{path_and_query}", pool.scheme());
         let body = match body.len() {
             0 => Bytes::new(),
             1 => body.into_iter().next().expect("one chunk"),
@@ -244,6 +245,10 @@ impl ShadowRule {
             .uri(uri)
             .body(Full::new(body))?;
         *request.headers_mut() = header.headers.clone();
+        // A TLS or h2c upstream's own client travels with the request (see `ShadowClient`).
+        if let Some(client) = pool.shadow_client() {
+            request.extensions_mut().insert(client.clone());
+        }
         Ok(request)
     }
 }

@@ -23,5 +23,6 @@ mod report;
 mod resilience;
 mod routing;
 mod shadow;
+mod tls;
 mod ui;
 mod validate;
