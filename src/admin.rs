@@ -112,13 +112,14 @@ impl AdminApp {
             }
         };
         let store = self.routes.load().config().server.diff_store.clone();
-        if !store.exists() {
+        if let crate::store::StoreLocation::Sqlite(path) = &store
+            && !path.exists()
+        {
             return json_response(StatusCode::OK, &json!({ "diffs": [] }));
         }
-        // SQLite reads block; keep them off the admin's I/O thread.
+        // Store reads block; keep them off the admin's I/O thread.
         let records =
-            tokio::task::spawn_blocking(move || crate::store::read_latest(&store, &filter, limit))
-                .await;
+            tokio::task::spawn_blocking(move || crate::store::latest(&store, &filter, limit)).await;
         match records {
             Ok(Ok(records)) => json_response(StatusCode::OK, &json!({ "diffs": records })),
             Ok(Err(error)) => json_response(
@@ -575,6 +576,7 @@ mod tests {
                     since_ms: 8_000,
                     verdict: Some("shadow_error".into()),
                     generation: None,
+                    replica: None,
                 },
                 limit: 1000
             })

@@ -1,5 +1,8 @@
 //! The diff store: one SQLite row per compared exchange, bounded by row count and age, its
-//! schema and migrations, and the queries the report and `GET /diffs` run.
+//! schema and migrations, and the queries the report and `GET /diffs` run. The Postgres store a
+//! fleet shares is in [`postgres`]; [`StoreLocation`] says which one a path or URL names, and the
+//! functions at the end of this file ([`scan`], [`summary`], [`latest`]) dispatch on it. Both
+//! keep per-minute counts of every exchange ([`aggregate`]) beside the rows.
 //!
 //! Only the diff worker thread writes, in batches, so the proxy never waits on disk. Everything
 //! stored is already redacted: sensitive headers never reach it and body samples are bounded.
@@ -15,6 +18,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::{Deserialize, Serialize};
 
 use crate::diff::Difference;
+
+pub mod aggregate;
+mod location;
+pub mod postgres;
+mod sqlite_counts;
+
+pub use aggregate::{SummaryQuery, SummaryRow};
+pub use location::{PostgresUrl, StoreLocation, replica_name};
 
 /// One compared exchange.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +71,8 @@ pub struct Filter {
     /// One of [`VERDICTS`].
     pub verdict: Option<String>,
     pub generation: Option<GenerationFilter>,
+    /// Only records written by this replica (`server.replica`).
+    pub replica: Option<String>,
 }
 
 /// Which config generation's records a read returns.
@@ -82,6 +95,23 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("diff store {store}: {}", postgres_message(.source))]
+    Postgres {
+        /// The URL without its password.
+        store: String,
+        #[source]
+        source: ::postgres::Error,
+    },
+    #[error(
+        "diff store {store}: no strangler diff store here (no schema); a proxy creates it when it first writes"
+    )]
+    NoStore { store: String },
+    #[error("diff store password file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "diff store {path}: schema version {found} is newer than this strangler knows ({supported}); use a newer strangler or another file"
     )]
@@ -92,6 +122,18 @@ pub enum StoreError {
     },
 }
 
+/// A Postgres error with the server's message and detail (its `Display` alone says `db error`).
+fn postgres_message(error: &::postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        // Its `Display` includes the cause (`error connecting to server: Connection refused`).
+        None => error.to_string(),
+    }
+}
+
 /// Writes compared exchanges; owned by the diff worker.
 pub struct DiffStore {
     connection: Connection,
@@ -99,6 +141,10 @@ pub struct DiffStore {
     max_rows: u64,
     max_age: Duration,
     inserts_since_trim: u64,
+    /// Written into every row and count.
+    replica: String,
+    /// Share of matching exchanges stored as rows (all are counted).
+    match_sample: f64,
 }
 
 /// Schema migrations, in order: `MIGRATIONS[n]` takes a store from `PRAGMA user_version` n to
@@ -130,6 +176,32 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE diffs ADD COLUMN stage TEXT;
     ALTER TABLE diffs ADD COLUMN generation INTEGER;
     ALTER TABLE diffs ADD COLUMN config_sha256 TEXT;",
+    // 3: which replica wrote a row, and per-minute counts of every exchange (see
+    // `aggregate`), filled from the rows already there.
+    "ALTER TABLE diffs ADD COLUMN replica TEXT;
+    CREATE TABLE diff_counts (
+        minute_ms INTEGER NOT NULL,
+        replica TEXT NOT NULL,
+        route TEXT NOT NULL,
+        primary_upstream TEXT NOT NULL,
+        candidate_upstream TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        config_sha256 TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        primary_status INTEGER NOT NULL,
+        shadow_status INTEGER NOT NULL,
+        exchanges INTEGER NOT NULL,
+        last_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, replica, route, primary_upstream, candidate_upstream, stage,
+                     generation, config_sha256, verdict, primary_status, shadow_status)
+    );
+    INSERT INTO diff_counts
+    SELECT at_ms - (at_ms % 60000), '', route, COALESCE(primary_upstream, ''),
+           COALESCE(candidate_upstream, ''), COALESCE(stage, ''), COALESCE(generation, -1),
+           COALESCE(config_sha256, ''), verdict, COALESCE(primary_status, 0),
+           COALESCE(shadow_status, 0), COUNT(*), MAX(at_ms)
+    FROM diffs GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11;",
 ];
 
 /// The schema version this build writes.
@@ -137,6 +209,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The first schema version with provenance columns.
 const PROVENANCE_VERSION: i64 = 2;
+
+/// The first schema version with a replica column and per-minute counts.
+const COUNTS_VERSION: i64 = 3;
 
 /// Rows written between two retention passes.
 const TRIM_EVERY: u64 = 500;
@@ -160,7 +235,16 @@ impl DiffStore {
             max_rows,
             max_age,
             inserts_since_trim: 0,
+            replica: String::new(),
+            match_sample: 1.0,
         })
+    }
+
+    /// Writes as `replica`, keeping `match_sample` (0 to 1) of the matching exchanges as rows.
+    pub fn writing_as(mut self, replica: &str, match_sample: f64) -> Self {
+        self.replica = replica.to_owned();
+        self.match_sample = match_sample.clamp(0.0, 1.0);
+        self
     }
 
     /// Stores a batch in one transaction, then applies retention now and then.
@@ -176,12 +260,16 @@ impl DiffStore {
                 .prepare_cached(
                     "INSERT INTO diffs (at_ms, route, method, path, query, request_id, primary_status,
                      shadow_status, verdict, differences, noise, primary_sample, shadow_sample,
-                     primary_upstream, candidate_upstream, stage, generation, config_sha256)
+                     primary_upstream, candidate_upstream, stage, generation, config_sha256,
+                     replica)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     ?16, ?17, ?18)",
+                     ?16, ?17, ?18, ?19)",
                 )
                 .map_err(error)?;
-            for record in records {
+            for record in records
+                .iter()
+                .filter(|record| aggregate::keep_row(record, self.match_sample))
+            {
                 statement
                     .execute(params![
                         record.at_ms,
@@ -204,10 +292,12 @@ impl DiffStore {
                             .generation
                             .map(|g| i64::try_from(g).unwrap_or(i64::MAX)),
                         record.config_sha256,
+                        self.replica,
                     ])
                     .map_err(error)?;
             }
         }
+        sqlite_counts::write_counts(&transaction, &self.replica, records).map_err(error)?;
         transaction.commit().map_err(error)?;
         self.inserts_since_trim += records.len() as u64;
         if self.inserts_since_trim >= TRIM_EVERY {
@@ -235,6 +325,12 @@ impl DiffStore {
                 self.connection.execute(
                     "DELETE FROM diffs WHERE id <= (SELECT MAX(id) FROM diffs) - ?1",
                     params![max_rows],
+                )
+            })
+            .and_then(|_| {
+                self.connection.execute(
+                    "DELETE FROM diff_counts WHERE minute_ms < ?1",
+                    params![oldest - aggregate::BUCKET_MS],
                 )
             })
             .map(|_| ())
@@ -409,7 +505,9 @@ pub fn scan_for_report(
     };
     let provenance = reader.provenance_columns();
     let mut counts = Vec::new();
-    {
+    if reader.counts {
+        counts = sqlite_counts::exchange_counts(&reader.connection, filter).map_err(error)?;
+    } else {
         let mut statement = reader
             .connection
             .prepare(&format!(
@@ -476,6 +574,8 @@ struct Reader {
     shown: String,
     /// Whether the store has the provenance columns (schema version 2 and later).
     provenance: bool,
+    /// Whether it has the replica column and the counts (version 3 and later).
+    counts: bool,
 }
 
 impl Reader {
@@ -504,6 +604,7 @@ impl Reader {
             connection,
             shown,
             provenance: version >= PROVENANCE_VERSION,
+            counts: version >= COUNTS_VERSION,
         })
     }
 
@@ -538,6 +639,10 @@ impl Reader {
             // Nothing in a store from before provenance has a generation.
             return Ok(None);
         }
+        if filter.replica.is_some() && !self.counts {
+            // Nor a replica, before version 3.
+            return Ok(None);
+        }
         let mut sql = String::from("at_ms >= ?");
         let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(filter.since_ms)];
         if let Some(route) = &filter.route {
@@ -547,6 +652,10 @@ impl Reader {
         if let Some(verdict) = &filter.verdict {
             sql.push_str(" AND verdict = ?");
             values.push(Box::new(verdict.clone()));
+        }
+        if let Some(replica) = &filter.replica {
+            sql.push_str(" AND replica = ?");
+            values.push(Box::new(replica.clone()));
         }
         match filter.generation {
             None => {}
@@ -630,6 +739,49 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
             .map(|_| ())
             .map_err(|error| format!("cannot write {}: {error}", path.display())),
         Err(_) => Ok(()),
+    }
+}
+
+/// [`scan_for_report`] of whichever store `location` names.
+pub fn scan(
+    location: &StoreLocation,
+    filter: &Filter,
+    each: impl FnMut(DifferingExchange),
+) -> Result<Vec<ExchangeCount>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => scan_for_report(path, filter, each),
+        StoreLocation::Postgres(url) => postgres::scan_for_report(url, filter, each),
+    }
+}
+
+/// [`read_latest`] of whichever store `location` names.
+pub fn latest(
+    location: &StoreLocation,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<DiffRecord>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => read_latest(path, filter, limit),
+        StoreLocation::Postgres(url) => postgres::read_latest(url, filter, limit),
+    }
+}
+
+/// The store-level summary of `location`: exchanges by verdict per route, direction,
+/// generation and time bucket, from the aggregates (what `GET /diffs/summary` serves). A SQLite
+/// store from before the aggregates (schema version 3) has none: it answers an empty summary.
+pub fn summary(
+    location: &StoreLocation,
+    query: &SummaryQuery,
+) -> Result<Vec<SummaryRow>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => {
+            let reader = Reader::open(path)?;
+            if !reader.counts {
+                return Ok(Vec::new());
+            }
+            sqlite_counts::summary(&reader.connection, query).map_err(|source| reader.error(source))
+        }
+        StoreLocation::Postgres(url) => postgres::summary(url, query),
     }
 }
 
