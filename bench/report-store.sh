@@ -4,16 +4,23 @@
 # through the real write path (examples/fill_store.rs). Prints the fill time and three report
 # timings per store. Needs scripts/setup (postgresql); starts and removes its own cluster.
 #
-#   bench/report-store.sh            # 1,000,000 exchanges
-#   bench/report-store.sh 100000     # fewer
+#   bench/report-store.sh                   # 1,000,000 exchanges, release build
+#   bench/report-store.sh 100000            # fewer
+#   PROFILE=debug bench/report-store.sh     # the debug build (slower: an upper bound)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 exchanges="${1:-1000000}"
+profile="${PROFILE:-release}"
 
 "$root/scripts/setup"
-cargo build --release --manifest-path "$root/Cargo.toml" --bin strangler --example fill_store
-binary="$root/target/release/strangler"
-fill="$root/target/release/examples/fill_store"
+if [ "$profile" = release ]; then
+  cargo build --release --manifest-path "$root/Cargo.toml" --bin strangler --example fill_store
+else
+  cargo build --manifest-path "$root/Cargo.toml" --bin strangler --example fill_store
+fi
+dir="$root/target/$profile"
+binary="$dir/strangler"
+fill="$dir/examples/fill_store"
 
 bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 work="$(mktemp -d /tmp/strangler-report-bench.XXXXXX)"

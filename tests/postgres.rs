@@ -176,6 +176,40 @@ async fn two_proxies_write_to_one_database_and_one_report_sees_both() {
         "1"
     );
 
+    // The store-level summary (what /diffs/summary serves) reads the same counts.
+    let location: strangler::store::StoreLocation = postgres.url_with_password().parse().unwrap();
+    let summary = tokio::task::spawn_blocking(move || {
+        strangler::store::summary(
+            &location,
+            &strangler::store::SummaryQuery {
+                filter: strangler::store::Filter::default(),
+                bucket_ms: 0,
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    let row = &summary[0];
+    assert_eq!(
+        (
+            row.exchanges,
+            row.matches,
+            row.mismatches,
+            row.noise,
+            row.errors
+        ),
+        (60, 45, 15, 0, 0)
+    );
+    assert_eq!(
+        (
+            row.primary_upstream.as_deref(),
+            row.candidate_upstream.as_deref()
+        ),
+        (Some("legacy"), Some("orders-v2"))
+    );
+
     // The password is in no log line and not in the live config.
     let routes = a.routes().await.to_string();
     assert!(routes.contains(&postgres.url()), "{routes}");

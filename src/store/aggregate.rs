@@ -116,9 +116,10 @@ pub struct SummaryQuery {
 /// [`summary_values`]), the same in SQLite and Postgres.
 pub(crate) fn summary_sql(query: &SummaryQuery) -> String {
     let bucket = if query.bucket_ms > 0 {
-        "CAST(minute_ms - (minute_ms % ?) AS BIGINT)"
+        "CAST(minute_ms - (minute_ms % CAST(? AS BIGINT)) AS BIGINT)"
     } else {
-        "CAST(0 * ? AS BIGINT)"
+        // The placeholder is typed so that Postgres binds it as the bigint it is.
+        "CAST(0 * CAST(? AS BIGINT) AS BIGINT)"
     };
     let mut sql = format!(
         "SELECT {bucket} AS bucket, route, primary_upstream, candidate_upstream, generation,

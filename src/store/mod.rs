@@ -1104,6 +1104,103 @@ mod tests {
     }
 
     #[test]
+    fn counts_cover_every_exchange_when_only_differing_rows_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        let mut store = DiffStore::open(&path, 1000, Duration::from_secs(3600))
+            .unwrap()
+            .writing_as("pod-1", 0.0);
+        let mut records: Vec<DiffRecord> = (0..30).map(|_| record("orders", "match")).collect();
+        records.extend((0..4).map(|_| record("orders", "mismatch")));
+        records.push(DiffRecord {
+            shadow_status: None,
+            ..record("orders", "shadow_error")
+        });
+        records.push(record("orders", "noise"));
+        store.insert(&records).unwrap();
+
+        // Rows: only what differed. Counts: everything.
+        let rows = read_records(&path, &Filter::default()).unwrap();
+        assert_eq!(rows.len(), 6);
+        let mut streamed = 0;
+        let counts = scan_for_report(&path, &Filter::default(), |_| streamed += 1).unwrap();
+        assert_eq!(streamed, 6);
+        let total: u64 = counts.iter().map(|count| count.exchanges).sum();
+        assert_eq!(total, 36);
+        let errors = counts.iter().find(|c| c.verdict == "shadow_error").unwrap();
+        assert_eq!((errors.shadow_status, errors.exchanges), (None, 1));
+        assert_eq!(errors.primary_upstream.as_deref(), Some("legacy"));
+
+        let location = StoreLocation::Sqlite(path.clone());
+        let summary = summary(
+            &location,
+            &SummaryQuery {
+                filter: Filter::default(),
+                bucket_ms: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.len(), 1);
+        let row = &summary[0];
+        assert_eq!(
+            (
+                row.exchanges,
+                row.matches,
+                row.mismatches,
+                row.noise,
+                row.errors
+            ),
+            (36, 30, 4, 1, 1)
+        );
+        assert_eq!(row.candidate_upstream.as_deref(), Some("new"));
+        assert_eq!(row.generation, Some(1));
+        let hourly = super::summary(
+            &location,
+            &SummaryQuery {
+                filter: Filter::default(),
+                bucket_ms: 3_600_000,
+            },
+        )
+        .unwrap();
+        assert_eq!(hourly.len(), 1);
+        assert_eq!(hourly[0].bucket_ms % 3_600_000, 0);
+        assert_eq!(hourly[0].bucket_ms, now_ms() - now_ms() % 3_600_000);
+
+        // The replica filter applies to rows and counts alike.
+        let other = Filter {
+            replica: Some("pod-2".into()),
+            ..Filter::default()
+        };
+        assert!(scan_for_report(&path, &other, |_| ()).unwrap().is_empty());
+        let mine = Filter {
+            replica: Some("pod-1".into()),
+            ..Filter::default()
+        };
+        assert_eq!(read_records(&path, &mine).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn the_migration_to_counts_counts_the_rows_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(VERSION_ZERO)
+            .unwrap();
+        drop(DiffStore::open(&path, 100, Duration::from_secs(3600)).unwrap());
+        let counts = scan_for_report(&path, &Filter::default(), |_| ()).unwrap();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            (
+                counts[0].verdict.as_str(),
+                counts[0].exchanges,
+                &counts[0].generation
+            ),
+            ("mismatch", 1, &None)
+        );
+    }
+
+    #[test]
     fn a_store_path_is_checked_by_trying() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(check_writable(&dir.path().join("diffs.db")), Ok(()));
