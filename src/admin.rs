@@ -111,15 +111,24 @@ impl AdminApp {
                 );
             }
         };
-        let store = self.routes.load().config().server.diff_store.clone();
+        let (store, password_file) = {
+            let table = self.routes.load();
+            let server = &table.config().server;
+            (
+                server.diff_store.clone(),
+                server.diff_store_password_file.clone(),
+            )
+        };
         if let crate::store::StoreLocation::Sqlite(path) = &store
             && !path.exists()
         {
             return json_response(StatusCode::OK, &json!({ "diffs": [] }));
         }
         // Store reads block; keep them off the admin's I/O thread.
-        let records =
-            tokio::task::spawn_blocking(move || crate::store::latest(&store, &filter, limit)).await;
+        let records = tokio::task::spawn_blocking(move || {
+            crate::store::latest(&store, password_file.as_deref(), &filter, limit)
+        })
+        .await;
         match records {
             Ok(Ok(records)) => json_response(StatusCode::OK, &json!({ "diffs": records })),
             Ok(Err(error)) => json_response(

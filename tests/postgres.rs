@@ -176,11 +176,28 @@ async fn two_proxies_write_to_one_database_and_one_report_sees_both() {
         "1"
     );
 
+    // GET /diffs reads the shared database: rows of both replicas, newest first.
+    let diffs = support::get(a.admin, "/diffs?limit=5")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        diffs["diffs"].as_array().map(Vec::len),
+        Some(5),
+        "{diffs:#}"
+    );
+    let mismatches = support::get(a.admin, "/diffs?verdict=mismatch&limit=100")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(mismatches["diffs"].as_array().unwrap().len(), 15);
+
     // The store-level summary (what /diffs/summary serves) reads the same counts.
     let location: strangler::store::StoreLocation = postgres.url_with_password().parse().unwrap();
     let summary = tokio::task::spawn_blocking(move || {
         strangler::store::summary(
             &location,
+            None,
             &strangler::store::SummaryQuery {
                 filter: strangler::store::Filter::default(),
                 bucket_ms: 0,

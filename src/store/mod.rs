@@ -754,15 +754,17 @@ pub fn scan(
     }
 }
 
-/// [`read_latest`] of whichever store `location` names.
+/// [`read_latest`] of whichever store `location` names; a Postgres password (when the URL and
+/// `STRANGLER_DIFF_STORE_PASSWORD` have none) from `password_file`.
 pub fn latest(
     location: &StoreLocation,
+    password_file: Option<&Path>,
     filter: &Filter,
     limit: usize,
 ) -> Result<Vec<DiffRecord>, StoreError> {
     match location {
         StoreLocation::Sqlite(path) => read_latest(path, filter, limit),
-        StoreLocation::Postgres(url) => postgres::read_latest(url, filter, limit),
+        StoreLocation::Postgres(url) => postgres::read_latest(url, password_file, filter, limit),
     }
 }
 
@@ -771,6 +773,7 @@ pub fn latest(
 /// store from before the aggregates (schema version 3) has none: it answers an empty summary.
 pub fn summary(
     location: &StoreLocation,
+    password_file: Option<&Path>,
     query: &SummaryQuery,
 ) -> Result<Vec<SummaryRow>, StoreError> {
     match location {
@@ -781,7 +784,7 @@ pub fn summary(
             }
             sqlite_counts::summary(&reader.connection, query).map_err(|source| reader.error(source))
         }
-        StoreLocation::Postgres(url) => postgres::summary(url, query),
+        StoreLocation::Postgres(url) => postgres::summary(url, password_file, query),
     }
 }
 
@@ -1134,6 +1137,7 @@ mod tests {
         let location = StoreLocation::Sqlite(path.clone());
         let summary = summary(
             &location,
+            None,
             &SummaryQuery {
                 filter: Filter::default(),
                 bucket_ms: 0,
@@ -1156,6 +1160,7 @@ mod tests {
         assert_eq!(row.generation, Some(1));
         let hourly = super::summary(
             &location,
+            None,
             &SummaryQuery {
                 filter: Filter::default(),
                 bucket_ms: 3_600_000,

@@ -563,9 +563,9 @@ fn refs(values: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 /// A read-only connection to a database whose schema this build understands.
-fn open_reader(url: &PostgresUrl) -> Result<Client, StoreError> {
+fn open_reader(url: &PostgresUrl, password_file: Option<&Path>) -> Result<Client, StoreError> {
     let shown = url.redacted();
-    let mut client = connect(url, None)?;
+    let mut client = connect(url, password_file)?;
     // Two queries: a missing table fails a query that names it, whatever branch it is in.
     let exists: bool = client
         .query_one(
@@ -656,7 +656,7 @@ pub fn scan_for_report(
 ) -> Result<Vec<ExchangeCount>, StoreError> {
     let shown = url.redacted();
     let error = pg_error(&shown);
-    let mut client = open_reader(url)?;
+    let mut client = open_reader(url, None)?;
     let mut transaction = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -736,9 +736,13 @@ pub fn scan_for_report(
 }
 
 /// The store-level summary (see [`SummaryRow`]), from the aggregates.
-pub fn summary(url: &PostgresUrl, query: &SummaryQuery) -> Result<Vec<SummaryRow>, StoreError> {
+pub fn summary(
+    url: &PostgresUrl,
+    password_file: Option<&Path>,
+    query: &SummaryQuery,
+) -> Result<Vec<SummaryRow>, StoreError> {
     let shown = url.redacted();
-    let mut client = open_reader(url)?;
+    let mut client = open_reader(url, password_file)?;
     let values = boxed(aggregate::summary_values(query));
     let rows = client
         .query(&numbered(&aggregate::summary_sql(query)), &refs(&values))
@@ -766,12 +770,13 @@ pub fn summary(url: &PostgresUrl, query: &SummaryQuery) -> Result<Vec<SummaryRow
 /// The `limit` newest stored exchanges that `filter` selects, newest first (`GET /diffs`).
 pub fn read_latest(
     url: &PostgresUrl,
+    password_file: Option<&Path>,
     filter: &Filter,
     limit: usize,
 ) -> Result<Vec<DiffRecord>, StoreError> {
     let shown = url.redacted();
     let error = pg_error(&shown);
-    let mut client = open_reader(url)?;
+    let mut client = open_reader(url, password_file)?;
     let with = if filter.generation == Some(GenerationFilter::Latest) {
         LATEST
     } else {
