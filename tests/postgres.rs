@@ -326,3 +326,78 @@ async fn a_report_on_a_database_without_a_store_says_so() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no strangler diff store here"), "{stderr}");
 }
+
+/// An exchange of `route` as replica-independent test data: generation `generation` of config
+/// `sha`, at `at_ms`.
+fn exchange(at_ms: i64, generation: u64, sha: &str, verdict: &str) -> strangler::store::DiffRecord {
+    strangler::store::DiffRecord {
+        at_ms,
+        route: "orders".into(),
+        method: "GET".into(),
+        path: "/orders/1".into(),
+        query: None,
+        request_id: format!("{generation}-{at_ms}"),
+        primary_status: Some(200),
+        shadow_status: Some(200),
+        verdict: verdict.into(),
+        differences: Vec::new(),
+        noise: Vec::new(),
+        primary_sample: None,
+        shadow_sample: None,
+        primary_upstream: Some("legacy".into()),
+        candidate_upstream: Some("orders-v2".into()),
+        stage: Some("shadow".into()),
+        generation: Some(generation),
+        config_sha256: Some(sha.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn since_reload_takes_each_replicas_newest_generation() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let strangler::store::StoreLocation::Postgres(url) =
+        postgres.url_with_password().parse().unwrap()
+    else {
+        panic!("a Postgres URL");
+    };
+    let now = strangler::store::now_ms();
+    tokio::task::spawn_blocking(move || {
+        use strangler::store::postgres::{WriterSettings, connect, migrate, write_now};
+        let mut client = connect(&url, None).unwrap();
+        migrate(&mut client, "test").unwrap();
+        let settings = |replica: &str| WriterSettings {
+            url: url.clone(),
+            password_file: None,
+            replica: replica.into(),
+            max_rows: 1000,
+            max_age: Duration::from_secs(3600),
+            match_sample: 1.0,
+        };
+        // Replica a reloaded (generation 1, then 2); replica b never did, and b's generation 1
+        // is newer than a's generation 2.
+        let a = [
+            exchange(now - 300_000, 1, "x", "mismatch"),
+            exchange(now - 299_000, 1, "x", "mismatch"),
+            exchange(now - 200_000, 2, "y", "match"),
+        ];
+        let b = [
+            exchange(now - 100_000, 1, "x", "match"),
+            exchange(now - 90_000, 1, "x", "match"),
+        ];
+        write_now(&mut client, &settings("a"), &a).unwrap();
+        write_now(&mut client, &settings("b"), &b).unwrap();
+    })
+    .await
+    .unwrap();
+    let (_, all, stderr) = report(&postgres.url(), &[]);
+    assert_eq!(totals(&all.unwrap_or_else(|| panic!("{stderr}"))), (5, 2));
+    let (code, latest, stderr) = report(&postgres.url(), &["--since-reload"]);
+    assert_eq!(
+        totals(&latest.unwrap_or_else(|| panic!("{stderr}"))),
+        (3, 0),
+        "a's generation 2 and b's generation 1, not a's generation 1"
+    );
+    assert_eq!(code, 0);
+}
