@@ -401,3 +401,63 @@ async fn since_reload_takes_each_replicas_newest_generation() {
     );
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_clients() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    let proxy = proxy(&postgres, &legacy, &candidate, "slow", 0.0).await;
+    traffic(&proxy, 1..=4).await;
+    proxy
+        .wait_for_metric("strangler_diff_store_written_total", 4.0)
+        .await;
+
+    // A session holds the counts table locked: every write waits (up to its lock timeout).
+    let mut locker = postgres.spawn_query(
+        "BEGIN; LOCK TABLE diff_counts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
+    );
+    let started = Instant::now();
+    while postgres.query(
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'diff_counts'::regclass
+         AND mode = 'AccessExclusiveLock' AND granted",
+    ) != "1"
+    {
+        assert!(started.elapsed() < DEADLINE, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Far more comparisons than the writer's queue holds, while it is stuck.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while proxy
+        .metric("strangler_diff_store_dropped_total{reason=\"queue_full\"}")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        let sent = Instant::now();
+        traffic(&proxy, 1..=1).await;
+        slowest = slowest.max(sent.elapsed());
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the queue never filled:\n{}",
+            proxy.stderr()
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited on the store: {slowest:?}"
+    );
+    let written = proxy
+        .metric("strangler_diff_store_written_total")
+        .await
+        .unwrap_or(0.0);
+    locker.wait().unwrap();
+    // What was queued gets written once the lock is gone; new comparisons too.
+    traffic(&proxy, 1..=4).await;
+    proxy
+        .wait_for_metric("strangler_diff_store_written_total", written + 4.0)
+        .await;
+}

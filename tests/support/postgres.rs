@@ -179,6 +179,26 @@ impl Postgres {
         path
     }
 
+    /// Starts `sql` with psql in the background (a session holding a lock, say); the caller
+    /// waits for what it does and ends it.
+    pub fn spawn_query(&self, sql: &str) -> std::process::Child {
+        self.psql(sql)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn psql(&self, sql: &str) -> Command {
+        let mut command = self.command("psql");
+        command
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", USER, "-d", "postgres"])
+            .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        command
+    }
+
     /// Runs `sql` with psql over the unix socket; its output, unaligned and without headers.
     pub fn query(&self, sql: &str) -> String {
         let output = self
