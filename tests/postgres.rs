@@ -461,3 +461,48 @@ async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_client
         .wait_for_metric("strangler_diff_store_written_total", written + 4.0)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_runs_in_the_database_by_age_then_by_rows() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let strangler::store::StoreLocation::Postgres(url) =
+        postgres.url_with_password().parse().unwrap()
+    else {
+        panic!("a Postgres URL");
+    };
+    let now = strangler::store::now_ms();
+    tokio::task::spawn_blocking(move || {
+        use strangler::store::postgres::{WriterSettings, connect, migrate, trim, write_now};
+        let mut client = connect(&url, None).unwrap();
+        migrate(&mut client, "test").unwrap();
+        let settings = WriterSettings {
+            url: url.clone(),
+            password_file: None,
+            replica: "r".into(),
+            max_rows: 3,
+            max_age: Duration::from_secs(3600),
+            match_sample: 1.0,
+        };
+        let two_hours_ago = now - 2 * 3600 * 1000;
+        let mut records: Vec<_> = (0..4)
+            .map(|i| exchange(two_hours_ago + i, 1, "x", "mismatch"))
+            .collect();
+        records.extend((0..5).map(|i| exchange(now - 1000 + i, 1, "x", "match")));
+        write_now(&mut client, &settings, &records).unwrap();
+        trim(&mut client, settings.max_rows, settings.max_age).unwrap();
+    })
+    .await
+    .unwrap();
+    // The old rows and their counts are gone; of the young rows, the newest 3 are kept.
+    assert_eq!(
+        postgres.query("SELECT string_agg(verdict, ',' ORDER BY id) FROM diffs"),
+        "match,match,match"
+    );
+    assert_eq!(
+        postgres.query("SELECT verdict || '=' || SUM(exchanges) FROM diff_counts GROUP BY verdict"),
+        "match=5",
+        "counts go by age only: they are what reports total"
+    );
+}
