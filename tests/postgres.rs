@@ -283,6 +283,10 @@ async fn postgres_stopped_under_load_costs_no_client_request_and_writes_resume_w
     let (code, _, stderr) = report(&postgres.url_with_password(), &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("127.0.0.1"), "{stderr}");
+    assert!(
+        stderr.contains("Connection refused"),
+        "the cause is shown: {stderr}"
+    );
     assert!(!stderr.contains(PASSWORD), "{stderr}");
 
     postgres.start_server();
@@ -325,6 +329,16 @@ async fn a_report_on_a_database_without_a_store_says_so() {
     let (code, _, stderr) = report(&postgres.url(), &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no strangler diff store here"), "{stderr}");
+
+    // Without a password the server's demand is named, with where to put one.
+    let output = std::process::Command::new(binary())
+        .args(["report", "--db", &postgres.url()])
+        .env_remove("STRANGLER_DIFF_STORE_PASSWORD")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("STRANGLER_DIFF_STORE_PASSWORD"), "{stderr}");
 }
 
 /// An exchange of `route` as replica-independent test data: generation `generation` of config

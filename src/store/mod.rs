@@ -106,6 +106,10 @@ pub enum StoreError {
         "diff store {store}: no strangler diff store here (no schema); a proxy creates it when it first writes"
     )]
     NoStore { store: String },
+    #[error(
+        "diff store {store}: the server asks for a password and none is set: use STRANGLER_DIFF_STORE_PASSWORD or server.diff_store_password_file"
+    )]
+    NoPassword { store: String },
     #[error("diff store password file {path}: {source}")]
     PasswordFile {
         path: String,
@@ -129,8 +133,11 @@ fn postgres_message(error: &::postgres::Error) -> String {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_owned(),
         },
-        // Its `Display` includes the cause (`error connecting to server: Connection refused`).
-        None => error.to_string(),
+        // Its `Display` is the kind alone (`error connecting to server`): add the cause.
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
     }
 }
 

@@ -307,9 +307,22 @@ pub fn connect(url: &PostgresUrl, password_file: Option<&Path>) -> Result<Client
     let mut client = url
         .config(password.as_deref())
         .connect(NoTls)
-        .map_err(|source| StoreError::Postgres {
-            store: url.redacted(),
-            source,
+        .map_err(|source| {
+            // The client's own word for "the server asked for a password and there is none".
+            let cause = std::error::Error::source(&source).map(ToString::to_string);
+            if password.is_none()
+                && !url.has_password()
+                && cause.is_some_and(|cause| cause.contains("password missing"))
+            {
+                StoreError::NoPassword {
+                    store: url.redacted(),
+                }
+            } else {
+                StoreError::Postgres {
+                    store: url.redacted(),
+                    source,
+                }
+            }
         })?;
     client
         .batch_execute(&format!(
