@@ -32,9 +32,11 @@ COPY src ./src
 COPY examples ./examples
 COPY routes.yaml ./
 # Touch the crate roots so cargo rebuilds over the stubs whatever the copied files' mtimes are.
+# Stripped: the line tables release builds keep for readable panics are 10x the code's size;
+# backtraces in the image are symbolized from the unstripped build when needed.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
-    && cp target/release/strangler /usr/local/bin/strangler
+    && strip --strip-unneeded -o /usr/local/bin/strangler target/release/strangler
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -45,6 +47,7 @@ RUN groupadd --gid 10001 strangler \
        --home-dir /nonexistent --shell /usr/sbin/nologin strangler
 
 COPY --from=builder /usr/local/bin/strangler /usr/local/bin/strangler
+COPY LICENSE /usr/share/doc/strangler/LICENSE
 
 # The repository's example config, so the image has something to validate and show. It listens on
 # 127.0.0.1:8080 (admin 127.0.0.1:9901), which nothing outside the container can reach, and its
@@ -66,6 +69,12 @@ USER 10001:10001
 # 8080: client traffic; 9901: admin API (/healthz, /readyz, /metrics open; the rest needs the
 # token when one is set).
 EXPOSE 8080 9901
+
+# Ready means the config is loaded and the listeners are up (`GET /readyz` on the admin API,
+# open without a token). The image has no curl: the binary asks itself. Mounting a config whose
+# `server.admin` is not on port 9901 means overriding this (`--admin HOST:PORT`).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["strangler", "healthcheck", "--admin", "127.0.0.1:9901"]
 
 # Docker stops containers with SIGTERM: strangler stops accepting at once and gives in-flight
 # requests server.drain_timeout (default 5 s), within `docker stop`'s default 10 s before SIGKILL.

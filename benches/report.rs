@@ -121,7 +121,8 @@ fn full_store(c: &mut Criterion) {
         realistic_store(&path, ROWS);
     }
     let options = ReportOptions {
-        databases: vec![path],
+        databases: vec![strangler::store::StoreLocation::Sqlite(path)],
+        replica: None,
         route: None,
         since_ms: None,
         generation: None,

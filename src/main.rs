@@ -120,12 +120,16 @@ enum Command {
     /// Summarise stored shadow diffs per route and direction; exit 1 when one fails the gate
     /// (for CI), 2 on a usage error or an unreadable store.
     Report {
-        /// Diff store(s) to read; several (one per replica) are merged.
+        /// Diff store(s) to read, SQLite files or postgres:// URLs (password from the URL or
+        /// $STRANGLER_DIFF_STORE_PASSWORD); several (one per replica) are merged.
         #[arg(long = "db", required = true)]
-        databases: Vec<PathBuf>,
+        databases: Vec<strangler::store::StoreLocation>,
         /// Only this route.
         #[arg(long)]
         route: Option<String>,
+        /// Only exchanges written by this replica (its `server.replica` or host name).
+        #[arg(long)]
+        replica: Option<String>,
         /// Only exchanges newer than this (e.g. 1h, 30m).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
@@ -154,6 +158,16 @@ enum Command {
         /// --min-path-share of them); 1 lists every path. The others are counted, not listed.
         #[arg(long, default_value_t = 2)]
         min_path_exchanges: u64,
+    },
+    /// Exit 0 when a running proxy's admin API says it is ready (`GET /readyz`), 1 otherwise:
+    /// a container HEALTHCHECK.
+    Healthcheck {
+        /// The admin address (`server.admin`).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Start a legacy app, a new service and the proxy on loopback, and print what to try.
     Demo {
@@ -252,6 +266,7 @@ fn main() -> ExitCode {
         Command::Report {
             databases,
             route,
+            replica,
             since,
             generation,
             since_reload,
@@ -264,6 +279,7 @@ fn main() -> ExitCode {
             let options = strangler::report::ReportOptions {
                 databases,
                 route,
+                replica,
                 since_ms: since.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 generation: match (generation, since_reload) {
                     (Some(number), _) => Some(strangler::store::GenerationFilter::Number(number)),
@@ -309,6 +325,9 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Healthcheck { admin, timeout } => {
+            cli::healthcheck::healthcheck(&admin, "/readyz", timeout)
         }
         Command::Demo { config } => match strangler::demo::run(config) {
             Ok(()) => ExitCode::SUCCESS,

@@ -67,6 +67,13 @@ pub struct Metrics {
     /// (`open`) or written (`write`); the exchanges are counted in `strangler_diffs_total` but
     /// not stored.
     pub diff_store_errors: IntCounterVec,
+    /// `strangler_diff_store_dropped_total{reason}`: compared exchanges a Postgres diff store
+    /// did not get (`queue_full`, `unavailable`, `write_failed`); they are counted in
+    /// `strangler_diffs_total` but neither stored nor in the store's aggregates.
+    pub diff_store_dropped: IntCounterVec,
+    /// `strangler_diff_store_written_total`: compared exchanges written to a Postgres diff store
+    /// (counted; stored as rows when they differed or were sampled).
+    pub diff_store_written: prometheus::IntCounter,
     /// Serializes scrapes; see [`Self::render`].
     scrape: std::sync::Mutex<()>,
     /// `strangler_open_connections`: client connections open now.
@@ -213,9 +220,22 @@ impl Metrics {
         let diff_store_errors = IntCounterVec::new(
             Opts::new(
                 "strangler_diff_store_errors_total",
-                "Diff store failures by operation (open, write); those exchanges are not stored",
+                "Diff store failures by operation (open, write, trim); those exchanges are not stored",
             ),
             &["operation"],
+        )
+        .expect("valid metric definition");
+        let diff_store_dropped = IntCounterVec::new(
+            Opts::new(
+                "strangler_diff_store_dropped_total",
+                "Compared exchanges the Postgres diff store did not get, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric definition");
+        let diff_store_written = prometheus::IntCounter::new(
+            "strangler_diff_store_written_total",
+            "Compared exchanges written to the Postgres diff store",
         )
         .expect("valid metric definition");
         let route_stage = IntGaugeVec::new(
@@ -264,6 +284,8 @@ impl Metrics {
             Box::new(build_info.clone()),
             Box::new(dns_refreshes.clone()),
             Box::new(diff_store_errors.clone()),
+            Box::new(diff_store_dropped.clone()),
+            Box::new(diff_store_written.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_closed.clone()),
         ] {
@@ -285,8 +307,11 @@ impl Metrics {
                 kill_switch_changes.with_label_values(&[state, source]);
             }
         }
-        for operation in ["open", "write"] {
+        for operation in ["open", "write", "trim"] {
             diff_store_errors.with_label_values(&[operation]);
+        }
+        for reason in crate::vocabulary::DropReason::ALL {
+            diff_store_dropped.with_label_values(&[reason.as_str()]);
         }
         for reason in [
             Reason::TooManyConnections,
@@ -324,6 +349,8 @@ impl Metrics {
             build_info,
             dns_refreshes,
             diff_store_errors,
+            diff_store_dropped,
+            diff_store_written,
             scrape: std::sync::Mutex::new(()),
             open_connections,
             connections_closed,

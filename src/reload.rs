@@ -442,6 +442,15 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         ),
         ("server.diff_store", running.diff_store != new.diff_store),
         (
+            "server.diff_store_password_file",
+            running.diff_store_password_file != new.diff_store_password_file,
+        ),
+        (
+            "server.diff_match_sample",
+            running.diff_match_sample != new.diff_match_sample,
+        ),
+        ("server.replica", running.replica != new.replica),
+        (
             "server.diff_max_rows",
             running.diff_max_rows != new.diff_max_rows,
         ),

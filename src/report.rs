@@ -24,7 +24,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::{self, Write};
-use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -36,15 +35,18 @@ pub mod exchange;
 pub mod html;
 use crate::diff::{Exchange, Suggester, Suggestions};
 use crate::store::{
-    DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, scan_for_report,
+    DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, StoreLocation, scan,
 };
 use crate::vocabulary::Verdict;
 
 /// What the report covers and how it judges.
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
-    pub databases: Vec<PathBuf>,
+    /// SQLite files and Postgres databases; their exchanges are merged.
+    pub databases: Vec<StoreLocation>,
     pub route: Option<String>,
+    /// Only exchanges written by this replica (`server.replica`).
+    pub replica: Option<String>,
     /// Only exchanges newer than this many milliseconds ago.
     pub since_ms: Option<i64>,
     /// Only exchanges of one config generation (of each store).
@@ -539,10 +541,11 @@ pub fn build(options: &ReportOptions) -> Result<Report, StoreError> {
             .map_or(0, |age| crate::store::now_ms().saturating_sub(age)),
         verdict: None,
         generation: options.generation,
+        replica: options.replica.clone(),
     };
     let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     for database in &options.databases {
-        let counts = scan_for_report(database, &filter, |exchange| {
+        let counts = scan(database, &filter, |exchange| {
             groups
                 .entry((
                     exchange.route.clone(),
@@ -1304,6 +1307,7 @@ mod tests {
     use super::*;
     use crate::record::{DiffRecord, Difference};
     use crate::store::DiffStore;
+    use std::path::PathBuf;
 
     #[test]
     fn a_diff_rate_is_a_fraction_or_a_percentage_and_nothing_else() {
@@ -1457,8 +1461,9 @@ mod tests {
 
     fn options(database: PathBuf) -> ReportOptions {
         ReportOptions {
-            databases: vec![database],
+            databases: vec![StoreLocation::Sqlite(database)],
             route: None,
+            replica: None,
             since_ms: None,
             generation: None,
             max_diff_rate: DiffRate::default(),
@@ -1793,7 +1798,7 @@ mod tests {
         );
         store(&b, &[bug(2), bug(3)]);
         let report = build(&ReportOptions {
-            databases: vec![a, b],
+            databases: vec![StoreLocation::Sqlite(a), StoreLocation::Sqlite(b)],
             ..options(PathBuf::new())
         })
         .unwrap();

@@ -26,7 +26,6 @@ use crate::proxy::StranglerProxy;
 use crate::reload::Reloader;
 use crate::routing::{RouteTable, SharedRouteTable, load_route_table_for_run};
 use crate::shadow::ShadowDispatcher;
-use crate::store::DiffStore;
 
 /// What `strangler run` was asked to do.
 #[derive(Debug, Clone)]
@@ -106,18 +105,10 @@ pub fn serve(
 
     // A config that shadows opens its store now: a store that cannot be opened stops the start
     // with one clear line, instead of every comparison being lost later to a log line.
-    let store_settings = StoreSettings {
-        path: server_config.diff_store.clone(),
-        max_rows: server_config.diff_max_rows,
-        max_age: server_config.diff_max_age,
-        max_sample: usize::try_from(server_config.diff_max_sample.as_u64()).unwrap_or(usize::MAX),
-    };
+    // (A Postgres store is connected in the background: see `crate::store::postgres`.)
+    let store_settings = StoreSettings::of(&server_config);
     let store = if table.routes().iter().any(|route| route.shadow.is_some()) {
-        Some(DiffStore::open(
-            &store_settings.path,
-            store_settings.max_rows,
-            store_settings.max_age,
-        )?)
+        store_settings.open_sqlite()?
     } else {
         None
     };

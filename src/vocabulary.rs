@@ -292,6 +292,29 @@ impl Verdict {
     }
 }
 
+/// Why a batch was not stored (the `reason` of `strangler_diff_store_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The writer's queue was full (Postgres slower than the traffic).
+    QueueFull,
+    /// Postgres could not be reached; the writer waits before it tries again.
+    Unavailable,
+    /// The write failed.
+    WriteFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [Self::QueueFull, Self::Unavailable, Self::WriteFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::Unavailable => "unavailable",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

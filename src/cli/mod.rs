@@ -3,6 +3,7 @@
 //! `man`. `main.rs` only parses arguments and dispatches here.
 
 pub mod github;
+pub mod healthcheck;
 pub mod validate;
 
 use std::io::Write;

@@ -324,9 +324,25 @@ pub struct ServerConfig {
     /// (`dropped_memory`); the primary is never affected.
     #[schemars(with = "ByteSizeSchema")]
     pub shadow_max_memory: bytesize::ByteSize,
-    /// SQLite file where compared exchanges are stored; opened at start when a route shadows
-    /// (`run` refuses to start when it cannot be).
-    pub diff_store: std::path::PathBuf,
+    /// Where compared exchanges are stored: a SQLite file, opened at start when a route shadows
+    /// (`run` refuses to start when it cannot be), or a Postgres database shared by replicas,
+    /// `postgres://USER@HOST:PORT/DATABASE` (connected in the background; its password from
+    /// `diff_store_password_file` or `STRANGLER_DIFF_STORE_PASSWORD`, and never shown).
+    #[schemars(with = "String")]
+    pub diff_store: crate::store::StoreLocation,
+    /// A file holding the Postgres password (its first line), e.g. a mounted Secret; read at
+    /// every connection. Not needed when the URL or `STRANGLER_DIFF_STORE_PASSWORD` has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_store_password_file: Option<std::path::PathBuf>,
+    /// Share of matching exchanges stored as rows, from 0 to 1 (every exchange that differed is
+    /// stored, and every exchange is counted in the store's per-minute aggregates, which
+    /// `strangler report` reads).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub diff_match_sample: f64,
+    /// The name this process's rows are stored under, so a report can tell replicas apart
+    /// (`--replica`). Default: `STRANGLER_REPLICA`, else the host name (a pod's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Stored exchanges kept at most; the oldest go first.
     pub diff_max_rows: u64,
     /// Stored exchanges older than this are deleted.
@@ -477,6 +493,9 @@ impl Default for ServerConfig {
             shadow_max_inflight: 256,
             shadow_max_memory: bytesize::ByteSize::mib(64),
             diff_store: "strangler-diffs.db".into(),
+            diff_store_password_file: None,
+            diff_match_sample: 1.0,
+            replica: None,
             diff_max_rows: 100_000,
             diff_max_age: Duration::from_secs(7 * 24 * 3600),
             diff_max_sample: bytesize::ByteSize::kib(4),

@@ -10,6 +10,8 @@
 //! This module also owns what the store must be for that: [`check_store`] tells `validate` and
 //! `run` whether `server.diff_store` can be created, and a store that fails to open or write at
 //! runtime is logged and counted in `strangler_diff_store_errors_total` (opening is retried).
+//! A Postgres store gets the judged batches through its own bounded writer
+//! ([`crate::store::postgres::Writer`]), so a slow database never holds up comparisons.
 
 mod compare;
 pub mod decode;
@@ -63,11 +65,43 @@ pub struct DiffSink {
 /// Where and how long compared exchanges are kept.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
-    pub path: std::path::PathBuf,
+    pub location: crate::store::StoreLocation,
+    /// The Postgres password's file, when the URL has none.
+    pub password_file: Option<std::path::PathBuf>,
+    /// The name rows are written under.
+    pub replica: String,
+    /// Share of matching exchanges stored as rows.
+    pub match_sample: f64,
     pub max_rows: u64,
     pub max_age: Duration,
     /// Longest body sample stored per side, in bytes (`server.diff_max_sample`).
     pub max_sample: usize,
+}
+
+impl StoreSettings {
+    /// The settings of `server`, naming the replica now.
+    pub fn of(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            location: server.diff_store.clone(),
+            password_file: server.diff_store_password_file.clone(),
+            replica: crate::store::replica_name(server.replica.as_deref()),
+            match_sample: server.diff_match_sample,
+            max_rows: server.diff_max_rows,
+            max_age: server.diff_max_age,
+            max_sample: usize::try_from(server.diff_max_sample.as_u64()).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Opens the SQLite store (`None` for Postgres, which the worker's writer connects to).
+    pub fn open_sqlite(&self) -> Result<Option<DiffStore>, crate::store::StoreError> {
+        let crate::store::StoreLocation::Sqlite(path) = &self.location else {
+            return Ok(None);
+        };
+        Ok(Some(
+            DiffStore::open(path, self.max_rows, self.max_age)?
+                .writing_as(&self.replica, self.match_sample),
+        ))
+    }
 }
 
 impl DiffSink {
@@ -81,9 +115,25 @@ impl DiffSink {
     ) -> std::io::Result<Self> {
         let (queue, jobs) = sync_channel(QUEUE_CAPACITY);
         let worker_metrics = metrics.clone();
+        let postgres = match &settings.location {
+            crate::store::StoreLocation::Postgres(url) => {
+                Some(crate::store::postgres::Writer::start(
+                    crate::store::postgres::WriterSettings {
+                        url: url.clone(),
+                        password_file: settings.password_file.clone(),
+                        replica: settings.replica.clone(),
+                        max_rows: settings.max_rows,
+                        max_age: settings.max_age,
+                        match_sample: settings.match_sample,
+                    },
+                    metrics.clone(),
+                )?)
+            }
+            crate::store::StoreLocation::Sqlite(_) => None,
+        };
         std::thread::Builder::new()
             .name("diff".into())
-            .spawn(move || run_worker(jobs, settings, store, worker_metrics))?;
+            .spawn(move || run_worker(jobs, settings, store, postgres, worker_metrics))?;
         Ok(Self { queue, metrics })
     }
 
@@ -106,6 +156,7 @@ fn run_worker(
     jobs: Receiver<DiffJob>,
     settings: StoreSettings,
     mut store: Option<DiffStore>,
+    postgres: Option<crate::store::postgres::Writer>,
     metrics: Arc<Metrics>,
 ) {
     let mut failed_open_at: Option<std::time::Instant> = None;
@@ -120,16 +171,20 @@ fn run_worker(
         if records.is_empty() {
             continue;
         }
+        if let Some(writer) = &postgres {
+            writer.submit(records);
+            continue;
+        }
         if store.is_none() {
             // The verdicts are counted already; only storing waits for the next attempt, so a
             // broken store costs one error line per `REOPEN_AFTER`, not one per exchange.
             if failed_open_at.is_some_and(|at| at.elapsed() < REOPEN_AFTER) {
                 continue;
             }
-            match DiffStore::open(&settings.path, settings.max_rows, settings.max_age) {
+            match settings.open_sqlite() {
                 Ok(opened) => {
                     failed_open_at = None;
-                    store = Some(opened);
+                    store = opened;
                 }
                 Err(error) => {
                     metrics.diff_store_errors.with_label_values(&["open"]).inc();
@@ -358,23 +413,44 @@ fn redact(
 /// files. Checked only when a route has a `shadow:`, since nothing else opens the store (a store
 /// a reload needs later is opened then, and failures count in `strangler_diff_store_errors_total`).
 /// A relative path is resolved against the working directory, as `run` does.
-pub fn check_store(config: &crate::config::Config) -> Option<Diagnostic> {
-    if !config.routes.iter().any(|route| route.shadow.is_some()) {
-        return None;
+///
+/// Also checks `server.diff_match_sample`. A Postgres store is not tried here: it is connected
+/// in the background, and an unreachable one drops comparisons (counted) without stopping the
+/// proxy.
+pub fn check_store(config: &crate::config::Config) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let sample = config.server.diff_match_sample;
+    if !(0.0..=1.0).contains(&sample) {
+        diagnostics.push(
+            Diagnostic::new(
+                "server.diff_match_sample",
+                format!("{sample} is not a share from 0 to 1"),
+            )
+            .with_hint("0.01 stores one matching exchange in a hundred; all are counted"),
+        );
     }
-    let problem = crate::store::check_writable(&config.server.diff_store).err()?;
-    Some(
+    if !config.routes.iter().any(|route| route.shadow.is_some()) {
+        return diagnostics;
+    }
+    let crate::store::StoreLocation::Sqlite(path) = &config.server.diff_store else {
+        return diagnostics;
+    };
+    let Err(problem) = crate::store::check_writable(path) else {
+        return diagnostics;
+    };
+    diagnostics.push(
         Diagnostic::new(
             "server.diff_store",
             format!(
                 "the diff store {} cannot be opened: {problem}",
-                config.server.diff_store.display()
+                path.display()
             ),
         )
         .with_hint(
             "routes with `shadow:` store their comparisons here; point it at a writable directory (a relative path is relative to the working directory)",
         ),
-    )
+    );
+    diagnostics
 }
 
 /// Compiles a route's `compare:` settings; problems go to `diagnostics` under `path`.

@@ -10,7 +10,6 @@
 //! store or a mail attachment alike.
 
 use std::fmt::Write;
-use std::path::PathBuf;
 
 use super::exchange::{BodyView, ExchangeView, Line, Mark};
 use super::{Example, PathSummary, Report, RouteSummary, Section};
@@ -25,7 +24,12 @@ const EXAMPLES_PER_ROUTE: usize = 5;
 
 /// The example exchanges of `report` (the first [`EXAMPLES_PER_ROUTE`] listed paths' examples
 /// of each route and direction), read from whichever of `databases` holds them.
-pub fn examples(report: &Report, databases: &[PathBuf]) -> Result<Vec<ExchangeView>, StoreError> {
+/// Example exchanges are read from SQLite stores; a Postgres store contributes none (its rows
+/// have no ids the layout reads yet), and the page says so by showing the paths alone.
+pub fn examples(
+    report: &Report,
+    databases: &[crate::store::StoreLocation],
+) -> Result<Vec<ExchangeView>, StoreError> {
     let mut wanted: Vec<&str> = Vec::new();
     for route in &report.routes {
         for path in route
@@ -40,7 +44,10 @@ pub fn examples(report: &Report, databases: &[PathBuf]) -> Result<Vec<ExchangeVi
         }
     }
     let mut views = Vec::new();
-    for database in databases {
+    for location in databases {
+        let crate::store::StoreLocation::Sqlite(database) = location else {
+            continue;
+        };
         let left: Vec<&str> = wanted
             .iter()
             .copied()

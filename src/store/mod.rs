@@ -1,5 +1,8 @@
 //! The diff store: one SQLite row per compared exchange, bounded by row count and age, its
-//! schema and migrations, and the queries the report and `GET /diffs` run.
+//! schema and migrations, and the queries the report and `GET /diffs` run. The Postgres store a
+//! fleet shares is in [`postgres`]; [`StoreLocation`] says which one a path or URL names, and the
+//! functions at the end of this file ([`scan`], [`summary`], [`latest`]) dispatch on it. Both
+//! keep per-minute counts of every exchange ([`aggregate`]) beside the rows.
 //!
 //! Only the diff worker thread writes, in batches, so the proxy never waits on disk. Everything
 //! stored is already redacted: sensitive headers never reach it and body samples are bounded.
@@ -16,7 +19,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use crate::record::{DiffRecord, Difference};
 use crate::vocabulary::Verdict;
 
+pub mod aggregate;
+mod location;
+pub mod postgres;
+mod sqlite_counts;
 pub mod summary;
+
+pub use aggregate::{SummaryQuery, SummaryRow};
+pub use location::{PostgresUrl, StoreLocation, replica_name};
 
 /// Which records a read returns. The default is every record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,6 +36,8 @@ pub struct Filter {
     pub since_ms: i64,
     pub verdict: Option<Verdict>,
     pub generation: Option<GenerationFilter>,
+    /// Only records written by this replica (`server.replica`).
+    pub replica: Option<String>,
 }
 
 /// Which config generation's records a read returns.
@@ -48,6 +60,27 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("diff store {store}: {}", postgres_message(.source))]
+    Postgres {
+        /// The URL without its password.
+        store: String,
+        #[source]
+        source: ::postgres::Error,
+    },
+    #[error(
+        "diff store {store}: no strangler diff store here (no schema); a proxy creates it when it first writes"
+    )]
+    NoStore { store: String },
+    #[error(
+        "diff store {store}: the server asks for a password and none is set: use STRANGLER_DIFF_STORE_PASSWORD or server.diff_store_password_file"
+    )]
+    NoPassword { store: String },
+    #[error("diff store password file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "diff store {path}: schema version {found} is newer than this strangler knows ({supported}); use a newer strangler or another file"
     )]
@@ -58,6 +91,21 @@ pub enum StoreError {
     },
 }
 
+/// A Postgres error with the server's message and detail (its `Display` alone says `db error`).
+fn postgres_message(error: &::postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        // Its `Display` is the kind alone (`error connecting to server`): add the cause.
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
+    }
+}
+
 /// Writes compared exchanges; owned by the diff worker.
 pub struct DiffStore {
     connection: Connection,
@@ -65,6 +113,10 @@ pub struct DiffStore {
     max_rows: u64,
     max_age: Duration,
     inserts_since_trim: u64,
+    /// Written into every row and count.
+    replica: String,
+    /// Share of matching exchanges stored as rows (all are counted).
+    match_sample: f64,
 }
 
 /// Schema migrations, in order: `MIGRATIONS[n]` takes a store from `PRAGMA user_version` n to
@@ -96,6 +148,32 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE diffs ADD COLUMN stage TEXT;
     ALTER TABLE diffs ADD COLUMN generation INTEGER;
     ALTER TABLE diffs ADD COLUMN config_sha256 TEXT;",
+    // 3: which replica wrote a row, and per-minute counts of every exchange (see
+    // `aggregate`), filled from the rows already there.
+    "ALTER TABLE diffs ADD COLUMN replica TEXT;
+    CREATE TABLE diff_counts (
+        minute_ms INTEGER NOT NULL,
+        replica TEXT NOT NULL,
+        route TEXT NOT NULL,
+        primary_upstream TEXT NOT NULL,
+        candidate_upstream TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        config_sha256 TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        primary_status INTEGER NOT NULL,
+        shadow_status INTEGER NOT NULL,
+        exchanges INTEGER NOT NULL,
+        last_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, replica, route, primary_upstream, candidate_upstream, stage,
+                     generation, config_sha256, verdict, primary_status, shadow_status)
+    );
+    INSERT INTO diff_counts
+    SELECT at_ms - (at_ms % 60000), '', route, COALESCE(primary_upstream, ''),
+           COALESCE(candidate_upstream, ''), COALESCE(stage, ''), COALESCE(generation, -1),
+           COALESCE(config_sha256, ''), verdict, COALESCE(primary_status, 0),
+           COALESCE(shadow_status, 0), COUNT(*), MAX(at_ms)
+    FROM diffs GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11;",
 ];
 
 /// The schema version this build writes.
@@ -103,6 +181,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The first schema version with provenance columns.
 const PROVENANCE_VERSION: i64 = 2;
+
+/// The first schema version with a replica column and per-minute counts.
+const COUNTS_VERSION: i64 = 3;
 
 /// Rows written between two retention passes.
 const TRIM_EVERY: u64 = 500;
@@ -126,7 +207,16 @@ impl DiffStore {
             max_rows,
             max_age,
             inserts_since_trim: 0,
+            replica: String::new(),
+            match_sample: 1.0,
         })
+    }
+
+    /// Writes as `replica`, keeping `match_sample` (0 to 1) of the matching exchanges as rows.
+    pub fn writing_as(mut self, replica: &str, match_sample: f64) -> Self {
+        self.replica = replica.to_owned();
+        self.match_sample = match_sample.clamp(0.0, 1.0);
+        self
     }
 
     /// Stores a batch in one transaction, then applies retention now and then.
@@ -142,12 +232,16 @@ impl DiffStore {
                 .prepare_cached(
                     "INSERT INTO diffs (at_ms, route, method, path, query, request_id, primary_status,
                      shadow_status, verdict, differences, noise, primary_sample, shadow_sample,
-                     primary_upstream, candidate_upstream, stage, generation, config_sha256)
+                     primary_upstream, candidate_upstream, stage, generation, config_sha256,
+                     replica)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     ?16, ?17, ?18)",
+                     ?16, ?17, ?18, ?19)",
                 )
                 .map_err(error)?;
-            for record in records {
+            for record in records
+                .iter()
+                .filter(|record| aggregate::keep_row(record, self.match_sample))
+            {
                 statement
                     .execute(params![
                         record.at_ms,
@@ -170,10 +264,12 @@ impl DiffStore {
                             .generation
                             .map(|g| i64::try_from(g).unwrap_or(i64::MAX)),
                         record.config_sha256,
+                        self.replica,
                     ])
                     .map_err(error)?;
             }
         }
+        sqlite_counts::write_counts(&transaction, &self.replica, records).map_err(error)?;
         transaction.commit().map_err(error)?;
         self.inserts_since_trim += records.len() as u64;
         if self.inserts_since_trim >= TRIM_EVERY {
@@ -201,6 +297,12 @@ impl DiffStore {
                 self.connection.execute(
                     "DELETE FROM diffs WHERE id <= (SELECT MAX(id) FROM diffs) - ?1",
                     params![max_rows],
+                )
+            })
+            .and_then(|_| {
+                self.connection.execute(
+                    "DELETE FROM diff_counts WHERE minute_ms < ?1",
+                    params![oldest - aggregate::BUCKET_MS],
                 )
             })
             .map(|_| ())
@@ -395,7 +497,9 @@ pub fn scan_for_report(
     };
     let provenance = reader.provenance_columns();
     let mut counts = Vec::new();
-    {
+    if reader.counts {
+        counts = sqlite_counts::exchange_counts(&reader.connection, filter).map_err(error)?;
+    } else {
         let mut statement = reader
             .connection
             .prepare(&format!(
@@ -515,6 +619,8 @@ struct Reader {
     shown: String,
     /// Whether the store has the provenance columns (schema version 2 and later).
     provenance: bool,
+    /// Whether it has the replica column and the counts (version 3 and later).
+    counts: bool,
 }
 
 impl Reader {
@@ -543,6 +649,7 @@ impl Reader {
             connection,
             shown,
             provenance: version >= PROVENANCE_VERSION,
+            counts: version >= COUNTS_VERSION,
         })
     }
 
@@ -577,6 +684,10 @@ impl Reader {
             // Nothing in a store from before provenance has a generation.
             return Ok(None);
         }
+        if filter.replica.is_some() && !self.counts {
+            // Nor a replica, before version 3.
+            return Ok(None);
+        }
         let mut sql = String::from("at_ms >= ?");
         let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(filter.since_ms)];
         if let Some(route) = &filter.route {
@@ -586,6 +697,10 @@ impl Reader {
         if let Some(verdict) = filter.verdict {
             sql.push_str(" AND verdict = ?");
             values.push(Box::new(verdict));
+        }
+        if let Some(replica) = &filter.replica {
+            sql.push_str(" AND replica = ?");
+            values.push(Box::new(replica.clone()));
         }
         match filter.generation {
             None => {}
@@ -669,6 +784,59 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
             .map(|_| ())
             .map_err(|error| format!("cannot write {}: {error}", path.display())),
         Err(_) => Ok(()),
+    }
+}
+
+/// [`scan_for_report`] of whichever store `location` names.
+pub fn scan(
+    location: &StoreLocation,
+    filter: &Filter,
+    each: impl FnMut(DifferingExchange),
+) -> Result<ReportCounts, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => scan_for_report(path, filter, each),
+        // Postgres keeps no per-request-path counts yet: suggestions there measure a path
+        // against the differing exchanges only (see docs/diffing.md).
+        StoreLocation::Postgres(url) => {
+            postgres::scan_for_report(url, filter, each).map(|exchanges| ReportCounts {
+                exchanges,
+                shapes: Vec::new(),
+            })
+        }
+    }
+}
+
+/// [`read_latest`] of whichever store `location` names; a Postgres password (when the URL and
+/// `STRANGLER_DIFF_STORE_PASSWORD` have none) from `password_file`.
+pub fn latest(
+    location: &StoreLocation,
+    password_file: Option<&Path>,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<DiffRecord>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => read_latest(path, filter, limit),
+        StoreLocation::Postgres(url) => postgres::read_latest(url, password_file, filter, limit),
+    }
+}
+
+/// The store-level summary of `location`: exchanges by verdict per route, direction,
+/// generation and time bucket, from the aggregates (what `GET /diffs/summary` serves). A SQLite
+/// store from before the aggregates (schema version 3) has none: it answers an empty summary.
+pub fn summary(
+    location: &StoreLocation,
+    password_file: Option<&Path>,
+    query: &SummaryQuery,
+) -> Result<Vec<SummaryRow>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => {
+            let reader = Reader::open(path)?;
+            if !reader.counts {
+                return Ok(Vec::new());
+            }
+            sqlite_counts::summary(&reader.connection, query).map_err(|source| reader.error(source))
+        }
+        StoreLocation::Postgres(url) => postgres::summary(url, password_file, query),
     }
 }
 
@@ -1037,6 +1205,117 @@ mod tests {
         assert_eq!(
             scan_for_report(&path, &latest, |_| ()).unwrap(),
             ReportCounts::default()
+        );
+    }
+
+    #[test]
+    fn counts_cover_every_exchange_when_only_differing_rows_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        let mut store = DiffStore::open(&path, 1000, Duration::from_secs(3600))
+            .unwrap()
+            .writing_as("pod-1", 0.0);
+        let mut records: Vec<DiffRecord> = (0..30).map(|_| record("orders", "match")).collect();
+        records.extend((0..4).map(|_| record("orders", "mismatch")));
+        records.push(DiffRecord {
+            shadow_status: None,
+            ..record("orders", "shadow_error")
+        });
+        records.push(record("orders", "noise"));
+        store.insert(&records).unwrap();
+
+        // Rows: only what differed. Counts: everything.
+        let rows = read_records(&path, &Filter::default()).unwrap();
+        assert_eq!(rows.len(), 6);
+        let mut streamed = 0;
+        let counts = scan_for_report(&path, &Filter::default(), |_| streamed += 1)
+            .unwrap()
+            .exchanges;
+        assert_eq!(streamed, 6);
+        let total: u64 = counts.iter().map(|count| count.exchanges).sum();
+        assert_eq!(total, 36);
+        let errors = counts
+            .iter()
+            .find(|c| c.verdict == Verdict::ShadowError)
+            .unwrap();
+        assert_eq!((errors.shadow_status, errors.exchanges), (None, 1));
+        assert_eq!(errors.primary_upstream.as_deref(), Some("legacy"));
+
+        let location = StoreLocation::Sqlite(path.clone());
+        let summary = summary(
+            &location,
+            None,
+            &SummaryQuery {
+                filter: Filter::default(),
+                bucket_ms: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.len(), 1);
+        let row = &summary[0];
+        assert_eq!(
+            (
+                row.exchanges,
+                row.matches,
+                row.mismatches,
+                row.noise,
+                row.errors
+            ),
+            (36, 30, 4, 1, 1)
+        );
+        assert_eq!(row.candidate_upstream.as_deref(), Some("new"));
+        assert_eq!(row.generation, Some(1));
+        let hourly = super::summary(
+            &location,
+            None,
+            &SummaryQuery {
+                filter: Filter::default(),
+                bucket_ms: 3_600_000,
+            },
+        )
+        .unwrap();
+        assert_eq!(hourly.len(), 1);
+        assert_eq!(hourly[0].bucket_ms % 3_600_000, 0);
+        assert_eq!(hourly[0].bucket_ms, now_ms() - now_ms() % 3_600_000);
+
+        // The replica filter applies to rows and counts alike.
+        let other = Filter {
+            replica: Some("pod-2".into()),
+            ..Filter::default()
+        };
+        assert!(
+            scan_for_report(&path, &other, |_| ())
+                .unwrap()
+                .exchanges
+                .is_empty()
+        );
+        let mine = Filter {
+            replica: Some("pod-1".into()),
+            ..Filter::default()
+        };
+        assert_eq!(read_records(&path, &mine).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn the_migration_to_counts_counts_the_rows_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(VERSION_ZERO)
+            .unwrap();
+        drop(DiffStore::open(&path, 100, Duration::from_secs(3600)).unwrap());
+        let counts = scan_for_report(&path, &Filter::default(), |_| ())
+            .unwrap()
+            .exchanges;
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            (
+                counts[0].verdict.as_str(),
+                counts[0].exchanges,
+                &counts[0].generation
+            ),
+            ("mismatch", 1, &None)
         );
     }
 

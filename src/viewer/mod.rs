@@ -75,8 +75,37 @@ pub async fn respond(
         return page(body, content_type);
     }
     let table = routes.load_full();
-    let store = table.config().server.diff_store.clone();
     let now = crate::store::now_ms();
+    let store = match table.config().server.diff_store.clone() {
+        crate::store::StoreLocation::Sqlite(path) => path,
+        // A fleet's shared Postgres store: the newest records are listed; the views built on
+        // the SQLite file's row ids (pages, one exchange, the overview) are not served yet.
+        location @ crate::store::StoreLocation::Postgres(_) => {
+            if path != "/diffs" {
+                return json_response(
+                    StatusCode::NOT_IMPLEMENTED,
+                    &json!({
+                        "error": "the viewer's summary and exchange views read a SQLite diff store; with a Postgres store use `strangler report --db postgres://...` and /diffs"
+                    }),
+                );
+            }
+            let parsed = match DiffsQuery::parse(query, now, "/diffs", query::LIST) {
+                Ok(parsed) => parsed,
+                Err(error) => return refused(error),
+            };
+            let password_file = table.config().server.diff_store_password_file.clone();
+            return blocking(move || {
+                let records = crate::store::latest(
+                    &location,
+                    password_file.as_deref(),
+                    &parsed.filter,
+                    parsed.limit,
+                )?;
+                Ok(json!({ "diffs": records, "next_before": null }))
+            })
+            .await;
+        }
+    };
     match path {
         "/diffs" => {
             let parsed = match DiffsQuery::parse(query, now, "/diffs", query::LIST) {
@@ -173,7 +202,8 @@ pub fn overview(store: &Path, filter: &Filter, now_ms: i64) -> Result<Value, Sto
         }));
     }
     let report = report::build(&ReportOptions {
-        databases: vec![store.to_path_buf()],
+        databases: vec![crate::store::StoreLocation::Sqlite(store.to_path_buf())],
+        replica: None,
         route: filter.route.clone(),
         since_ms: (filter.since_ms > 0).then(|| now_ms.saturating_sub(filter.since_ms)),
         generation: filter.generation,

@@ -197,6 +197,7 @@ mod tests {
                     since_ms: 8_000,
                     verdict: Some(Verdict::ShadowError),
                     generation: Some(GenerationFilter::Number(3)),
+                    replica: None,
                 },
                 limit: 1000,
                 before: Some(17),

@@ -1,0 +1,527 @@
+//! The Postgres diff store against a real Postgres started by the test (see
+//! `support::postgres`): replicas sharing one database, one report over all of them, the
+//! aggregates agreeing with the rows, and a database that goes away under load without costing
+//! a client request.
+
+use crate::support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::Value;
+use support::postgres::{PASSWORD, Postgres};
+use support::{Backend, DEADLINE, Ports, Proxy, Recorded, binary};
+
+/// Orders as legacy or the candidate answers them: the candidate gets the total of every
+/// fourth order wrong, so a run mixes matches and mismatches.
+fn orders(candidate: bool) -> support::Responder {
+    Arc::new(move |request: &Recorded| {
+        let id: u64 = request
+            .target
+            .rsplit('/')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
+        let total = if candidate && id % 4 == 0 { 99 } else { 100 };
+        hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"id":{id},"total":{total}}}"#
+            ))))
+            .unwrap()
+    })
+}
+
+/// Starts a proxy that shadows `/orders` and stores into `postgres` as `replica`, keeping
+/// `match_sample` of the matching exchanges as rows; its password comes from a file.
+async fn proxy(
+    postgres: &Postgres,
+    legacy: &Backend,
+    candidate: &Backend,
+    replica: &str,
+    match_sample: f64,
+) -> Proxy {
+    let ports = Ports::reserve();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = postgres.password_file(dir.path());
+    let config = format!(
+        r#"server:
+  listen: {listen}
+  admin: {admin}
+  threads: 1
+  diff_store: {url}
+  diff_store_password_file: {password_file}
+  diff_match_sample: {match_sample}
+  replica: {replica}
+upstreams:
+  legacy: {{ backends: [{legacy}] }}
+  orders-v2: {{ backends: [{candidate}] }}
+default_upstream: legacy
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    shadow: {{ upstream: orders-v2 }}
+"#,
+        listen = ports.listen,
+        admin = ports.admin,
+        url = postgres.url(),
+        password_file = password_file.display(),
+        legacy = legacy.address,
+        candidate = candidate.address,
+    );
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config).unwrap();
+    Proxy::start_with(dir, &path, ports, &[], &[("RUST_LOG", "info")]).await
+}
+
+/// Sends `/orders/1..=count` through `proxy`; every answer must be legacy's 200.
+async fn traffic(proxy: &Proxy, ids: std::ops::RangeInclusive<u64>) {
+    for id in ids {
+        let response = proxy.get(&format!("/orders/{id}")).await;
+        assert_eq!(response.status, 200, "{}", proxy.stderr());
+    }
+}
+
+/// `strangler report --format json --db URL args...` with the password from the environment:
+/// (exit code, the document, stderr).
+fn report(url: &str, args: &[&str]) -> (i32, Option<Value>, String) {
+    let mut command = std::process::Command::new(binary());
+    command
+        .args([
+            "report",
+            "--format",
+            "json",
+            "--min-samples",
+            "0",
+            "--db",
+            url,
+        ])
+        .args(args)
+        .env("STRANGLER_DIFF_STORE_PASSWORD", PASSWORD);
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    (
+        output.status.code().unwrap_or(-1),
+        serde_json::from_str(&stdout).ok(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// (samples, mismatches) of the report's `orders` groups together.
+fn totals(document: &Value) -> (u64, u64) {
+    document["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold((0, 0), |(samples, mismatches), group| {
+            (
+                samples + group["samples"].as_u64().unwrap(),
+                mismatches + group["mismatches"].as_u64().unwrap(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_proxies_write_to_one_database_and_one_report_sees_both() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    // Replica a keeps no matching rows, replica b all of them: the counts must not care.
+    let a = proxy(&postgres, &legacy, &candidate, "replica-a", 0.0).await;
+    let b = proxy(&postgres, &legacy, &candidate, "replica-b", 1.0).await;
+    traffic(&a, 1..=40).await;
+    traffic(&b, 1..=20).await;
+    a.wait_for_metric("strangler_diff_store_written_total", 40.0)
+        .await;
+    b.wait_for_metric("strangler_diff_store_written_total", 20.0)
+        .await;
+
+    let (code, document, stderr) = report(&postgres.url(), &[]);
+    let document = document.unwrap_or_else(|| panic!("no report ({code}): {stderr}"));
+    assert_eq!(totals(&document), (60, 15), "{document:#}");
+    assert_eq!(code, 1, "15 of 60 differ: over the default 1%");
+    let route = &document["routes"][0];
+    assert_eq!(route["route"], "orders");
+    assert_eq!(route["paths"][0]["path"], "$.total", "{route:#}");
+    assert_eq!(route["paths"][0]["exchanges"], 15);
+
+    let (_, only_a, _) = report(&postgres.url(), &["--replica", "replica-a"]);
+    assert_eq!(totals(&only_a.unwrap()), (40, 10));
+    let (_, only_b, _) = report(&postgres.url(), &["--replica", "replica-b"]);
+    assert_eq!(totals(&only_b.unwrap()), (20, 5));
+
+    // The aggregates agree with the rows: every mismatch is a row, matches only where kept.
+    let rows = postgres.query(
+        "SELECT replica || ':' || verdict || '=' || COUNT(*) FROM diffs
+         GROUP BY replica, verdict ORDER BY 1",
+    );
+    assert_eq!(
+        rows,
+        "replica-a:mismatch=10\nreplica-b:match=15\nreplica-b:mismatch=5"
+    );
+    let counted = postgres.query(
+        "SELECT replica || ':' || verdict || '=' || SUM(exchanges) FROM diff_counts
+         GROUP BY replica, verdict ORDER BY 1",
+    );
+    assert_eq!(
+        counted,
+        "replica-a:match=30\nreplica-a:mismatch=10\nreplica-b:match=15\nreplica-b:mismatch=5"
+    );
+    assert_eq!(
+        postgres.query("SELECT version FROM strangler_schema_version"),
+        "1"
+    );
+
+    // GET /diffs reads the shared database: rows of both replicas, newest first.
+    let diffs = support::get(a.admin, "/diffs?limit=5")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        diffs["diffs"].as_array().map(Vec::len),
+        Some(5),
+        "{diffs:#}"
+    );
+    let mismatches = support::get(a.admin, "/diffs?verdict=mismatch&limit=100")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(mismatches["diffs"].as_array().unwrap().len(), 15);
+
+    // The store-level summary (what /diffs/summary serves) reads the same counts.
+    let location: strangler::store::StoreLocation = postgres.url_with_password().parse().unwrap();
+    let summary = tokio::task::spawn_blocking(move || {
+        strangler::store::summary(
+            &location,
+            None,
+            &strangler::store::SummaryQuery {
+                filter: strangler::store::Filter::default(),
+                bucket_ms: 0,
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    let row = &summary[0];
+    assert_eq!(
+        (
+            row.exchanges,
+            row.matches,
+            row.mismatches,
+            row.noise,
+            row.errors
+        ),
+        (60, 45, 15, 0, 0)
+    );
+    assert_eq!(
+        (
+            row.primary_upstream.as_deref(),
+            row.candidate_upstream.as_deref()
+        ),
+        (Some("legacy"), Some("orders-v2"))
+    );
+
+    // The password is in no log line and not in the live config.
+    let routes = a.routes().await.to_string();
+    assert!(routes.contains(&postgres.url()), "{routes}");
+    for shown in [routes, a.stderr(), b.stderr()] {
+        assert!(!shown.contains(PASSWORD), "{shown}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_under_load_costs_no_client_request_and_writes_resume_when_it_returns() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    let proxy = proxy(&postgres, &legacy, &candidate, "solo", 0.0).await;
+    traffic(&proxy, 1..=20).await;
+    proxy
+        .wait_for_metric("strangler_diff_store_written_total", 20.0)
+        .await;
+
+    postgres.stop_server();
+    // Requests keep flowing while the store is gone; every one is answered.
+    let mut sent = 0;
+    let started = Instant::now();
+    while proxy
+        .metric("strangler_diff_store_dropped_total{reason=\"unavailable\"}")
+        .await
+        .unwrap_or(0.0)
+        + proxy
+            .metric("strangler_diff_store_dropped_total{reason=\"write_failed\"}")
+            .await
+            .unwrap_or(0.0)
+        < 5.0
+    {
+        traffic(&proxy, 1..=4).await;
+        sent += 4;
+        assert!(
+            started.elapsed() < DEADLINE,
+            "nothing dropped after {sent} requests:\n{}",
+            proxy.stderr()
+        );
+    }
+    let errors = proxy
+        .metric("strangler_diff_store_errors_total{operation=\"open\"}")
+        .await
+        .unwrap_or(0.0)
+        + proxy
+            .metric("strangler_diff_store_errors_total{operation=\"write\"}")
+            .await
+            .unwrap_or(0.0);
+    assert!(errors >= 1.0, "store errors counted: {errors}");
+    // A report on a database that is down fails clearly, without the password.
+    let (code, _, stderr) = report(&postgres.url_with_password(), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("127.0.0.1"), "{stderr}");
+    assert!(
+        stderr.contains("Connection refused"),
+        "the cause is shown: {stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    postgres.start_server();
+    let before = proxy
+        .metric("strangler_diff_store_written_total")
+        .await
+        .unwrap_or(0.0);
+    // The writer reconnects after its backoff (10 s at most): traffic until it has.
+    let started = Instant::now();
+    loop {
+        traffic(&proxy, 1..=4).await;
+        let written = proxy
+            .metric("strangler_diff_store_written_total")
+            .await
+            .unwrap_or(0.0);
+        if written >= before + 8.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE + Duration::from_secs(10),
+            "writes never resumed:\n{}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, document, stderr) = report(&postgres.url(), &[]);
+    let (samples, _) = totals(&document.unwrap_or_else(|| panic!("{stderr}")));
+    assert!(
+        samples >= 28,
+        "the first 20 and the ones after the restart: {samples}"
+    );
+    assert!(!proxy.stderr().contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_on_a_database_without_a_store_says_so() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let (code, _, stderr) = report(&postgres.url(), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no strangler diff store here"), "{stderr}");
+
+    // Without a password the server's demand is named, with where to put one.
+    let output = std::process::Command::new(binary())
+        .args(["report", "--db", &postgres.url()])
+        .env_remove("STRANGLER_DIFF_STORE_PASSWORD")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("STRANGLER_DIFF_STORE_PASSWORD"), "{stderr}");
+}
+
+/// An exchange of `route` as replica-independent test data: generation `generation` of config
+/// `sha`, at `at_ms`.
+fn exchange(
+    at_ms: i64,
+    generation: u64,
+    sha: &str,
+    verdict: &str,
+) -> strangler::record::DiffRecord {
+    strangler::record::DiffRecord {
+        at_ms,
+        route: "orders".into(),
+        method: "GET".into(),
+        path: "/orders/1".into(),
+        query: None,
+        request_id: format!("{generation}-{at_ms}"),
+        primary_status: Some(200),
+        shadow_status: Some(200),
+        verdict: strangler::vocabulary::Verdict::parse(verdict).expect("a verdict"),
+        differences: Vec::new(),
+        noise: Vec::new(),
+        primary_sample: None,
+        shadow_sample: None,
+        primary_upstream: Some("legacy".into()),
+        candidate_upstream: Some("orders-v2".into()),
+        stage: Some("shadow".into()),
+        generation: Some(generation),
+        config_sha256: Some(sha.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn since_reload_takes_each_replicas_newest_generation() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let strangler::store::StoreLocation::Postgres(url) =
+        postgres.url_with_password().parse().unwrap()
+    else {
+        panic!("a Postgres URL");
+    };
+    let now = strangler::store::now_ms();
+    tokio::task::spawn_blocking(move || {
+        use strangler::store::postgres::{WriterSettings, connect, migrate, write_now};
+        let mut client = connect(&url, None).unwrap();
+        migrate(&mut client, "test").unwrap();
+        let settings = |replica: &str| WriterSettings {
+            url: url.clone(),
+            password_file: None,
+            replica: replica.into(),
+            max_rows: 1000,
+            max_age: Duration::from_secs(3600),
+            match_sample: 1.0,
+        };
+        // Replica a reloaded (generation 1, then 2); replica b never did, and b's generation 1
+        // is newer than a's generation 2.
+        let a = [
+            exchange(now - 300_000, 1, "x", "mismatch"),
+            exchange(now - 299_000, 1, "x", "mismatch"),
+            exchange(now - 200_000, 2, "y", "match"),
+        ];
+        let b = [
+            exchange(now - 100_000, 1, "x", "match"),
+            exchange(now - 90_000, 1, "x", "match"),
+        ];
+        write_now(&mut client, &settings("a"), &a).unwrap();
+        write_now(&mut client, &settings("b"), &b).unwrap();
+    })
+    .await
+    .unwrap();
+    let (_, all, stderr) = report(&postgres.url(), &[]);
+    assert_eq!(totals(&all.unwrap_or_else(|| panic!("{stderr}"))), (5, 2));
+    let (code, latest, stderr) = report(&postgres.url(), &["--since-reload"]);
+    assert_eq!(
+        totals(&latest.unwrap_or_else(|| panic!("{stderr}"))),
+        (3, 0),
+        "a's generation 2 and b's generation 1, not a's generation 1"
+    );
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_clients() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    let proxy = proxy(&postgres, &legacy, &candidate, "slow", 0.0).await;
+    traffic(&proxy, 1..=4).await;
+    proxy
+        .wait_for_metric("strangler_diff_store_written_total", 4.0)
+        .await;
+
+    // A session holds the counts table locked: every write waits (up to its lock timeout).
+    let mut locker = postgres.spawn_query(
+        "BEGIN; LOCK TABLE diff_counts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
+    );
+    let started = Instant::now();
+    while postgres.query(
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'diff_counts'::regclass
+         AND mode = 'AccessExclusiveLock' AND granted",
+    ) != "1"
+    {
+        assert!(started.elapsed() < DEADLINE, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Far more comparisons than the writer's queue holds, while it is stuck.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while proxy
+        .metric("strangler_diff_store_dropped_total{reason=\"queue_full\"}")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        let sent = Instant::now();
+        traffic(&proxy, 1..=1).await;
+        slowest = slowest.max(sent.elapsed());
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the queue never filled:\n{}",
+            proxy.stderr()
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited on the store: {slowest:?}"
+    );
+    let written = proxy
+        .metric("strangler_diff_store_written_total")
+        .await
+        .unwrap_or(0.0);
+    locker.wait().unwrap();
+    // What was queued gets written once the lock is gone; new comparisons too.
+    traffic(&proxy, 1..=4).await;
+    proxy
+        .wait_for_metric("strangler_diff_store_written_total", written + 4.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_runs_in_the_database_by_age_then_by_rows() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let strangler::store::StoreLocation::Postgres(url) =
+        postgres.url_with_password().parse().unwrap()
+    else {
+        panic!("a Postgres URL");
+    };
+    let now = strangler::store::now_ms();
+    tokio::task::spawn_blocking(move || {
+        use strangler::store::postgres::{WriterSettings, connect, migrate, trim, write_now};
+        let mut client = connect(&url, None).unwrap();
+        migrate(&mut client, "test").unwrap();
+        let settings = WriterSettings {
+            url: url.clone(),
+            password_file: None,
+            replica: "r".into(),
+            max_rows: 3,
+            max_age: Duration::from_secs(3600),
+            match_sample: 1.0,
+        };
+        let two_hours_ago = now - 2 * 3600 * 1000;
+        let mut records: Vec<_> = (0..4)
+            .map(|i| exchange(two_hours_ago + i, 1, "x", "mismatch"))
+            .collect();
+        records.extend((0..5).map(|i| exchange(now - 1000 + i, 1, "x", "match")));
+        write_now(&mut client, &settings, &records).unwrap();
+        trim(&mut client, settings.max_rows, settings.max_age).unwrap();
+    })
+    .await
+    .unwrap();
+    // The old rows and their counts are gone; of the young rows, the newest 3 are kept.
+    assert_eq!(
+        postgres.query("SELECT string_agg(verdict, ',' ORDER BY id) FROM diffs"),
+        "match,match,match"
+    );
+    assert_eq!(
+        postgres.query("SELECT verdict || '=' || SUM(exchanges) FROM diff_counts GROUP BY verdict"),
+        "match=5",
+        "counts go by age only: they are what reports total"
+    );
+}
