@@ -158,6 +158,10 @@ enum Command {
         /// --min-path-share of them); 1 lists every path. The others are counted, not listed.
         #[arg(long, default_value_t = 2)]
         min_path_exchanges: u64,
+        /// Print only the `compare:` block to paste per route, each rule with its evidence
+        /// (exit 0 unless the store cannot be read).
+        #[arg(long)]
+        suggest: bool,
     },
     /// Exit 0 when a running proxy's admin API says it is ready (`GET /readyz`), 1 otherwise:
     /// a container HEALTHCHECK.
@@ -275,6 +279,7 @@ fn main() -> ExitCode {
             min_samples,
             min_path_share,
             min_path_exchanges,
+            suggest,
         } => {
             let options = strangler::report::ReportOptions {
                 databases,
@@ -302,6 +307,10 @@ fn main() -> ExitCode {
                 ReportFormat::Html => None,
             };
             let rendered = strangler::report::build(&options).and_then(|report| {
+                if suggest {
+                    let text = strangler::report::render_suggestions(&report);
+                    return Ok((None, text));
+                }
                 let text = match format {
                     Some(format) => strangler::report::render(&report, format),
                     None => {
@@ -309,12 +318,12 @@ fn main() -> ExitCode {
                         strangler::report::html::render(&report, &html)
                     }
                 };
-                Ok((report, text))
+                Ok((Some(report), text))
             });
             match rendered {
                 Ok((report, text)) => {
                     print!("{text}");
-                    if report.passed {
+                    if report.is_none_or(|report| report.passed) {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

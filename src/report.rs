@@ -240,6 +240,9 @@ pub struct RouteSummary {
     /// primary itself changed between answers to one request; never over a difference seen on
     /// stable values.
     pub suggested_ignore_json: Vec<String>,
+    /// The suggested rules with their evidence, for `--suggest`.
+    #[serde(skip)]
+    pub suggestions: Suggestions,
     /// The suggestions as a line to paste under the route's `shadow:`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suggestion: Option<String>,
@@ -772,6 +775,7 @@ fn summarize(
         suggested_ignore_json,
         suggestion,
         mismatches_with_suggestion,
+        suggestions,
     }
 }
 
@@ -1292,6 +1296,50 @@ fn xml(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// `strangler report --suggest`: per route and direction, the `compare:` block to paste under
+/// the route's `shadow:`, each rule with the evidence that justifies it (see
+/// [`crate::diff::suggest`] for the rule: never a path that differed on stable values).
+pub fn render_suggestions(report: &Report) -> String {
+    let mut out = String::new();
+    for route in &report.routes {
+        let suggestions = &route.suggestions;
+        if suggestions.ignore_headers.is_empty() && suggestions.ignore_json.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("# {} ({})", route.route, route.direction));
+        if let Some(left) = route.mismatches_with_suggestion {
+            out.push_str(&format!(": with these rules, {left} mismatches are left"));
+        }
+        out.push_str(&format!(
+            "\nroutes:\n  - name: {}\n    shadow:\n      compare:\n",
+            route.route
+        ));
+        for (key, list) in [
+            ("ignore_headers", &suggestions.ignore_headers),
+            ("ignore_json", &suggestions.ignore_json),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("        {key}:\n"));
+            for suggestion in list {
+                out.push_str(&format!(
+                    "          - '{}'   # {}\n",
+                    suggestion.rule.replace('\'', "''"),
+                    suggestion.reason
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str(
+            "# no ignore rule to suggest: nothing differs in (nearly) every exchange or as noise\n",
+        );
+    }
+    out
 }
 
 /// The report's suggested rules as YAML to paste under the route's `shadow:`.

@@ -232,6 +232,24 @@ async fn every_format_puts_a_body_bug_on_three_records_before_headers_that_diffe
         assert!(text.contains(line), "no `{line}` in:\n{text}");
     }
 
+    // --suggest: the block to paste, each rule with its evidence; the body bug is never in it.
+    let (code, block) = report(&store, &["--suggest"]);
+    assert_eq!(code, 0, "{block}");
+    assert!(
+        block.contains("routes:\n  - name: orders\n    shadow:\n      compare:\n        ignore_headers:\n          - 'access-control-allow-origin'   # differs in 100.00% of the 36 exchanges it appears in"),
+        "{block}"
+    );
+    assert!(
+        block.contains(": with these rules, 9 mismatches are left"),
+        "{block}"
+    );
+    assert!(!block.contains("total"), "{block}");
+    let pasted: serde_yaml::Value = serde_yaml::from_str(&block).unwrap();
+    assert_eq!(
+        pasted["routes"][0]["shadow"]["compare"]["ignore_headers"][2],
+        "x-powered-by"
+    );
+
     // Markdown: the same detail, the body bug in the summary and first in the route's section.
     let (_, markdown) = report(&store, &["--format", "markdown"]);
     assert!(
