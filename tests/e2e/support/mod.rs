@@ -220,13 +220,29 @@ where
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a server a test starts.
+///
+/// Picked below the kernel's ephemeral range (32768–60999 by default), where every outgoing
+/// connection of the suite takes its source port: a port freed there can be taken by some
+/// test's client before the proxy binds it (seen as a proxy exiting "address in use"). A
+/// counter keeps this process's picks apart; its start is random, so parallel runs rarely meet.
 pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        fastrand::u32(0..SPAN),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An address nothing listens on (bound, then released).
