@@ -40,7 +40,6 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use prometheus::core::Collector;
 use serde_json::json;
 
 use std::sync::Arc;
@@ -145,23 +144,13 @@ impl AdminApp {
             }
         }
         let table = self.routes.load();
-        let families = self.metrics.requests.collect();
-        let served: Vec<crate::coverage::Served<'_>> = families
+        let totals = self.metrics.requests_by_route_and_upstream();
+        let served: Vec<crate::coverage::Served<'_>> = totals
             .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|metric| {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|pair| pair.name() == name)
-                        .map(|pair| pair.value())
-                };
-                Some(crate::coverage::Served {
-                    route: label("route")?,
-                    upstream: label("upstream")?,
-                    requests: metric.get_counter().value() as u64,
-                })
+            .map(|((route, upstream), requests)| crate::coverage::Served {
+                route,
+                upstream,
+                requests: *requests,
             })
             .collect();
         let report = crate::coverage::CoverageReport::build(

@@ -385,6 +385,31 @@ impl Metrics {
         }
     }
 
+    /// `strangler_requests_total` summed over status codes: requests per (route, upstream)
+    /// since the process started. What `/coverage` and the diff viewer's traffic table read.
+    pub fn requests_by_route_and_upstream(
+        &self,
+    ) -> std::collections::BTreeMap<(String, String), u64> {
+        use prometheus::core::Collector;
+        let mut totals = std::collections::BTreeMap::new();
+        for family in self.requests.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == name)
+                        .map(|pair| pair.value().to_owned())
+                };
+                if let (Some(route), Some(upstream)) = (label("route"), label("upstream")) {
+                    *totals.entry((route, upstream)).or_default() +=
+                        metric.get_counter().value() as u64;
+                }
+            }
+        }
+        totals
+    }
+
     pub fn diff_result(&self, route: &str, result: DiffResult) {
         self.diffs
             .with_label_values(&[route, result.as_str()])

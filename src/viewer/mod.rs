@@ -306,28 +306,14 @@ pub fn direction(group: &GroupCounts) -> String {
 /// Each route's requests per upstream since the process started, from
 /// `strangler_requests_total`: how much of its traffic the new service already serves.
 fn traffic(table: &RouteTable, metrics: &Metrics) -> Value {
-    use prometheus::core::Collector;
     let mut per_route: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
         Default::default();
-    for family in metrics.requests.collect() {
-        for metric in family.get_metric() {
-            let label = |name: &str| {
-                metric
-                    .get_label()
-                    .iter()
-                    .find(|pair| pair.name() == name)
-                    .map(|pair| pair.value().to_owned())
-            };
-            let (Some(route), Some(upstream)) = (label("route"), label("upstream")) else {
-                continue;
-            };
-            let requests = metric.get_counter().value() as u64;
-            *per_route
-                .entry(route)
-                .or_default()
-                .entry(upstream)
-                .or_default() += requests;
-        }
+    for ((route, upstream), requests) in metrics.requests_by_route_and_upstream() {
+        *per_route
+            .entry(route)
+            .or_default()
+            .entry(upstream)
+            .or_default() += requests;
     }
     let legacy_of = |route: &str| {
         table.routes().iter().find(|r| r.name == route).map(|r| {
