@@ -735,9 +735,13 @@ async fn rapidly_reset_h2_streams_end_the_connection_and_others_are_served() {
         .await
         .expect("the server ends the connection")
         .unwrap();
-    let error = ended.expect_err("ended by the server with GOAWAY");
+    let error = ended.expect_err("ended by the server");
+    // The server sends GOAWAY and closes; a client still writing its next reset may see the
+    // closed socket (broken pipe, reset) before it reads the GOAWAY.
     assert!(
-        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_go_away(),
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+            || error.is_go_away()
+            || error.is_io(),
         "{error} after {sent} resets in {:?}",
         started.elapsed()
     );
