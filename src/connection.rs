@@ -71,7 +71,7 @@ const REFUSAL_READ_WAIT: Duration = Duration::from_millis(50);
 /// An answer written straight to the socket, before (or instead of) Pingora parsing a request,
 /// with a fresh request id, as every proxy-generated error carries one.
 fn raw_error_response(status_line: &str, reason: &str, extra_headers: &str) -> (String, Vec<u8>) {
-    let request_id = crate::proxy::new_request_id();
+    let request_id = new_request_id();
     let request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
     let response = format!(
         "HTTP/1.1 {status_line}\r\ncontent-length: 0\r\n{extra_headers}\
@@ -786,6 +786,14 @@ impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
     }
+}
+
+/// A fresh request id (a UUID v4), for requests that bring none or an unusable one, and for
+/// the connection layer's own refusals. Here, below the proxy, so both layers use one.
+pub(crate) fn new_request_id() -> http::HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@
 //!    backend clients) sits with [`upstream`] below.
 //! 8. [`lifecycle`] (stop and upgrade), [`server`] and [`demo`]: the process.
 //!
-//! `connection` and `proxy` still use each other (the request id); that tie is the one
-//! tolerated exception. A unit test reads the `crate::` references of `src/` and fails naming
+//! There is no exception: request ids are minted in `connection`, which `proxy` uses. A unit
+//! test reads the `crate::` references of `src/` and fails naming
 //! any cycle: `cargo test --lib module_graph`.
 
 pub mod admin;

@@ -312,7 +312,7 @@ impl ProxyHttp for StranglerProxy {
         match request.headers.get(REQUEST_ID) {
             Some(id) if is_acceptable_request_id(id) => ctx.request_id = id.clone(),
             _ => {
-                ctx.request_id = new_request_id();
+                ctx.request_id = connection::new_request_id();
                 request.insert_header(REQUEST_ID, ctx.request_id.clone())?;
             }
         }
@@ -970,12 +970,6 @@ fn is_acceptable_request_id(id: &HeaderValue) -> bool {
         && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
-pub(crate) fn new_request_id() -> HeaderValue {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    HeaderValue::from_str(id).expect("a UUID is a valid header value")
-}
-
 /// The address of the connection's peer (the client, or the load balancer in front).
 fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
@@ -1090,7 +1084,7 @@ mod tests {
 
     #[test]
     fn generated_request_ids_are_uuids() {
-        let id = new_request_id();
+        let id = connection::new_request_id();
         assert_eq!(id.len(), 36);
         assert!(is_acceptable_request_id(&id));
         assert!(!is_acceptable_request_id(&HeaderValue::from_static(
