@@ -26,7 +26,7 @@
 //! Pingora drives a whole HTTP/1 connection, request after request, inside one task.
 //!
 //! What this module does not own: the request limits checked on parsed headers (URI length,
-//! header count and size, body size; see `proxy.rs`) and the body idle timeout (Pingora's
+//! header count and size, body size; see `proxy/limits.rs`) and the body idle timeout (Pingora's
 //! downstream read timeout, set per request by the proxy).
 
 use std::io;
@@ -51,7 +51,9 @@ use tokio::time::Sleep;
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::response::ErrorResponse;
 use crate::routing::SharedRouteTable;
+use crate::vocabulary::Reason;
 
 /// How long past a request's deadline the watch waits before it closes the connection, so the
 /// proxy's own checks (which answer 504, or cut the response and log it) go first: they see
@@ -70,14 +72,10 @@ const REFUSAL_READ_WAIT: Duration = Duration::from_millis(50);
 
 /// An answer written straight to the socket, before (or instead of) Pingora parsing a request,
 /// with a fresh request id, as every proxy-generated error carries one.
-fn raw_error_response(status_line: &str, reason: &str, extra_headers: &str) -> (String, Vec<u8>) {
+fn raw_error_response(reason: Reason) -> (String, Vec<u8>) {
     let request_id = new_request_id();
-    let request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
-    let response = format!(
-        "HTTP/1.1 {status_line}\r\ncontent-length: 0\r\n{extra_headers}\
-         x-strangler-error: {reason}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
-    );
-    (request_id, response.into_bytes())
+    let logged = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+    (logged, ErrorResponse::of(reason, request_id).to_raw_http1())
 }
 
 fn peer_address(stream: &Stream) -> Option<String> {
@@ -195,7 +193,7 @@ where
         let Some(_slot) = ConnectionSlot::take(self, max_connections) else {
             self.metrics
                 .connections_closed
-                .with_label_values(&["too_many_connections"])
+                .with_label_values(&[Reason::TooManyConnections.as_str()])
                 .inc();
             refuse(stream, max_connections).await;
             return None;
@@ -234,6 +232,7 @@ where
                 // Dropping `serve` closes the connection; no request was on its way.
                 self.metrics
                     .connections_closed
+                    // Not a `Reason`: nothing is answered, the connection was idle.
                     .with_label_values(&["drain_idle"])
                     .inc();
             }
@@ -241,7 +240,7 @@ where
                 // Dropping `serve` closes the connection (and the upstream's, if any).
                 self.metrics
                     .connections_closed
-                    .with_label_values(&["request_timeout"])
+                    .with_label_values(&[Reason::RequestTimeout.as_str()])
                     .inc();
                 let request_id = state.request_id.lock().unwrap_or_else(|e| e.into_inner()).take();
                 tracing::warn!(
@@ -264,11 +263,7 @@ where
 /// Answers a connection over the limit with a 503 and closes it, best effort: the client may not
 /// be listening, and nothing more is owed to it.
 async fn refuse(mut stream: Stream, max_connections: usize) {
-    let (request_id, response) = raw_error_response(
-        "503 Service Unavailable",
-        "too_many_connections",
-        "retry-after: 1\r\n",
-    );
+    let (request_id, response) = raw_error_response(Reason::TooManyConnections);
     tracing::warn!(
         request_id,
         client = peer_address(&stream),
@@ -532,8 +527,8 @@ struct HeadScan {
 }
 
 impl HeadScan {
-    /// Feeds newly read bytes; the refusal (status line, reason) once a limit is passed.
-    fn feed(&mut self, bytes: &[u8], limits: &HeadLimits) -> Option<(&'static str, &'static str)> {
+    /// Feeds newly read bytes; the refusal once a limit is passed.
+    fn feed(&mut self, bytes: &[u8], limits: &HeadLimits) -> Option<Reason> {
         for &byte in bytes {
             if self.done {
                 return None;
@@ -552,13 +547,13 @@ impl HeadScan {
                 _ => self.line += 1,
             }
             if self.lines == 0 && self.line > limits.request_line {
-                return Some(("414 URI Too Long", "uri_too_long"));
+                return Some(Reason::UriTooLong);
             }
             if self.lines > limits.header_lines + 1 {
-                return Some(("431 Request Header Fields Too Large", "too_many_headers"));
+                return Some(Reason::TooManyHeaders);
             }
             if self.bytes > limits.head_bytes {
-                return Some(("431 Request Header Fields Too Large", "headers_too_large"));
+                return Some(Reason::HeadersTooLarge);
             }
         }
         None
@@ -596,16 +591,11 @@ impl GuardedStream {
         }
     }
 
-    /// Answers `status_line` straight to the client (best effort, once: a socket's send buffer
+    /// Answers `reason` straight to the client (best effort, once: a socket's send buffer
     /// takes these few bytes whole) and ends the connection: reads see end of stream, which
     /// Pingora takes as a client gone, quietly.
-    fn refuse_head(
-        &mut self,
-        cx: &mut Context<'_>,
-        status_line: &str,
-        reason: &'static str,
-    ) -> String {
-        let (request_id, response) = raw_error_response(status_line, reason, "");
+    fn refuse_head(&mut self, cx: &mut Context<'_>, reason: Reason) -> String {
+        let (request_id, response) = raw_error_response(reason);
         let _ = Pin::new(&mut self.inner).poll_write(cx, &response);
         // Closing a socket with unread bytes resets it, and a reset can destroy the answer
         // before the client reads it: take in what has already arrived (bounded).
@@ -621,7 +611,7 @@ impl GuardedStream {
         self.head.done = true;
         self.metrics
             .connections_closed
-            .with_label_values(&[reason])
+            .with_label_values(&[reason.as_str()])
             .inc();
         request_id
     }
@@ -661,15 +651,14 @@ impl AsyncRead for GuardedStream {
                     this.head = HeadScan::default();
                 }
                 if this.state.phase() == Phase::Headers
-                    && let Some((status_line, reason)) =
-                        this.head.feed(&buf.filled()[filled..], &this.head_limits)
+                    && let Some(reason) = this.head.feed(&buf.filled()[filled..], &this.head_limits)
                 {
                     buf.set_filled(filled);
-                    let request_id = this.refuse_head(cx, status_line, reason);
+                    let request_id = this.refuse_head(cx, reason);
                     tracing::debug!(
                         request_id,
                         client = peer_address(&this.inner),
-                        reason,
+                        reason = reason.as_str(),
                         "request head over the limits: refused and closed"
                     );
                     return Poll::Ready(Ok(()));
@@ -682,7 +671,7 @@ impl AsyncRead for GuardedStream {
                 {
                     return Poll::Pending;
                 }
-                let request_id = this.refuse_head(cx, "408 Request Timeout", "header_timeout");
+                let request_id = this.refuse_head(cx, Reason::HeaderTimeout);
                 // Debug, not warn: a slowloris attack is many connections, and a log line each
                 // would be a second attack on the disk. The metric counts them.
                 tracing::debug!(

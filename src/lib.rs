@@ -53,6 +53,7 @@ pub mod proxy;
 pub mod record;
 pub mod redact;
 pub mod reload;
+pub mod response;
 pub mod report;
 pub mod routes_cli;
 pub mod routing;
