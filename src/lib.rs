@@ -33,6 +33,7 @@
 //! any cycle: `cargo test --lib module_graph`.
 
 pub mod admin;
+pub mod admin_api;
 pub mod config;
 pub mod connection;
 pub mod coverage;

@@ -362,16 +362,9 @@ fn show_routes(
             table.config().kill_switch,
         ));
     };
-    let document = admin_get(admin, "/routes", token)?;
-    let mut text = strangler::routes_cli::render(
-        &document["config"],
-        document["generation"].as_u64(),
-        document["kill_switch"].as_bool().unwrap_or(false),
-    );
-    text.push_str(&strangler::routes_cli::render_guards(
-        &document["effective"],
-    ));
-    Ok(text)
+    let document: strangler::admin_api::RoutesDocument =
+        serde_json::from_value(admin_get(admin, "/routes", token)?)?;
+    Ok(strangler::routes_cli::render_document(&document))
 }
 
 /// `GET path` on a running proxy's admin API, as JSON; the token defaults to

@@ -1,6 +1,23 @@
 //! `strangler routes`: the route table as a person reads it, from a file or a running proxy.
+//!
+//! A running proxy's `GET /routes` is read as the typed [`RoutesDocument`] the admin writes
+//! (see [`crate::admin_api`]). Its `config` part is the file's model as it serializes, the same
+//! JSON `strangler routes` makes of a file, so both are rendered from a JSON value by [`render`].
 
 use serde_json::Value;
+
+use crate::admin_api::{EffectiveRoute, RoutesDocument};
+
+/// A running proxy's routes: the table, then the guards that tripped.
+pub fn render_document(document: &RoutesDocument) -> String {
+    let mut text = render(
+        &document.config,
+        Some(document.generation),
+        document.kill_switch,
+    );
+    text.push_str(&render_guards(&document.effective));
+    text
+}
 
 /// Renders the `config` part of a `/routes` document (or a config serialized the same way).
 pub fn render(config: &Value, generation: Option<u64>, kill_switch: bool) -> String {
@@ -161,22 +178,20 @@ fn served_by(route: &Value, default: &str) -> String {
 
 /// The guards that tripped (or, in observe mode, would have), from the `effective` part of a
 /// `/routes` document: one line each, with the numbers and how to clear it.
-pub fn render_guards(effective: &Value) -> String {
+pub fn render_guards(effective: &[EffectiveRoute]) -> String {
     let mut out = String::new();
-    for route in effective.as_array().into_iter().flatten() {
-        let Some(trip) = route["guard"]["trip"].as_object() else {
-            continue;
-        };
-        let name = route["route"].as_str().unwrap_or("?");
-        let what = if route["guard"]["holding"] == true {
+    for route in effective {
+        let Some(guard) = &route.guard else { continue };
+        let Some(trip) = &guard.trip else { continue };
+        let name = &route.route;
+        let what = if guard.holding {
             "GUARD TRIPPED, serving from legacy"
         } else {
             "guard would have tripped (observe)"
         };
         out.push_str(&format!(
             "{name}: {what} since {}: {} (clear: POST /routes/{name}/reset)\n",
-            trip.get("at").and_then(Value::as_str).unwrap_or("?"),
-            trip.get("detail").and_then(Value::as_str).unwrap_or("?"),
+            trip.at, trip.detail,
         ));
     }
     out
