@@ -1,7 +1,8 @@
 //! Migration coverage: how much of the monolith is left.
 //!
 //! Owns three things: the rule that turns a request path into a *template* (ids, UUIDs, hashes
-//! and tokens collapsed, so `/orders/17` and `/orders/18` are one line of work), the bounded
+//! and tokens collapsed, so `/orders/17` and `/orders/18` are one line of work; the segment walk
+//! under it, [`write_shape`], is shared with the diff's request shape), the bounded
 //! tally of requests no route matched (kept per method and template, bounded by bytes, past
 //! which requests land in an `other` bucket), and the [`CoverageReport`] document that the admin
 //! API's `/coverage` serves and `strangler coverage` prints, with a route stub to paste for
@@ -121,16 +122,40 @@ fn is_uuid(bytes: &[u8]) -> bool {
 /// Writes the template of `path` (no query) into `out`.
 fn write_template(path: &str, out: &mut SmallVec<[u8; 192]>) {
     let path = path.split('?').next().unwrap_or_default();
-    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
-    for (index, segment) in segments.by_ref().enumerate() {
-        if index == MAX_SEGMENTS {
-            out.extend_from_slice(b"/**");
+    out.push(b'/');
+    write_shape(
+        path.strip_prefix('/').unwrap_or(path),
+        MAX_SEGMENTS,
+        |segment| classify(segment).map(Placeholder::as_str),
+        out,
+    );
+}
+
+/// The rule every path shape shares: the segments of `path` joined by `/`, each kept as it is
+/// or replaced by what `collapse` says, and past `max_segments` segments one `/**`.
+///
+/// Two shapes are built on it, on purpose different: a coverage *template* (named placeholders,
+/// `/orders/{id}`, a stub to paste into routes.yaml, so `v1` stays a name) and a diff's *request
+/// shape* ([`crate::record::request_shape`], `GET /orders/*`, which groups stored diffs for
+/// noise suggestions and generalizes any segment holding a digit). Both must stay as they are:
+/// templates are compared with the route table, shapes with stored rows.
+pub fn write_shape(
+    path: &str,
+    max_segments: usize,
+    collapse: impl Fn(&str) -> Option<&'static str>,
+    out: &mut impl Extend<u8>,
+) {
+    for (index, segment) in path.split('/').enumerate() {
+        if index == max_segments {
+            out.extend(*b"/**");
             return;
         }
-        out.push(b'/');
-        match classify(segment) {
-            Some(placeholder) => out.extend_from_slice(placeholder.as_str().as_bytes()),
-            None => out.extend_from_slice(segment.as_bytes()),
+        if index > 0 {
+            out.extend(*b"/");
+        }
+        match collapse(segment) {
+            Some(placeholder) => out.extend(placeholder.bytes()),
+            None => out.extend(segment.bytes()),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! What is kept of one compared exchange: the [`DiffRecord`] the diff worker writes, the store
 //! keeps, and the report, `GET /diffs` and `strangler report` read, with its [`Difference`]s.
 //!
+//! Also the request *shape* a diff is grouped by ([`request_shape`]).
+//!
 //! These are the store's row and the diff's result at once, so they live below both
 //! ([`crate::diff`] produces them, [`crate::store`] persists them); how a difference is found is
 //! the diff's business, how a row is written the store's.
@@ -85,19 +87,50 @@ pub struct DiffRecord {
 
 /// `GET /orders/*/lines`: the request with the path segments that identify a resource (holding
 /// a digit, or longer than 24 characters) generalized.
+///
+/// The segment walk is [`crate::coverage::write_shape`]'s, shared with coverage templates; the
+/// rule differs from a template's on purpose: a shape groups stored diffs (coarse, `*` for any
+/// segment with a digit, `v1` included), a template names a route to write (`{id}`, `{uuid}`,
+/// `v1` kept), and shapes already stored must keep matching.
 pub fn request_shape(method: &str, path: &str) -> String {
-    let mut shape = String::with_capacity(method.len() + 1 + path.len());
-    shape.push_str(method);
-    shape.push(' ');
-    for (n, segment) in path.split('/').enumerate() {
-        if n > 0 {
-            shape.push('/');
-        }
-        if segment.len() > 24 || segment.bytes().any(|b| b.is_ascii_digit()) {
-            shape.push('*');
-        } else {
-            shape.push_str(segment);
-        }
+    let mut shape = Vec::with_capacity(method.len() + 1 + path.len());
+    shape.extend_from_slice(method.as_bytes());
+    shape.push(b' ');
+    crate::coverage::write_shape(
+        path,
+        usize::MAX,
+        |segment| {
+            (segment.len() > 24 || segment.bytes().any(|b| b.is_ascii_digit())).then_some("*")
+        },
+        &mut shape,
+    );
+    // Only whole segments or ASCII placeholders were written: valid UTF-8.
+    String::from_utf8(shape).expect("segments of a str joined by ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_shape_stars_segments_holding_a_digit_or_too_long_for_a_name() {
+        assert_eq!(
+            request_shape("GET", "/orders/42/lines"),
+            "GET /orders/*/lines"
+        );
+        assert_eq!(request_shape("GET", "/v1/x"), "GET /*/x");
+        let long = format!("/{}/x", "a".repeat(25));
+        assert_eq!(request_shape("GET", &long), "GET /*/x");
+        assert_eq!(request_shape("GET", "/"), "GET /");
+        assert_eq!(request_shape("OPTIONS", "*"), "OPTIONS *");
     }
-    shape
+
+    #[test]
+    fn a_shape_and_a_coverage_template_of_one_path_differ_on_purpose() {
+        assert_eq!(
+            crate::coverage::template("/v1/orders/42"),
+            "/v1/orders/{id}"
+        );
+        assert_eq!(request_shape("GET", "/v1/orders/42"), "GET /*/orders/*");
+    }
 }
