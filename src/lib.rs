@@ -14,18 +14,22 @@
 //!
 //! 1. Leaves, which use nothing of the crate: [`config`] (the file's model and its loading),
 //!    [`vocabulary`] (every word said to the outside: reasons, verdicts, metric labels),
-//!    [`edits`] (what is done to a request on its way) and [`forwarded`].
-//! 2. Modules that use only leaves: [`metrics`] and [`hygiene`] (only [`vocabulary`]),
-//!    [`record`] (a stored comparison), [`redact`], [`upstream`], [`telemetry`], then
+//!    [`edits`] (what is done to a request on its way), [`forwarded`] and [`coverage`] (path
+//!    templates and the segment walk path shapes share).
+//! 2. Modules that use only leaves: [`metrics`], [`hygiene`] and [`response`] (every answer
+//!    strangler writes itself; only [`vocabulary`]), [`admin_api`] (the admin's JSON documents,
+//!    typed; only [`config`]), [`record`] (a stored comparison and the request shape diffs are
+//!    grouped by), [`redact`], [`upstream`], [`telemetry`], then
 //!    [`store`] (persists [`record`]s) and [`exchange`] (one mirrored exchange in flight).
 //! 3. [`diff`]: judges exchanges, writes records.
 //! 4. [`shadow`]: sends copies, hands exchanges to [`diff`].
 //! 5. [`routing`]: compiles a config into the table, the shadow rules and compare rules
 //!    included.
 //! 6. [`health`], [`reload`], [`report`], [`routes_cli`]: work on a table or a store.
-//! 7. [`proxy`] and [`connection`] (the request path), [`edge`] (PROXY protocol, TLS
-//!    handshakes, certificate watch), [`admin`], [`guard`]'s users; [`tls`] (certificates and
-//!    backend clients) sits with [`upstream`] below.
+//! 7. [`proxy`] (the Pingora phases, read top-down in Pingora's call order, each a few steps
+//!    in the files beside it) and [`connection`] (the request path), [`edge`] (PROXY protocol,
+//!    TLS handshakes, certificate watch), [`admin`] (one file per endpoint group), [`guard`]'s
+//!    users; [`tls`] (certificates and backend clients) sits with [`upstream`] below.
 //! 8. [`lifecycle`] (stop and upgrade), [`server`] and [`demo`]: the process.
 //!
 //! There is no exception: request ids are minted in `connection`, which `proxy` uses. A unit
@@ -54,8 +58,8 @@ pub mod proxy;
 pub mod record;
 pub mod redact;
 pub mod reload;
-pub mod response;
 pub mod report;
+pub mod response;
 pub mod routes_cli;
 pub mod routing;
 pub mod server;
