@@ -1,5 +1,5 @@
 //! Hot-path microbenchmarks: route lookup at 10 / 1,000 / 10,000 routes, config compile + swap,
-//! and the per-request header and path rewriting.
+//! the per-request header and path rewriting, and counting a finished request in the metrics.
 //!
 //! `cargo bench --bench routing`. Compare numbers within one run; the machine is shared.
 
@@ -138,5 +138,41 @@ fn rewriting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_lookup, compile_and_swap, rewriting);
+/// Counting one finished request in `strangler_requests_total` and
+/// `strangler_request_duration_seconds`: the labels hashed and looked up per request, against
+/// the per-generation children the proxy caches (`proxy/meters.rs`).
+fn request_metrics(c: &mut Criterion) {
+    use strangler::proxy::meters::{Meters, RouteSlot, record_uncached};
+    let metrics = strangler::metrics::Metrics::new();
+    let table = Arc::new(table(1_000));
+    let meters = Meters::new(table.clone());
+    let route = 998;
+    let name = table.routes()[route].name.clone();
+    let upstream = table.upstream_id("new").unwrap();
+    let elapsed = std::time::Duration::from_micros(1_500);
+    let mut group = c.benchmark_group("request_metrics");
+    group.bench_function("with_label_values", |b| {
+        b.iter(|| record_uncached(black_box(&name), "new", black_box(200), elapsed, &metrics))
+    });
+    group.bench_function("cached_children", |b| {
+        b.iter(|| {
+            meters.record(
+                RouteSlot::Route(black_box(route)),
+                upstream,
+                black_box(200),
+                elapsed,
+                &metrics,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    route_lookup,
+    compile_and_swap,
+    rewriting,
+    request_metrics
+);
 criterion_main!(benches);

@@ -21,7 +21,7 @@
 //! | `upstream_response_body_filter` | deadline; capture the primary's body (bounded)          | here            |
 //! | `error_while_proxy`             | passive health; retry only what cannot have been sent twice | `backend.rs` |
 //! | `fail_to_proxy`                 | 502/503/504/4xx with `x-strangler-error` and the request id | `errors.rs`, [`crate::response`] |
-//! | `logging`                       | shadow hand-off, metrics, guard, span, access log       | `observe.rs`    |
+//! | `logging`                       | shadow hand-off, metrics, guard, span, access log       | `observe.rs`, `meters.rs` |
 //!
 //! Pingora calls `response_filter` on the response head before any body reaches
 //! `upstream_response_body_filter`; `fail_to_connect`, `error_while_proxy` and `fail_to_proxy`
@@ -36,6 +36,7 @@ mod context;
 mod errors;
 mod forwarding;
 mod limits;
+pub mod meters;
 mod mirror;
 mod observe;
 mod request_id;
@@ -72,6 +73,8 @@ pub struct StranglerProxy {
     metrics: Arc<Metrics>,
     /// Exports a span per request when `server.otlp` is set.
     tracer: Option<RequestTracer>,
+    /// The metric children of the current generation's (route, upstream) pairs.
+    meters: meters::MeterCache,
 }
 
 impl StranglerProxy {
@@ -85,6 +88,7 @@ impl StranglerProxy {
             shadows,
             metrics,
             tracer: None,
+            meters: meters::MeterCache::default(),
         }
     }
 
@@ -327,7 +331,7 @@ impl ProxyHttp for StranglerProxy {
             error,
             shadowed,
         };
-        let reason = observe::count(session, ctx, &outcome, &self.metrics);
+        let reason = observe::count(session, ctx, &outcome, &self.metrics, &self.meters);
         observe::log(session, ctx, span, &outcome, reason);
     }
 }

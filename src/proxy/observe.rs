@@ -1,5 +1,5 @@
-//! What is told about a request once it is over: the metrics (requests, durations, fallbacks,
-//! errors, the unmatched tally), the route's guard, the span's end and the access log line.
+//! What is told about a request once it is over: the metrics (requests and durations through
+//! the per-generation children of `meters.rs`, fallbacks, errors, the unmatched tally), the route's guard, the span's end and the access log line.
 //!
 //! Metric definitions are [`crate::metrics`]'s, the guard's rules [`crate::guard`]'s, the span
 //! [`crate::telemetry`]'s; this file only reports one request to each, once.
@@ -11,6 +11,7 @@ use pingora_proxy::Session;
 
 use super::context::{FallbackReason, RequestContext};
 use super::errors::classify;
+use super::meters::{MeterCache, RouteSlot, record_uncached};
 use crate::guard::{self, Side};
 use crate::metrics::Metrics;
 use crate::telemetry::{RequestSpan, SpanEnd};
@@ -57,19 +58,19 @@ pub fn count(
     ctx: &RequestContext,
     outcome: &Outcome<'_>,
     metrics: &Metrics,
+    meters: &MeterCache,
 ) -> Option<Reason> {
     let route = ctx.route_label();
     let upstream = ctx.table.upstream(ctx.upstream).name();
-    let mut code_buffer = itoa::Buffer::new();
-    let code = code_buffer.format(outcome.status);
-    metrics
-        .requests
-        .with_label_values(&[route, upstream, code])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[route, upstream])
-        .observe(outcome.elapsed.as_secs_f64());
+    let slot = match ctx.route {
+        Some(index) => RouteSlot::Route(index),
+        None if ctx.routed => RouteSlot::Default,
+        None => RouteSlot::Refused,
+    };
+    meters.with(&ctx.table, |cached| match cached {
+        Some(cached) => cached.record(slot, ctx.upstream, outcome.status, outcome.elapsed, metrics),
+        None => record_uncached(route, upstream, outcome.status, outcome.elapsed, metrics),
+    });
     record_in_guard(
         ctx,
         outcome.status,
