@@ -45,8 +45,12 @@ use tokio::sync::{Notify, watch};
 /// the upgrade is abandoned and the old process keeps serving. Also how long a new process
 /// waits for the sockets before it gives up.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest a stop waits for the accept loop to take the connections already queued.
-const ACCEPT_QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stop waits for the accept loop to take one more of the connections already
+/// queued before it gives up on the rest: the wait as a whole scales with the queue (it goes on
+/// while the queue shrinks, up to the drain's deadline), and only a loop that takes nothing for
+/// this long is deemed stuck. A fixed bound on the whole wait lost queued connections whenever a
+/// starved CPU (2 cores beside a test suite) slowed the loop down rather than stopped it.
+const ACCEPT_QUEUE_STALL: Duration = Duration::from_secs(1);
 /// How often the old process asks `/readyz` during a hand-over.
 const HANDOVER_POLL: Duration = Duration::from_millis(20);
 
@@ -77,6 +81,17 @@ enum Reason {
     Stop,
     /// The sockets were handed over: they live on in the new process, admin included.
     HandedOver,
+}
+
+/// How a wait for the accept queue to empty ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueWait {
+    /// Every queued connection was taken (or the queue could not be read).
+    Emptied,
+    /// The accept loop took nothing for the stall bound.
+    Stalled,
+    /// The drain's deadline came first.
+    Deadline,
 }
 
 /// A listener's accept loop: told to stop, and telling when it has.
@@ -267,12 +282,12 @@ impl Lifecycle {
     }
 
     /// Before the proxy listener closes: stops the kernel completing new handshakes on it, then
-    /// waits (bounded) until the accept loop has taken every connection already completed.
+    /// waits until the accept loop has taken every connection already completed, for as long as
+    /// it keeps taking them (see [`ACCEPT_QUEUE_STALL`]) and at most until `deadline`.
     /// Closing a listener resets the connections still in its accept queue, and their clients
     /// may already have written a request; a client whose handshake is refused instead retries
     /// and then finds the port closed, before it has sent anything.
     async fn empty_accept_queue(&self, deadline: tokio::time::Instant) {
-        let until = deadline.min(tokio::time::Instant::now() + ACCEPT_QUEUE_WAIT);
         let mut sockets = Vec::new();
         for address in &self.settings.listen {
             let key = address.to_string();
@@ -292,21 +307,40 @@ impl Lifecycle {
             sockets.push(socket);
         }
         for socket in sockets {
-            Self::wait_for_empty_queue(socket, until).await;
+            Self::wait_for_empty_queue(socket, deadline, ACCEPT_QUEUE_STALL).await;
         }
     }
 
-    /// Waits (until `until`) for the accept loop to take every connection queued on `socket`.
-    async fn wait_for_empty_queue(socket: i32, until: tokio::time::Instant) {
+    /// Waits for the accept loop to take every connection queued on `socket`: while the queue
+    /// shrinks, however long that takes, up to `deadline`; it gives up once the queue has not
+    /// shrunk for `stall` (nothing takes the connections, waiting longer saves none).
+    async fn wait_for_empty_queue(
+        socket: i32,
+        deadline: tokio::time::Instant,
+        stall: Duration,
+    ) -> QueueWait {
+        let started = tokio::time::Instant::now();
+        let mut fewest = u32::MAX;
+        let mut last_taken = started;
         loop {
-            match accept_queue_length(socket) {
-                Ok(0) | Err(_) => return,
-                Ok(queued) if tokio::time::Instant::now() >= until => {
-                    tracing::warn!(queued, "connections still queued when the listener closes");
-                    return;
-                }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            let queued = match accept_queue_length(socket) {
+                Ok(0) | Err(_) => return QueueWait::Emptied,
+                Ok(queued) => queued,
+            };
+            let now = tokio::time::Instant::now();
+            if queued < fewest {
+                fewest = queued;
+                last_taken = now;
             }
+            if now >= deadline {
+                tracing::warn!(queued, waited = ?now - started, "connections still queued at the drain deadline when the listener closes");
+                return QueueWait::Deadline;
+            }
+            if now - last_taken >= stall {
+                tracing::warn!(queued, waited = ?now - started, "connections still queued when the listener closes: the accept loop took none for {stall:?}");
+                return QueueWait::Stalled;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -951,5 +985,77 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(*lifecycle.draining().borrow());
+    }
+
+    /// A listener with `count` completed connections waiting in its accept queue (and the
+    /// clients, kept open).
+    fn queued_listener(count: usize) -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..count)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect();
+        let started = Instant::now();
+        while accept_queue_length(listener.as_raw_fd()).unwrap() < count as u32 {
+            assert!(started.elapsed() < Duration::from_secs(5), "never queued");
+            std::thread::yield_now();
+        }
+        (listener, clients)
+    }
+
+    #[tokio::test]
+    async fn a_queue_taken_slowly_is_waited_for_past_the_stall_bound_while_it_shrinks() {
+        use std::os::fd::AsRawFd;
+        let (listener, _clients) = queued_listener(8);
+        let socket = listener.as_raw_fd();
+        // A slow accept loop: one connection every 40 ms, 320 ms in all, four times the stall
+        // bound; a fixed bound of that length would have left half the queue to be reset.
+        let stall = Duration::from_millis(80);
+        let accepting = std::thread::spawn(move || {
+            let mut accepted = Vec::new();
+            for _ in 0..8 {
+                std::thread::sleep(Duration::from_millis(40));
+                accepted.push(listener.accept().unwrap());
+            }
+            accepted.len()
+        });
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let ended = Lifecycle::wait_for_empty_queue(socket, deadline, stall).await;
+        assert_eq!(ended, QueueWait::Emptied);
+        assert!(started.elapsed() > stall * 3, "{:?}", started.elapsed());
+        assert_eq!(accepting.join().unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_queue_nobody_takes_is_given_up_after_the_stall_bound() {
+        use std::os::fd::AsRawFd;
+        let (listener, _clients) = queued_listener(3);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let stall = Duration::from_millis(100);
+        let ended = Lifecycle::wait_for_empty_queue(listener.as_raw_fd(), deadline, stall).await;
+        assert_eq!(ended, QueueWait::Stalled);
+        let waited = started.elapsed();
+        assert!(
+            waited >= stall && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        assert_eq!(accept_queue_length(listener.as_raw_fd()).unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_queue_still_shrinking_at_the_drain_deadline_is_left_then() {
+        use std::os::fd::AsRawFd;
+        let (listener, _clients) = queued_listener(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        let ended = Lifecycle::wait_for_empty_queue(
+            listener.as_raw_fd(),
+            deadline,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(ended, QueueWait::Deadline);
     }
 }

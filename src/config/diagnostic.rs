@@ -141,3 +141,99 @@ pub fn did_you_mean<'a>(
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| format!("did you mean `{candidate}`?"))
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a refused config reads at a terminal: rustc-style, every problem, one pass.
+
+    use super::*;
+
+    const TEXT: &str =
+        "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: legasy\n";
+
+    fn invalid(diagnostics: Vec<Diagnostic>) -> String {
+        ConfigError::Invalid {
+            file: "routes.yaml".into(),
+            text: TEXT.into(),
+            diagnostics,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_located_problem_quotes_its_line_with_a_caret_under_the_column_and_its_hint() {
+        let mut diagnostic = Diagnostic::new("default_upstream", "unknown upstream `legasy`")
+            .with_hint("did you mean `legacy`?");
+        diagnostic.location = Some(Location {
+            line: 3,
+            column: 19,
+        });
+        assert_eq!(
+            invalid(vec![diagnostic]),
+            "error: default_upstream: unknown upstream `legasy`
+ --> routes.yaml:3:19
+  |
+3 | default_upstream: legasy
+  |                   ^
+  = hint: did you mean `legacy`?
+
+routes.yaml: 1 error found; nothing was applied"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_rendered_and_counted_located_or_not() {
+        let mut far = Diagnostic::new("routes[12].name", "duplicate route name");
+        // A line past the end of the text (a stale position) is named, not quoted.
+        far.location = Some(Location {
+            line: 120,
+            column: 3,
+        });
+        let rendered = invalid(vec![Diagnostic::new("", "the file is empty"), far]);
+        assert!(
+            rendered.starts_with("error: the file is empty\n --> routes.yaml\n"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "error: routes[12].name: duplicate route name\n   --> routes.yaml:120:3\n"
+            ),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("120 |"), "{rendered}");
+        assert!(
+            rendered.ends_with("routes.yaml: 2 errors found; nothing was applied"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn a_read_error_names_the_file_and_has_no_diagnostics() {
+        let error = ConfigError::Read {
+            path: PathBuf::from("/etc/strangler/routes.yaml"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(error.diagnostics().is_empty());
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read /etc/strangler/routes.yaml: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn did_you_mean_offers_the_closest_name_only_when_it_is_close() {
+        let upstreams = ["legacy", "orders-v2", "invoices-v2"];
+        assert_eq!(
+            did_you_mean("legasy", upstreams).as_deref(),
+            Some("did you mean `legacy`?")
+        );
+        assert_eq!(
+            did_you_mean("orders-v3", upstreams).as_deref(),
+            Some("did you mean `orders-v2`?")
+        );
+        assert_eq!(did_you_mean("payments", upstreams), None);
+        assert_eq!(did_you_mean("legacy", []), None);
+    }
+}

@@ -1189,3 +1189,142 @@ impl<'de> Deserialize<'de> for ValueMatchConfig {
         deserializer.deserialize_any(ValueMatchVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The spellings this model accepts, in-process: what each hand-written `Deserialize` takes,
+    //! what it refuses, and that `Serialize` writes a value back the way it reads.
+
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+        serde_yaml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_target_is_a_bare_name_or_a_map_with_its_edits() {
+        let bare: TargetConfig = yaml("orders-v2").unwrap();
+        assert_eq!(bare, TargetConfig::named("orders-v2"));
+        assert!(!bare.has_edits());
+
+        let edited: TargetConfig = yaml(
+            "{ name: orders-v2, rewrite: { strip_prefix: /api }, request_headers: { set: { x-migrated: 'true' } } }",
+        )
+        .unwrap();
+        assert_eq!(edited.name, "orders-v2");
+        assert_eq!(
+            edited
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.strip_prefix.as_deref()),
+            Some("/api")
+        );
+        assert_eq!(edited.request_headers.set["x-migrated"], "true");
+        assert!(edited.has_edits());
+
+        // A map naming no edits is still a target reaching its upstream unedited.
+        let plain: TargetConfig = yaml("{ name: legacy }").unwrap();
+        assert!(!plain.has_edits());
+    }
+
+    #[test]
+    fn a_target_round_trips_and_is_written_as_a_bare_name_when_it_has_no_edits() {
+        let plain = serde_yaml::to_string(&TargetConfig::named("legacy")).unwrap();
+        assert_eq!(plain.trim(), "legacy");
+        let edited: TargetConfig = yaml(
+            "{ name: new, rewrite: { host: new.internal }, request_headers: { remove: [x-a] } }",
+        )
+        .unwrap();
+        let written = serde_yaml::to_string(&edited).unwrap();
+        assert_eq!(yaml::<TargetConfig>(&written).unwrap(), edited, "{written}");
+    }
+
+    #[test]
+    fn a_target_with_an_unknown_key_or_no_name_is_refused() {
+        let typo = yaml::<TargetConfig>("{ name: new, rewrites: { strip_prefix: /api } }")
+            .expect_err("a misspelled key");
+        assert!(typo.contains("rewrites"), "{typo}");
+        let nameless =
+            yaml::<TargetConfig>("{ rewrite: { strip_prefix: /api } }").expect_err("no name");
+        assert!(nameless.contains("name"), "{nameless}");
+        let number = yaml::<TargetConfig>("[legacy]").expect_err("a list is no target");
+        assert!(number.contains("an upstream name"), "{number}");
+    }
+
+    #[test]
+    fn a_value_match_is_a_plain_value_or_exactly_one_of_exact_regex_present() {
+        assert_eq!(
+            yaml::<ValueMatchConfig>("beta").unwrap(),
+            ValueMatchConfig::Exact("beta".into())
+        );
+        // YAML types `2` as a number; the header's value is the text "2".
+        assert_eq!(
+            yaml::<ValueMatchConfig>("2").unwrap(),
+            ValueMatchConfig::Exact("2".into())
+        );
+        assert_eq!(
+            yaml::<ValueMatchConfig>("-1").unwrap(),
+            ValueMatchConfig::Exact("-1".into())
+        );
+        assert_eq!(
+            yaml::<ValueMatchConfig>("{ regex: '^v[0-9]+$' }").unwrap(),
+            ValueMatchConfig::Regex("^v[0-9]+$".into())
+        );
+        assert_eq!(
+            yaml::<ValueMatchConfig>("{ present: false }").unwrap(),
+            ValueMatchConfig::Present(false)
+        );
+        for ambiguous in ["{ exact: a, regex: b }", "{}"] {
+            let error = yaml::<ValueMatchConfig>(ambiguous).expect_err(ambiguous);
+            assert!(error.contains("exactly one of"), "{ambiguous}: {error}");
+        }
+        let unknown = yaml::<ValueMatchConfig>("{ prefix: a }").expect_err("unknown key");
+        assert!(unknown.contains("prefix"), "{unknown}");
+    }
+
+    #[test]
+    fn unordered_arrays_take_a_path_alone_or_with_one_or_many_keys_and_round_trip() {
+        let entries: Vec<UnorderedArrayConfig> =
+            yaml("['$.tags', { path: '$.orders', by: id }, { path: '$.lines', by: [sku, size] }]")
+                .unwrap();
+        assert_eq!(entries[0], UnorderedArrayConfig::from("$.tags"));
+        assert_eq!(entries[1].by, ["id"]);
+        assert_eq!(entries[2].by, ["sku", "size"]);
+        let written = serde_yaml::to_string(&entries).unwrap();
+        assert_eq!(
+            yaml::<Vec<UnorderedArrayConfig>>(&written).unwrap(),
+            entries,
+            "{written}"
+        );
+        let error = yaml::<UnorderedArrayConfig>("{ path: '$.a', key: id }").expect_err("key");
+        assert!(error.contains("key"), "{error}");
+    }
+
+    #[test]
+    fn a_host_match_takes_one_name_or_a_list() {
+        let one: MatchConfig = yaml("{ host: api.example.com }").unwrap();
+        assert_eq!(one.host, ["api.example.com"]);
+        let many: MatchConfig = yaml("{ host: [a.example.com, '*.example.org'] }").unwrap();
+        assert_eq!(many.host, ["a.example.com", "*.example.org"]);
+        let error = yaml::<MatchConfig>("{ host: { name: a } }").expect_err("a map");
+        assert!(error.contains("a string or a list of strings"), "{error}");
+    }
+
+    #[test]
+    fn timeouts_and_limits_are_read_in_human_units_and_default_when_left_out() {
+        let timeouts: TimeoutsConfig = yaml("{ connect: 250ms, read: 1m }").unwrap();
+        assert_eq!(timeouts.connect, Duration::from_millis(250));
+        assert_eq!(timeouts.read, Duration::from_secs(60));
+        assert_eq!(timeouts.write, TimeoutsConfig::default().write);
+        let error = yaml::<TimeoutsConfig>("{ connect: 5 parsecs }").expect_err("no unit");
+        assert!(error.contains("connect"), "{error}");
+
+        let limits: LimitsConfig = yaml("{ max_body: 1KiB, max_uri_length: 100B }").unwrap();
+        assert_eq!(limits.max_body.as_u64(), 1024);
+        assert_eq!(limits.max_uri_length.as_u64(), 100);
+        assert_eq!(
+            limits.max_header_count,
+            LimitsConfig::default().max_header_count
+        );
+    }
+}

@@ -353,3 +353,157 @@ pub fn load_route_table_for_run(path: &Path, generation: u64) -> Result<RouteTab
         .extend(crate::diff::check_store(&loaded.config));
     RouteTable::compile_loaded(loaded, generation)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The compiled table's own rules, in-process: what `/routes` says each route serves, what
+    //! a reload carries over, and lookups by host whatever its case.
+
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::config::{SourceFile, parse};
+
+    fn table(yaml: &str) -> RouteTable {
+        let source = format!(
+            "upstreams:
+  legacy: {{ backends: [127.0.0.1:9001] }}
+  new: {{ backends: [127.0.0.1:9002] }}
+  audit: {{ backends: [127.0.0.1:9003] }}
+default_upstream: legacy
+{yaml}"
+        );
+        let loaded = parse(SourceFile::new("routes.yaml", source))
+            .unwrap_or_else(|error| panic!("does not parse: {error}"));
+        RouteTable::compile_loaded(loaded, 1).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    const ROUTES: &str = "routes:
+  - name: orders
+    stage: canary
+    match: { path_prefix: /orders }
+    split: [{ upstream: new, weight: 30 }, { upstream: legacy, weight: 70 }]
+    shadow: { upstream: audit }
+  - name: invoices
+    stage: new
+    match: { path_prefix: /invoices }
+    upstream: new
+    fallback: legacy
+  - name: reports
+    stage: retired
+    match: { path_prefix: /reports }
+    retired: { status: 410 }
+";
+
+    fn effective(table: &RouteTable, route: &str) -> EffectiveRoute {
+        table
+            .effective_routing()
+            .into_iter()
+            .find(|effective| effective.route == route)
+            .unwrap_or_else(|| panic!("no route {route}"))
+    }
+
+    #[test]
+    fn each_route_shows_what_serves_it_now_a_split_its_sides_a_retired_route_nothing() {
+        let table = table(ROUTES);
+        let orders = effective(&table, "orders");
+        assert_eq!(orders.serves, ["new", "legacy"]);
+        assert_eq!(orders.shadow.as_deref(), Some("audit"));
+        let invoices = effective(&table, "invoices");
+        assert_eq!(invoices.serves, ["new"]);
+        assert_eq!(invoices.fallback.as_deref(), Some("legacy"));
+        assert!(effective(&table, "reports").serves.is_empty());
+        assert!(!orders.kill_switch);
+    }
+
+    #[test]
+    fn the_kill_switch_shows_every_route_served_by_legacy_and_no_copies() {
+        let table = table(ROUTES);
+        table.kill_switch.store(true, Ordering::Relaxed);
+        let orders = effective(&table, "orders");
+        assert_eq!(orders.serves, ["legacy"]);
+        assert_eq!(orders.shadow, None, "the kill switch stops shadows");
+        assert!(orders.kill_switch);
+        assert_eq!(effective(&table, "invoices").serves, ["legacy"]);
+        assert!(
+            effective(&table, "reports").serves.is_empty(),
+            "a retired route still answers by itself"
+        );
+    }
+
+    #[test]
+    fn a_tester_forcing_an_upstream_gets_the_routes_own_target_for_it() {
+        let table = table(
+            "routes:
+  - name: orders
+    match: { path_prefix: /api/orders }
+    upstream: { name: new, rewrite: { strip_prefix: /api } }
+    fallback: legacy
+",
+        );
+        let route = &table.routes()[0];
+        let new = table.upstream_id("new").unwrap();
+        let forced = route.target_for(new).expect("the route reaches new");
+        assert!(route.target(forced).edits.path.is_some());
+        let audit = table.upstream_id("audit").unwrap();
+        assert_eq!(
+            route.target_for(audit),
+            None,
+            "not one of the route's upstreams"
+        );
+    }
+
+    fn guarded(max_error_rate: &str) -> RouteTable {
+        table(&format!(
+            "routes:
+  - name: orders
+    stage: canary
+    match: {{ path_prefix: /orders }}
+    split: [{{ upstream: new, weight: 10 }}, {{ upstream: legacy, weight: 90 }}]
+    guard: {{ max_error_rate: {max_error_rate} }}
+"
+        ))
+    }
+
+    fn guard(table: &RouteTable) -> Arc<crate::guard::Guard> {
+        table.routes()[0].guard.clone().expect("a guard")
+    }
+
+    #[test]
+    fn a_reload_keeps_a_routes_guard_only_while_the_route_is_unchanged() {
+        let first = guarded("0.05");
+        let mut same = guarded("0.05");
+        same.inherit_guards(&first);
+        assert!(
+            Arc::ptr_eq(&guard(&first), &guard(&same)),
+            "an unrelated reload keeps the guard's window and trip"
+        );
+        let mut edited = guarded("0.10");
+        edited.inherit_guards(&first);
+        assert!(
+            !Arc::ptr_eq(&guard(&first), &guard(&edited)),
+            "an edited route is judged afresh"
+        );
+    }
+
+    #[test]
+    fn hosts_are_looked_up_whatever_their_case_and_overlong_ones_fall_to_the_default() {
+        let table = table(
+            "routes:
+  - { name: api, match: { host: api.example.com }, upstream: new }
+",
+        );
+        let routed = |host: &str| {
+            let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+            request.insert_header("host", host).unwrap();
+            table.find(&request)
+        };
+        assert_eq!(routed("API.Example.COM:8443"), Some(0));
+        assert_eq!(routed("api.example.com"), Some(0));
+        assert_eq!(routed("other.example.com"), None);
+        assert_eq!(routed(&format!("{}.example.com", "A".repeat(300))), None);
+        let mut buffer = [0u8; 256];
+        assert_eq!(lower_case("MiXed", &mut buffer), Some("mixed"));
+        assert_eq!(lower_case(&"A".repeat(300), &mut buffer), None);
+    }
+}

@@ -182,26 +182,13 @@ pub(crate) fn summary_values(query: &SummaryQuery) -> Vec<Value> {
 mod tests {
     use super::*;
 
+    /// The store tests' record of orders at `at_ms`; a shadow error has no shadow status.
     fn record(at_ms: i64, verdict: &str) -> DiffRecord {
+        let record = crate::store::testing::record("orders", verdict);
         DiffRecord {
             at_ms,
-            route: "orders".into(),
-            method: "GET".into(),
-            path: "/x".into(),
-            query: None,
-            request_id: "r".into(),
-            primary_status: Some(200),
-            shadow_status: (verdict != "shadow_error").then_some(200),
-            verdict: crate::vocabulary::Verdict::parse(verdict).expect("a verdict"),
-            differences: Vec::new(),
-            noise: Vec::new(),
-            primary_sample: None,
-            shadow_sample: None,
-            primary_upstream: Some("legacy".into()),
-            candidate_upstream: Some("new".into()),
-            stage: Some("shadow".into()),
-            generation: Some(1),
-            config_sha256: Some("aa".into()),
+            shadow_status: record.shadow_status.filter(|_| verdict != "shadow_error"),
+            ..record
         }
     }
 

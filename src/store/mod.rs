@@ -24,6 +24,8 @@ mod location;
 pub mod postgres;
 mod sqlite_counts;
 pub mod summary;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use aggregate::{SummaryQuery, SummaryRow};
 pub use location::{PostgresUrl, StoreLocation, replica_name};
@@ -864,30 +866,8 @@ impl rusqlite::types::FromSql for Verdict {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::record;
     use super::*;
-
-    fn record(route: &str, verdict: &str) -> DiffRecord {
-        DiffRecord {
-            at_ms: now_ms(),
-            route: route.into(),
-            method: "GET".into(),
-            path: "/x".into(),
-            query: None,
-            request_id: "r".into(),
-            primary_status: Some(200),
-            shadow_status: Some(200),
-            verdict: Verdict::parse(verdict).expect("a verdict"),
-            differences: Vec::new(),
-            noise: Vec::new(),
-            primary_sample: None,
-            shadow_sample: None,
-            primary_upstream: Some("legacy".into()),
-            candidate_upstream: Some("new".into()),
-            stage: Some("shadow".into()),
-            generation: Some(1),
-            config_sha256: Some("aaaa".into()),
-        }
-    }
 
     fn route(route: &str) -> Filter {
         Filter {

@@ -396,26 +396,13 @@ mod tests {
     use crate::store::{DiffStore, GenerationFilter};
     use crate::vocabulary::Verdict;
 
+    /// The store tests' record, at `at_ms` in `generation`, with an id of its own.
     fn record(route: &str, verdict: &str, at_ms: i64, generation: u64) -> DiffRecord {
         DiffRecord {
             at_ms,
-            route: route.into(),
-            method: "GET".into(),
-            path: "/x".into(),
-            query: None,
             request_id: format!("{route}-{at_ms}"),
-            primary_status: Some(200),
-            shadow_status: Some(200),
-            verdict: Verdict::parse(verdict).expect("a verdict"),
-            differences: Vec::new(),
-            noise: Vec::new(),
-            primary_sample: None,
-            shadow_sample: None,
-            primary_upstream: Some("legacy".into()),
-            candidate_upstream: Some("new".into()),
-            stage: Some("shadow".into()),
             generation: Some(generation),
-            config_sha256: Some("aaaa".into()),
+            ..crate::store::testing::record(route, verdict)
         }
     }
 

@@ -4,55 +4,11 @@
 
 use crate::support;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use support::{DEADLINE, binary, repo_root, run_cli};
-
-/// Runs `strangler` with `args`, `input` on its stdin; returns (exit code, stdout, stderr).
-/// Output is read while the process runs, so large outputs cannot fill a pipe and stall it.
-fn run_with_stdin(args: &[&str], cwd: &Path, input: &str) -> (i32, String, String) {
-    let mut child = Command::new(binary())
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_owned();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done.send(());
-        output
-    });
-    let started = Instant::now();
-    while finished.try_recv().is_err() {
-        if started.elapsed() > DEADLINE {
-            // The child is ours alone: end it by its id.
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("strangler {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    writer.join().unwrap().unwrap();
-    let output = waiter.join().unwrap().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use support::{repo_root, run_cli, run_cli_with_stdin};
 
 /// Runs `strangler` with `args` and no input.
 fn run(args: &[&str]) -> (i32, String, String) {
-    run_with_stdin(args, &repo_root(), "")
+    run_cli(args, &repo_root())
 }
 
 #[test]
@@ -209,14 +165,16 @@ fn a_configmap_without_a_yaml_entry_is_an_error() {
 fn a_dash_reads_the_config_from_stdin() {
     let root = repo_root();
     let routes = std::fs::read_to_string(root.join("routes.yaml")).unwrap();
-    let (code, stdout, stderr) = run_with_stdin(&["validate", "-"], &root, &routes);
+    let (code, stdout, stderr) = run_cli_with_stdin(&["validate", "-"], &root, Some(&routes));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("<stdin>: OK (3 routes"), "{stdout}");
 
-    let (code, _, stderr) = run_with_stdin(
+    let (code, _, stderr) = run_cli_with_stdin(
         &["validate", "-"],
         &root,
-        "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: legacy\nroutes:\n  - name: a\n    upstream: nowhere\n",
+        Some(
+            "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\ndefault_upstream: legacy\nroutes:\n  - name: a\n    upstream: nowhere\n",
+        ),
     );
     assert_eq!(code, 1);
     assert!(stderr.contains("--> <stdin>:6:5"), "{stderr}");
@@ -226,7 +184,8 @@ fn a_dash_reads_the_config_from_stdin() {
     );
 
     // A ConfigMap piped from kubectl is recognised too.
-    let (code, _, stderr) = run_with_stdin(&["validate", "--no-resolve", "-"], &root, MANIFEST);
+    let (code, _, stderr) =
+        run_cli_with_stdin(&["validate", "--no-resolve", "-"], &root, Some(MANIFEST));
     assert_eq!(code, 1);
     assert!(stderr.contains("--> <stdin>:14:9"), "{stderr}");
 }

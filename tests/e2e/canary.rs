@@ -6,12 +6,11 @@ use crate::support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, run_cli};
+use support::{Backend, ClientRequest, Proxy, run_cli};
 
-fn config(ports: &Ports, legacy: &Backend, new: &Backend, new_weight: u32, extra: &str) -> String {
-    ports.with_server(&format!(
+fn config(legacy: &Backend, new: &Backend, new_weight: u32, extra: &str) -> String {
+    format!(
         r#"upstreams:
   legacy: {{ backends: [{}] }}
   invoices-v2: {{ backends: [{}] }}
@@ -33,21 +32,11 @@ default_upstream: legacy
         legacy.address,
         new.address,
         100 - new_weight
-    ))
+    )
 }
 
-async fn start(
-    legacy: &Backend,
-    new: &Backend,
-    new_weight: u32,
-    extra: &str,
-) -> (Proxy, std::path::PathBuf, Ports) {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config(&ports, legacy, new, new_weight, extra)).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
-    (proxy, path, ports)
+async fn start(legacy: &Backend, new: &Backend, new_weight: u32, extra: &str) -> Proxy {
+    Proxy::start(&config(legacy, new, new_weight, extra)).await
 }
 
 async fn side(proxy: &Proxy, request: ClientRequest) -> String {
@@ -64,7 +53,7 @@ fn user(id: usize) -> ClientRequest {
 async fn a_split_without_a_key_follows_the_weights() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("invoices-v2").await;
-    let (proxy, _, _) = start(&legacy, &new, 20, "").await;
+    let proxy = start(&legacy, &new, 20, "").await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..1000 {
         *counts
@@ -82,7 +71,7 @@ async fn a_split_without_a_key_follows_the_weights() {
 async fn sticky_users_stay_put_and_raising_the_weight_only_moves_users_to_the_new_side() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("invoices-v2").await;
-    let (proxy, path, ports) = start(&legacy, &new, 10, "").await;
+    let proxy = start(&legacy, &new, 10, "").await;
 
     let mut before = Vec::new();
     for id in 0..300 {
@@ -102,14 +91,8 @@ async fn sticky_users_stay_put_and_raising_the_weight_only_moves_users_to_the_ne
         "{new_before} of 300 users at weight 10"
     );
 
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, config(&ports, &legacy, &new, 50, "")).unwrap();
-    std::fs::rename(&temporary, &path).unwrap();
-    let started = Instant::now();
-    while proxy.routes().await["generation"] != 2 {
-        assert!(started.elapsed() < DEADLINE, "the new weight never applied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy.rewrite(&config(&legacy, &new, 50, ""));
+    proxy.wait_for_generation(2).await;
 
     let mut moved = 0;
     for (id, was) in before.iter().enumerate() {
@@ -132,7 +115,7 @@ async fn the_tester_override_needs_the_token() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("invoices-v2").await;
     let token = "t0k3n-t0k3n-t0k3n-t0k3n";
-    let (proxy, _, _) = start(
+    let proxy = start(
         &legacy,
         &new,
         0,
@@ -171,7 +154,7 @@ async fn the_tester_override_needs_the_token() {
     );
 
     // From an allowed network (loopback here), no token is needed.
-    let (proxy, _, _) = start(
+    let proxy = start(
         &legacy,
         &new,
         0,
@@ -179,7 +162,7 @@ async fn the_tester_override_needs_the_token() {
     )
     .await;
     assert_eq!(side(&proxy, forced(None)).await, "invoices-v2");
-    let (proxy, _, _) = start(
+    let proxy = start(
         &legacy,
         &new,
         0,
@@ -197,18 +180,13 @@ async fn the_tester_override_needs_the_token() {
 async fn the_kill_switch_sends_everything_to_legacy_and_stops_shadows() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("invoices-v2").await;
-    let (proxy, _, _) = start(&legacy, &new, 100, "").await;
+    let proxy = start(&legacy, &new, 100, "").await;
     assert_eq!(
         side(&proxy, ClientRequest::get("/invoices/1")).await,
         "invoices-v2"
     );
 
-    let on = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/kill-switch?state=on").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let on = proxy.admin_post("/kill-switch?state=on").await;
     assert_eq!(on.status, 200);
     let new_before = new.count();
     for _ in 0..10 {
@@ -225,12 +203,7 @@ async fn the_kill_switch_sends_everything_to_legacy_and_stops_shadows() {
     assert_eq!(proxy.metric("strangler_kill_switch").await, Some(1.0));
     assert_eq!(proxy.routes().await["kill_switch"], true);
 
-    let off = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/kill-switch?state=off").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let off = proxy.admin_post("/kill-switch?state=off").await;
     assert_eq!(off.status, 200);
     assert_eq!(
         side(&proxy, ClientRequest::get("/invoices/1")).await,
@@ -243,7 +216,7 @@ async fn the_kill_switch_sends_everything_to_legacy_and_stops_shadows() {
 async fn retired_routes_answer_by_themselves_and_stages_show_in_metrics() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("invoices-v2").await;
-    let (proxy, _, _) = start(&legacy, &new, 10, "").await;
+    let proxy = start(&legacy, &new, 10, "").await;
     let response = proxy.get("/reports/2024").await;
     assert_eq!(response.status, 410);
     assert_eq!(response.text(), "reports moved to /analytics");
@@ -273,7 +246,8 @@ async fn retired_routes_answer_by_themselves_and_stages_show_in_metrics() {
 async fn strangler_routes_prints_the_table_from_a_file_and_from_a_running_proxy() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("invoices-v2").await;
-    let (proxy, path, _) = start(&legacy, &new, 10, "").await;
+    let proxy = start(&legacy, &new, 10, "").await;
+    let path = proxy.config_path();
     let (code, from_file, stderr) =
         run_cli(&["routes", "-c", path.to_str().unwrap()], Path::new("/tmp"));
     assert_eq!(code, 0, "{stderr}");
@@ -343,8 +317,8 @@ const TESTER_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// A migrated orders route: the new service gets `/orders/..` and `x-migrated`, legacy (as
 /// fallback, kill switch target and shadow) gets the client's own request.
-fn migrated(ports: &Ports, legacy: SocketAddr, new: SocketAddr, serving: &str) -> String {
-    ports.with_server(&format!(
+fn migrated(legacy: SocketAddr, new: SocketAddr, serving: &str) -> String {
+    format!(
         r#"upstreams:
   legacy: {{ backends: [{legacy}] }}
   orders-v2: {{ backends: [{new}], timeouts: {{ connect: 500ms }}, retries: 0 }}
@@ -358,18 +332,13 @@ routes:
     fallback: legacy
     shadow: {{ upstream: legacy }}
 "#
-    ))
+    )
 }
 
 const NEW_TARGET: &str = "{ name: orders-v2, rewrite: { strip_prefix: /api }, request_headers: { set: { x-migrated: \"true\" } } }";
 
-async fn start_migrated(legacy: SocketAddr, new: SocketAddr) -> (Proxy, std::path::PathBuf, Ports) {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, migrated(&ports, legacy, new, NEW_TARGET)).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
-    (proxy, path, ports)
+async fn start_migrated(legacy: SocketAddr, new: SocketAddr) -> Proxy {
+    Proxy::start(&migrated(legacy, new, NEW_TARGET)).await
 }
 
 /// Asserts legacy's last primary (not shadow) request was the client's own.
@@ -388,20 +357,11 @@ fn assert_legacy_saw_the_client_request(legacy: &Backend, target: &str) {
     );
 }
 
-async fn admin_post(proxy: &Proxy, target: &str) -> support::ClientResponse {
-    support::send(
-        proxy.admin,
-        ClientRequest::new("POST", target).header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kill_switch_sends_legacy_its_own_paths_and_survives_an_unrelated_reload() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("orders-v2").await;
-    let (proxy, path, ports) = start_migrated(legacy.address, new.address).await;
+    let proxy = start_migrated(legacy.address, new.address).await;
 
     assert_eq!(
         side(&proxy, ClientRequest::get("/api/orders/2?x=1")).await,
@@ -410,10 +370,7 @@ async fn the_kill_switch_sends_legacy_its_own_paths_and_survives_an_unrelated_re
     assert_eq!(new.last().target, "/orders/2?x=1");
     assert_eq!(new.last().header("x-migrated"), Some("true"));
 
-    assert_eq!(
-        admin_post(&proxy, "/kill-switch?state=on").await.status,
-        200
-    );
+    assert_eq!(proxy.admin_post("/kill-switch?state=on").await.status, 200);
     assert_eq!(
         side(&proxy, ClientRequest::get("/api/orders/2?x=1")).await,
         "legacy"
@@ -424,10 +381,10 @@ async fn the_kill_switch_sends_legacy_its_own_paths_and_survives_an_unrelated_re
     assert_eq!(effective["shadow"], serde_json::Value::Null);
 
     // An edit that does not touch `kill_switch` keeps the operator's decision.
-    let edited = migrated(&ports, legacy.address, new.address, NEW_TARGET)
+    let edited = migrated(legacy.address, new.address, NEW_TARGET)
         .replace("name: orders\n", "name: orders # edited\n");
-    std::fs::write(&path, edited).unwrap();
-    let reloaded = admin_post(&proxy, "/reload").await;
+    proxy.rewrite(&edited);
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     let routes = proxy.routes().await;
     assert!(routes["generation"].as_u64().unwrap() >= 2, "{routes}");
@@ -441,10 +398,7 @@ async fn the_kill_switch_sends_legacy_its_own_paths_and_survives_an_unrelated_re
     );
     assert_legacy_saw_the_client_request(&legacy, "/api/orders/3");
 
-    assert_eq!(
-        admin_post(&proxy, "/kill-switch?state=off").await.status,
-        200
-    );
+    assert_eq!(proxy.admin_post("/kill-switch?state=off").await.status, 200);
     assert_eq!(
         side(&proxy, ClientRequest::get("/api/orders/4")).await,
         "orders-v2"
@@ -461,7 +415,7 @@ async fn the_kill_switch_sends_legacy_its_own_paths_and_survives_an_unrelated_re
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fallback_from_a_dead_or_busy_new_service_reaches_legacy_with_the_clients_path() {
     let legacy = Backend::start("legacy").await;
-    let (dead, _, _) = start_migrated(legacy.address, support::dead_address()).await;
+    let dead = start_migrated(legacy.address, support::dead_address()).await;
     let response = dead.get("/api/orders/5?expand=lines").await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("x-backend"), Some("legacy"));
@@ -469,7 +423,7 @@ async fn a_fallback_from_a_dead_or_busy_new_service_reaches_legacy_with_the_clie
     assert_legacy_saw_the_client_request(&legacy, "/api/orders/5?expand=lines");
 
     let busy = Backend::busy("orders-v2").await;
-    let (proxy, _, _) = start_migrated(legacy.address, busy.address).await;
+    let proxy = start_migrated(legacy.address, busy.address).await;
     let response = proxy.get("/api/orders/6").await;
     assert_eq!(response.header("x-backend"), Some("legacy"));
     assert_eq!(
@@ -484,18 +438,14 @@ async fn a_fallback_from_a_dead_or_busy_new_service_reaches_legacy_with_the_clie
 async fn each_side_of_a_split_gets_its_own_edits() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("orders-v2").await;
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let path = dir.path().join("routes.yaml");
     let split = format!(
         "upstream: orders-v2\n    split: [{{ upstream: {NEW_TARGET}, weight: 50 }}, {{ upstream: legacy, weight: 50 }}]"
     );
-    let config = migrated(&ports, legacy.address, new.address, "x")
+    let config = migrated(legacy.address, new.address, "x")
         .replace("stage: new", "stage: canary")
         .replace("upstream: x\n    fallback: legacy", &split)
         .replace("upstream: orders-v2\n    split", "split");
-    std::fs::write(&path, config).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = Proxy::start(&config).await;
     let mut sides = HashMap::<String, usize>::new();
     for n in 0..40 {
         *sides
@@ -523,7 +473,7 @@ async fn each_side_of_a_split_gets_its_own_edits() {
 async fn a_tester_forcing_either_upstream_gets_that_upstreams_edits() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("orders-v2").await;
-    let (proxy, _, _) = start_migrated(legacy.address, new.address).await;
+    let proxy = start_migrated(legacy.address, new.address).await;
     let forced = |upstream: &str| {
         ClientRequest::get("/api/orders/7")
             .header("x-strangler-upstream", upstream)
@@ -539,18 +489,18 @@ async fn a_tester_forcing_either_upstream_gets_that_upstreams_edits() {
 async fn the_one_line_rollback_sends_legacy_its_own_paths() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("orders-v2").await;
-    let (proxy, path, ports) = start_migrated(legacy.address, new.address).await;
+    let proxy = start_migrated(legacy.address, new.address).await;
     assert_eq!(
         side(&proxy, ClientRequest::get("/api/orders/8")).await,
         "orders-v2"
     );
 
-    let rolled_back = migrated(&ports, legacy.address, new.address, "legacy").replace(
+    let rolled_back = migrated(legacy.address, new.address, "legacy").replace(
         "shadow: { upstream: legacy }",
         &format!("shadow: {{ upstream: {NEW_TARGET} }}"),
     );
-    std::fs::write(&path, rolled_back).unwrap();
-    let reloaded = admin_post(&proxy, "/reload").await;
+    proxy.rewrite(&rolled_back);
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     assert_eq!(
         side(&proxy, ClientRequest::get("/api/orders/9")).await,
@@ -567,7 +517,7 @@ async fn the_one_line_rollback_sends_legacy_its_own_paths() {
 async fn shadowing_legacy_from_stage_new_copies_the_clients_request() {
     let legacy = Backend::start("legacy").await;
     let new = Backend::start("orders-v2").await;
-    let (proxy, _, _) = start_migrated(legacy.address, new.address).await;
+    let proxy = start_migrated(legacy.address, new.address).await;
     assert_eq!(
         side(&proxy, ClientRequest::get("/api/orders/10?v=2")).await,
         "orders-v2"

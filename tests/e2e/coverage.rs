@@ -123,12 +123,7 @@ async fn uncovered_traffic_is_listed_by_template_with_shares_and_a_stub_that_cov
         &support::repo_root(),
     );
     assert_eq!(code, 0, "the stub is valid config: {stderr}\n{with_stub}");
-    let reloaded = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     let after = coverage(&proxy, "").await.json();
     assert!(

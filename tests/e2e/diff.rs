@@ -6,13 +6,15 @@ use crate::support;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
 use strangler::vocabulary::Verdict;
-use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, Responder, run_cli};
+use support::{
+    Backend, ClientRequest, Proxy, Recorded, Responder, report, run_cli, wait_for_samples,
+};
 
 fn json_response(body: String) -> hyper::Response<Full<Bytes>> {
     hyper::Response::builder()
@@ -42,43 +44,6 @@ fn candidate(counter: Arc<AtomicU64>) -> Responder {
             r#"{{"tags":["b","a"],"total":10.5,"id":{id},"status":"{status}","generated_at":"t{tick}"}}"#
         ))
     })
-}
-
-fn report(store: &Path, args: &[&str]) -> (i32, String) {
-    let store = store.display().to_string();
-    let mut all = vec!["report", "--db", store.as_str()];
-    all.extend_from_slice(args);
-    let (code, stdout, stderr) = run_cli(&all, Path::new("/tmp"));
-    assert!(code == 0 || code == 1, "report failed: {stderr}");
-    (code, stdout)
-}
-
-/// Polls the report until `route` has `samples` compared exchanges stored, in all directions.
-fn wait_for_samples(store: &Path, route: &str, samples: u64) {
-    let started = Instant::now();
-    loop {
-        if store.exists() {
-            let (_, json) = report(
-                store,
-                &["--route", route, "--format", "json", "--min-samples", "0"],
-            );
-            let document: serde_json::Value = serde_json::from_str(&json).unwrap();
-            let stored: u64 = document["routes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|group| group["samples"].as_u64().unwrap())
-                .sum();
-            if stored >= samples {
-                return;
-            }
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{route} never reached {samples} stored samples"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,13 +85,9 @@ routes:
         assert_eq!(proxy.get(&format!("/tuned/{id}")).await.status, 200);
         assert_eq!(proxy.get(&format!("/invoices/{id}")).await.status, 200);
     }
-    let store = Ports {
-        listen: proxy.address,
-        admin: proxy.admin,
-    }
-    .diff_store();
+    let store = proxy.diff_store();
     for route in ["orders", "orders-tuned", "invoices"] {
-        wait_for_samples(&store, route, 10);
+        wait_for_samples(&store, &["--route", route], 10).await;
     }
 
     let (code, text) = report(&store, &[]);
@@ -236,13 +197,9 @@ routes:
         proxy.get(&format!("/plain/{i}")).await;
         proxy.get(&format!("/denoised/{i}")).await;
     }
-    let store = Ports {
-        listen: proxy.address,
-        admin: proxy.admin,
-    }
-    .diff_store();
-    wait_for_samples(&store, "plain", 8);
-    wait_for_samples(&store, "denoised", 8);
+    let store = proxy.diff_store();
+    wait_for_samples(&store, &["--route", "plain"], 8).await;
+    wait_for_samples(&store, &["--route", "denoised"], 8).await;
 
     let (code, json) = report(&store, &["--format", "json"]);
     assert_eq!(code, 1);
@@ -317,17 +274,10 @@ routes:
     )
 }
 
-/// Polls `/routes` until the proxy serves `generation`; returns that generation's SHA-256.
+/// Waits until the proxy serves `generation`; returns that generation's SHA-256.
 async fn wait_for_generation(proxy: &Proxy, generation: u64) -> String {
-    let what = format!("generation {generation} serving");
-    support::eventually(&what, || async move {
-        let routes = proxy.routes().await;
-        match routes["sha256"].as_str() {
-            Some(sha256) if routes["generation"] == generation => Ok(sha256.to_owned()),
-            _ => Err(routes["last_reload"].clone()),
-        }
-    })
-    .await
+    let routes = proxy.wait_for_generation(generation).await;
+    routes["sha256"].as_str().expect("a SHA-256").to_owned()
 }
 
 /// The report's groups as (route, direction, samples, generations).
@@ -356,8 +306,8 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
 
     // The store already exists, written by a strangler that recorded no provenance: it is
     // migrated in place and its exchange kept.
-    let ports = Ports::reserve();
-    let store = ports.diff_store();
+    let proxy = Proxy::with(flip_config(&legacy_app, &v2, &twin, false));
+    let store = proxy.store();
     let old = rusqlite::Connection::open(&store).unwrap();
     old.execute_batch(STORE_WITHOUT_PROVENANCE).unwrap();
     old.execute(
@@ -368,20 +318,7 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
     .unwrap();
     drop(old);
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("routes.yaml");
-    // Written beside and renamed over, so the config watch never reads half a file.
-    let write = |flipped| {
-        let next = config.with_extension("next");
-        std::fs::write(
-            &next,
-            ports.with_server(&flip_config(&legacy_app, &v2, &twin, flipped)),
-        )
-        .unwrap();
-        std::fs::rename(&next, &config).unwrap();
-    };
-    write(false);
-    let proxy = Proxy::start_on(dir, &config, ports).await;
+    let proxy = proxy.start().await;
     let first_sha = wait_for_generation(&proxy, 1).await;
     for id in [1, 2, 1, 2] {
         assert_eq!(proxy.get(&format!("/orders/{id}")).await.status, 200);
@@ -389,17 +326,12 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
     for _ in 0..2 {
         assert_eq!(proxy.get("/invoices/1").await.status, 200);
     }
-    wait_for_samples(&store, "orders", 5);
-    wait_for_samples(&store, "invoices", 2);
+    wait_for_samples(&store, &["--route", "orders"], 5).await;
+    wait_for_samples(&store, &["--route", "invoices"], 2).await;
 
     // The flip: orders-v2 serves and legacy gets the copies.
-    write(true);
-    let reload = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    proxy.rewrite(&flip_config(&legacy_app, &v2, &twin, true));
+    let reload = proxy.reload().await;
     assert_eq!(reload.status, 200, "{}", reload.text());
     let second_sha = wait_for_generation(&proxy, 2).await;
     assert_ne!(first_sha, second_sha);
@@ -410,7 +342,7 @@ async fn a_flipped_route_is_not_judged_as_one_blend_of_both_directions_and_gener
             "orders-v2 serves"
         );
     }
-    wait_for_samples(&store, "orders", 8);
+    wait_for_samples(&store, &["--route", "orders"], 8).await;
 
     let (code, text) = report(&store, &[]);
     assert_eq!(code, 1, "{text}");
@@ -522,13 +454,9 @@ routes:
         proxy.get("/orders/1").await;
         proxy.get("/invoices/1").await;
     }
-    let store = Ports {
-        listen: proxy.address,
-        admin: proxy.admin,
-    }
-    .diff_store();
-    wait_for_samples(&store, "orders", 3);
-    wait_for_samples(&store, "invoices", 3);
+    let store = proxy.diff_store();
+    wait_for_samples(&store, &["--route", "orders"], 3).await;
+    wait_for_samples(&store, &["--route", "invoices"], 3).await;
 
     let verdicts = |document: serde_json::Value| -> Vec<(String, String)> {
         document["diffs"]
@@ -701,12 +629,12 @@ fn a_store_that_is_not_a_database_stops_run_instead_of_losing_every_diff() {
         "not a database, just text\n".repeat(100),
     )
     .unwrap();
-    let ports = Ports::reserve();
-    let config = format!(
-        "server:\n  listen: {}\n  admin: {}\n  diff_store: diffs.db\nupstreams:\n  legacy: {{ backends: [127.0.0.1:9001] }}\n  new: {{ backends: [127.0.0.1:9002] }}\ndefault_upstream: legacy\nroutes:\n  - {{ name: orders, match: {{ path_prefix: /orders }}, shadow: {{ upstream: new }} }}\n",
-        ports.listen, ports.admin
-    );
-    std::fs::write(dir.path().join("routes.yaml"), config).unwrap();
+    let proxy = Proxy::with(
+        "upstreams:\n  legacy: { backends: [127.0.0.1:9001] }\n  new: { backends: [127.0.0.1:9002] }\ndefault_upstream: legacy\nroutes:\n  - { name: orders, match: { path_prefix: /orders }, shadow: { upstream: new } }\n",
+    )
+    .diff_store("diffs.db");
+    let ports = proxy.ports;
+    std::fs::write(dir.path().join("routes.yaml"), proxy.rendered()).unwrap();
     let (code, _, stderr) = run_cli(&["run", "-c", "routes.yaml"], dir.path());
     assert_ne!(code, 0, "{stderr}");
     assert!(
@@ -732,58 +660,26 @@ async fn a_diff_store_that_cannot_open_when_a_reload_adds_a_shadow_is_counted_no
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("not-a-directory"), "").unwrap();
     let unusable = dir.path().join("not-a-directory/diffs.db");
-    let ports = Ports::reserve();
     let upstreams = format!(
         "upstreams:\n  legacy: {{ backends: [{}] }}\n  new: {{ backends: [{}] }}\ndefault_upstream: legacy\n",
         old.address, new.address
     );
-    // Written beside and renamed over, so the config watch never reads half a file.
-    let write = |routes: &str| {
-        let next = dir.path().join("routes.next");
-        std::fs::write(
-            &next,
-            format!(
-                "server:\n  listen: {}\n  admin: {}\n  threads: 1\n  diff_store: {}\n{upstreams}{routes}",
-                ports.listen,
-                ports.admin,
-                unusable.display()
-            ),
-        )
-        .unwrap();
-        std::fs::rename(&next, dir.path().join("routes.yaml")).unwrap();
-    };
-    write("");
-    let config = dir.path().join("routes.yaml");
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_on(proxy_dir, &config, ports).await;
+    let proxy = Proxy::with(upstreams.as_str())
+        .diff_store(unusable.to_str().unwrap())
+        .start()
+        .await;
 
-    write(
-        "routes:\n  - { name: orders, match: { path_prefix: /orders }, shadow: { upstream: new } }\n",
-    );
-    let reload = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    proxy.rewrite(&format!(
+        "{upstreams}routes:\n  - {{ name: orders, match: {{ path_prefix: /orders }}, shadow: {{ upstream: new }} }}\n",
+    ));
+    let reload = proxy.reload().await;
     assert_eq!(reload.status, 200, "{}", reload.text());
     wait_for_generation(&proxy, 2).await;
     proxy.get("/orders/1").await;
 
-    let started = Instant::now();
-    while proxy
-        .metric("strangler_diff_store_errors_total{operation=\"open\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the failed open was not counted:\n{}",
-            proxy.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy
+        .wait_for_metric("strangler_diff_store_errors_total{operation=\"open\"}", 1.0)
+        .await;
     assert!(
         proxy.stderr().contains("cannot open the diff store"),
         "{}",
@@ -892,12 +788,8 @@ routes:
         ["gzip", "br", "br", "gzip"],
         "the client gets legacy's bytes"
     );
-    let store = Ports {
-        listen: proxy.address,
-        admin: proxy.admin,
-    }
-    .diff_store();
-    wait_for_samples(&store, "orders", 4);
+    let store = proxy.diff_store();
+    wait_for_samples(&store, &["--route", "orders"], 4).await;
 
     let (_, json) = report(&store, &["--format", "json"]);
     let document: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -965,12 +857,8 @@ routes:
     for id in 1..=4 {
         assert_eq!(proxy.get(&format!("/orders/{id}")).await.status, 200);
     }
-    let store = Ports {
-        listen: proxy.address,
-        admin: proxy.admin,
-    }
-    .diff_store();
-    wait_for_samples(&store, "orders", 4);
+    let store = proxy.diff_store();
+    wait_for_samples(&store, &["--route", "orders"], 4).await;
 
     let (code, json) = report(&store, &["--format", "json"]);
     assert_eq!(code, 1, "{json}");
@@ -1069,13 +957,9 @@ routes:
             assert_eq!(proxy.get(&format!("/{route}/orders")).await.status, 200);
         }
     }
-    let store = Ports {
-        listen: proxy.address,
-        admin: proxy.admin,
-    }
-    .diff_store();
+    let store = proxy.diff_store();
     for route in ["keyed", "buggy", "ordered"] {
-        wait_for_samples(&store, route, 3);
+        wait_for_samples(&store, &["--route", route], 3).await;
     }
     let (_, json) = report(&store, &["--format", "json"]);
     let document: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -275,9 +275,8 @@ async fn balanced_proxy(legacy: &Backend, new: &Backend, trusted: bool) -> Proxy
     } else {
         ""
     };
-    Proxy::start_with_settings(
-        &format!(
-            r#"upstreams:
+    Proxy::with(format!(
+        r#"upstreams:
   legacy: {{ backends: [{}] }}
   new: {{ backends: [{}] }}
 default_upstream: legacy
@@ -290,12 +289,10 @@ routes:
     sticky: {{ client_ip: true }}
   - {{ name: plain, match: {{ path_prefix: /plain }}, upstream: legacy }}
 "#,
-            legacy.address, new.address
-        ),
-        server,
-        &[],
-        &[],
-    )
+        legacy.address, new.address
+    ))
+    .server(server)
+    .start()
     .await
 }
 

@@ -252,13 +252,7 @@ async fn below_the_minimum_nothing_trips_and_a_config_change_clears_a_trip() {
 }
 
 async fn reload(proxy: &Proxy) -> serde_json::Value {
-    support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap()
-    .json()
+    proxy.reload().await.json()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,11 +10,10 @@ use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
 
 use serde_yaml::{Mapping, Value};
 use strangler::demo::App;
-use support::{ClientRequest, ClientResponse, DEADLINE, Ports, Proxy, repo_root, run_cli};
+use support::{ClientRequest, ClientResponse, Proxy, repo_root, run_cli};
 
 const GUIDE: &str = "docs/migration-guide.md";
 
@@ -158,11 +157,14 @@ impl DemoApp {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(self.address).await.is_ok() {
-            assert!(started.elapsed() < DEADLINE, "the app still accepts");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let address = self.address;
+        support::eventually("the app closed", || async move {
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(_) => Err("still accepting"),
+                Err(_) => Ok(()),
+            }
+        })
+        .await;
     }
 }
 
@@ -177,7 +179,6 @@ impl Drop for DemoApp {
 /// The guide's stages applied to one proxy, by rewriting its config file.
 struct Walk {
     proxy: Proxy,
-    ports: Ports,
     stages: Vec<(String, Vec<String>)>,
     legacy: SocketAddr,
     orders_v2: SocketAddr,
@@ -208,28 +209,29 @@ impl Walk {
     /// Writes `stage`'s config over the live file and waits until the proxy serves it.
     async fn apply(&self, stage: &str) {
         let text = self
-            .ports
-            .with_server(&serde_yaml::to_string(&self.config(stage)).unwrap());
+            .proxy
+            .full_config(&serde_yaml::to_string(&self.config(stage)).unwrap());
         let sha256 = strangler::config::SourceFile::new("routes.yaml", text.clone()).sha256;
         std::fs::write(self.proxy.config_path(), &text).unwrap();
-        let started = Instant::now();
-        loop {
+        let what = format!("stage `{stage}` applied");
+        let routes = support::eventually(&what, || async {
             let routes = self.proxy.routes().await;
             if routes["sha256"] == sha256.as_str() {
-                assert_eq!(
-                    routes["stages"]["orders-read"],
-                    stage_of(&self.route(stage)).as_str()
-                );
-                return;
+                return Ok(routes);
             }
             // The guide's YAML no longer loads: say why now rather than at the deadline.
             assert!(
-                routes["last_reload"]["result"] != "invalid" && started.elapsed() < DEADLINE,
+                routes["last_reload"]["result"] != "invalid",
                 "stage `{stage}` was not applied; last reload: {:#}\n{text}",
                 routes["last_reload"]
             );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            Err(routes["last_reload"].clone())
+        })
+        .await;
+        assert_eq!(
+            routes["stages"]["orders-read"],
+            stage_of(&self.route(stage)).as_str()
+        );
     }
 
     async fn get(&self, target: &str, headers: &[(&str, &str)]) -> ClientResponse {
@@ -241,13 +243,10 @@ impl Walk {
     }
 
     async fn kill_switch(&self, state: &str) {
-        let response = support::send(
-            self.proxy.admin,
-            ClientRequest::new("POST", &format!("/kill-switch?state={state}"))
-                .header("x-strangler-admin", "1"),
-        )
-        .await
-        .unwrap();
+        let response = self
+            .proxy
+            .admin_post(&format!("/kill-switch?state={state}"))
+            .await;
         assert_eq!(response.status, 200, "{}", response.text());
     }
 
@@ -309,19 +308,10 @@ async fn the_migration_guide_does_what_it_says_stage_by_stage() {
     let stages = guide_stages();
 
     // 1. legacy: the first stage is the config the proxy starts on.
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let path = dir.path().join("routes.yaml");
     let first = stage_config(&stages[0].1, legacy_app.address, orders_app.address);
-    std::fs::write(
-        &path,
-        ports.with_server(&serde_yaml::to_string(&first).unwrap()),
-    )
-    .unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = Proxy::start(&serde_yaml::to_string(&first).unwrap()).await;
     let walk = Walk {
         proxy,
-        ports,
         stages,
         legacy: legacy_app.address,
         orders_v2: orders_app.address,
@@ -355,7 +345,7 @@ async fn the_migration_guide_does_what_it_says_stage_by_stage() {
         3.0,
     )
     .await;
-    let report = wait_for_report(&walk.ports.diff_store(), 3);
+    let report = wait_for_report(&walk.proxy.diff_store(), 3).await;
     let mut paths: Vec<&str> = report["paths"]
         .as_array()
         .unwrap()
@@ -490,9 +480,9 @@ async fn the_migration_guide_does_what_it_says_stage_by_stage() {
 }
 
 /// `strangler report --format json` for orders-read once the store holds `samples` exchanges.
-fn wait_for_report(store: &Path, samples: u64) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
+async fn wait_for_report(store: &Path, samples: u64) -> serde_json::Value {
+    let what = format!("{samples} samples of orders-read stored");
+    support::eventually(&what, || async {
         let (_, stdout, stderr) = run_cli(
             &[
                 "report",
@@ -508,15 +498,10 @@ fn wait_for_report(store: &Path, samples: u64) -> serde_json::Value {
         let route = serde_json::from_str::<serde_json::Value>(&stdout)
             .ok()
             .and_then(|report| report["routes"].get(0).cloned());
-        if let Some(route) = route
-            && route["samples"].as_u64().unwrap_or(0) >= samples
-        {
-            return route;
+        match route {
+            Some(route) if route["samples"].as_u64().unwrap_or(0) >= samples => Ok(route),
+            _ => Err(format!("{stdout}\n{stderr}")),
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the diff store did not get {samples} samples:\n{stdout}\n{stderr}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    })
+    .await
 }

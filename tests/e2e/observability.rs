@@ -3,29 +3,19 @@
 
 use crate::support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, run_cli};
-
-/// Writes `config` (with a server section for fresh ports, plus `server_extra` lines) and starts
-/// the proxy with `args` and `env`.
-async fn start(config: &str, server_extra: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-    Proxy::start_with_settings(config, server_extra, args, env).await
-}
+use support::{Backend, ClientRequest, Proxy, run_cli};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_durations_errors_and_health() {
     let backend = Backend::start("b").await;
     let dead = support::dead_address();
-    let proxy = start(
-        &format!(
+    let proxy = Proxy::with(format!(
             "upstreams:\n  u: {{ backends: [{}] }}\n  gone: {{ backends: [{dead}], retries: 0 }}\ndefault_upstream: u\nroutes:\n  - {{ name: api, match: {{ path_prefix: /api }} }}\n  - {{ name: broken, match: {{ path_prefix: /broken }}, upstream: gone }}\n",
             backend.address
-        ),
-        "",
-        &[],
-        &[("RUST_LOG", "warn")],
-    )
+        ))
+        .start()
     .await;
     for _ in 0..5 {
         assert_eq!(proxy.get("/api/x").await.status, 200);
@@ -118,21 +108,19 @@ async fn metrics_count_requests_durations_errors_and_health() {
 #[tokio::test(flavor = "multi_thread")]
 async fn json_access_logs_carry_the_request_id_the_backend_saw() {
     let backend = Backend::start("b").await;
-    let proxy = start(
-        &format!(
-            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
-            backend.address
-        ),
-        "",
-        &["--log-format", "json"],
-        &[("RUST_LOG", "info")],
-    )
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+        backend.address
+    ))
+    .arg("--log-format")
+    .arg("json")
+    .env("RUST_LOG", "info")
+    .start()
     .await;
     proxy.get("/logged?x=1").await;
     let id = backend.last().header("x-request-id").unwrap().to_owned();
 
-    let started = Instant::now();
-    loop {
+    let (event, stderr) = support::eventually(&format!("the access log of {id}"), || async {
         let stderr = proxy.stderr();
         let access = stderr
             .lines()
@@ -141,31 +129,28 @@ async fn json_access_logs_carry_the_request_id_the_backend_saw() {
                 event["target"] == "strangler::access"
                     && event["fields"]["request_id"] == id.as_str()
             });
-        if let Some(event) = access {
-            let fields = &event["fields"];
-            assert_eq!(fields["status"], 200);
-            assert_eq!(fields["path"], "/logged");
-            assert_eq!(fields["route"], "default");
-            assert_eq!(fields["upstream"], "u");
-            assert_eq!(fields["shadowed"], false);
-            assert!(fields["duration_ms"].as_f64().is_some());
-            assert_eq!(event["level"], "INFO");
-            assert!(event["timestamp"].is_string());
-            // Every line on stderr is one JSON event, the proxy's and Pingora's alike (a last
-            // line still being written is left out).
-            let complete = &stderr[..stderr.rfind('\n').map_or(0, |end| end + 1)];
-            for line in complete.lines().filter(|line| !line.trim().is_empty()) {
-                let event: serde_json::Value = serde_json::from_str(line)
-                    .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
-                assert!(event["target"].is_string(), "{line}");
-            }
-            break;
+        match access {
+            Some(event) => Ok((event, stderr)),
+            None => Err(stderr),
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no access log for {id} in:\n{stderr}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await;
+    let fields = &event["fields"];
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["path"], "/logged");
+    assert_eq!(fields["route"], "default");
+    assert_eq!(fields["upstream"], "u");
+    assert_eq!(fields["shadowed"], false);
+    assert!(fields["duration_ms"].as_f64().is_some());
+    assert_eq!(event["level"], "INFO");
+    assert!(event["timestamp"].is_string());
+    // Every line on stderr is one JSON event, the proxy's and Pingora's alike (a last line
+    // still being written is left out).
+    let complete = &stderr[..stderr.rfind('\n').map_or(0, |end| end + 1)];
+    for line in complete.lines().filter(|line| !line.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+        assert!(event["target"].is_string(), "{line}");
     }
 }
 
@@ -173,15 +158,11 @@ async fn json_access_logs_carry_the_request_id_the_backend_saw() {
 async fn traceparent_reaches_the_backend_and_the_shadow() {
     let backend = Backend::start("b").await;
     let shadow = Backend::start("s").await;
-    let proxy = start(
-        &format!(
+    let proxy = Proxy::with(format!(
             "upstreams:\n  u: {{ backends: [{}] }}\n  s: {{ backends: [{}] }}\ndefault_upstream: u\nroutes:\n  - {{ name: r, match: {{ path: /t }}, shadow: {{ upstream: s }} }}\n",
             backend.address, shadow.address
-        ),
-        "",
-        &[],
-        &[("RUST_LOG", "warn")],
-    )
+        ))
+        .start()
     .await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     proxy
@@ -210,15 +191,13 @@ async fn traceparent_reaches_the_backend_and_the_shadow() {
         "strangler_shadow_requests_total{outcome=\"completed\",route=\"r\"}",
         "strangler_diffs_total{result=\"mismatch\",route=\"r\"}",
     ] {
-        let started = Instant::now();
-        while proxy.metric(sample).await != Some(1.0) {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{sample} is not 1 in:\n{}",
-                support::get(proxy.admin, "/metrics").await.unwrap().text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::eventually(&format!("{sample} at 1"), || async {
+            match proxy.metric(sample).await {
+                Some(1.0) => Ok(()),
+                seen => Err(format!("{seen:?}")),
+            }
+        })
+        .await;
     }
 }
 
@@ -226,15 +205,12 @@ async fn traceparent_reaches_the_backend_and_the_shadow() {
 /// `Bearer s3cret-token`.
 async fn with_admin_token() -> (Proxy, Backend) {
     let backend = Backend::start("b").await;
-    let proxy = start(
-        &format!(
-            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
-            backend.address
-        ),
-        "  admin_token: s3cret-token\n",
-        &[],
-        &[("RUST_LOG", "warn")],
-    )
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+        backend.address
+    ))
+    .server("  admin_token: s3cret-token\n")
+    .start()
     .await;
     (proxy, backend)
 }
@@ -351,15 +327,11 @@ fn backend_entry<'a>(
 async fn upstreams_lists_every_backend_with_the_health_checks_verdict() {
     let live = Backend::start("live").await;
     let dead = support::dead_address();
-    let proxy = start(
-        &format!(
+    let proxy = Proxy::with(format!(
             "upstreams:\n  checked:\n    backends: [{live}, {dead}]\n    health_check: {{ path: /health, interval: 100ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1 }}\n  plain: {{ backends: [{live}] }}\ndefault_upstream: plain\n",
             live = live.address
-        ),
-        "",
-        &[],
-        &[("RUST_LOG", "warn")],
-    )
+        ))
+        .start()
     .await;
 
     let document = admin_json(&proxy, "/upstreams").await;
@@ -447,15 +419,12 @@ async fn upstreams_lists_every_backend_with_the_health_checks_verdict() {
 async fn upstreams_shows_a_passive_ejection_and_when_it_ends() {
     let live = Backend::start("live").await;
     let dead = support::dead_address();
-    let proxy = start(
-        &format!(
+    let proxy = Proxy::with(format!(
             "upstreams:\n  u:\n    backends: [{}, {dead}]\n    passive: {{ consecutive_failures: 1, ejection: 1m }}\ndefault_upstream: u\n",
             live.address
-        ),
-        "",
-        &[],
-        &[("RUST_LOG", "error")],
-    )
+        ))
+        .env("RUST_LOG", "error")
+        .start()
     .await;
     // Round robin sends one of the first requests to the dead backend; the retry answers.
     let document = support::eventually("the dead backend ejected", || async {
@@ -548,15 +517,13 @@ fn the_admin_listener_defaults_to_loopback_port_9901() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_is_never_ready_without_a_loaded_config() {
-    let ports = Ports::reserve();
+    // Valid YAML, invalid config: the default upstream does not exist.
+    let proxy =
+        Proxy::with("upstreams:\n  u: { backends: [127.0.0.1:9] }\ndefault_upstream: nope\n");
+    let ports = proxy.ports;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
-    // Valid YAML, invalid config: the default upstream does not exist.
-    std::fs::write(
-        &path,
-        ports.with_server("upstreams:\n  u: { backends: [127.0.0.1:9] }\ndefault_upstream: nope\n"),
-    )
-    .unwrap();
+    std::fs::write(&path, proxy.rendered()).unwrap();
     let mut child = std::process::Command::new(support::binary())
         .args(["run", "-c"])
         .arg(&path)
@@ -566,20 +533,19 @@ async fn readyz_is_never_ready_without_a_loaded_config() {
         .spawn()
         .unwrap();
     // Ask /readyz as fast as possible for as long as the process lives: no answer may be 200.
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+    let status = support::eventually("strangler exiting on an invalid config", || {
+        let exited = child.try_wait().unwrap();
+        async move {
+            if let Some(status) = exited {
+                return Ok(status);
+            }
+            if let Ok(response) = support::get(ports.admin, "/readyz").await {
+                assert_ne!(response.status, 200, "ready on an invalid config");
+            }
+            Err("still running")
         }
-        if let Ok(response) = support::get(ports.admin, "/readyz").await {
-            assert_ne!(response.status, 200, "ready on an invalid config");
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "strangler kept running on an invalid config"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    })
+    .await;
     assert!(!status.success());
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -592,10 +558,12 @@ async fn readyz_is_never_ready_without_a_loaded_config() {
     // The same file made valid: the first 200 carries generation 1.
     std::fs::write(
         &path,
-        ports.with_server("upstreams:\n  u: { backends: [127.0.0.1:9] }\ndefault_upstream: u\n"),
+        proxy
+            .rendered()
+            .replace("default_upstream: nope", "default_upstream: u"),
     )
     .unwrap();
-    let proxy = Proxy::start_with(dir, &path, ports, &[], &[("RUST_LOG", "warn")]).await;
+    let proxy = proxy.in_dir(dir).on_file(&path).start().await;
     let ready = admin_json(&proxy, "/readyz").await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["generation"], 1);
@@ -623,7 +591,9 @@ routes:
 async fn fallbacks_are_counted_by_reason_and_every_shadowed_request_has_one_outcome() {
     let legacy = Backend::start("legacy").await;
     let busy = Backend::busy("new").await;
-    let proxy = start(&fallback_config(legacy.address, busy.address), "", &[], &[]).await;
+    let proxy = Proxy::with(fallback_config(legacy.address, busy.address))
+        .start()
+        .await;
     for _ in 0..3 {
         assert_eq!(
             proxy.get("/orders/1").await.header("x-backend"),
@@ -637,25 +607,16 @@ async fn fallbacks_are_counted_by_reason_and_every_shadowed_request_has_one_outc
     };
     proxy.wait_for_metric(&sample("status"), 3.0).await;
 
-    let dead = start(
-        &fallback_config(legacy.address, support::dead_address()),
-        "",
-        &[],
-        &[],
-    )
-    .await;
+    let dead = Proxy::with(fallback_config(legacy.address, support::dead_address()))
+        .start()
+        .await;
     assert_eq!(
         dead.get("/orders/1").await.header("x-backend"),
         Some("legacy")
     );
     dead.wait_for_metric(&sample("unreachable"), 1.0).await;
 
-    let on = support::send(
-        dead.admin,
-        ClientRequest::new("POST", "/kill-switch?state=on").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let on = dead.admin_post("/kill-switch?state=on").await;
     assert_eq!(on.status, 200);
     for _ in 0..2 {
         assert_eq!(dead.get("/orders/2").await.status, 200);
@@ -686,21 +647,16 @@ async fn fallbacks_are_counted_by_reason_and_every_shadowed_request_has_one_outc
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_removed_by_a_reload_leaves_metrics_and_one_edit_counts_once() {
     let backend = Backend::start("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let path = dir.path().join("routes.yaml");
     let config = |routes: &str| {
-        ports.with_server(&format!(
+        format!(
             "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\nroutes:\n{routes}",
             backend.address
-        ))
+        )
     };
-    std::fs::write(
-        &path,
-        config("  - { name: old, match: { path_prefix: /old } }\n  - { name: kept, match: { path_prefix: /kept } }\n"),
-    )
-    .unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = Proxy::start(&config(
+        "  - { name: old, match: { path_prefix: /old } }\n  - { name: kept, match: { path_prefix: /kept } }\n",
+    ))
+    .await;
     assert_eq!(proxy.get("/old").await.status, 200);
     assert_eq!(proxy.get("/kept").await.status, 200);
     proxy
@@ -716,21 +672,20 @@ async fn a_route_removed_by_a_reload_leaves_metrics_and_one_edit_counts_once() {
     );
     assert_eq!(proxy.metric(&version).await, Some(1.0));
 
+    // Written in place (no rename): the watch may see the write more than once.
+    let path = proxy.config_path();
     std::fs::write(
         &path,
-        config("  - { name: kept, match: { path_prefix: /kept } }\n"),
+        proxy.full_config(&config(
+            "  - { name: kept, match: { path_prefix: /kept } }\n",
+        )),
     )
     .unwrap();
     proxy
         .wait_for_metric("strangler_config_reloads_total{result=\"applied\"}", 1.0)
         .await;
     // The watch applied it; the same content through the API is the same edit.
-    let again = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let again = proxy.reload().await;
     assert_eq!(again.json()["result"], "unchanged");
     let text = support::get(proxy.admin, "/metrics").await.unwrap().text();
     assert!(!text.contains("route=\"old\""), "{text}");
@@ -753,12 +708,7 @@ async fn a_route_removed_by_a_reload_leaves_metrics_and_one_edit_counts_once() {
     proxy
         .wait_for_metric("strangler_config_reloads_total{result=\"invalid\"}", 1.0)
         .await;
-    let rejected = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let rejected = proxy.reload().await;
     assert_eq!(rejected.status, 422);
     assert_eq!(
         proxy

@@ -6,7 +6,6 @@ use crate::support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
 
-use support::{Backend, ClientRequest, DEADLINE, Proxy};
+use support::{Backend, ClientRequest, Proxy};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -141,20 +140,19 @@ impl Collector {
 
     /// Waits (bounded by [`DEADLINE`]) for a span of trace `trace_id` and returns it.
     async fn wait_for_trace(&self, trace_id: &str, proxy: &Proxy) -> Exported {
-        let started = Instant::now();
-        loop {
-            if let Some(span) = self.spans().into_iter().find(|s| s.trace_id() == trace_id) {
-                return span;
+        let what = format!("a span of trace {trace_id}");
+        support::eventually(&what, || async {
+            match self.spans().into_iter().find(|s| s.trace_id() == trace_id) {
+                Some(span) => Ok(span),
+                None => Err(format!(
+                    "received {:?}, strays {:?}\nproxy stderr:\n{}",
+                    self.spans(),
+                    self.strays.lock().unwrap(),
+                    proxy.stderr()
+                )),
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "no span of trace {trace_id} within {DEADLINE:?}; received {:?}, strays {:?}\nproxy stderr:\n{}",
-                self.spans(),
-                self.strays.lock().unwrap(),
-                proxy.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -205,9 +203,11 @@ async fn start_with_env(
         "  otlp:\n    endpoint: \"http://{}\"\n    service_name: strangler-e2e\n{otlp_extra}",
         collector.address
     );
-    let mut env = env.to_vec();
-    env.push(("RUST_LOG", "warn"));
-    Proxy::start_with_settings(config, &otlp, &[], &env).await
+    let mut proxy = Proxy::with(config).server(&otlp);
+    for (name, value) in env {
+        proxy = proxy.env(name, value);
+    }
+    proxy.env("RUST_LOG", "warn").start().await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
 use support::postgres::{PASSWORD, Postgres};
-use support::{Backend, DEADLINE, Ports, Proxy, Recorded, binary};
+use support::{Backend, DEADLINE, Proxy, Recorded, binary};
 
 /// Orders as legacy or the candidate answers them: the candidate gets the total of every
 /// fourth order wrong, so a run mixes matches and mismatches.
@@ -43,19 +43,10 @@ async fn proxy(
     replica: &str,
     match_sample: f64,
 ) -> Proxy {
-    let ports = Ports::reserve();
     let dir = tempfile::tempdir().unwrap();
     let password_file = postgres.password_file(dir.path());
-    let config = format!(
-        r#"server:
-  listen: {listen}
-  admin: {admin}
-  threads: 1
-  diff_store: {url}
-  diff_store_password_file: {password_file}
-  diff_match_sample: {match_sample}
-  replica: {replica}
-upstreams:
+    Proxy::with(format!(
+        r#"upstreams:
   legacy: {{ backends: [{legacy}] }}
   orders-v2: {{ backends: [{candidate}] }}
 default_upstream: legacy
@@ -64,16 +55,18 @@ routes:
     match: {{ path_prefix: /orders }}
     shadow: {{ upstream: orders-v2 }}
 "#,
-        listen = ports.listen,
-        admin = ports.admin,
-        url = postgres.url(),
-        password_file = password_file.display(),
         legacy = legacy.address,
         candidate = candidate.address,
-    );
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config).unwrap();
-    Proxy::start_with(dir, &path, ports, &[], &[("RUST_LOG", "info")]).await
+    ))
+    .diff_store(&postgres.url())
+    .server(&format!(
+        "  diff_store_password_file: {}\n  diff_match_sample: {match_sample}\n  replica: {replica}\n",
+        password_file.display()
+    ))
+    .env("RUST_LOG", "info")
+    .in_dir(dir)
+    .start()
+    .await
 }
 
 /// Sends `/orders/1..=count` through `proxy`; every answer must be legacy's 200.
@@ -251,25 +244,30 @@ async fn postgres_stopped_under_load_costs_no_client_request_and_writes_resume_w
     postgres.stop_server();
     // Requests keep flowing while the store is gone; every one is answered.
     let mut sent = 0;
-    let started = Instant::now();
-    while proxy
-        .metric("strangler_diff_store_dropped_total{reason=\"unavailable\"}")
-        .await
-        .unwrap_or(0.0)
-        + proxy
-            .metric("strangler_diff_store_dropped_total{reason=\"write_failed\"}")
-            .await
-            .unwrap_or(0.0)
-        < 5.0
-    {
-        traffic(&proxy, 1..=4).await;
+    support::eventually("comparisons dropped while the store is down", || {
         sent += 4;
-        assert!(
-            started.elapsed() < DEADLINE,
-            "nothing dropped after {sent} requests:\n{}",
-            proxy.stderr()
-        );
-    }
+        let sent = sent;
+        let proxy = &proxy;
+        async move {
+            let dropped = proxy
+                .metric("strangler_diff_store_dropped_total{reason=\"unavailable\"}")
+                .await
+                .unwrap_or(0.0)
+                + proxy
+                    .metric("strangler_diff_store_dropped_total{reason=\"write_failed\"}")
+                    .await
+                    .unwrap_or(0.0);
+            if dropped >= 5.0 {
+                return Ok(());
+            }
+            traffic(proxy, 1..=4).await;
+            Err(format!(
+                "{dropped} dropped after {sent} requests:\n{}",
+                proxy.stderr()
+            ))
+        }
+    })
+    .await;
     let errors = proxy
         .metric("strangler_diff_store_errors_total{operation=\"open\"}")
         .await
@@ -295,23 +293,23 @@ async fn postgres_stopped_under_load_costs_no_client_request_and_writes_resume_w
         .await
         .unwrap_or(0.0);
     // The writer reconnects after its backoff (10 s at most): traffic until it has.
-    let started = Instant::now();
-    loop {
-        traffic(&proxy, 1..=4).await;
-        let written = proxy
-            .metric("strangler_diff_store_written_total")
-            .await
-            .unwrap_or(0.0);
-        if written >= before + 8.0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE + Duration::from_secs(10),
-            "writes never resumed:\n{}",
-            proxy.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually_within(
+        "writes resumed",
+        DEADLINE + Duration::from_secs(10),
+        || async {
+            traffic(&proxy, 1..=4).await;
+            let written = proxy
+                .metric("strangler_diff_store_written_total")
+                .await
+                .unwrap_or(0.0);
+            if written >= before + 8.0 {
+                Ok(())
+            } else {
+                Err(format!("{written} written:\n{}", proxy.stderr()))
+            }
+        },
+    )
+    .await;
     let (_, document, stderr) = report(&postgres.url(), &[]);
     let (samples, _) = totals(&document.unwrap_or_else(|| panic!("{stderr}")));
     assert!(
@@ -438,33 +436,37 @@ async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_client
     let mut locker = postgres.spawn_query(
         "BEGIN; LOCK TABLE diff_counts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
     );
-    let started = Instant::now();
-    while postgres.query(
-        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'diff_counts'::regclass
-         AND mode = 'AccessExclusiveLock' AND granted",
-    ) != "1"
-    {
-        assert!(started.elapsed() < DEADLINE, "the lock was never taken");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::eventually("the counts table locked", || async {
+        match postgres.query(
+            "SELECT COUNT(*) FROM pg_locks WHERE relation = 'diff_counts'::regclass
+             AND mode = 'AccessExclusiveLock' AND granted",
+        ) {
+            locks if locks == "1" => Ok(()),
+            locks => Err(locks),
+        }
+    })
+    .await;
     // Far more comparisons than the writer's queue holds, while it is stuck.
-    let started = Instant::now();
-    let mut slowest = Duration::ZERO;
-    while proxy
-        .metric("strangler_diff_store_dropped_total{reason=\"queue_full\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        let sent = Instant::now();
-        traffic(&proxy, 1..=1).await;
-        slowest = slowest.max(sent.elapsed());
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the queue never filled:\n{}",
-            proxy.stderr()
-        );
-    }
+    let slowest = std::cell::Cell::new(Duration::ZERO);
+    support::eventually("the writer's queue full", || async {
+        if proxy
+            .metric("strangler_diff_store_dropped_total{reason=\"queue_full\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+        {
+            return Ok(());
+        }
+        // Back to back between checks, each request timed on its own.
+        for _ in 0..8 {
+            let sent = Instant::now();
+            traffic(&proxy, 1..=1).await;
+            slowest.set(slowest.get().max(sent.elapsed()));
+        }
+        Err(proxy.stderr())
+    })
+    .await;
+    let slowest = slowest.get();
     assert!(
         slowest < Duration::from_secs(1),
         "a request waited on the store: {slowest:?}"

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Backend, ClientRequest, DEADLINE, KeepAliveClient, Ports, Proxy};
+use support::{Backend, ClientRequest, KeepAliveClient, Proxy};
 
 /// A config routing `/r` to `upstream` and tagging responses with `x-route: <tag>`.
-fn routes_to(ports: &Ports, old: &Backend, new: &Backend, upstream: &str, tag: &str) -> String {
-    ports.with_server(&format!(
+fn routes_to(old: &Backend, new: &Backend, upstream: &str, tag: &str) -> String {
+    format!(
         r#"upstreams:
   old: {{ backends: [{}] }}
   new: {{ backends: [{}] }}
@@ -24,22 +24,11 @@ routes:
     response_headers: {{ set: {{ x-route: {tag} }} }}
 "#,
         old.address, new.address
-    ))
-}
-
-/// Valid YAML, invalid config: the route names an upstream that does not exist.
-fn invalid(ports: &Ports) -> String {
-    ports.with_server(
-        "upstreams:\n  old: { backends: [127.0.0.1:9] }\ndefault_upstream: old\nroutes:\n  - name: r\n    upstream: missing\n",
     )
 }
 
-/// Writes `content` next to `path` and renames it over `path`, as editors do.
-fn replace_by_rename(path: &Path, content: &str) {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, content).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
+/// Valid YAML, invalid config: the route names an upstream that does not exist.
+const INVALID: &str = "upstreams:\n  old: { backends: [127.0.0.1:9] }\ndefault_upstream: old\nroutes:\n  - name: r\n    upstream: missing\n";
 
 /// The Kubernetes ConfigMap layout: `dir/routes.yaml -> ..data/routes.yaml`, `..data -> ..vN`.
 struct ConfigMapDir {
@@ -74,17 +63,16 @@ impl ConfigMapDir {
 /// Polls `/r` until the response carries `x-route: tag`; returns how long that took.
 async fn wait_for_route(proxy: &Proxy, tag: &str) -> Duration {
     let started = Instant::now();
-    loop {
+    let what = format!("route `{tag}` live");
+    support::eventually(&what, || async {
         let response = proxy.get("/r").await;
-        if response.header("x-route") == Some(tag) {
-            return started.elapsed();
+        match response.header("x-route") {
+            Some(live) if live == tag => Ok(()),
+            live => Err(format!("{live:?}")),
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "route `{tag}` never became live"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    })
+    .await;
+    started.elapsed()
 }
 
 /// Polls `/routes` until the last reload has `result`.
@@ -147,19 +135,18 @@ fn spawn_load(
 async fn swaps_under_load_by_rename_and_symlink_lose_no_request() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
-    let ports = Ports::reserve();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let mut config_map = ConfigMapDir::create(&root, &routes_to(&ports, &old, &new, "old", "a"));
-    let proxy = Proxy::start_on(dir, &root.join("routes.yaml"), ports).await;
+    let builder = Proxy::with(routes_to(&old, &new, "old", "a"));
+    let mut config_map = ConfigMapDir::create(&root, &builder.rendered());
+    let proxy = builder
+        .in_dir(dir)
+        .on_file(&root.join("routes.yaml"))
+        .start()
+        .await;
     // A second, plain file for the rename swaps is set up after the proxy is up: it lives in
     // its own directory and is watched by a second proxy.
-    let plain_dir = tempfile::tempdir().unwrap();
-    let plain_root = plain_dir.path().to_owned();
-    let plain_ports = Ports::reserve();
-    let plain_path = plain_root.join("routes.yaml");
-    std::fs::write(&plain_path, routes_to(&plain_ports, &old, &new, "old", "a")).unwrap();
-    let plain = Proxy::start_on(plain_dir, &plain_path, plain_ports).await;
+    let plain = Proxy::start(&routes_to(&old, &new, "old", "a")).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = spawn_load(&proxy, stop.clone());
@@ -178,18 +165,15 @@ async fn swaps_under_load_by_rename_and_symlink_lose_no_request() {
         };
 
         // A valid file: live quickly.
-        config_map.publish(&routes_to(&ports, &old, &new, upstream, tag));
+        config_map.publish(&proxy.full_config(&routes_to(&old, &new, upstream, tag)));
         switch_times.push(wait_for_route(&proxy, tag).await);
-        replace_by_rename(
-            &plain_path,
-            &routes_to(&plain_ports, &old, &new, upstream, tag),
-        );
+        plain.rewrite(&routes_to(&old, &new, upstream, tag));
         switch_times.push(wait_for_route(&plain, tag).await);
 
         // An invalid file: rejected, the route just applied keeps serving.
         let before = now_rfc3339();
-        config_map.publish(&invalid(&ports));
-        replace_by_rename(&plain_path, &invalid(&plain_ports));
+        config_map.publish(&proxy.full_config(INVALID));
+        plain.rewrite(INVALID);
         wait_for_reload_result(&proxy, "invalid", &before).await;
         wait_for_reload_result(&plain, "invalid", &before).await;
         assert_eq!(proxy.get("/r").await.header("x-route"), Some(tag));
@@ -236,15 +220,14 @@ async fn swaps_under_load_by_rename_and_symlink_lose_no_request() {
 async fn a_torn_write_is_never_applied_and_the_completed_file_is() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
-    let ports = Ports::reserve();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, routes_to(&ports, &old, &new, "old", "a")).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = Proxy::start(&routes_to(&old, &new, "old", "a")).await;
+    let path = proxy.config_path();
 
     // Write the new file in two halves with a pause longer than the debounce, as a slow `cp`
     // or a crashed writer would; the cut falls inside a quoted string, so the half is invalid.
-    let full = routes_to(&ports, &old, &new, "new", "b").replace("x-route: b", "x-route: 'b'");
+    let full = proxy
+        .full_config(&routes_to(&old, &new, "new", "b"))
+        .replace("x-route: b", "x-route: 'b'");
     let cut = full.find("'b'").unwrap() + 2;
     let before = now_rfc3339();
     {
@@ -272,11 +255,8 @@ async fn a_torn_write_is_never_applied_and_the_completed_file_is() {
 async fn a_deleted_file_keeps_the_old_routes_until_it_is_recreated() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
-    let ports = Ports::reserve();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, routes_to(&ports, &old, &new, "old", "a")).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = Proxy::start(&routes_to(&old, &new, "old", "a")).await;
+    let path = proxy.config_path();
 
     let before = now_rfc3339();
     std::fs::remove_file(&path).unwrap();
@@ -284,7 +264,7 @@ async fn a_deleted_file_keeps_the_old_routes_until_it_is_recreated() {
     assert_eq!(document["generation"], 1);
     assert_eq!(proxy.get("/r").await.header("x-route"), Some("a"));
 
-    std::fs::write(&path, routes_to(&ports, &old, &new, "new", "b")).unwrap();
+    std::fs::write(&path, proxy.full_config(&routes_to(&old, &new, "new", "b"))).unwrap();
     wait_for_route(&proxy, "b").await;
     assert_eq!(
         proxy.metric("strangler_config_last_reload_success").await,
@@ -323,12 +303,7 @@ async fn sighup_and_post_reload_reread_the_file() {
         "SIGHUP does not stop the proxy"
     );
 
-    let response = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let response = proxy.reload().await;
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["result"], "unchanged");
     assert_eq!(response.json()["trigger"], "admin");
@@ -341,21 +316,12 @@ async fn sighup_and_post_reload_reread_the_file() {
 async fn post_reload_reports_errors_and_recovers_with_a_valid_file() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
-    let ports = Ports::reserve();
-    let dir = tempfile::tempdir().unwrap();
-    // A path outside the watched directory's churn: the test drives reloads by POST only, but
-    // the watch may also pick changes up; both paths end in the same state.
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, routes_to(&ports, &old, &new, "old", "a")).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    // The test drives reloads by POST, but the watch may also pick changes up; both paths
+    // end in the same state.
+    let proxy = Proxy::start(&routes_to(&old, &new, "old", "a")).await;
 
-    replace_by_rename(&path, &invalid(&ports));
-    let response = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    proxy.rewrite(INVALID);
+    let response = proxy.reload().await;
     assert_eq!(response.status, 422, "{}", response.text());
     let report = response.json();
     assert_eq!(report["result"], "invalid");
@@ -371,13 +337,8 @@ async fn post_reload_reports_errors_and_recovers_with_a_valid_file() {
         Some(0.0)
     );
 
-    replace_by_rename(&path, &routes_to(&ports, &old, &new, "new", "b"));
-    let response = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    proxy.rewrite(&routes_to(&old, &new, "new", "b"));
+    let response = proxy.reload().await;
     assert_eq!(response.status, 200, "{}", response.text());
     // The watch may have applied it first, leaving this call nothing to change.
     assert!(matches!(
@@ -396,11 +357,7 @@ async fn post_reload_reports_errors_and_recovers_with_a_valid_file() {
 async fn a_request_in_flight_finishes_under_the_routes_it_started_with() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
-    let ports = Ports::reserve();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, routes_to(&ports, &old, &new, "old", "a")).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = Proxy::start(&routes_to(&old, &new, "old", "a")).await;
 
     let address = proxy.address;
     let slow = tokio::spawn(async move {
@@ -412,7 +369,7 @@ async fn a_request_in_flight_finishes_under_the_routes_it_started_with() {
     });
     // Once the old backend has the request, swap the routes under it.
     old.wait_for_requests(1).await;
-    replace_by_rename(&path, &routes_to(&ports, &old, &new, "new", "b"));
+    proxy.rewrite(&routes_to(&old, &new, "new", "b"));
     wait_for_route(&proxy, "b").await;
 
     let response = slow.await.unwrap().unwrap();
@@ -457,12 +414,11 @@ async fn sigterm_lets_requests_in_flight_finish_and_then_exits() {
     assert_eq!(response.header("x-backend"), Some("old"));
 
     // Then the listener is gone and the process exits (drain_timeout is 10 s at most).
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(address).await.is_ok() {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "still accepting after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually("the listener closed after SIGTERM", || async {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(_) => Err("still accepting"),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
 }

@@ -5,7 +5,7 @@ use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,7 +13,7 @@ use serde_json::Value;
 use strangler::record::{DiffRecord, Difference, Kind};
 use strangler::store::{DiffStore, now_ms};
 use strangler::vocabulary::Verdict;
-use support::{Backend, ClientRequest, DEADLINE, Ports, Proxy, Recorded, run_cli};
+use support::{Backend, Proxy, Recorded, report, run_cli, wait_for_samples};
 
 /// Orders whose candidate total ignores the coupon's discount.
 const BUGGY_ORDERS: [u64; 3] = [3, 5, 9];
@@ -74,43 +74,6 @@ routes:
     )
 }
 
-/// `strangler report --db store args...`: exit code and stdout; any other exit is a failure.
-fn report(store: &Path, args: &[&str]) -> (i32, String) {
-    let store = store.display().to_string();
-    let mut all = vec!["report", "--db", store.as_str()];
-    all.extend_from_slice(args);
-    let (code, stdout, stderr) = run_cli(&all, Path::new("/tmp"));
-    assert!(code == 0 || code == 1, "report failed ({code}): {stderr}");
-    (code, stdout)
-}
-
-/// Polls the JSON report until the selected exchanges of `orders` number `samples`.
-fn wait_for_samples(store: &Path, args: &[&str], samples: u64) -> Value {
-    let started = Instant::now();
-    loop {
-        if store.exists() {
-            let mut all = vec!["--format", "json", "--min-samples", "0"];
-            all.extend_from_slice(args);
-            let (_, json) = report(store, &all);
-            let document: Value = serde_json::from_str(&json).unwrap();
-            let stored: u64 = document["routes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|group| group["samples"].as_u64().unwrap())
-                .sum();
-            if stored >= samples {
-                return document;
-            }
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "never {samples} stored samples of orders"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Sends every order 1..=12 three times, with a coupon and a token the store must redact.
 async fn order_traffic(proxy: &Proxy) {
     for _ in 0..3 {
@@ -139,24 +102,12 @@ fn assert_buggy_example(request: &str) {
 async fn every_format_puts_a_body_bug_on_three_records_before_headers_that_differ_everywhere() {
     let legacy = Backend::start_with("legacy", orders(false)).await;
     let candidate = Backend::start_with("orders-v2", orders(true)).await;
-    let ports = Ports::reserve();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("routes.yaml");
+    let proxy = Proxy::start(&orders_config(&legacy, &candidate, "{}")).await;
     // Written beside and renamed over, so the config watch never reads half a file.
-    let write = |compare: &str| {
-        let next = config.with_extension("next");
-        std::fs::write(
-            &next,
-            ports.with_server(&orders_config(&legacy, &candidate, compare)),
-        )
-        .unwrap();
-        std::fs::rename(&next, &config).unwrap();
-    };
-    write("{}");
-    let proxy = Proxy::start_on(dir, &config, ports).await;
+    let write = |compare: &str| proxy.rewrite(&orders_config(&legacy, &candidate, compare));
     order_traffic(&proxy).await;
-    let store = ports.diff_store();
-    let document = wait_for_samples(&store, &[], 36);
+    let store = proxy.diff_store();
+    let document = wait_for_samples(&store, &[], 36).await;
 
     // JSON carries everything: the body bug first, on 3 records of 1 endpoint.
     let route = &document["routes"][0];
@@ -301,20 +252,11 @@ async fn every_format_puts_a_body_bug_on_three_records_before_headers_that_diffe
 
     // Promote the suggestion: after the reload, exactly what the report predicted is left.
     write("{ ignore_headers: [access-control-allow-origin, x-cache, x-powered-by] }");
-    let reload = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let reload = proxy.reload().await;
     assert_eq!(reload.status, 200, "{}", reload.text());
-    let started = Instant::now();
-    while proxy.routes().await["generation"] != 2 {
-        assert!(started.elapsed() < DEADLINE, "the reload never took");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    proxy.wait_for_generation(2).await;
     order_traffic(&proxy).await;
-    let document = wait_for_samples(&store, &["--since-reload"], 36);
+    let document = wait_for_samples(&store, &["--since-reload"], 36).await;
     let route = &document["routes"][0];
     assert_eq!(
         (&route["mismatches"], &route["matches"]),

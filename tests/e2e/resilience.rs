@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::{
-    Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Ports, Proxy, Recorded,
-};
+use support::{Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Proxy, Recorded};
 
 /// One upstream `u` on `backends`, with extra upstream settings (YAML flow entries).
 async fn proxy_to(backends: &[SocketAddr], settings: &str) -> Proxy {
@@ -97,14 +95,13 @@ async fn no_healthy_backend_is_an_immediate_503_with_retry_after() {
     )
     .await;
     // The TCP check takes the dead backend out of rotation.
-    let started = Instant::now();
-    while proxy.routes().await["upstreams"]["u"]["backends"][0]["available"] != false {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the dead backend was never taken out"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually("the dead backend taken out", || async {
+        match &proxy.routes().await["upstreams"]["u"]["backends"][0]["available"] {
+            serde_json::Value::Bool(false) => Ok(()),
+            available => Err(available.clone()),
+        }
+    })
+    .await;
     let started = Instant::now();
     let response = proxy.get("/").await;
     assert_eq!(response.status, 503);
@@ -180,12 +177,7 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
     let mut config = std::fs::read_to_string(&path).unwrap();
     config.push_str("routes:\n  - { name: extra, match: { path: /extra } }\n");
     std::fs::write(&path, config).unwrap();
-    let reload = support::send(
-        proxy.admin,
-        ClientRequest::new("POST", "/reload").header("x-strangler-admin", "1"),
-    )
-    .await
-    .unwrap();
+    let reload = proxy.reload().await;
     assert_eq!(reload.status, 200, "{}", reload.text());
     assert_eq!(proxy.routes().await["generation"], 2);
     assert_eq!(
@@ -198,11 +190,13 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
     );
 
     down.store(false, Ordering::Relaxed);
-    let started = Instant::now();
-    while !served(&proxy).await.contains(&"flappy".to_owned()) {
-        assert!(started.elapsed() < DEADLINE, "never re-admitted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually("flappy re-admitted", || async {
+        match served(&proxy).await {
+            sides if sides.contains(&"flappy".to_owned()) => Ok(()),
+            sides => Err(format!("{sides:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,19 +219,12 @@ async fn clients_hanging_up_never_eject_a_backend() {
         );
     }
     // Wait until the proxy has finished (and counted) the three abandoned exchanges.
-    let started = Instant::now();
-    while proxy
-        .metric("strangler_requests_total{code=\"0\",route=\"default\",upstream=\"u\"}")
-        .await
-        .unwrap_or(0.0)
-        < 3.0
-    {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the abandoned requests never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy
+        .wait_for_metric(
+            "strangler_requests_total{code=\"0\",route=\"default\",upstream=\"u\"}",
+            3.0,
+        )
+        .await;
     let response = proxy.get("/").await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(
@@ -454,10 +441,9 @@ routes:
 async fn every_limit_has_its_status_and_nothing_reaches_the_backend() {
     let backend = Backend::start("b").await;
     // Limits are process settings in the `server` section.
-    let proxy = proxy_with_server(
-        &format!("upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n", backend.address),
-        "  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB, body_idle_timeout: 300ms }\n",
-    )
+    let proxy = Proxy::with(format!("upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n", backend.address))
+        .server("  limits: { max_uri_length: 100B, max_header_count: 10, max_header_bytes: 1KiB, max_body: 1KiB, body_idle_timeout: 300ms }\n")
+        .start()
     .await;
 
     let long_uri = format!("/{}", "a".repeat(200));
@@ -535,11 +521,6 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
         "no ambiguous request was forwarded whole: {:?}",
         backend.requests()
     );
-}
-
-/// A proxy whose `server` section also holds `server_extra` (YAML lines, indented two spaces).
-async fn proxy_with_server(config: &str, server_extra: &str) -> Proxy {
-    Proxy::start_with_settings(config, server_extra, &[], &[("RUST_LOG", "warn")]).await
 }
 
 /// Reads from `stream` until the peer closes it (or `DEADLINE`); returns what arrived and
@@ -638,13 +619,12 @@ routes:
 async fn slow_request_headers_get_408_but_idle_keep_alive_does_not() {
     use tokio::io::AsyncWriteExt;
     let backend = Backend::start("b").await;
-    let proxy = proxy_with_server(
-        &format!(
-            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
-            backend.address
-        ),
-        "  limits: { header_timeout: 600ms }\n",
-    )
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+        backend.address
+    ))
+    .server("  limits: { header_timeout: 600ms }\n")
+    .start()
     .await;
     let bound = Duration::from_millis(1600);
 
@@ -711,13 +691,12 @@ async fn slow_request_headers_get_408_but_idle_keep_alive_does_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_limit_get_503_until_a_slot_frees() {
     let backend = Backend::start("b").await;
-    let proxy = proxy_with_server(
-        &format!(
-            "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
-            backend.address
-        ),
-        "  limits: { max_connections: 2 }\n",
-    )
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  u: {{ backends: [{}] }}\ndefault_upstream: u\n",
+        backend.address
+    ))
+    .server("  limits: { max_connections: 2 }\n")
+    .start()
     .await;
     let mut first = support::KeepAliveClient::connect(proxy.address).await;
     let mut second = support::KeepAliveClient::connect(proxy.address).await;
@@ -792,30 +771,24 @@ async fn a_backend_name_that_moves_is_followed_and_a_failed_lookup_keeps_the_las
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     write_hosts(&hosts, "orders.test.internal", "127.0.0.2");
-    let ports = Ports::reserve();
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(
-        &path,
-        ports.with_server_settings(
-            &format!(
-                "upstreams:\n  orders: {{ backends: ['orders.test.internal:{port}'] }}\ndefault_upstream: orders\n"
-            ),
-            "  dns_refresh: 200ms\n",
-        ),
-    )
-    .unwrap();
-    let proxy = Proxy::start_with_hosts(dir, &path, ports, &hosts).await;
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  orders: {{ backends: ['orders.test.internal:{port}'] }}\ndefault_upstream: orders\n"
+    ))
+    .server("  dns_refresh: 200ms\n")
+    .hosts(&hosts)
+    .in_dir(dir)
+    .start()
+    .await;
     assert_eq!(proxy.get("/a").await.header("x-backend"), Some("first"));
 
     write_hosts(&hosts, "orders.test.internal", "127.0.0.3");
-    let started = Instant::now();
-    while proxy.get("/a").await.header("x-backend") != Some("second") {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the new address was never used"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually("the new address used", || async {
+        match proxy.get("/a").await.header("x-backend") {
+            Some("second") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     proxy
         .wait_for_metric(
             "strangler_dns_refreshes_total{result=\"changed\",upstream=\"orders\"}",

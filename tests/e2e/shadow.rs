@@ -6,7 +6,7 @@ use crate::support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{Backend, ClientRequest, DEADLINE, Misbehaving, Misbehaviour, Proxy};
+use support::{Backend, ClientRequest, Misbehaving, Misbehaviour, Proxy};
 
 /// A proxy whose `/r` route is served by `primary` and mirrored to `shadow` with the given
 /// extra `shadow:` settings (YAML flow-mapping entries).
@@ -444,15 +444,14 @@ async fn credentials_reach_a_candidate_only_on_purpose_and_secret_query_values_a
     );
 
     // The two backends answer differently, so the exchange is stored as a mismatch.
-    let started = Instant::now();
-    let stored = loop {
+    let stored = support::eventually("a diff stored", || async {
         let diffs = support::get(proxy.admin, "/diffs").await.unwrap().json();
-        if let Some(first) = diffs["diffs"].as_array().and_then(|d| d.first()).cloned() {
-            break first;
+        match diffs["diffs"].as_array().and_then(|d| d.first()) {
+            Some(first) => Ok(first.clone()),
+            None => Err(diffs),
         }
-        assert!(started.elapsed() < DEADLINE, "no diff stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(
         stored["query"],
         "page=2&access_token=[redacted]&Signature=[redacted]"
@@ -478,13 +477,11 @@ async fn big_answers(name: &'static str, size: usize) -> Backend {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shadowing_big_answers_is_bounded_by_bytes_and_the_primary_never_notices() {
-    let primary = big_answers("primary", 256 * 1024).await;
-    let candidate = big_answers("candidate", 256 * 1024).await;
-    let proxy = Proxy::start_with_settings(
-        &format!(
-            r#"upstreams:
+/// A proxy serving `/r` from `primary` and shadowing it to `candidate`, with
+/// `server.shadow_max_memory: memory`.
+async fn shadowing_with_memory(primary: &Backend, candidate: &Backend, memory: &str) -> Proxy {
+    Proxy::with(format!(
+        r#"upstreams:
   primary: {{ backends: [{}] }}
   candidate: {{ backends: [{}] }}
 default_upstream: primary
@@ -493,13 +490,18 @@ routes:
     match: {{ path_prefix: /r }}
     shadow: {{ upstream: candidate }}
 "#,
-            primary.address, candidate.address
-        ),
-        "  shadow_max_memory: 1MiB\n",
-        &[],
-        &[],
-    )
-    .await;
+        primary.address, candidate.address
+    ))
+    .server(&format!("  shadow_max_memory: {memory}\n"))
+    .start()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadowing_big_answers_is_bounded_by_bytes_and_the_primary_never_notices() {
+    let primary = big_answers("primary", 256 * 1024).await;
+    let candidate = big_answers("candidate", 256 * 1024).await;
+    let proxy = shadowing_with_memory(&primary, &candidate, "1MiB").await;
     let requests = (0..24).map(|n| {
         let proxy = &proxy;
         async move { proxy.get(&format!("/r/{n}")).await }
@@ -520,24 +522,7 @@ routes:
 async fn an_answer_dropped_for_memory_is_skipped_not_judged_as_the_candidates_error() {
     let primary = big_answers("primary", 1024).await;
     let candidate = big_answers("candidate", 128 * 1024).await;
-    let proxy = Proxy::start_with_settings(
-        &format!(
-            r#"upstreams:
-  primary: {{ backends: [{}] }}
-  candidate: {{ backends: [{}] }}
-default_upstream: primary
-routes:
-  - name: r
-    match: {{ path_prefix: /r }}
-    shadow: {{ upstream: candidate }}
-"#,
-            primary.address, candidate.address
-        ),
-        "  shadow_max_memory: 64KiB\n",
-        &[],
-        &[],
-    )
-    .await;
+    let proxy = shadowing_with_memory(&primary, &candidate, "64KiB").await;
     for n in 0..3 {
         assert_eq!(proxy.get(&format!("/r/{n}")).await.status, 200);
     }

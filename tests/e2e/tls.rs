@@ -6,7 +6,7 @@ use crate::support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{Backend, DEADLINE, Ports, Proxy};
+use support::{Backend, DEADLINE, Proxy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::Message;
@@ -186,18 +186,32 @@ async fn start_tls_proxy(
     certificates: &str,
     rest: &str,
 ) -> (Proxy, SocketAddr) {
-    let ports = Ports::reserve();
     let tls = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let config = format!(
-        "server:\n  listen:\n    - {plain}\n    - address: {tls}\n      tls:\n        certificates: {certificates}\n  admin: {admin}\n  threads: 2\n  diff_store: {store}\n{rest}",
-        plain = ports.listen,
-        admin = ports.admin,
-        store = ports.diff_store().display(),
+    let proxy = Proxy::with(rest);
+    let listeners = format!(
+        "    - {plain}\n    - address: {tls}\n      tls:\n        certificates: {certificates}\n",
+        plain = proxy.ports.listen,
     );
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = proxy
+        .listeners(&listeners)
+        .threads(2)
+        .in_dir(dir)
+        .start()
+        .await;
     (proxy, tls)
+}
+
+/// Polls TLS handshakes with `shop.test` on `tls` until the certificate presented names `names`.
+async fn wait_for_names(tls: SocketAddr, ca: &Ca, names: &[&str]) {
+    let what = format!("a certificate for {names:?} served");
+    support::eventually(&what, || async {
+        let stream = tls_connect(tls, ca, "shop.test", &[b"http/1.1"]).await;
+        match presented_names(&stream) {
+            presented if presented == names => Ok(()),
+            presented => Err(format!("{presented:?}")),
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,30 +335,18 @@ async fn a_rotated_certificate_is_served_after_its_files_change_without_a_restar
     // A half-done rotation (a new certificate, the old key) is refused; the old pair serves on.
     let (new_cert, new_key) = ca.leaf(&["new.test", "shop.test"], false);
     std::fs::write(&cert, &new_cert).unwrap();
-    let started = Instant::now();
-    while !proxy.stderr().contains("certificates not reloaded") {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the mismatched pair was never looked at"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually("the mismatched pair looked at", || async {
+        match proxy.stderr() {
+            log if log.contains("certificates not reloaded") => Ok(()),
+            log => Err(log),
+        }
+    })
+    .await;
     let still = tls_connect(tls, &ca, "shop.test", &[b"http/1.1"]).await;
     assert_eq!(presented_names(&still), ["old.test", "shop.test"]);
 
     std::fs::write(&key, &new_key).unwrap();
-    let started = Instant::now();
-    loop {
-        let stream = tls_connect(tls, &ca, "shop.test", &[b"http/1.1"]).await;
-        if presented_names(&stream) == ["new.test", "shop.test"] {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the new certificate is never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_names(tls, &ca, &["new.test", "shop.test"]).await;
     let request = http::Request::get("/after-rotation")
         .header("host", "shop.test")
         .body(Full::new(Bytes::new()))
@@ -615,17 +617,11 @@ async fn a_websocket_passes_through_a_tls_listener_over_http1_and_is_never_shado
 /// A proxy whose plain listener also takes HTTP/2 with prior knowledge (h2c), in front of
 /// `backend`; for the HTTP/2 abuse tests, which speak raw h2.
 async fn start_h2c_proxy(backend: SocketAddr) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::reserve();
-    let config = format!(
-        "server:\n  listen:\n    - address: {plain}\n      h2c: true\n  admin: {admin}\n  threads: 2\n  diff_store: {store}\nupstreams:\n  legacy: {{ backends: ['{backend}'] }}\ndefault_upstream: legacy\n",
-        plain = ports.listen,
-        admin = ports.admin,
-        store = ports.diff_store().display(),
-    );
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config).unwrap();
-    Proxy::start_on(dir, &path, ports).await
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  legacy: {{ backends: ['{backend}'] }}\ndefault_upstream: legacy\n"
+    ));
+    let listeners = format!("    - address: {}\n      h2c: true\n", proxy.ports.listen);
+    proxy.listeners(&listeners).threads(2).start().await
 }
 
 /// An h2 client connection over h2c; the connection is driven in the background and its end
@@ -978,23 +974,17 @@ routes:
     ))
     .await;
     // The probe that cannot verify takes its backend out: 503, not a 502 per request.
-    let started = Instant::now();
-    loop {
-        let response = proxy.get("/distrusted").await;
-        if response.status == 503 {
-            assert_eq!(
-                response.header("x-strangler-error"),
-                Some("no_healthy_backend")
-            );
-            break;
+    let response = support::eventually("the distrusted backend taken out", || async {
+        match proxy.get("/distrusted").await {
+            response if response.status == 503 => Ok(response),
+            response => Err(response.status),
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "never taken out: {}",
-            response.status
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        response.header("x-strangler-error"),
+        Some("no_healthy_backend")
+    );
     // The verified one stays in and serves.
     assert_eq!(proxy.get("/served").await.status, 200);
 }
@@ -1077,20 +1067,23 @@ async fn a_proxy_protocol_header_from_a_trusted_balancer_names_the_client_before
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("edge ca");
     let (cert, key) = ca.write_leaf(dir.path(), "shop", &["shop.test"]);
-    let ports = Ports::reserve();
     let tls = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let config = format!(
-        "server:\n  trusted_proxies: [127.0.0.1]\n  listen:\n    - {{ address: {plain}, proxy_protocol: true }}\n    - address: {tls}\n      proxy_protocol: true\n      tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}\n  admin: {admin}\n  threads: 1\n  diff_store: {store}\nupstreams:\n  legacy: {{ backends: ['{backend}'] }}\ndefault_upstream: legacy\n",
-        plain = ports.listen,
-        admin = ports.admin,
+    let proxy = Proxy::with(format!(
+        "upstreams:\n  legacy: {{ backends: ['{}'] }}\ndefault_upstream: legacy\n",
+        backend.address
+    ));
+    let listeners = format!(
+        "    - {{ address: {plain}, proxy_protocol: true }}\n    - address: {tls}\n      proxy_protocol: true\n      tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}\n",
+        plain = proxy.ports.listen,
         cert = cert.display(),
         key = key.display(),
-        store = ports.diff_store().display(),
-        backend = backend.address,
     );
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config).unwrap();
-    let proxy = Proxy::start_on(dir, &path, ports).await;
+    let proxy = proxy
+        .server("  trusted_proxies: [127.0.0.1]\n")
+        .listeners(&listeners)
+        .in_dir(dir)
+        .start()
+        .await;
     let client: SocketAddr = "203.0.113.7:40000".parse().unwrap();
 
     // Plain: the header, then the request.
@@ -1181,16 +1174,5 @@ async fn a_certificate_rotated_the_way_kubernetes_swaps_a_secret_is_served() {
     std::fs::write(second.join("tls.key"), key).unwrap();
     symlink("..2026_12_02_second", secret.join("..data_tmp")).unwrap();
     std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
-    let started = Instant::now();
-    loop {
-        let stream = tls_connect(tls, &ca, "shop.test", &[b"http/1.1"]).await;
-        if presented_names(&stream) == ["second.test", "shop.test"] {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the renewed certificate is never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_names(tls, &ca, &["second.test", "shop.test"]).await;
 }

@@ -11,7 +11,6 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -100,13 +99,10 @@ impl Scene {
     async fn start() -> Scene {
         let legacy = Backend::start_with("legacy", service(false)).await;
         let candidate = Backend::start_with("orders-v2", service(true)).await;
-        let proxy = Proxy::start_with_settings(
-            &config(&legacy, &candidate),
-            &format!("  admin_token: {TOKEN}\n"),
-            &[],
-            &[("RUST_LOG", "warn")],
-        )
-        .await;
+        let proxy = Proxy::with(config(&legacy, &candidate))
+            .server(&format!("  admin_token: {TOKEN}\n"))
+            .start()
+            .await;
         for _ in 0..2 {
             for id in 1..=6 {
                 let response = proxy
@@ -138,8 +134,8 @@ impl Scene {
 
     /// Polls the summary until `exchanges` are stored.
     async fn wait_for_stored(&self, exchanges: u64) {
-        let started = Instant::now();
-        loop {
+        let what = format!("{exchanges} exchanges stored");
+        support::eventually(&what, || async move {
             let summary = self.admin("/diffs/summary").await.json();
             let stored: u64 = summary["routes"]
                 .as_array()
@@ -151,14 +147,12 @@ impl Scene {
                 })
                 .unwrap_or(0);
             if stored >= exchanges {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{stored} stored: {summary:#}"))
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{stored} of {exchanges} exchanges stored: {summary:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     fn origin(&self) -> String {
@@ -375,20 +369,16 @@ async fn start_chromedriver(driver: &Path) -> Chromedriver {
         .spawn()
         .unwrap();
     let chromedriver = Chromedriver { child, port };
-    let started = Instant::now();
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    loop {
-        if let Ok(status) = support::get(address, "/status").await
-            && status.json()["value"]["ready"] == true
-        {
-            return chromedriver;
+    support::eventually("chromedriver ready", || async move {
+        match support::get(address, "/status").await {
+            Ok(status) if status.json()["value"]["ready"] == true => Ok(()),
+            Ok(status) => Err(status.text()),
+            Err(error) => Err(error),
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "chromedriver never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    chromedriver
 }
 
 async fn browser(chromium: &Path, chromedriver: &Chromedriver, profile: &Path) -> Client {
@@ -457,22 +447,18 @@ async fn texts_of(client: &Client, css: &str) -> Vec<String> {
 
 /// Waits until the page has rendered `hash` (the script marks `body[data-loaded]`).
 async fn wait_loaded(client: &Client, hash: &str) {
-    let started = Instant::now();
-    loop {
+    support::eventually(&format!("the page rendering {hash}"), || async move {
         let loaded = client
             .execute("return document.body.dataset.loaded || ''", vec![])
             .await
             .unwrap();
-        if loaded.as_str() == Some(hash) {
-            return;
-        }
         assert_ne!(loaded, "error", "the page shows an error");
-        assert!(
-            started.elapsed() < DEADLINE,
-            "never loaded {hash}: {loaded}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        match loaded.as_str() {
+            Some(rendered) if rendered == hash => Ok(()),
+            _ => Err(loaded),
+        }
+    })
+    .await
 }
 
 /// Every resource the page fetched, by URL (the browser's performance entries).
@@ -501,7 +487,7 @@ async fn a_browser_walks_from_the_overview_to_a_route_to_an_exchange_side_by_sid
     let walk = tokio::spawn(walk(
         client.clone(),
         scene.origin(),
-        scene.proxy.diff_store_path(),
+        scene.proxy.diff_store(),
     ));
     let outcome = walk.await;
     let _ = client.close().await;
@@ -642,22 +628,14 @@ async fn walk(client: Client, origin: String, store: PathBuf) {
         .click()
         .await
         .unwrap();
-    let started = Instant::now();
-    while !client
-        .current_url()
-        .await
-        .unwrap()
-        .fragment()
-        .unwrap_or_default()
-        .starts_with("/exchange/")
-    {
-        assert!(started.elapsed() < DEADLINE, "no exchange page");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let hash = format!(
-        "#{}",
-        client.current_url().await.unwrap().fragment().unwrap()
-    );
+    let hash = support::eventually("the exchange page", || async {
+        let url = client.current_url().await.unwrap();
+        match url.fragment() {
+            Some(fragment) if fragment.starts_with("/exchange/") => Ok(format!("#{fragment}")),
+            _ => Err(url.to_string()),
+        }
+    })
+    .await;
     wait_loaded(&client, &hash).await;
     let primary = texts_of(&client, "#primary-body .line.difference").await;
     let candidate = texts_of(&client, "#candidate-body .line.difference").await;
@@ -746,15 +724,4 @@ async fn walk(client: Client, origin: String, store: PathBuf) {
         resources.is_empty(),
         "the report fetches nothing: {resources:?}"
     );
-}
-
-/// The store a proxy of [`Proxy::start_with_settings`] writes.
-trait StorePath {
-    fn diff_store_path(&self) -> PathBuf;
-}
-
-impl StorePath for Proxy {
-    fn diff_store_path(&self) -> PathBuf {
-        std::env::temp_dir().join(format!("strangler-test-diffs-{}.db", self.address.port()))
-    }
 }

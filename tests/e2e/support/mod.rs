@@ -202,7 +202,21 @@ impl Drop for Backend {
 /// Polls `check` every 10 ms until it returns `Ok`, and returns that value. `Err` says what
 /// was seen instead; at [`DEADLINE`] the test fails naming `what` and the last thing seen.
 /// The one polling loop of the suite: readiness is waited for, never slept for.
-pub async fn eventually<T, E, Fut>(what: &str, mut check: impl FnMut() -> Fut) -> T
+pub async fn eventually<T, E, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// [`eventually`] with a bound of its own, for a wait that a documented delay of the proxy's
+/// makes longer than [`DEADLINE`] (a reconnect backoff, say).
+pub async fn eventually_within<T, E, Fut>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> T
 where
     E: std::fmt::Display,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -212,8 +226,8 @@ where
         match check().await {
             Ok(value) => return value,
             Err(seen) => assert!(
-                started.elapsed() < DEADLINE,
-                "{what}: not within {DEADLINE:?}; last seen: {seen}"
+                started.elapsed() < limit,
+                "{what}: not within {limit:?}; last seen: {seen}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -275,24 +289,175 @@ impl Ports {
         ports
     }
 
-    /// `config` with a `server` section for these ports prepended.
-    pub fn with_server(&self, config: &str) -> String {
-        self.with_server_settings(config, "")
-    }
-
-    /// [`Ports::with_server`] with more `server` settings: YAML lines indented two spaces.
-    pub fn with_server_settings(&self, config: &str, settings: &str) -> String {
-        format!(
-            "server:\n  listen: {}\n  admin: {}\n  threads: 1\n  diff_store: {}\n{settings}{config}",
-            self.listen,
-            self.admin,
-            self.diff_store().display()
-        )
-    }
-
     /// Where this proxy stores diffs: a file in the system temp dir named after its port.
     pub fn diff_store(&self) -> PathBuf {
         std::env::temp_dir().join(format!("strangler-test-diffs-{}.db", self.listen.port()))
+    }
+}
+
+/// How a test starts a proxy: `Proxy::with(config)`, then what this test needs beyond the
+/// defaults, then [`ProxyBuilder::start`]. `config` holds everything but the `server` section;
+/// the builder writes that (fresh loopback ports, one thread, a diff store of its own) into a
+/// temp dir, starts `strangler run` on the file and waits until it serves.
+#[must_use = "a proxy starts only with .start()"]
+pub struct ProxyBuilder {
+    /// The ports the proxy will listen on (reserved when the builder is made, so a test can
+    /// write them into files before the start).
+    pub ports: Ports,
+    config: String,
+    server: String,
+    listeners: Option<String>,
+    threads: usize,
+    diff_store: Option<PathBuf>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    hosts: Option<PathBuf>,
+    dir: Option<tempfile::TempDir>,
+    file: Option<PathBuf>,
+}
+
+impl ProxyBuilder {
+    /// More `server` settings: YAML lines indented two spaces (`"  drain_timeout: 2s\n"`).
+    pub fn server(mut self, settings: &str) -> Self {
+        self.server.push_str(settings);
+        self
+    }
+
+    /// The `listen` setting's YAML value in place of the plain listener on [`Ports::listen`]
+    /// (a list of listeners, indented for the `server` section); `ports.listen` should be
+    /// among them, as readiness is checked there.
+    pub fn listeners(mut self, yaml: &str) -> Self {
+        self.listeners = Some(yaml.to_owned());
+        self
+    }
+
+    /// `server.threads` (1 unless set).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// `server.diff_store` in place of the harness's store (see [`Ports::diff_store`]).
+    pub fn diff_store(mut self, store: &str) -> Self {
+        self.diff_store = Some(PathBuf::from(store));
+        self
+    }
+
+    /// A command-line argument before `run`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// An environment variable for the process (`RUST_LOG` is `warn` unless set).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs the proxy in a mount namespace of its own where `hosts` is its `/etc/hosts`, so a
+    /// test controls what backend names resolve to (and can change it while the proxy runs).
+    pub fn hosts(mut self, hosts: &Path) -> Self {
+        self.hosts = Some(hosts.to_owned());
+        self
+    }
+
+    /// The proxy's directory (its config, its log) is `dir`, where the test keeps files the
+    /// config refers to; a fresh temp dir otherwise.
+    pub fn in_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Starts on `file`, which the test has laid out itself (with [`Self::rendered`]) instead
+    /// of the builder writing `routes.yaml` into the proxy's directory.
+    pub fn on_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_owned());
+        self
+    }
+
+    /// The `server` section this proxy runs with, ending in a newline.
+    fn server_section(&self) -> String {
+        let listen = match &self.listeners {
+            Some(yaml) => format!("\n{}", yaml.trim_end()),
+            None => format!(" {}", self.ports.listen),
+        };
+        let store = self.store();
+        format!(
+            "server:\n  listen:{listen}\n  admin: {}\n  threads: {}\n  diff_store: {}\n{}",
+            self.ports.admin,
+            self.threads,
+            store.display(),
+            self.server
+        )
+    }
+
+    /// The diff store this proxy will write.
+    pub fn store(&self) -> PathBuf {
+        match &self.diff_store {
+            Some(store) => store.clone(),
+            None => self.ports.diff_store(),
+        }
+    }
+
+    /// The whole config file this proxy starts on.
+    pub fn rendered(&self) -> String {
+        format!("{}{}", self.server_section(), self.config)
+    }
+
+    /// Writes the config, starts `strangler run` on it and waits until it serves.
+    pub async fn start(mut self) -> Proxy {
+        let server = self.server_section();
+        let dir = match self.dir.take() {
+            Some(dir) => dir,
+            None => tempfile::tempdir().unwrap(),
+        };
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => {
+                let file = dir.path().join("routes.yaml");
+                std::fs::write(&file, format!("{server}{}", self.config)).unwrap();
+                file
+            }
+        };
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut command = match &self.hosts {
+            Some(hosts) => {
+                let mut command = Command::new("unshare");
+                command
+                    .args(["--mount", "sh", "-c"])
+                    .arg(r#"hosts="$1"; shift; mount --bind "$hosts" /etc/hosts && exec "$@""#)
+                    .arg("sh")
+                    .arg(hosts)
+                    .arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        if !self.env.iter().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "warn");
+        }
+        let child = command
+            .args(&self.args)
+            .args(["run", "-c"])
+            .arg(&file)
+            .envs(self.env.iter().map(|(n, v)| (n, v)))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy {
+            address: self.ports.listen,
+            admin: self.ports.admin,
+            ports: self.ports,
+            store: self.store(),
+            server,
+            file,
+            dir,
+            child,
+        };
+        proxy.wait_ready().await;
+        proxy
     }
 }
 
@@ -300,94 +465,74 @@ impl Ports {
 pub struct Proxy {
     pub address: SocketAddr,
     pub admin: SocketAddr,
+    pub ports: Ports,
     pub dir: tempfile::TempDir,
+    /// The `server` section it started with, for [`Proxy::rewrite`].
+    server: String,
+    store: PathBuf,
+    file: PathBuf,
     child: Child,
 }
 
 impl Proxy {
-    /// Starts the proxy on `config`, which holds everything but the `server` section (the
-    /// harness adds one with fresh ports), and waits until it serves.
+    /// A proxy on `config`, everything but the `server` section: see [`ProxyBuilder`].
+    pub fn with(config: impl Into<String>) -> ProxyBuilder {
+        ProxyBuilder {
+            ports: Ports::reserve(),
+            config: config.into(),
+            server: String::new(),
+            listeners: None,
+            threads: 1,
+            diff_store: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            hosts: None,
+            dir: None,
+            file: None,
+        }
+    }
+
+    /// `Proxy::with(config).start()`: the defaults.
     pub async fn start(config: &str) -> Proxy {
-        Proxy::start_with_settings(config, "", &[], &[("RUST_LOG", "warn")]).await
+        Proxy::with(config).start().await
     }
 
-    /// [`Proxy::start`] with more `server` settings (YAML lines indented two spaces), extra
-    /// command-line arguments and environment.
-    pub async fn start_with_settings(
-        config: &str,
-        server_settings: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = Ports::reserve();
-        let path = dir.path().join("routes.yaml");
-        std::fs::write(&path, ports.with_server_settings(config, server_settings)).unwrap();
-        Proxy::start_with(dir, &path, ports, args, env).await
+    /// Replaces the config file with `config` under the same `server` section: written beside
+    /// and renamed over, as editors do, so the config watch never reads half a file.
+    pub fn rewrite(&self, config: &str) {
+        self.replace_config(&self.full_config(config));
     }
 
-    /// Starts the proxy on a config file the test laid out itself in `dir` (with
-    /// [`Ports::with_server`]), and waits until it serves.
-    pub async fn start_on(dir: tempfile::TempDir, config: &Path, ports: Ports) -> Proxy {
-        Proxy::start_with(dir, config, ports, &[], &[("RUST_LOG", "warn")]).await
+    /// `config` under the `server` section this proxy started with: a whole config file.
+    pub fn full_config(&self, config: &str) -> String {
+        format!("{}{config}", self.server)
     }
 
-    /// [`Proxy::start_on`] with extra command-line arguments and environment.
-    /// Starts the proxy in a mount namespace of its own where `hosts` is its `/etc/hosts`, so a
-    /// test controls what backend names resolve to (and can change it while the proxy runs).
-    pub async fn start_with_hosts(
-        dir: tempfile::TempDir,
-        config: &Path,
-        ports: Ports,
-        hosts: &Path,
-    ) -> Proxy {
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new("unshare")
-            .args(["--mount", "sh", "-c"])
-            .arg(r#"mount --bind "$1" /etc/hosts && exec "$2" run -c "$3""#)
-            .arg("sh")
-            .arg(hosts)
-            .arg(binary())
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut proxy = Proxy {
-            address: ports.listen,
-            admin: ports.admin,
-            dir,
-            child,
-        };
-        proxy.wait_ready().await;
-        proxy
+    /// Replaces the whole config file with `content` (written beside, renamed over).
+    pub fn replace_config(&self, content: &str) {
+        let temporary = self.file.with_extension("next");
+        std::fs::write(&temporary, content).unwrap();
+        std::fs::rename(&temporary, &self.file).unwrap();
     }
 
-    pub async fn start_with(
-        dir: tempfile::TempDir,
-        config: &Path,
-        ports: Ports,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Proxy {
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(binary())
-            .args(args)
-            .args(["run", "-c"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut proxy = Proxy {
-            address: ports.listen,
-            admin: ports.admin,
-            dir,
-            child,
-        };
-        proxy.wait_ready().await;
-        proxy
+    /// Where this proxy stores diffs (`server.diff_store`).
+    pub fn diff_store(&self) -> PathBuf {
+        self.store.clone()
+    }
+
+    /// `POST /reload` on the admin API.
+    pub async fn reload(&self) -> ClientResponse {
+        self.admin_post("/reload").await
+    }
+
+    /// `POST target` on the admin API, as an operator's curl sends it.
+    pub async fn admin_post(&self, target: &str) -> ClientResponse {
+        send(
+            self.admin,
+            ClientRequest::new("POST", target).header("x-strangler-admin", "1"),
+        )
+        .await
+        .unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -397,6 +542,23 @@ impl Proxy {
     /// The admin API's `GET /routes` document.
     pub async fn routes(&self) -> serde_json::Value {
         get(self.admin, "/routes").await.unwrap().json()
+    }
+
+    /// Polls `/routes` until config generation `generation` serves; the document then.
+    pub async fn wait_for_generation(&self, generation: u64) -> serde_json::Value {
+        let what = format!("generation {generation} serving");
+        eventually(&what, || async move {
+            let routes = self.routes().await;
+            if routes["generation"] == generation {
+                Ok(routes)
+            } else {
+                Err(format!(
+                    "generation {}, last reload {}",
+                    routes["generation"], routes["last_reload"]
+                ))
+            }
+        })
+        .await
     }
 
     /// Polls `/metrics` until `sample` reaches at least `value`; its value then.
@@ -424,27 +586,25 @@ impl Proxy {
     }
 
     async fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
+        let (admin, address) = (self.admin, self.address);
+        eventually("strangler ready", || {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
                     "strangler exited with {status} before it was ready:\n{}",
                     self.stderr()
                 );
             }
-            let admin_ready = get(self.admin, "/readyz")
-                .await
-                .is_ok_and(|r| r.status == 200);
-            if admin_ready && TcpStream::connect(self.address).await.is_ok() {
-                return;
+            let log = self.stderr();
+            async move {
+                let admin_ready = get(admin, "/readyz").await.is_ok_and(|r| r.status == 200);
+                if admin_ready && TcpStream::connect(address).await.is_ok() {
+                    Ok(())
+                } else {
+                    Err(format!("not ready yet; stderr:\n{log}"))
+                }
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "strangler was not ready within {DEADLINE:?}:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     pub fn stderr(&self) -> String {
@@ -452,7 +612,7 @@ impl Proxy {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("routes.yaml")
+        self.file.clone()
     }
 
     /// Sends a request through the proxy.
@@ -599,30 +759,88 @@ pub async fn get(address: SocketAddr, target: &str) -> Result<ClientResponse, St
 
 /// Runs `strangler` with `args` to completion (bounded), returning (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    run_cli_with_stdin(args, cwd, None)
+}
+
+/// [`run_cli`] with `input` on the process's stdin (none: stdin is empty). Output is read while
+/// the process runs, so a large output cannot fill a pipe and stall it.
+pub fn run_cli_with_stdin(args: &[&str], cwd: &Path, input: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
     let mut child = Command::new(binary())
         .args(args)
         .current_dir(cwd)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("strangler {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let writer = child.stdin.take().map(|mut stdin| {
+        let input = input.unwrap_or_default().to_owned();
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()))
+    });
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    if finished.recv_timeout(DEADLINE).is_err() {
+        // The child is ours alone: end it by its id.
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        panic!("strangler {args:?} did not finish within {DEADLINE:?}");
     }
-    let output = child.wait_with_output().unwrap();
+    if let Some(writer) = writer {
+        writer.join().unwrap().unwrap();
+    }
+    let output = waiter.join().unwrap().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// `strangler report --db store args...`: exit code and stdout; any exit but 0 (pass) and 1
+/// (a gate failed) fails the test.
+pub fn report(store: &Path, args: &[&str]) -> (i32, String) {
+    let store = store.display().to_string();
+    let mut all = vec!["report", "--db", store.as_str()];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run_cli(&all, Path::new("/tmp"));
+    assert!(code == 0 || code == 1, "report failed ({code}): {stderr}");
+    (code, stdout)
+}
+
+/// Polls the JSON report on `store` (narrowed by `args`, e.g. `["--route", "orders"]`) until
+/// the exchanges it counts, in all groups, number at least `samples`; the report then.
+pub async fn wait_for_samples(store: &Path, args: &[&str], samples: u64) -> serde_json::Value {
+    let what = format!("{samples} stored samples ({args:?}) in {}", store.display());
+    eventually(&what, || async move {
+        if !store.exists() {
+            return Err("no store yet".to_owned());
+        }
+        let mut all = vec!["--format", "json", "--min-samples", "0"];
+        all.extend_from_slice(args);
+        let (_, json) = report(store, &all);
+        let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let stored: u64 = document["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|group| group["samples"].as_u64().unwrap())
+            .sum();
+        if stored >= samples {
+            Ok(document)
+        } else {
+            Err(format!("{stored} stored"))
+        }
+    })
+    .await
 }
 
 /// The repository root (where Cargo.toml is).
