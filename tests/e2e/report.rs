@@ -295,24 +295,11 @@ fn store_with_a_rare_bug(path: &Path) {
                 differences.push(difference("$.note", Kind::Extra, None, Some("\"hi\"")));
             }
             DiffRecord {
-                at_ms: now_ms(),
-                route: "orders".into(),
-                method: "GET".into(),
                 path: format!("/orders/{n}"),
                 query: Some("coupon=SPRING10".into()),
                 request_id: format!("r{n}"),
-                primary_status: Some(200),
-                shadow_status: Some(200),
-                verdict: Verdict::Mismatch,
                 differences,
-                noise: Vec::new(),
-                primary_sample: None,
-                shadow_sample: None,
-                primary_upstream: Some("legacy".into()),
-                candidate_upstream: Some("orders-v2".into()),
-                stage: Some("shadow".into()),
-                generation: Some(1),
-                config_sha256: Some("sha".into()),
+                ..support::stored_exchange(Verdict::Mismatch)
             }
         })
         .collect();
