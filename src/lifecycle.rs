@@ -1007,25 +1007,26 @@ mod tests {
     #[tokio::test]
     async fn a_queue_taken_slowly_is_waited_for_past_the_stall_bound_while_it_shrinks() {
         use std::os::fd::AsRawFd;
-        let (listener, _clients) = queued_listener(8);
+        let (listener, _clients) = queued_listener(20);
         let socket = listener.as_raw_fd();
-        // A slow accept loop: one connection every 40 ms, 320 ms in all, four times the stall
-        // bound; a fixed bound of that length would have left half the queue to be reset.
-        let stall = Duration::from_millis(80);
+        // A slow accept loop: one connection every 25 ms, 500 ms in all, past the stall bound;
+        // a fixed bound of that length would have left the rest of the queue to be reset. Each
+        // step is a tenth of the bound, so a loaded machine's scheduling does not fake a stall.
+        let stall = Duration::from_millis(300);
         let accepting = std::thread::spawn(move || {
             let mut accepted = Vec::new();
-            for _ in 0..8 {
-                std::thread::sleep(Duration::from_millis(40));
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(25));
                 accepted.push(listener.accept().unwrap());
             }
             accepted.len()
         });
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let ended = Lifecycle::wait_for_empty_queue(socket, deadline, stall).await;
         assert_eq!(ended, QueueWait::Emptied);
-        assert!(started.elapsed() > stall * 3, "{:?}", started.elapsed());
-        assert_eq!(accepting.join().unwrap(), 8);
+        assert!(started.elapsed() > stall, "{:?}", started.elapsed());
+        assert_eq!(accepting.join().unwrap(), 20);
     }
 
     #[tokio::test]

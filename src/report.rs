@@ -1487,23 +1487,13 @@ mod tests {
         };
         DiffRecord {
             at_ms: 1,
-            route: route.into(),
-            method: "GET".into(),
             path: "/orders/1".into(),
-            query: None,
-            request_id: "r".into(),
-            primary_status: Some(200),
-            shadow_status: Some(200),
-            verdict,
             differences,
-            noise: Vec::new(),
-            primary_sample: None,
-            shadow_sample: None,
             primary_upstream: Some(direction.0.into()),
             candidate_upstream: Some(direction.1.into()),
-            stage: Some("shadow".into()),
             generation: Some(generation),
             config_sha256: Some("abc".into()),
+            ..crate::store::testing::record(route, verdict.as_str())
         }
     }
 

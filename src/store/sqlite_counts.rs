@@ -154,3 +154,157 @@ pub(super) fn summary(
     })?;
     rows.collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The per-minute counts of a SQLite store, read back the way a report reads them.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::DiffRecord;
+    use crate::store::DiffStore;
+    use crate::store::testing::record;
+    use crate::vocabulary::Verdict;
+
+    const MINUTE: i64 = aggregate::BUCKET_MS;
+
+    fn at(at_ms: i64, verdict: &str, generation: u64, sha: &str) -> DiffRecord {
+        DiffRecord {
+            at_ms,
+            generation: Some(generation),
+            config_sha256: Some(sha.into()),
+            ..record("orders", verdict)
+        }
+    }
+
+    /// A store holding `batches`, each inserted in its own transaction, as `pod-1`.
+    fn stored(batches: &[Vec<DiffRecord>]) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diffs.db");
+        let mut store = DiffStore::open(&path, 1000, Duration::from_secs(1 << 40))
+            .unwrap()
+            .writing_as("pod-1", 1.0);
+        for batch in batches {
+            store.insert(batch).unwrap();
+        }
+        (dir, Connection::open(&path).unwrap())
+    }
+
+    fn counted(connection: &Connection, filter: &Filter) -> Vec<(Verdict, Option<u64>, u64)> {
+        let mut counts: Vec<_> = exchange_counts(connection, filter)
+            .unwrap()
+            .into_iter()
+            .map(|count| (count.verdict, count.generation, count.exchanges))
+            .collect();
+        counts.sort_by_key(|(verdict, generation, _)| (verdict.as_str(), *generation));
+        counts
+    }
+
+    #[test]
+    fn batches_of_one_minute_add_up_in_one_row_per_key_keeping_the_newest_time() {
+        let (_dir, connection) = stored(&[
+            vec![
+                at(10 * MINUTE + 5, "match", 1, "x"),
+                at(10 * MINUTE + 9, "match", 1, "x"),
+            ],
+            vec![
+                at(10 * MINUTE + 7, "match", 1, "x"),
+                at(10 * MINUTE + 8, "mismatch", 1, "x"),
+            ],
+            vec![at(11 * MINUTE, "match", 1, "x")],
+        ]);
+        let rows: Vec<(i64, String, i64, i64)> = connection
+            .prepare(
+                "SELECT minute_ms, verdict, exchanges, last_at_ms FROM diff_counts
+                 ORDER BY minute_ms, verdict",
+            )
+            .unwrap()
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (10 * MINUTE, "match".to_owned(), 3, 10 * MINUTE + 9),
+                (10 * MINUTE, "mismatch".to_owned(), 1, 10 * MINUTE + 8),
+                (11 * MINUTE, "match".to_owned(), 1, 11 * MINUTE),
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_are_narrowed_by_verdict_replica_generation_and_time() {
+        let (_dir, connection) = stored(&[vec![
+            at(10 * MINUTE, "match", 1, "x"),
+            at(10 * MINUTE, "mismatch", 1, "x"),
+            at(20 * MINUTE, "match", 2, "y"),
+            at(20 * MINUTE, "match", 2, "y"),
+        ]]);
+        let all = Filter::default();
+        assert_eq!(
+            counted(&connection, &all),
+            [
+                (Verdict::Match, Some(1), 1),
+                (Verdict::Match, Some(2), 2),
+                (Verdict::Mismatch, Some(1), 1)
+            ]
+        );
+        let mismatches = Filter {
+            verdict: Some(Verdict::Mismatch),
+            ..Filter::default()
+        };
+        assert_eq!(
+            counted(&connection, &mismatches),
+            [(Verdict::Mismatch, Some(1), 1)]
+        );
+        let second = Filter {
+            generation: Some(GenerationFilter::Number(2)),
+            ..Filter::default()
+        };
+        assert_eq!(
+            counted(&connection, &second),
+            [(Verdict::Match, Some(2), 2)]
+        );
+        let recent = Filter {
+            since_ms: 15 * MINUTE,
+            ..Filter::default()
+        };
+        assert_eq!(
+            counted(&connection, &recent),
+            [(Verdict::Match, Some(2), 2)]
+        );
+        let other_pod = Filter {
+            replica: Some("pod-2".into()),
+            ..Filter::default()
+        };
+        assert!(counted(&connection, &other_pod).is_empty());
+    }
+
+    #[test]
+    fn the_latest_generation_is_the_newest_runs_newest_without_an_earlier_runs_higher_one() {
+        let (_dir, connection) = stored(&[
+            // A first run: generations 1 and 2.
+            vec![
+                at(10 * MINUTE, "match", 1, "x"),
+                at(20 * MINUTE, "mismatch", 2, "y"),
+            ],
+            // A restart: generation 1 again, of another file.
+            vec![
+                at(30 * MINUTE, "match", 1, "z"),
+                at(31 * MINUTE, "match", 1, "z"),
+            ],
+        ]);
+        let latest = Filter {
+            generation: Some(GenerationFilter::Latest),
+            ..Filter::default()
+        };
+        assert_eq!(
+            counted(&connection, &latest),
+            [(Verdict::Match, Some(1), 2)]
+        );
+    }
+}

@@ -526,28 +526,13 @@ fn store_with(dir: &Path, mismatches: usize) -> std::path::PathBuf {
         .expect("a store in a temp dir opens");
     let records: Vec<_> = (0..20)
         .map(|i| strangler::record::DiffRecord {
-            at_ms: strangler::store::now_ms(),
-            route: "orders".into(),
-            method: "GET".into(),
             path: format!("/orders/{i}"),
-            query: None,
             request_id: format!("r{i}"),
-            primary_status: Some(200),
-            shadow_status: Some(200),
-            verdict: if i < mismatches {
+            ..support::stored_exchange(if i < mismatches {
                 Verdict::Mismatch
             } else {
                 Verdict::Match
-            },
-            differences: Vec::new(),
-            noise: Vec::new(),
-            primary_sample: None,
-            shadow_sample: None,
-            primary_upstream: Some("legacy".into()),
-            candidate_upstream: Some("orders-v2".into()),
-            stage: Some("shadow".into()),
-            generation: Some(1),
-            config_sha256: Some("sha".into()),
+            })
         })
         .collect();
     store.insert(&records).unwrap();

@@ -349,23 +349,12 @@ fn exchange(
 ) -> strangler::record::DiffRecord {
     strangler::record::DiffRecord {
         at_ms,
-        route: "orders".into(),
-        method: "GET".into(),
-        path: "/orders/1".into(),
-        query: None,
         request_id: format!("{generation}-{at_ms}"),
-        primary_status: Some(200),
-        shadow_status: Some(200),
-        verdict: strangler::vocabulary::Verdict::parse(verdict).expect("a verdict"),
-        differences: Vec::new(),
-        noise: Vec::new(),
-        primary_sample: None,
-        shadow_sample: None,
-        primary_upstream: Some("legacy".into()),
-        candidate_upstream: Some("orders-v2".into()),
-        stage: Some("shadow".into()),
         generation: Some(generation),
         config_sha256: Some(sha.into()),
+        ..support::stored_exchange(
+            strangler::vocabulary::Verdict::parse(verdict).expect("a verdict"),
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
 use strangler::record::{DiffRecord, Difference, Kind};
-use strangler::store::{DiffStore, now_ms};
+use strangler::store::DiffStore;
 use strangler::vocabulary::Verdict;
 use support::{Backend, Proxy, Recorded, report, run_cli, wait_for_samples};
 
@@ -295,24 +295,11 @@ fn store_with_a_rare_bug(path: &Path) {
                 differences.push(difference("$.note", Kind::Extra, None, Some("\"hi\"")));
             }
             DiffRecord {
-                at_ms: now_ms(),
-                route: "orders".into(),
-                method: "GET".into(),
                 path: format!("/orders/{n}"),
                 query: Some("coupon=SPRING10".into()),
                 request_id: format!("r{n}"),
-                primary_status: Some(200),
-                shadow_status: Some(200),
-                verdict: Verdict::Mismatch,
                 differences,
-                noise: Vec::new(),
-                primary_sample: None,
-                shadow_sample: None,
-                primary_upstream: Some("legacy".into()),
-                candidate_upstream: Some("orders-v2".into()),
-                stage: Some("shadow".into()),
-                generation: Some(1),
-                config_sha256: Some("sha".into()),
+                ..support::stored_exchange(Verdict::Mismatch)
             }
         })
         .collect();
@@ -390,29 +377,17 @@ fn difference(path: &str, kind: Kind, primary: Option<&str>, shadow: Option<&str
 
 /// An exchange of route `orders` (legacy → orders-v2) with these differences and noise.
 fn exchange(path: &str, differences: Vec<Difference>, noise: Vec<Difference>) -> DiffRecord {
+    let verdict = match (differences.is_empty(), noise.is_empty()) {
+        (false, _) => Verdict::Mismatch,
+        (true, false) => Verdict::Noise,
+        (true, true) => Verdict::Match,
+    };
     DiffRecord {
-        at_ms: now_ms(),
-        route: "orders".into(),
-        method: "GET".into(),
         path: path.into(),
-        query: None,
         request_id: format!("r-{path}"),
-        primary_status: Some(200),
-        shadow_status: Some(200),
-        verdict: match (differences.is_empty(), noise.is_empty()) {
-            (false, _) => Verdict::Mismatch,
-            (true, false) => Verdict::Noise,
-            (true, true) => Verdict::Match,
-        },
         differences,
         noise,
-        primary_sample: None,
-        shadow_sample: None,
-        primary_upstream: Some("legacy".into()),
-        candidate_upstream: Some("orders-v2".into()),
-        stage: Some("shadow".into()),
-        generation: Some(1),
-        config_sha256: Some("sha".into()),
+        ..support::stored_exchange(verdict)
     }
 }
 

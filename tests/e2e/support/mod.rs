@@ -843,6 +843,33 @@ pub async fn wait_for_samples(store: &Path, args: &[&str], samples: u64) -> serd
     .await
 }
 
+/// One compared exchange as the store keeps it, for tests that fill a store through the
+/// library: `GET /orders/1` on route `orders`, judged `verdict` now, legacy against orders-v2 at
+/// stage shadow, generation 1 of config `sha`. A test changes what it is about with struct
+/// update syntax.
+pub fn stored_exchange(verdict: strangler::vocabulary::Verdict) -> strangler::record::DiffRecord {
+    strangler::record::DiffRecord {
+        at_ms: strangler::store::now_ms(),
+        route: "orders".into(),
+        method: "GET".into(),
+        path: "/orders/1".into(),
+        query: None,
+        request_id: "r".into(),
+        primary_status: Some(200),
+        shadow_status: Some(200),
+        verdict,
+        differences: Vec::new(),
+        noise: Vec::new(),
+        primary_sample: None,
+        shadow_sample: None,
+        primary_upstream: Some("legacy".into()),
+        candidate_upstream: Some("orders-v2".into()),
+        stage: Some("shadow".into()),
+        generation: Some(1),
+        config_sha256: Some("sha".into()),
+    }
+}
+
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
