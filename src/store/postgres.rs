@@ -111,6 +111,8 @@ const SHAPES_VERSION: i64 = 2;
 const QUEUE_BATCHES: usize = 64;
 /// Bytes the waiting batches may hold (estimated from their text); more are dropped.
 const QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Most exchanges written in one transaction (queued batches are merged up to it).
+const MAX_WRITE: usize = 4096;
 /// First and longest wait between two connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -214,8 +216,18 @@ fn run(
     let mut backoff = BACKOFF_MIN;
     let mut retry_at = Instant::now();
     let mut trimmed_at = Instant::now();
-    while let Ok(batch) = batches.recv() {
+    while let Ok(mut batch) = batches.recv() {
         queued_bytes.fetch_sub(estimated_bytes(&batch), Ordering::Relaxed);
+        // Batches that queued up while the last write ran go into this one: one transaction
+        // and one commit for all of them, so a slow commit makes writes bigger, not the queue
+        // longer.
+        while batch.len() < MAX_WRITE {
+            let Ok(more) = batches.try_recv() else {
+                break;
+            };
+            queued_bytes.fetch_sub(estimated_bytes(&more), Ordering::Relaxed);
+            batch.extend(more);
+        }
         if client.is_none() {
             if Instant::now() < retry_at {
                 dropped(&metrics, DropReason::Unavailable, batch.len());
