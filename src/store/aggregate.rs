@@ -67,6 +67,48 @@ pub fn buckets(records: &[DiffRecord]) -> Vec<(BucketKey, BucketCount)> {
     counts.into_iter().collect()
 }
 
+/// The key of one per-shape aggregate row (Postgres `diff_shape_counts`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShapeKey {
+    pub minute_ms: i64,
+    pub route: String,
+    pub primary_upstream: String,
+    pub candidate_upstream: String,
+    pub generation: i64,
+    pub config_sha256: String,
+    pub verdict: String,
+    /// [`crate::record::request_shape`]: `GET /orders/*`.
+    pub shape: String,
+}
+
+/// The per-shape aggregate rows of `records`: the compared exchanges (shadow errors left out,
+/// as the suggestions count them) per request shape, in key order (one order for every
+/// writer, so that two upserting the same rows cannot deadlock).
+pub fn shape_buckets(records: &[DiffRecord]) -> Vec<(ShapeKey, BucketCount)> {
+    let mut counts: std::collections::BTreeMap<ShapeKey, BucketCount> = Default::default();
+    for record in records {
+        if record.verdict == crate::vocabulary::Verdict::ShadowError {
+            continue;
+        }
+        let key = ShapeKey {
+            minute_ms: record.at_ms - record.at_ms.rem_euclid(BUCKET_MS),
+            route: record.route.clone(),
+            primary_upstream: record.primary_upstream.clone().unwrap_or_default(),
+            candidate_upstream: record.candidate_upstream.clone().unwrap_or_default(),
+            generation: record
+                .generation
+                .map_or(-1, |g| i64::try_from(g).unwrap_or(i64::MAX)),
+            config_sha256: record.config_sha256.clone().unwrap_or_default(),
+            verdict: record.verdict.as_str().to_owned(),
+            shape: crate::record::request_shape(&record.method, &record.path),
+        };
+        let count = counts.entry(key).or_default();
+        count.exchanges += 1;
+        count.last_at_ms = count.last_at_ms.max(record.at_ms);
+    }
+    counts.into_iter().collect()
+}
+
 /// Whether `record` is stored as a row: every exchange that differed, and a `match_sample`
 /// share (0 to 1) of the matching ones. All are counted in the aggregates either way.
 pub fn keep_row(record: &DiffRecord, match_sample: f64) -> bool {
@@ -222,6 +264,33 @@ mod tests {
                 (60_000, "mismatch", 200, 1, 60_500),
                 (60_000, "shadow_error", 0, 1, 61_000),
                 (120_000, "match", 200, 1, 120_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn shapes_are_counted_per_minute_and_verdict_without_shadow_errors() {
+        let mut other = record(60_100, "match");
+        other.path = "/orders/42".into();
+        let mut same_shape = record(60_200, "match");
+        same_shape.path = "/orders/7".into();
+        let records = [
+            other,
+            same_shape,
+            record(60_300, "match"),
+            record(60_400, "mismatch"),
+            record(60_500, "shadow_error"),
+        ];
+        let seen: Vec<(String, String, i64, i64)> = shape_buckets(&records)
+            .into_iter()
+            .map(|(key, count)| (key.verdict, key.shape, count.exchanges, count.last_at_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("match".into(), "GET /orders/*".into(), 2, 60_200),
+                ("match".into(), "GET /x".into(), 1, 60_300),
+                ("mismatch".into(), "GET /x".into(), 1, 60_400),
             ]
         );
     }

@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::tls::TlsSettings;
+
 /// Shown instead of a password.
 const HIDDEN: &str = "****";
 
@@ -26,7 +28,15 @@ pub enum StoreLocation {
 /// shown: `Display` and `Debug` print [`PostgresUrl::redacted`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresUrl {
+    /// As written (what is shown, redacted).
     url: String,
+    /// What the client library parses: `url` without the TLS parameters it does not know.
+    client_url: String,
+    /// `sslmode` and `sslrootcert`, applied by [`super::tls::connector`].
+    tls: TlsSettings,
+    /// A password from outside the URL (a file or the environment), given by
+    /// [`PostgresUrl::with_password`]; never shown.
+    password: Option<String>,
 }
 
 impl PostgresUrl {
@@ -35,17 +45,31 @@ impl PostgresUrl {
         redact_url(&self.url)
     }
 
-    /// Whether the URL carries a password itself.
+    /// The URL's `sslmode` and `sslrootcert`.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Whether the URL carries a password itself (or was given one).
     pub fn has_password(&self) -> bool {
-        redact_url(&self.url) != self.url
+        self.password.is_some() || redact_url(&self.url) != self.url
+    }
+
+    /// This URL with `password` to use when the URL has none: for code that reads a store
+    /// through functions that take no password file (the report, from the viewer).
+    pub fn with_password(mut self, password: Option<String>) -> Self {
+        if redact_url(&self.url) == self.url {
+            self.password = password;
+        }
+        self
     }
 
     /// The client configuration; `password` (from a file or the environment) is used when the
     /// URL has none.
     pub fn config(&self, password: Option<&str>) -> postgres::Config {
-        let mut config: postgres::Config = self.url.parse().expect("checked when parsed");
+        let mut config: postgres::Config = self.client_url.parse().expect("checked when parsed");
         if config.get_password().is_none()
-            && let Some(password) = password
+            && let Some(password) = password.or(self.password.as_deref())
         {
             config.password(password);
         }
@@ -117,13 +141,22 @@ impl FromStr for StoreLocation {
     fn from_str(text: &str) -> Result<Self, String> {
         let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return match text.parse::<postgres::Config>() {
+            let (client_url, tls) = super::tls::split(text).map_err(|error| {
+                format!(
+                    "`{}` is not a valid Postgres URL: {error}",
+                    redact_url(text)
+                )
+            })?;
+            return match client_url.parse::<postgres::Config>() {
                 Ok(config) if config.get_hosts().is_empty() => Err(format!(
                     "`{}` names no host: write postgres://USER@HOST:PORT/DATABASE",
                     redact_url(text)
                 )),
                 Ok(_) => Ok(Self::Postgres(PostgresUrl {
                     url: text.to_owned(),
+                    client_url,
+                    tls,
+                    password: None,
                 })),
                 // The parser's message never repeats the URL, so it cannot leak the password.
                 Err(error) => Err(format!(
@@ -233,9 +266,38 @@ mod tests {
         };
         assert!(!url.has_password());
         assert_eq!(url.config(Some("file")).get_password(), Some(&b"file"[..]));
+        let given = url.clone().with_password(Some("given".into()));
+        assert!(given.has_password());
+        assert_eq!(given.config(None).get_password(), Some(&b"given"[..]));
+        assert!(!format!("{given:?}").contains("given"));
         assert_eq!(
             url.config(None).get_connect_timeout(),
             Some(&std::time::Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_taken_out_for_the_connector() {
+        let text = "postgres://app:pw@db/diffs?sslmode=verify-full&sslrootcert=/etc/ca.pem";
+        let StoreLocation::Postgres(url) = text.parse().unwrap() else {
+            panic!()
+        };
+        assert_eq!(url.tls().mode, super::super::tls::SslMode::VerifyFull);
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:****@db/diffs?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "shown as written"
+        );
+        assert_eq!(
+            url.config(None).get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        let error = "postgres://app:pw@db/diffs?sslmode=yes"
+            .parse::<StoreLocation>()
+            .unwrap_err();
+        assert!(
+            error.contains("sslmode `yes`") && !error.contains("pw@"),
+            "{error}"
         );
     }
 

@@ -26,6 +26,7 @@ mod sqlite_counts;
 pub mod summary;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tls;
 
 pub use aggregate::{SummaryQuery, SummaryRow};
 pub use location::{PostgresUrl, StoreLocation, replica_name};
@@ -68,6 +69,12 @@ pub enum StoreError {
         store: String,
         #[source]
         source: ::postgres::Error,
+    },
+    #[error("diff store {store}: {source}")]
+    Tls {
+        store: String,
+        #[source]
+        source: tls::TlsError,
     },
     #[error(
         "diff store {store}: no strangler diff store here (no schema); a proxy creates it when it first writes"
@@ -797,14 +804,7 @@ pub fn scan(
 ) -> Result<ReportCounts, StoreError> {
     match location {
         StoreLocation::Sqlite(path) => scan_for_report(path, filter, each),
-        // Postgres keeps no per-request-path counts yet: suggestions there measure a path
-        // against the differing exchanges only (see docs/diffing.md).
-        StoreLocation::Postgres(url) => {
-            postgres::scan_for_report(url, filter, each).map(|exchanges| ReportCounts {
-                exchanges,
-                shapes: Vec::new(),
-            })
-        }
+        StoreLocation::Postgres(url) => postgres::scan_for_report(url, filter, each),
     }
 }
 
@@ -819,6 +819,70 @@ pub fn latest(
     match location {
         StoreLocation::Sqlite(path) => read_latest(path, filter, limit),
         StoreLocation::Postgres(url) => postgres::read_latest(url, password_file, filter, limit),
+    }
+}
+
+/// `location` ready to read with no password file: a Postgres URL without a password gets the
+/// one from `STRANGLER_DIFF_STORE_PASSWORD` or `password_file` (read now, so a rotated secret is
+/// picked up by the next read).
+pub fn with_password(
+    location: StoreLocation,
+    password_file: Option<&Path>,
+) -> Result<StoreLocation, StoreError> {
+    match location {
+        StoreLocation::Postgres(url) if !url.has_password() => Ok(StoreLocation::Postgres(
+            url.with_password(postgres::password(password_file)?),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// [`summary::page`] of whichever store `location` names (a Postgres password as
+/// [`with_password`] gives it).
+pub fn page(
+    location: &StoreLocation,
+    filter: &Filter,
+    limit: usize,
+    before: Option<i64>,
+) -> Result<Vec<summary::StoredExchange>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => summary::page(path, filter, limit, before),
+        StoreLocation::Postgres(url) => postgres::page(url, None, filter, limit, before),
+    }
+}
+
+/// [`summary::exchange`] of whichever store `location` names.
+pub fn exchange(
+    location: &StoreLocation,
+    id: i64,
+) -> Result<Option<summary::ExchangeWithNeighbours>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => summary::exchange(path, id),
+        StoreLocation::Postgres(url) => postgres::exchange(url, None, id),
+    }
+}
+
+/// [`summary::count`] of whichever store `location` names. Postgres counts from its
+/// per-minute aggregates, SQLite from its rows.
+pub fn count(
+    location: &StoreLocation,
+    filter: &Filter,
+    buckets: usize,
+) -> Result<summary::Counts, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => summary::count(path, filter, buckets),
+        StoreLocation::Postgres(url) => postgres::count(url, None, filter, buckets),
+    }
+}
+
+/// [`summary::ids_of_requests`] of whichever store `location` names.
+pub fn ids_of_requests(
+    location: &StoreLocation,
+    request_ids: &[&str],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => summary::ids_of_requests(path, request_ids),
+        StoreLocation::Postgres(url) => postgres::ids_of_requests(url, None, request_ids),
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! The proxy never waits on Postgres: the diff worker hands each batch to [`Writer::submit`],
 //! which never blocks. A batch that finds the queue full, or Postgres unreachable, is dropped and
-//! counted (`strangler_diff_store_dropped_total`), and the writer reconnects with backoff. TLS is
-//! not supported yet: connections are plain TCP (a database on a private network or a sidecar).
+//! counted (`strangler_diff_store_dropped_total`), and the writer reconnects with backoff. TLS
+//! follows the URL's `sslmode` (see [`super::tls`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,14 +19,16 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::{Client, IsolationLevel};
 
 use super::aggregate::{
     self, SummaryQuery, SummaryRow, Value, known, known_generation, known_status,
 };
 use super::location::PostgresUrl;
+use super::summary::{CountedBucket, Counts, ExchangeWithNeighbours, Grouping, StoredExchange};
 use super::{
-    DiffRecord, DifferingExchange, ExchangeCount, Filter, GenerationFilter, StoreError, now_ms,
+    DiffRecord, DifferingExchange, ExchangeCount, Filter, GenerationFilter, ReportCounts,
+    ShapeCount, StoreError, now_ms,
 };
 use crate::metrics::Metrics;
 use crate::vocabulary::DropReason;
@@ -79,15 +81,38 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (minute_ms, replica, route, primary_upstream, candidate_upstream, stage,
                      generation, config_sha256, verdict, primary_status, shadow_status)
     );",
+    // 2: per-minute counts of the compared exchanges (shadow errors left out) per request shape
+    // (`GET /orders/*`), which the suggestions measure a path's noise against: counted for
+    // every exchange, since the rows hold only a sample of the matching ones.
+    "CREATE TABLE diff_shape_counts (
+        minute_ms BIGINT NOT NULL,
+        replica TEXT NOT NULL,
+        route TEXT NOT NULL,
+        primary_upstream TEXT NOT NULL,
+        candidate_upstream TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        config_sha256 TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        exchanges BIGINT NOT NULL,
+        last_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (minute_ms, replica, route, primary_upstream, candidate_upstream,
+                     generation, config_sha256, verdict, shape)
+    );",
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The first schema version with per-shape counts (`diff_shape_counts`).
+const SHAPES_VERSION: i64 = 2;
+
 /// Batches waiting for the writer; more are dropped.
 const QUEUE_BATCHES: usize = 64;
 /// Bytes the waiting batches may hold (estimated from their text); more are dropped.
 const QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Most exchanges written in one transaction (queued batches are merged up to it).
+const MAX_WRITE: usize = 4096;
 /// First and longest wait between two connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -191,8 +216,18 @@ fn run(
     let mut backoff = BACKOFF_MIN;
     let mut retry_at = Instant::now();
     let mut trimmed_at = Instant::now();
-    while let Ok(batch) = batches.recv() {
+    while let Ok(mut batch) = batches.recv() {
         queued_bytes.fetch_sub(estimated_bytes(&batch), Ordering::Relaxed);
+        // Batches that queued up while the last write ran go into this one: one transaction
+        // and one commit for all of them, so a slow commit makes writes bigger, not the queue
+        // longer.
+        while batch.len() < MAX_WRITE {
+            let Ok(more) = batches.try_recv() else {
+                break;
+            };
+            queued_bytes.fetch_sub(estimated_bytes(&more), Ordering::Relaxed);
+            batch.extend(more);
+        }
         if client.is_none() {
             if Instant::now() < retry_at {
                 dropped(&metrics, DropReason::Unavailable, batch.len());
@@ -282,9 +317,13 @@ pub fn connect(url: &PostgresUrl, password_file: Option<&Path>) -> Result<Client
     } else {
         password(password_file)?
     };
+    let tls = super::tls::connector(url.tls()).map_err(|source| StoreError::Tls {
+        store: url.redacted(),
+        source,
+    })?;
     let mut client = url
         .config(password.as_deref())
-        .connect(NoTls)
+        .connect(tls)
         .map_err(|source| {
             // The client's own word for "the server asked for a password and there is none".
             let cause = std::error::Error::source(&source).map(ToString::to_string);
@@ -501,6 +540,50 @@ fn write(
             &last,
         ],
     )?;
+    let shapes = aggregate::shape_buckets(batch);
+    if !shapes.is_empty() {
+        let minute: Vec<i64> = shapes.iter().map(|(k, _)| k.minute_ms).collect();
+        let text = |f: fn(&aggregate::ShapeKey) -> &String| -> Vec<&str> {
+            shapes.iter().map(|(k, _)| f(k).as_str()).collect()
+        };
+        let route = text(|k| &k.route);
+        let primary = text(|k| &k.primary_upstream);
+        let candidate = text(|k| &k.candidate_upstream);
+        let generation: Vec<i64> = shapes.iter().map(|(k, _)| k.generation).collect();
+        let sha = text(|k| &k.config_sha256);
+        let verdict = text(|k| &k.verdict);
+        let shape = text(|k| &k.shape);
+        let exchanges: Vec<i64> = shapes.iter().map(|(_, c)| c.exchanges).collect();
+        let last: Vec<i64> = shapes.iter().map(|(_, c)| c.last_at_ms).collect();
+        transaction.execute(
+            "INSERT INTO diff_shape_counts (minute_ms, replica, route, primary_upstream,
+                candidate_upstream, generation, config_sha256, verdict, shape, exchanges,
+                last_at_ms)
+             SELECT t.minute_ms, $2, t.route, t.primary_upstream, t.candidate_upstream,
+                t.generation, t.config_sha256, t.verdict, t.shape, t.exchanges, t.last_at_ms
+             FROM UNNEST($1::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])
+             AS t(minute_ms, route, primary_upstream, candidate_upstream, generation,
+                config_sha256, verdict, shape, exchanges, last_at_ms)
+             ON CONFLICT (minute_ms, replica, route, primary_upstream, candidate_upstream,
+                generation, config_sha256, verdict, shape)
+             DO UPDATE SET exchanges = diff_shape_counts.exchanges + EXCLUDED.exchanges,
+                last_at_ms = GREATEST(diff_shape_counts.last_at_ms, EXCLUDED.last_at_ms)",
+            &[
+                &minute,
+                &settings.replica,
+                &route,
+                &primary,
+                &candidate,
+                &generation,
+                &sha,
+                &verdict,
+                &shape,
+                &exchanges,
+                &last,
+            ],
+        )?;
+    }
     transaction.commit()
 }
 
@@ -512,6 +595,10 @@ pub fn trim(client: &mut Client, max_rows: u64, max_age: Duration) -> Result<(),
     client.execute("DELETE FROM diffs WHERE at_ms < $1", &[&oldest])?;
     client.execute(
         "DELETE FROM diff_counts WHERE minute_ms < $1",
+        &[&(oldest - aggregate::BUCKET_MS)],
+    )?;
+    client.execute(
+        "DELETE FROM diff_shape_counts WHERE minute_ms < $1",
         &[&(oldest - aggregate::BUCKET_MS)],
     )?;
     client.execute(
@@ -555,6 +642,14 @@ fn refs(values: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
 
 /// A read-only connection to a database whose schema this build understands.
 fn open_reader(url: &PostgresUrl, password_file: Option<&Path>) -> Result<Client, StoreError> {
+    open_reader_versioned(url, password_file).map(|(client, _)| client)
+}
+
+/// [`open_reader`], with the database's schema version.
+fn open_reader_versioned(
+    url: &PostgresUrl,
+    password_file: Option<&Path>,
+) -> Result<(Client, i64), StoreError> {
     let shown = url.redacted();
     let mut client = connect(url, password_file)?;
     // Two queries: a missing table fails a query that names it, whatever branch it is in.
@@ -580,7 +675,7 @@ fn open_reader(url: &PostgresUrl, password_file: Option<&Path>) -> Result<Client
             found,
             supported: SCHEMA_VERSION,
         }),
-        Some(_) => Ok(client),
+        Some(version) => Ok((client, version)),
     }
 }
 
@@ -644,10 +739,10 @@ pub fn scan_for_report(
     url: &PostgresUrl,
     filter: &Filter,
     mut each: impl FnMut(DifferingExchange),
-) -> Result<Vec<ExchangeCount>, StoreError> {
+) -> Result<ReportCounts, StoreError> {
     let shown = url.redacted();
     let error = pg_error(&shown);
-    let mut client = open_reader(url, None)?;
+    let (mut client, version) = open_reader_versioned(url, None)?;
     let mut transaction = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -690,6 +785,34 @@ pub fn scan_for_report(
             exchanges: u64::try_from(row.get::<_, i64>(9)).unwrap_or(0),
         })
         .collect();
+    let (conditions_sql, values) = conditions(filter, true);
+    let values = boxed(values);
+    // A database from before the per-shape counts has none: suggestions there measure a path
+    // against the differing exchanges only.
+    let shapes = if version >= SHAPES_VERSION {
+        transaction
+            .query(
+                &numbered(&format!(
+                    "{with}SELECT c.route, c.primary_upstream, c.candidate_upstream, c.shape,
+                            SUM(c.exchanges)::BIGINT
+                     FROM diff_shape_counts c WHERE {conditions_sql}
+                     GROUP BY 1, 2, 3, 4"
+                )),
+                &refs(&values),
+            )
+            .map_err(&error)?
+            .into_iter()
+            .map(|row| ShapeCount {
+                route: row.get(0),
+                primary_upstream: known(row.get(1)),
+                candidate_upstream: known(row.get(2)),
+                shape: row.get(3),
+                exchanges: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (conditions_sql, values) = conditions(filter, false);
     let values = boxed(values);
     let mut rows = transaction
@@ -727,7 +850,10 @@ pub fn scan_for_report(
     }
     drop(rows);
     transaction.commit().map_err(&error)?;
-    Ok(counts)
+    Ok(ReportCounts {
+        exchanges: counts,
+        shapes,
+    })
 }
 
 /// The store-level summary (see [`SummaryRow`]), from the aggregates.
@@ -762,68 +888,268 @@ pub fn summary(
         .collect())
 }
 
-/// The `limit` newest stored exchanges that `filter` selects, newest first (`GET /diffs`).
+/// The `limit` newest stored exchanges that `filter` selects, newest first.
 pub fn read_latest(
     url: &PostgresUrl,
     password_file: Option<&Path>,
     filter: &Filter,
     limit: usize,
 ) -> Result<Vec<DiffRecord>, StoreError> {
-    let shown = url.redacted();
-    let error = pg_error(&shown);
-    let mut client = open_reader(url, password_file)?;
-    let with = if filter.generation == Some(GenerationFilter::Latest) {
+    Ok(page(url, password_file, filter, limit, None)?
+        .into_iter()
+        .map(|stored| stored.record)
+        .collect())
+}
+
+/// The `WITH` a filter's conditions need (`--since-reload`), or nothing.
+fn with_for(filter: &Filter) -> &'static str {
+    if filter.generation == Some(GenerationFilter::Latest) {
         LATEST
     } else {
         ""
+    }
+}
+
+/// The columns [`stored_exchange`] reads, of `diffs c`.
+const COLUMNS: &str = "c.id, c.at_ms, c.route, c.method, c.path, c.query, c.request_id,
+    c.primary_status, c.shadow_status, c.verdict, c.differences, c.noise, c.primary_sample,
+    c.shadow_sample, c.primary_upstream, c.candidate_upstream, c.stage, c.generation,
+    c.config_sha256";
+
+fn stored_exchange(row: &postgres::Row) -> StoredExchange {
+    let status = |index| {
+        row.get::<_, Option<i32>>(index)
+            .and_then(|s| u16::try_from(s).ok())
     };
-    let (conditions_sql, mut values) = conditions(filter, false);
+    StoredExchange {
+        id: row.get(0),
+        record: DiffRecord {
+            at_ms: row.get(1),
+            route: row.get(2),
+            method: row.get(3),
+            path: row.get(4),
+            query: row.get(5),
+            request_id: row.get(6),
+            primary_status: status(7),
+            shadow_status: status(8),
+            // A word this build does not know counts against the candidate.
+            verdict: crate::vocabulary::Verdict::parse(row.get(9))
+                .unwrap_or(crate::vocabulary::Verdict::Mismatch),
+            differences: serde_json::from_str(row.get(10)).unwrap_or_default(),
+            noise: serde_json::from_str(row.get(11)).unwrap_or_default(),
+            primary_sample: row.get(12),
+            shadow_sample: row.get(13),
+            primary_upstream: row.get(14),
+            candidate_upstream: row.get(15),
+            stage: row.get(16),
+            generation: row
+                .get::<_, Option<i64>>(17)
+                .and_then(|g| u64::try_from(g).ok()),
+            config_sha256: row.get(18),
+        },
+    }
+}
+
+/// [`super::summary::page`] for Postgres: up to `limit` stored exchanges `filter` selects,
+/// newest first, older than row `before` when given. Ordered by time, then id: the replicas'
+/// ids interleave by when their batches were written, not by when the exchanges happened.
+pub fn page(
+    url: &PostgresUrl,
+    password_file: Option<&Path>,
+    filter: &Filter,
+    limit: usize,
+    before: Option<i64>,
+) -> Result<Vec<StoredExchange>, StoreError> {
+    let shown = url.redacted();
+    let mut client = open_reader(url, password_file)?;
+    let (mut conditions_sql, mut values) = conditions(filter, false);
+    if let Some(before) = before {
+        // Nothing when row `before` is gone: retention took it and everything older.
+        conditions_sql
+            .push_str(" AND (c.at_ms, c.id) < (SELECT b.at_ms, b.id FROM diffs b WHERE b.id = ?)");
+        values.push(Value::Int(before));
+    }
     values.push(Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
     let values = boxed(values);
     let rows = client
         .query(
             &numbered(&format!(
-                "{with}SELECT c.at_ms, c.route, c.method, c.path, c.query, c.request_id,
-                        c.primary_status, c.shadow_status, c.verdict, c.differences, c.noise,
-                        c.primary_sample, c.shadow_sample, c.primary_upstream,
-                        c.candidate_upstream, c.stage, c.generation, c.config_sha256
-                 FROM diffs c WHERE {conditions_sql} ORDER BY c.id DESC LIMIT ?"
+                "{}SELECT {COLUMNS} FROM diffs c WHERE {conditions_sql}
+                 ORDER BY c.at_ms DESC, c.id DESC LIMIT ?",
+                with_for(filter)
+            )),
+            &refs(&values),
+        )
+        .map_err(pg_error(&shown))?;
+    Ok(rows.iter().map(stored_exchange).collect())
+}
+
+/// [`super::summary::exchange`] for Postgres: the exchange with row id `id`, and the differing
+/// exchanges of its route just before and after it in time (of any replica).
+pub fn exchange(
+    url: &PostgresUrl,
+    password_file: Option<&Path>,
+    id: i64,
+) -> Result<Option<ExchangeWithNeighbours>, StoreError> {
+    let shown = url.redacted();
+    let error = pg_error(&shown);
+    let mut client = open_reader(url, password_file)?;
+    let mut transaction = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(&error)?;
+    let Some(row) = transaction
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM diffs c WHERE c.id = $1"),
+            &[&id],
+        )
+        .map_err(&error)?
+    else {
+        return Ok(None);
+    };
+    let exchange = stored_exchange(&row);
+    let route = &exchange.record.route;
+    let at = exchange.record.at_ms;
+    let older = transaction
+        .query_opt(
+            "SELECT id FROM diffs WHERE route = $1 AND (at_ms, id) < ($2, $3)
+             AND verdict <> 'match' ORDER BY at_ms DESC, id DESC LIMIT 1",
+            &[route, &at, &id],
+        )
+        .map_err(&error)?
+        .map(|row| row.get(0));
+    let newer = transaction
+        .query_opt(
+            "SELECT id FROM diffs WHERE route = $1 AND (at_ms, id) > ($2, $3)
+             AND verdict <> 'match' ORDER BY at_ms, id LIMIT 1",
+            &[route, &at, &id],
+        )
+        .map_err(&error)?
+        .map(|row| row.get(0));
+    transaction.commit().map_err(&error)?;
+    Ok(Some(ExchangeWithNeighbours {
+        exchange,
+        older,
+        newer,
+    }))
+}
+
+/// [`super::summary::ids_of_requests`] for Postgres: the newest row id of each request id
+/// (in the order asked; unknown ones are left out).
+pub fn ids_of_requests(
+    url: &PostgresUrl,
+    password_file: Option<&Path>,
+    request_ids: &[&str],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let shown = url.redacted();
+    let mut client = open_reader(url, password_file)?;
+    let rows = client
+        .query(
+            "SELECT request_id, MAX(id) FROM diffs WHERE request_id = ANY($1)
+             GROUP BY request_id",
+            &[&request_ids],
+        )
+        .map_err(pg_error(&shown))?;
+    let newest: std::collections::HashMap<String, i64> = rows
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(request_ids
+        .iter()
+        .filter_map(|id| Some(((*id).to_owned(), *newest.get(*id)?)))
+        .collect())
+}
+
+/// [`super::summary::count`] for Postgres, from the per-minute aggregates (so it counts every
+/// exchange, stored as a row or not): per route and direction, the exchanges by verdict and a
+/// trend of `buckets` points. Times are those of the aggregates: a group's first exchange is
+/// the start of its first minute (or `since`), and an exchange falls in the bucket of its
+/// minute's start.
+pub fn count(
+    url: &PostgresUrl,
+    password_file: Option<&Path>,
+    filter: &Filter,
+    buckets: usize,
+) -> Result<Counts, StoreError> {
+    let buckets = buckets.max(1);
+    let shown = url.redacted();
+    let error = pg_error(&shown);
+    let mut client = open_reader(url, password_file)?;
+    let mut transaction = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(&error)?;
+    let with = with_for(filter);
+    let (conditions_sql, values) = conditions(filter, true);
+    let values = boxed(values);
+    let span = transaction
+        .query_one(
+            &numbered(&format!(
+                "{with}SELECT MIN(c.minute_ms), MAX(c.last_at_ms) FROM diff_counts c
+                 WHERE {conditions_sql}"
             )),
             &refs(&values),
         )
         .map_err(&error)?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let status = |index| {
-                row.get::<_, Option<i32>>(index)
-                    .and_then(|s| u16::try_from(s).ok())
-            };
-            DiffRecord {
-                at_ms: row.get(0),
-                route: row.get(1),
-                method: row.get(2),
-                path: row.get(3),
-                query: row.get(4),
-                request_id: row.get(5),
-                primary_status: status(6),
-                shadow_status: status(7),
-                verdict: crate::vocabulary::Verdict::parse(row.get(8))
-                    .unwrap_or(crate::vocabulary::Verdict::Mismatch),
-                differences: serde_json::from_str(row.get(9)).unwrap_or_default(),
-                noise: serde_json::from_str(row.get(10)).unwrap_or_default(),
-                primary_sample: row.get(11),
-                shadow_sample: row.get(12),
-                primary_upstream: row.get(13),
-                candidate_upstream: row.get(14),
-                stage: row.get(15),
-                generation: row
-                    .get::<_, Option<i64>>(16)
-                    .and_then(|g| u64::try_from(g).ok()),
-                config_sha256: row.get(17),
-            }
-        })
-        .collect())
+    let empty = Counts {
+        from_ms: filter.since_ms,
+        bucket_ms: 1,
+        buckets,
+        groups: Vec::new(),
+    };
+    let (Some(first), Some(last)) = (span.get::<_, Option<i64>>(0), span.get::<_, Option<i64>>(1))
+    else {
+        return Ok(empty);
+    };
+    let first = first.max(filter.since_ms).min(last);
+    // A `since` filter fixes the left edge, so "the last hour" reads as an hour.
+    let from_ms = if filter.since_ms > 0 {
+        filter.since_ms.min(first)
+    } else {
+        first
+    };
+    let width = ((last - from_ms) / buckets as i64 + 1).max(1);
+    let rows = transaction
+        .query(
+            &numbered(&format!(
+                "{with}SELECT c.route, c.primary_upstream, c.candidate_upstream, c.generation,
+                        c.stage, c.verdict,
+                        GREATEST((c.minute_ms - {from_ms}) / {width}, 0)::BIGINT,
+                        SUM(c.exchanges)::BIGINT, MIN(c.minute_ms), MAX(c.last_at_ms)
+                 FROM diff_counts c WHERE {conditions_sql}
+                 GROUP BY 1, 2, 3, 4, 5, 6, 7"
+            )),
+            &refs(&values),
+        )
+        .map_err(&error)?;
+    transaction.commit().map_err(&error)?;
+    let mut groups = Grouping::new(buckets);
+    for row in &rows {
+        let newest: i64 = row.get(9);
+        let verdict: String = row.get(5);
+        groups.add(CountedBucket {
+            route: row.get(0),
+            primary_upstream: known(row.get(1)),
+            candidate_upstream: known(row.get(2)),
+            generation: Some(row.get::<_, i64>(3)).filter(|g| *g >= 0),
+            stage: known(row.get(4)),
+            verdict: &verdict,
+            bucket: row.get(6),
+            exchanges: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
+            oldest: row.get::<_, i64>(8).max(filter.since_ms).min(newest),
+            newest,
+        });
+    }
+    Ok(Counts {
+        from_ms,
+        bucket_ms: width,
+        buckets,
+        groups: groups.finish(),
+    })
 }
 
 /// Writes `records` as replica `settings.replica` would, on the caller's thread: for tools and

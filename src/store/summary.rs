@@ -3,6 +3,11 @@
 //! time; pages of exchanges with their row ids (the viewer links to one by id); one exchange by
 //! id, with its neighbours on the same route.
 //!
+//! The types here ([`Counts`], [`StoredExchange`], [`ExchangeWithNeighbours`]) and the fold of
+//! counted buckets into groups are shared with the Postgres store, whose queries for the same
+//! views are in [`super::postgres`] (counting from its per-minute aggregates), so both answer
+//! the viewer the same JSON.
+//!
 //! Counting happens in SQL, grouped by time bucket, so an overview never reads rows out. What
 //! differed per path (ranking, examples, suggested ignore rules) is the report's business
 //! ([`crate::report`]); this module only counts and fetches.
@@ -107,7 +112,7 @@ pub fn count(path: &Path, filter: &Filter, buckets: usize) -> Result<Counts, Sto
     } else {
         "NULL, NULL, NULL, NULL"
     };
-    let mut groups: std::collections::BTreeMap<GroupKey, GroupCounts> = Default::default();
+    let mut groups = Grouping::new(buckets);
     {
         let mut statement = reader
             .connection
@@ -122,19 +127,70 @@ pub fn count(path: &Path, filter: &Filter, buckets: usize) -> Result<Counts, Sto
             .query(rusqlite::params_from_iter(values.iter()))
             .map_err(error)?;
         while let Some(row) = rows.next().map_err(error)? {
-            let key: GroupKey = (
-                row.get(0).map_err(error)?,
-                row.get(1).map_err(error)?,
-                row.get(2).map_err(error)?,
-            );
-            let generation: Option<i64> = row.get(3).map_err(error)?;
-            let stage: Option<String> = row.get(4).map_err(error)?;
             let verdict: String = row.get(5).map_err(error)?;
-            let bucket: i64 = row.get(6).map_err(error)?;
-            let exchanges = u64::try_from(row.get::<_, i64>(7).map_err(error)?).unwrap_or(0);
-            let (oldest, newest): (i64, i64) =
-                (row.get(8).map_err(error)?, row.get(9).map_err(error)?);
-            let group = groups.entry(key.clone()).or_insert_with(|| GroupCounts {
+            groups.add(CountedBucket {
+                route: row.get(0).map_err(error)?,
+                primary_upstream: row.get(1).map_err(error)?,
+                candidate_upstream: row.get(2).map_err(error)?,
+                generation: row.get(3).map_err(error)?,
+                stage: row.get(4).map_err(error)?,
+                verdict: &verdict,
+                bucket: row.get(6).map_err(error)?,
+                exchanges: u64::try_from(row.get::<_, i64>(7).map_err(error)?).unwrap_or(0),
+                oldest: row.get(8).map_err(error)?,
+                newest: row.get(9).map_err(error)?,
+            });
+        }
+    }
+    Ok(Counts {
+        from_ms,
+        bucket_ms: width,
+        buckets,
+        groups: groups.finish(),
+    })
+}
+
+/// The exchanges of one group, verdict and time bucket, as a count query returns them.
+pub(super) struct CountedBucket<'a> {
+    pub route: String,
+    pub primary_upstream: Option<String>,
+    pub candidate_upstream: Option<String>,
+    pub generation: Option<i64>,
+    pub stage: Option<String>,
+    pub verdict: &'a str,
+    /// Index of the time bucket (clamped to the axis).
+    pub bucket: i64,
+    pub exchanges: u64,
+    pub oldest: i64,
+    pub newest: i64,
+}
+
+/// Folds [`CountedBucket`]s into [`GroupCounts`], the same for both stores.
+pub(super) struct Grouping {
+    buckets: usize,
+    groups: std::collections::BTreeMap<GroupKey, GroupCounts>,
+}
+
+impl Grouping {
+    pub(super) fn new(buckets: usize) -> Self {
+        Self {
+            buckets: buckets.max(1),
+            groups: Default::default(),
+        }
+    }
+
+    pub(super) fn add(&mut self, counted: CountedBucket<'_>) {
+        let buckets = self.buckets;
+        let key: GroupKey = (
+            counted.route,
+            counted.primary_upstream,
+            counted.candidate_upstream,
+        );
+        let exchanges = counted.exchanges;
+        let group = self
+            .groups
+            .entry(key.clone())
+            .or_insert_with(|| GroupCounts {
                 route: key.0,
                 primary_upstream: key.1,
                 candidate_upstream: key.2,
@@ -145,57 +201,55 @@ pub fn count(path: &Path, filter: &Filter, buckets: usize) -> Result<Counts, Sto
                 shadow_errors: 0,
                 generations: Vec::new(),
                 stages: Vec::new(),
-                first_ms: oldest,
-                last_ms: newest,
+                first_ms: counted.oldest,
+                last_ms: counted.newest,
                 trend: vec![TrendPoint::default(); buckets],
             });
-            group.exchanges += exchanges;
-            group.first_ms = group.first_ms.min(oldest);
-            group.last_ms = group.last_ms.max(newest);
-            let point = &mut group.trend[usize::try_from(bucket).unwrap_or(0).min(buckets - 1)];
-            point.exchanges += exchanges;
-            match verdict.as_str() {
-                "match" => group.matches += exchanges,
-                "mismatch" => {
-                    group.mismatches += exchanges;
-                    point.differing += exchanges;
-                }
-                "shadow_error" => {
-                    group.shadow_errors += exchanges;
-                    point.differing += exchanges;
-                }
-                "noise" => {
-                    group.noise += exchanges;
-                    point.noise += exchanges;
-                }
-                _ => {}
+        group.exchanges += exchanges;
+        group.first_ms = group.first_ms.min(counted.oldest);
+        group.last_ms = group.last_ms.max(counted.newest);
+        let point = &mut group.trend[usize::try_from(counted.bucket)
+            .unwrap_or(0)
+            .min(buckets - 1)];
+        point.exchanges += exchanges;
+        match counted.verdict {
+            "match" => group.matches += exchanges,
+            "mismatch" => {
+                group.mismatches += exchanges;
+                point.differing += exchanges;
             }
-            if let Some(generation) = generation.and_then(|g| u64::try_from(g).ok())
-                && !group.generations.contains(&generation)
-            {
-                group.generations.push(generation);
+            "shadow_error" => {
+                group.shadow_errors += exchanges;
+                point.differing += exchanges;
             }
-            if let Some(stage) = stage
-                && !group.stages.contains(&stage)
-            {
-                group.stages.push(stage);
+            "noise" => {
+                group.noise += exchanges;
+                point.noise += exchanges;
             }
+            _ => {}
+        }
+        if let Some(generation) = counted.generation.and_then(|g| u64::try_from(g).ok())
+            && !group.generations.contains(&generation)
+        {
+            group.generations.push(generation);
+        }
+        if let Some(stage) = counted.stage
+            && !group.stages.contains(&stage)
+        {
+            group.stages.push(stage);
         }
     }
-    let groups = groups
-        .into_values()
-        .map(|mut group| {
-            group.generations.sort_unstable();
-            group.stages.sort();
-            group
-        })
-        .collect();
-    Ok(Counts {
-        from_ms,
-        bucket_ms: width,
-        buckets,
-        groups,
-    })
+
+    pub(super) fn finish(self) -> Vec<GroupCounts> {
+        self.groups
+            .into_values()
+            .map(|mut group| {
+                group.generations.sort_unstable();
+                group.stages.sort();
+                group
+            })
+            .collect()
+    }
 }
 
 /// A stored exchange and its row id, which `/diffs/{id}` and the viewer's links use.

@@ -15,13 +15,15 @@
 //! sends it as `Authorization` on every data request, never in a URL). It does not rank paths
 //! or suggest ignore rules either: that is [`crate::report`]'s, reused as is.
 //!
+//! Every view reads either store, SQLite or a fleet's shared Postgres ([`crate::store`]
+//! dispatches); with Postgres, row ids are the database's and the counts come from its
+//! per-minute aggregates (times in the overview are then by the minute).
+//!
 //! The page loads nothing from anywhere else: its Content-Security-Policy allows only its own
 //! origin (`default-src 'self'`, no inline script, `frame-ancestors 'none'`), so it works
 //! offline and a stored body can never run script in it (bodies are inserted as text).
 
 pub mod query;
-
-use std::path::Path;
 
 use http::{Response, StatusCode, header};
 use serde_json::{Value, json};
@@ -29,8 +31,8 @@ use serde_json::{Value, json};
 use crate::metrics::Metrics;
 use crate::report::{self, ReportOptions, RouteSummary};
 use crate::routing::{RouteTable, SharedRouteTable};
-use crate::store::summary::{self, GroupCounts};
-use crate::store::{Filter, StoreError};
+use crate::store::summary::GroupCounts;
+use crate::store::{Filter, StoreError, StoreLocation};
 use query::{DiffsQuery, QueryError};
 
 /// The policy of every page asset: nothing but this origin, no inline script, no framing.
@@ -76,35 +78,17 @@ pub async fn respond(
     }
     let table = routes.load_full();
     let now = crate::store::now_ms();
-    let store = match table.config().server.diff_store.clone() {
-        crate::store::StoreLocation::Sqlite(path) => path,
-        // A fleet's shared Postgres store: the newest records are listed; the views built on
-        // the SQLite file's row ids (pages, one exchange, the overview) are not served yet.
-        location @ crate::store::StoreLocation::Postgres(_) => {
-            if path != "/diffs" {
-                return json_response(
-                    StatusCode::NOT_IMPLEMENTED,
-                    &json!({
-                        "error": "the viewer's summary and exchange views read a SQLite diff store; with a Postgres store use `strangler report --db postgres://...` and /diffs"
-                    }),
-                );
-            }
-            let parsed = match DiffsQuery::parse(query, now, "/diffs", query::LIST) {
-                Ok(parsed) => parsed,
-                Err(error) => return refused(error),
-            };
-            let password_file = table.config().server.diff_store_password_file.clone();
-            return blocking(move || {
-                let records = crate::store::latest(
-                    &location,
-                    password_file.as_deref(),
-                    &parsed.filter,
-                    parsed.limit,
-                )?;
-                Ok(json!({ "diffs": records, "next_before": null }))
-            })
-            .await;
+    let location = table.config().server.diff_store.clone();
+    let password_file = table.config().server.diff_store_password_file.clone();
+    // Where the store is to be read, or `None` while there is none yet (a SQLite file no
+    // proxy has written; a Postgres database gets its schema on the first write).
+    let store = move || -> Result<Option<StoreLocation>, StoreError> {
+        if let StoreLocation::Sqlite(path) = &location
+            && !path.exists()
+        {
+            return Ok(None);
         }
+        crate::store::with_password(location, password_file.as_deref()).map(Some)
     };
     match path {
         "/diffs" => {
@@ -113,10 +97,15 @@ pub async fn respond(
                 Err(error) => return refused(error),
             };
             blocking(move || {
-                if !store.exists() {
-                    return Ok(json!({ "diffs": [], "next_before": null }));
-                }
-                let page = summary::page(&store, &parsed.filter, parsed.limit, parsed.before)?;
+                let empty = json!({ "diffs": [], "next_before": null });
+                let Some(store) = store()? else {
+                    return Ok(empty);
+                };
+                let page =
+                    match crate::store::page(&store, &parsed.filter, parsed.limit, parsed.before) {
+                        Err(StoreError::NoStore { .. }) => return Ok(empty),
+                        page => page?,
+                    };
                 let next_before = (page.len() == parsed.limit)
                     .then(|| page.last().map(|e| e.id))
                     .flatten();
@@ -132,7 +121,10 @@ pub async fn respond(
             let traffic = traffic(&table, metrics);
             let live = live_routes(&table);
             blocking(move || {
-                let mut document = overview(&store, &parsed.filter, now)?;
+                let mut document = match store()? {
+                    Some(store) => overview(&store, &parsed.filter, now)?,
+                    None => empty_overview(now),
+                };
                 document["traffic"] = traffic;
                 document["live"] = live;
                 Ok(document)
@@ -156,11 +148,13 @@ pub async fn respond(
                 });
             }
             let found = tokio::task::spawn_blocking(move || {
-                if !store.exists() {
+                let Some(store) = store()? else {
                     return Ok(None);
+                };
+                match crate::store::exchange(&store, id) {
+                    Err(StoreError::NoStore { .. }) => Ok(None),
+                    found => found.map(|found| found.map(report::exchange::ExchangeView::new)),
                 }
-                summary::exchange(&store, id)
-                    .map(|found| found.map(report::exchange::ExchangeView::new))
             })
             .await;
             match found {
@@ -179,13 +173,24 @@ pub async fn respond(
     }
 }
 
+/// The overview of a store that holds nothing yet.
+fn empty_overview(now_ms: i64) -> Value {
+    json!({ "routes": [], "from_ms": now_ms, "bucket_ms": 1, "buckets": 0 })
+}
+
 /// The overview of what `filter` selects: [`summary::count`]'s groups; for one route, each
-/// with the report's ranking of its differing paths and its suggested ignore rules.
-pub fn overview(store: &Path, filter: &Filter, now_ms: i64) -> Result<Value, StoreError> {
-    if !store.exists() {
-        return Ok(json!({ "routes": [], "from_ms": now_ms, "bucket_ms": 1, "buckets": 0 }));
+/// with the report's ranking of its differing paths and its suggested ignore rules. A Postgres
+/// `store` must carry its password ([`crate::store::with_password`]).
+pub fn overview(store: &StoreLocation, filter: &Filter, now_ms: i64) -> Result<Value, StoreError> {
+    if let StoreLocation::Sqlite(path) = store
+        && !path.exists()
+    {
+        return Ok(empty_overview(now_ms));
     }
-    let counts = summary::count(store, filter, TREND_BUCKETS)?;
+    let counts = match crate::store::count(store, filter, TREND_BUCKETS) {
+        Err(StoreError::NoStore { .. }) => return Ok(empty_overview(now_ms)),
+        counts => counts?,
+    };
     // Ranking paths reads every differing row: only for one route, not for the overview.
     if filter.route.is_none() {
         let routes: Vec<Value> = counts
@@ -202,7 +207,7 @@ pub fn overview(store: &Path, filter: &Filter, now_ms: i64) -> Result<Value, Sto
         }));
     }
     let report = report::build(&ReportOptions {
-        databases: vec![crate::store::StoreLocation::Sqlite(store.to_path_buf())],
+        databases: vec![store.clone()],
         replica: None,
         route: filter.route.clone(),
         since_ms: (filter.since_ms > 0).then(|| now_ms.saturating_sub(filter.since_ms)),
@@ -221,7 +226,7 @@ pub fn overview(store: &Path, filter: &Filter, now_ms: i64) -> Result<Value, Sto
         .into_iter()
         .collect();
     let example_ids: std::collections::HashMap<String, i64> =
-        summary::ids_of_requests(store, &examples)?
+        crate::store::ids_of_requests(store, &examples)?
             .into_iter()
             .collect();
     let routes: Vec<Value> = counts

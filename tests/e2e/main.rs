@@ -9,6 +9,7 @@ mod support;
 
 mod authoring;
 mod canary;
+mod compose;
 mod coverage;
 mod diff;
 mod fleet;

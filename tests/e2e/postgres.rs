@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
-use support::postgres::{PASSWORD, Postgres};
+use support::postgres::{PASSWORD, Postgres, TLS_HOST};
 use support::{Backend, DEADLINE, Proxy, Recorded, binary};
 
 /// Orders as legacy or the candidate answers them: the candidate gets the total of every
@@ -45,6 +45,30 @@ async fn proxy(
 ) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let password_file = postgres.password_file(dir.path());
+    let password = format!("  diff_store_password_file: {}\n", password_file.display());
+    proxy_storing(
+        dir,
+        &postgres.url(),
+        &password,
+        legacy,
+        candidate,
+        replica,
+        match_sample,
+    )
+    .await
+}
+
+/// Starts a proxy that shadows `/orders` and stores into `store` (a SQLite path or a Postgres
+/// URL, with `extra` `server:` lines such as its password file), in `dir`.
+async fn proxy_storing(
+    dir: tempfile::TempDir,
+    store: &str,
+    extra: &str,
+    legacy: &Backend,
+    candidate: &Backend,
+    replica: &str,
+    match_sample: f64,
+) -> Proxy {
     Proxy::with(format!(
         r#"upstreams:
   legacy: {{ backends: [{legacy}] }}
@@ -58,10 +82,9 @@ routes:
         legacy = legacy.address,
         candidate = candidate.address,
     ))
-    .diff_store(&postgres.url())
+    .diff_store(store)
     .server(&format!(
-        "  diff_store_password_file: {}\n  diff_match_sample: {match_sample}\n  replica: {replica}\n",
-        password_file.display()
+        "{extra}  diff_match_sample: {match_sample}\n  replica: {replica}\n"
     ))
     .env("RUST_LOG", "info")
     .in_dir(dir)
@@ -166,7 +189,15 @@ async fn two_proxies_write_to_one_database_and_one_report_sees_both() {
     );
     assert_eq!(
         postgres.query("SELECT version FROM strangler_schema_version"),
-        "1"
+        strangler::store::postgres::SCHEMA_VERSION.to_string()
+    );
+    // Every compared exchange is counted per request shape, stored as a row or not.
+    assert_eq!(
+        postgres.query(
+            "SELECT replica || ':' || shape || '=' || SUM(exchanges) FROM diff_shape_counts
+             GROUP BY replica, shape ORDER BY 1"
+        ),
+        "replica-a:GET /orders/*=40\nreplica-b:GET /orders/*=20"
     );
 
     // GET /diffs reads the shared database: rows of both replicas, newest first.
@@ -515,4 +546,401 @@ async fn retention_runs_in_the_database_by_age_then_by_rows() {
         "match=5",
         "counts go by age only: they are what reports total"
     );
+}
+
+/// What differs between two answers of the viewer for the same traffic through two proxies:
+/// row ids, times, request ids (each proxy mints its own) and the config's hash (the store
+/// line differs). The rest must be equal.
+fn comparable(mut document: Value) -> Value {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for key in [
+                    "id",
+                    "at_ms",
+                    "request_id",
+                    "from_ms",
+                    "bucket_ms",
+                    "first_ms",
+                    "last_ms",
+                    "trend",
+                    "older",
+                    "newer",
+                    "next_before",
+                    "config_sha256",
+                ] {
+                    map.remove(key);
+                }
+                if let Some(Value::Object(ids)) = map.get("example_ids") {
+                    let examples = ids.len();
+                    map.insert("example_ids".into(), examples.into());
+                }
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut document);
+    document
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_viewer_answers_the_same_json_from_postgres_as_from_sqlite() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    let on_postgres = proxy(&postgres, &legacy, &candidate, "replica-a", 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("diffs.db").display().to_string();
+    let on_sqlite = proxy_storing(dir, &store, "", &legacy, &candidate, "replica-a", 1.0).await;
+
+    // Before anything is stored, both answer an empty store, not an error.
+    for proxy in [&on_postgres, &on_sqlite] {
+        let summary = support::get(proxy.admin, "/diffs/summary").await.unwrap();
+        assert_eq!(summary.status, 200, "{}", summary.text());
+        assert_eq!(summary.json()["routes"], serde_json::json!([]));
+        let missing = support::get(proxy.admin, "/diffs/1").await.unwrap();
+        assert_eq!(missing.status, 404, "{}", missing.text());
+    }
+    for proxy in [&on_postgres, &on_sqlite] {
+        traffic(proxy, 1..=24).await;
+        // The overview counts what is stored (the SQLite writer keeps no written counter).
+        support::eventually("24 exchanges stored", || async {
+            let summary = support::get(proxy.admin, "/diffs/summary")
+                .await
+                .map_err(|error| error.to_string())?
+                .json();
+            match summary["routes"][0]["exchanges"].as_u64() {
+                Some(24) => Ok(()),
+                _ => Err(summary.to_string()),
+            }
+        })
+        .await;
+    }
+
+    for target in [
+        "/diffs/summary",
+        "/diffs/summary?route=orders",
+        "/diffs/summary?route=orders&generation=latest&since=1h",
+        "/diffs?limit=5",
+        "/diffs?route=orders&verdict=mismatch&limit=3",
+    ] {
+        let from_postgres = support::get(on_postgres.admin, target).await.unwrap();
+        let from_sqlite = support::get(on_sqlite.admin, target).await.unwrap();
+        assert_eq!(
+            from_postgres.status,
+            200,
+            "{target}: {}",
+            from_postgres.text()
+        );
+        assert_eq!(from_sqlite.status, 200, "{target}: {}", from_sqlite.text());
+        assert_eq!(
+            comparable(from_postgres.json()),
+            comparable(from_sqlite.json()),
+            "{target}"
+        );
+    }
+
+    // The overview counts every exchange, and its trend adds up to them.
+    let summary = support::get(on_postgres.admin, "/diffs/summary?route=orders")
+        .await
+        .unwrap()
+        .json();
+    let route = &summary["routes"][0];
+    assert_eq!(
+        (&route["exchanges"], &route["mismatches"], &route["matches"]),
+        (&24.into(), &6.into(), &18.into()),
+        "{summary:#}"
+    );
+    let trend: u64 = route["trend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|point| point["exchanges"].as_u64().unwrap())
+        .sum();
+    assert_eq!(trend, 24, "{summary:#}");
+    assert_eq!(route["paths"][0]["path"], "$.total", "{summary:#}");
+    // The example of a path links to a stored exchange by its Postgres row id.
+    let example = route["paths"][0]["example"]["request_id"].as_str().unwrap();
+    let example_id = route["example_ids"][example].as_i64().unwrap();
+
+    // Pages go back in time without overlap, by `next_before`.
+    let first = support::get(on_postgres.admin, "/diffs?limit=4")
+        .await
+        .unwrap()
+        .json();
+    let next = first["next_before"]
+        .as_i64()
+        .expect("a full page has a next");
+    let second = support::get(on_postgres.admin, &format!("/diffs?limit=4&before={next}"))
+        .await
+        .unwrap()
+        .json();
+    let ids = |page: &Value| -> Vec<i64> {
+        page["diffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (first_ids, second_ids) = (ids(&first), ids(&second));
+    assert_eq!(second_ids.len(), 4, "{second:#}");
+    assert!(
+        first_ids.iter().all(|id| !second_ids.contains(id)),
+        "{first_ids:?} {second_ids:?}"
+    );
+    assert!(
+        first_ids.last() > second_ids.first(),
+        "{first_ids:?} {second_ids:?}"
+    );
+
+    // One exchange, side by side, as SQLite shows the same one; its differing neighbours.
+    let view = support::get(on_postgres.admin, &format!("/diffs/{example_id}"))
+        .await
+        .unwrap();
+    assert_eq!(view.status, 200, "{}", view.text());
+    let view = view.json();
+    let path = view["path"].as_str().unwrap().to_owned();
+    let sqlite_page = support::get(on_sqlite.admin, "/diffs?limit=100")
+        .await
+        .unwrap()
+        .json();
+    let sqlite_id = sqlite_page["diffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path.as_str())
+        .map(|e| e["id"].as_i64().unwrap())
+        .unwrap();
+    let sqlite_view = support::get(on_sqlite.admin, &format!("/diffs/{sqlite_id}"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(comparable(view.clone()), comparable(sqlite_view.clone()));
+    assert_eq!(
+        (view["older"].is_null(), view["newer"].is_null()),
+        (
+            sqlite_view["older"].is_null(),
+            sqlite_view["newer"].is_null()
+        )
+    );
+    if let Some(older) = view["older"].as_i64() {
+        let older = support::get(on_postgres.admin, &format!("/diffs/{older}"))
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(
+            older["verdict"], "mismatch",
+            "neighbours are differing exchanges"
+        );
+    }
+    let gone = support::get(on_postgres.admin, "/diffs/99999")
+        .await
+        .unwrap();
+    assert_eq!(gone.status, 404, "{}", gone.text());
+}
+
+/// `count` matching exchanges and `differing` mismatches of `GET /orders/N` whose candidate sends
+/// another `x-served-by` header, from `start_ms` on.
+fn served_by_mismatches(
+    start_ms: i64,
+    count: i64,
+    differing: i64,
+) -> Vec<strangler::record::DiffRecord> {
+    (0..count + differing)
+        .map(|n| {
+            let mut record = exchange(
+                start_ms + n,
+                1,
+                "x",
+                if n < count { "match" } else { "mismatch" },
+            );
+            record.path = format!("/orders/{n}");
+            record.request_id = format!("r{n}");
+            if n >= count {
+                record.differences = vec![strangler::record::Difference {
+                    path: "headers.x-served-by".into(),
+                    kind: strangler::record::Kind::Changed,
+                    primary: Some("legacy-1".into()),
+                    shadow: Some("v2-1".into()),
+                }];
+            }
+            record
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suggestions_count_every_exchange_of_a_request_shape_whatever_the_match_sample() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let strangler::store::StoreLocation::Postgres(url) =
+        postgres.url_with_password().parse().unwrap()
+    else {
+        panic!("a Postgres URL");
+    };
+    let now = strangler::store::now_ms();
+    tokio::task::spawn_blocking(move || {
+        use strangler::store::postgres::{WriterSettings, connect, migrate, write_now};
+        let mut client = connect(&url, None).unwrap();
+        migrate(&mut client, "test").unwrap();
+        // The same exchanges from two replicas: one keeps no matching rows, one all of them.
+        for (replica, match_sample) in [("none-kept", 0.0), ("all-kept", 1.0)] {
+            let settings = WriterSettings {
+                url: url.clone(),
+                password_file: None,
+                replica: replica.into(),
+                max_rows: 1000,
+                max_age: Duration::from_secs(3600),
+                match_sample,
+            };
+            write_now(
+                &mut client,
+                &settings,
+                &served_by_mismatches(now - 10_000, 30, 10),
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        postgres.query("SELECT COUNT(*) FROM diffs WHERE replica = 'none-kept'"),
+        "10",
+        "only the mismatches are rows"
+    );
+    // `x-served-by` differs in 10 of the 40 exchanges of `GET /orders/*`: not noise. Measured
+    // against the rows alone it would differ in all of them where no match is kept.
+    for replica in ["none-kept", "all-kept"] {
+        let (_, document, stderr) = report(&postgres.url(), &["--replica", replica]);
+        let document = document.unwrap_or_else(|| panic!("{stderr}"));
+        let route = &document["routes"][0];
+        assert_eq!(route["samples"], 40, "{replica}: {route:#}");
+        assert_eq!(
+            route["suggested_ignore_headers"],
+            serde_json::json!([]),
+            "{replica}: {route:#}"
+        );
+        assert_eq!(
+            route["noisy_paths"],
+            serde_json::json!([]),
+            "{replica}: {route:#}"
+        );
+        assert_eq!(
+            route["paths"][0]["path"], "headers.x-served-by",
+            "{replica}: {route:#}"
+        );
+    }
+}
+
+/// Connects as the store does to `url` and asks the server whether this session is encrypted.
+async fn encrypted(url: String) -> Result<bool, String> {
+    tokio::task::spawn_blocking(move || {
+        let strangler::store::StoreLocation::Postgres(url) =
+            url.parse::<strangler::store::StoreLocation>()?
+        else {
+            panic!("a Postgres URL");
+        };
+        let mut client =
+            strangler::store::postgres::connect(&url, None).map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sslmode_in_the_url_is_honoured_against_a_postgres_with_its_own_ca() {
+    let Some(postgres) = Postgres::start_with_tls() else {
+        return;
+    };
+    let (ca, other) = (postgres.ca_file(), postgres.other_ca_file());
+    let (ca, other) = (ca.display(), other.display());
+    let by_address = postgres.url_with_password();
+    // The certificate names TLS_HOST; the socket goes to 127.0.0.1 all the same.
+    let by_name = format!(
+        "postgres://{}:{PASSWORD}@{TLS_HOST}:{}/postgres?hostaddr=127.0.0.1",
+        support::postgres::USER,
+        postgres.port
+    );
+
+    assert_eq!(
+        encrypted(format!("{by_address}?sslmode=disable")).await,
+        Ok(false)
+    );
+    assert_eq!(
+        encrypted(by_address.clone()).await,
+        Ok(true),
+        "prefer, as libpq"
+    );
+    assert_eq!(
+        encrypted(format!("{by_address}?sslmode=require")).await,
+        Ok(true)
+    );
+    assert_eq!(
+        encrypted(format!("{by_name}&sslmode=verify-full&sslrootcert={ca}")).await,
+        Ok(true)
+    );
+    // verify-ca checks the chain, not the name.
+    assert_eq!(
+        encrypted(format!("{by_address}?sslmode=verify-ca&sslrootcert={ca}")).await,
+        Ok(true)
+    );
+    let wrong_name = encrypted(format!("{by_address}?sslmode=verify-full&sslrootcert={ca}"))
+        .await
+        .unwrap_err();
+    assert!(wrong_name.contains("certificate"), "{wrong_name}");
+    let wrong_ca = encrypted(format!("{by_name}&sslmode=verify-full&sslrootcert={other}"))
+        .await
+        .unwrap_err();
+    assert!(wrong_ca.contains("certificate"), "{wrong_ca}");
+    assert!(!wrong_ca.contains(PASSWORD), "{wrong_ca}");
+
+    // A proxy stores through verify-full, and `report` reads back through it.
+    let legacy = Backend::start_with("legacy", orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", orders(true)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = postgres.password_file(dir.path());
+    let url = format!(
+        "postgres://{}@{TLS_HOST}:{}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={ca}",
+        support::postgres::USER,
+        postgres.port
+    );
+    let password = format!("  diff_store_password_file: {}\n", password_file.display());
+    let store = format!("'{url}'");
+    let proxy = proxy_storing(dir, &store, &password, &legacy, &candidate, "tls", 1.0).await;
+    traffic(&proxy, 1..=8).await;
+    proxy
+        .wait_for_metric("strangler_diff_store_written_total", 8.0)
+        .await;
+    assert_eq!(
+        postgres.query(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'strangler'"
+        ),
+        "t",
+        "the writer's session is encrypted"
+    );
+    let (code, document, stderr) = report(&url, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(totals(&document.unwrap()), (8, 2));
+    let refused = format!(
+        "postgres://{}@{TLS_HOST}:{}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={other}",
+        support::postgres::USER,
+        postgres.port
+    );
+    let (code, _, stderr) = report(&refused, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
 }

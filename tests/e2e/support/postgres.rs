@@ -20,7 +20,13 @@ pub struct Postgres {
     bin: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// Whether the server has a certificate (see [`Postgres::start_with_tls`]).
+    tls: bool,
 }
+
+/// The name the TLS test server's certificate is issued for (reached at 127.0.0.1 with
+/// `hostaddr`): a name, so that `verify-full` has one to check.
+pub const TLS_HOST: &str = "postgres.test";
 
 /// The directory of `initdb` and `pg_ctl`: the newest under /usr/lib/postgresql, or on PATH.
 fn binaries() -> Option<PathBuf> {
@@ -55,6 +61,16 @@ fn is_root() -> bool {
 impl Postgres {
     /// Creates and starts a cluster, or `None` when Postgres is not installed here (never in CI).
     pub fn start() -> Option<Postgres> {
+        Self::start_as(false)
+    }
+
+    /// [`Postgres::start`], serving TLS too (`ssl = on`) with a certificate for [`TLS_HOST`]
+    /// signed by a throw-away CA ([`Postgres::ca_file`]), made with the `openssl` CLI.
+    pub fn start_with_tls() -> Option<Postgres> {
+        Self::start_as(true)
+    }
+
+    fn start_as(tls: bool) -> Option<Postgres> {
         let Some(bin) = binaries() else {
             let message = "Postgres (initdb, pg_ctl) is not installed: run scripts/setup";
             if std::env::var_os("CI").is_some() {
@@ -67,6 +83,9 @@ impl Postgres {
         let dir = tempfile::tempdir().unwrap();
         let password_file = dir.path().join("pwfile");
         std::fs::write(&password_file, PASSWORD).unwrap();
+        if tls {
+            make_certificates(dir.path());
+        }
         if as_postgres {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -80,6 +99,7 @@ impl Postgres {
             bin,
             port: free_port(),
             as_postgres,
+            tls,
         };
         let data = postgres.data();
         let output = postgres
@@ -123,11 +143,17 @@ impl Postgres {
 
     /// Starts the server; `pg_ctl -w` returns once it accepts connections (bounded by `-t`).
     pub fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
+                self.dir.path().display()
+            ));
+        }
         let status = self
             .command("pg_ctl")
             .arg("-D")
@@ -161,6 +187,16 @@ impl Postgres {
     /// The URL without the password, as a config would hold it with a password file.
     pub fn url(&self) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The CA that signed the server's certificate (with [`Postgres::start_with_tls`]).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A CA that signed nothing this server has.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.dir.path().join("other-ca.pem")
     }
 
     /// The URL with the password in it.
@@ -229,4 +265,78 @@ impl Drop for Postgres {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Writes into `dir` a CA (`ca.pem`), a server certificate for [`TLS_HOST`] it signed
+/// (`server.pem`, key `server.key`, mode 0600 as Postgres demands) and an unrelated CA
+/// (`other-ca.pem`), with the `openssl` CLI.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI (Debian's openssl package)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("certs.cnf"),
+        format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = strangler test\n\
+             [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign\n\
+             subjectKeyIdentifier = hash\n\
+             [server]\nbasicConstraints = critical,CA:FALSE\n\
+             keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n\
+             subjectAltName = DNS:{TLS_HOST}\nauthorityKeyIdentifier = keyid\n"
+        ),
+    )
+    .unwrap();
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (keyout, out) = (format!("{ca}.key"), format!("{ca}.pem"));
+        let mut args = vec!["req", "-x509", "-config", "certs.cnf", "-extensions", "ca"];
+        args.extend(key);
+        args.extend(["-keyout", &keyout, "-out", &out, "-days", "2"]);
+        openssl(&args);
+    }
+    let mut args = vec!["req", "-new", "-config", "certs.cnf"];
+    args.extend(key);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&args);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "2",
+        "-extfile",
+        "certs.cnf",
+        "-extensions",
+        "server",
+        "-out",
+        "server.pem",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
 }
