@@ -65,6 +65,15 @@ impl Body {
         }
     }
 
+    /// Its length, without joining it.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// How many chunks it arrived in.
     pub fn chunks(&self) -> usize {
         self.chunks.len()
@@ -170,6 +179,13 @@ mod tests {
             several.push(Bytes::from_static(chunk.as_bytes()));
         }
         assert_eq!(several.chunks(), 3, "empty chunks are not kept");
+        assert_eq!(several.len(), 5);
+        several.push(Bytes::from_static(b"f"));
+        assert_eq!(several.len(), 6, "its length is read without joining it");
+        several = Body::default();
+        for chunk in ["ab", "c", "de"] {
+            several.push(Bytes::from_static(chunk.as_bytes()));
+        }
         assert_eq!(&*several, b"abcde");
         assert_eq!(
             several.bytes().as_ptr(),
