@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
 # Load benchmark: strangler side by side with nginx and HAProxy, in interleaved rounds, through
-# the shared harness (../shared/bench: origins, peers, pinning, wrk, CPU per request).
+# the harness in bench/harness (origins, peers, pinning, wrk, CPU per request; see its README).
 #
-#   bench/run.sh --quick        # ~2 minutes: forwarding + 10 / 10,000 routes
-#   bench/run.sh                # full: forwarding, 10 / 1,000 / 10,000 routes, 3 x 10 s rounds
-#   bench/run.sh -r 5 -d 10     # any other option is passed to the shared run.sh
+#   bench/run.sh --quick        # ~4 minutes: forwarding, 10 / 10,000 routes, shadowing, 2 threads
+#   bench/run.sh                # full: the same plus 1,000 routes, 3 x 10 s rounds
+#   bench/run.sh -r 5 -d 10     # any other option is passed to bench/harness/run.sh
 #
-# Every process is started and stopped by the harness (by PID). Results: /tmp/proxy-bench/<ts>/.
+# Needs only this repository, cargo, and Debian's wrk, nginx and haproxy (installed with apt-get
+# on first use). Every process is started and stopped by the harness (by PID).
+# Results: /tmp/proxy-bench/<ts>/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${SHARED_BENCH:-$root/../shared/bench}"
-if [ ! -x "$shared/run.sh" ]; then
-  echo "bench/run.sh: the shared harness is missing at $shared (set SHARED_BENCH)" >&2
-  exit 1
-fi
+shared="${SHARED_BENCH:-$root/bench/harness}"
 
 quick=0
 for arg in "$@"; do [ "$arg" = "--quick" ] && quick=1; done
@@ -24,7 +22,9 @@ for tool in wrk nginx haproxy; do
 done
 
 "$root/scripts/setup"
-cargo build --release --manifest-path "$root/Cargo.toml"
+# One build for the binary and both floors (examples/bare_pingora.rs, examples/core_forwarder.rs).
+cargo build --release --manifest-path "$root/Cargo.toml" --bin strangler \
+  --example bare_pingora --example core_forwarder
 binary="$root/target/release/strangler"
 
 work="$(mktemp -d /tmp/strangler-bench.XXXXXX)"
@@ -35,9 +35,9 @@ trap 'rm -rf "$work"; [ -n "$slow_origin" ] && kill "$slow_origin" 2>/dev/null' 
 # the harness's origin A; the last route is the one the load hits, so a linear matcher would
 # walk them all. All upstreams are origin A, so the routes change only the matching work.
 write_config() {
-  local file="$1" port="$2" admin="$3" routes="$4"
+  local file="$1" port="$2" admin="$3" routes="$4" threads="${5:-1}"
   {
-    echo "server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: 1 }"
+    echo "server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: $threads }"
     echo "upstreams:"
     echo "  origin: { backends: [127.0.0.1:19001] }"
     echo "default_upstream: origin"
@@ -63,22 +63,39 @@ add_target() {
   starts+=(--start "$name=http://127.0.0.1:$port/item" "env RUST_LOG=warn $binary run -c $work/$name.yaml")
 }
 
-# The floor: a bare Pingora forwarder with the same build settings (examples/bare_pingora.rs).
-cargo build --release --manifest-path "$root/Cargo.toml" --example bare_pingora
+# The floor: a bare Pingora forwarder with the same build settings (examples/bare_pingora.rs),
+# and the spike below it: a forwarder on pingora-core's HTTP server app and connector, without
+# pingora-proxy (examples/core_forwarder.rs).
 starts+=(--start "bare-pingora=http://127.0.0.1:19579/item" "$root/target/release/examples/bare_pingora 127.0.0.1:19579 127.0.0.1:19001")
+starts+=(--start "core-forwarder=http://127.0.0.1:19578/item" "$root/target/release/examples/core_forwarder 127.0.0.1:19578 127.0.0.1:19001")
 
 add_target strangler 19580 19590 0
 add_target strangler-10r 19581 19591 10
 ((quick)) || add_target strangler-1kr 19582 19592 1000
 add_target strangler-10kr 19583 19593 10000
 
+# Both cores: strangler with `threads: 2` beside nginx `worker_processes 2` (nginx-proxy-auto)
+# and HAProxy `nbthread 2` (haproxy-2t), all on CPUs 0,1 with the load generator: compare these
+# three with each other only.
+write_config "$work/strangler-2t.yaml" 19586 19597 0 2
+starts+=(--start-multi "strangler-2t=http://127.0.0.1:19586/item" "env RUST_LOG=warn $binary run -c $work/strangler-2t.yaml")
+
 # Shadowing: every request mirrored to origin B (the harness's "new service"), compared with
 # nginx `mirror`; and to a candidate that answers after 200 ms, one request at a time (a slow
 # shadow: copies pile up to the in-flight cap, the rest are dropped and counted).
+# Origin B answers origin A's JSON with another `id` and `service`: with those two ignored
+# (`compare.ignore_json`) every exchange matches, as a mostly-finished migration would; without,
+# every exchange is a mismatch and stored as a row. Matches are stored as a 1 % sample
+# (`diff_match_sample`); the per-minute aggregates count every exchange.
 shadow_config() {
-  local file="$1" port="$2" admin="$3" candidate="$4"
+  local file="$1" port="$2" admin="$3" candidate="$4" compare="${5:-}"
   cat >"$file" <<YAML
-server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: 1 }
+server:
+  listen: 127.0.0.1:$port
+  admin: 127.0.0.1:$admin
+  threads: 1
+  diff_store: $file.db
+  diff_match_sample: 0.01
 upstreams:
   origin: { backends: [127.0.0.1:19001] }
   candidate: { backends: [$candidate] }
@@ -86,18 +103,22 @@ default_upstream: origin
 routes:
   - name: all
     match: { path_prefix: / }
-    shadow: { upstream: candidate, sample: 1.0, timeout: 2s, max_inflight: 256 }
+    shadow: { upstream: candidate, sample: 1.0, timeout: 2s, max_inflight: 256$compare }
 YAML
   "$binary" validate "$file" >/dev/null
 }
-shadow_config "$work/shadow.yaml" 19584 19594 127.0.0.1:19002
+shadow_config "$work/shadow.yaml" 19584 19594 127.0.0.1:19002 ", compare: { ignore_json: ['\$.id', '\$.service'] }"
 starts+=(--start "strangler-shadow=http://127.0.0.1:19584/item" "env RUST_LOG=warn $binary run -c $work/shadow.yaml")
+shadow_config "$work/shadow-mismatch.yaml" 19587 19598 127.0.0.1:19002
+starts+=(--start "strangler-shadow-mismatch=http://127.0.0.1:19587/item" "env RUST_LOG=warn $binary run -c $work/shadow-mismatch.yaml")
 shadow_config "$work/slow-shadow.yaml" 19585 19595 127.0.0.1:19596
 starts+=(--start "strangler-slowshadow=http://127.0.0.1:19585/item" "env RUST_LOG=warn $binary run -c $work/slow-shadow.yaml")
 # The slow candidate runs on the load CPU with the origins, and is stopped by PID on exit.
 taskset -c "${ORIGIN_CPU:-0}" "$root/bench/slow-origin.py" 127.0.0.1:19596 0.2 &
 slow_origin=$!
 
+# The multi-core peers join the built-in targets (a --targets given by the caller wins).
+targets=direct,nginx-proxy,haproxy,nginx-mirror,nginx-proxy-auto,haproxy-2t
 status=0
-"$shared/run.sh" "$@" "${starts[@]}" || status=$?
+"$shared/run.sh" --targets "$targets" "$@" "${starts[@]}" || status=$?
 exit "$status"

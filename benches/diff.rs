@@ -1,6 +1,7 @@
 //! The comparison engine on JSON bodies of 1 KiB, 100 KiB and 1 MiB: byte-identical bodies (the
-//! shortcut), equal bodies with keys in another order (a full parse and walk), and bodies with a
-//! difference in every record. `cargo bench --bench diff`.
+//! shortcut), equal bodies with keys in another order (a full parse and walk), bodies whose
+//! records differ only in an ignored `id` (what a shadow of a mostly-matching service sees), and
+//! bodies with a difference in every record. `cargo bench --bench diff`.
 
 use std::hint::black_box;
 
@@ -29,6 +30,11 @@ fn reordered(records: u32) -> Bytes {
 
 /// A JSON document of about `size` bytes: a list of order records.
 fn document(size: usize, variant: u32) -> Bytes {
+    document_with_ids(size, variant, 0)
+}
+
+/// [`document`] with every record's `id` offset by `id_offset`.
+fn document_with_ids(size: usize, variant: u32, id_offset: u32) -> Bytes {
     let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
     let mut id = 0u32;
     while out.len() < size {
@@ -36,7 +42,8 @@ fn document(size: usize, variant: u32) -> Bytes {
             out.push(',');
         }
         out.push_str(&format!(
-            r#"{{"id":{id},"status":"open","total":{}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#,
+            r#"{{"id":{},"status":"open","total":{}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#,
+            id + id_offset,
             id * 10 + variant
         ));
         id += 1;
@@ -51,7 +58,7 @@ fn response(body: Bytes) -> CapturedResponse {
     CapturedResponse {
         status: StatusCode::OK,
         headers,
-        body,
+        body: body.into(),
         truncated: false,
     }
 }
@@ -61,6 +68,13 @@ fn comparison(c: &mut Criterion) {
         ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
         unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap().into()],
         ..CompareRule::default()
+    };
+    let ids_ignored = CompareRule {
+        ignore_json: vec![
+            PathPattern::parse("$.generated_at").unwrap(),
+            PathPattern::parse("$.orders[*].id").unwrap(),
+        ],
+        ..rule.clone()
     };
     let mut group = c.benchmark_group("compare_json");
     for (label, size) in [("1KiB", 1 << 10), ("100KiB", 100 << 10), ("1MiB", 1 << 20)] {
@@ -72,6 +86,7 @@ fn comparison(c: &mut Criterion) {
             .count() as u32;
         let reordered = response(reordered(records));
         let different = response(document(size, 1));
+        let other_ids = response(document_with_ids(size, 0, 1_000_000));
         group.throughput(Throughput::Bytes(primary.body.len() as u64));
         group.bench_with_input(BenchmarkId::new("equal", label), &same, |b, shadow| {
             b.iter(|| black_box(compare(&rule, &primary, shadow)))
@@ -80,6 +95,24 @@ fn comparison(c: &mut Criterion) {
             BenchmarkId::new("equal_reordered", label),
             &reordered,
             |b, shadow| b.iter(|| black_box(compare(&rule, &primary, shadow))),
+        );
+        // The floor of the engine before it parsed into its own tree: both bodies parsed into
+        // `serde_json::Value` and dropped, nothing compared.
+        group.bench_with_input(
+            BenchmarkId::new("serde_json_value_parse_only", label),
+            &reordered,
+            |b, shadow| {
+                b.iter(|| {
+                    let a: serde_json::Value = serde_json::from_slice(&primary.body).unwrap();
+                    let b: serde_json::Value = serde_json::from_slice(&shadow.body).unwrap();
+                    black_box((a, b))
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("ids_ignored", label),
+            &other_ids,
+            |b, shadow| b.iter(|| black_box(compare(&ids_ignored, &primary, shadow))),
         );
         group.bench_with_input(
             BenchmarkId::new("every_record_differs", label),

@@ -1,5 +1,7 @@
-//! Hot-path microbenchmarks: route lookup at 10 / 1,000 / 10,000 routes, config compile + swap,
-//! the per-request header and path rewriting, and counting a finished request in the metrics.
+//! Hot-path microbenchmarks: route lookup at 10 / 1,000 / 10,000 routes, config compile + swap
+//! (and its parse alone), the first lookup of a regex route on a table just compiled (its regex
+//! is built on first use, see `routing::path_regex`), the per-request header and path
+//! rewriting, and counting a finished request in the metrics.
 //!
 //! `cargo bench --bench routing`. Compare numbers within one run; the machine is shared.
 
@@ -96,6 +98,38 @@ fn compile_and_swap(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // What of compile + swap is reading the YAML (config::parse, outside routing).
+    let mut group = c.benchmark_group("parse_only");
+    group.sample_size(10);
+    for routes in [1_000usize, 10_000] {
+        let text = config_text(routes);
+        group.bench_with_input(BenchmarkId::from_parameter(routes), &text, |b, text| {
+            b.iter(|| black_box(parse(SourceFile::new("bench.yaml", text.clone())).unwrap()))
+        });
+    }
+    group.finish();
+
+    // The first request to the last regex route of a table compiled a moment before: its
+    // regex is not built yet (the warm-up thread starts at the first route), so this lookup
+    // builds it.
+    let mut group = c.benchmark_group("first_lookup_after_compile");
+    group.sample_size(10);
+    let routes = 1_000usize;
+    let last_regex = (0..routes)
+        .rev()
+        .find(|i| i % 2 == 1 && i % 50 != 49)
+        .unwrap();
+    let probe = request(&format!("/svc{last_regex}/orders/42"));
+    group.bench_function(BenchmarkId::new("last_regex", routes), |b| {
+        // By reference: dropping the table is not part of the lookup.
+        b.iter_batched_ref(
+            || table(routes),
+            |table| black_box(table.find(&probe)),
+            criterion::BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 

@@ -13,8 +13,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use super::json::Json;
 use http::HeaderMap;
-use serde_json::Value;
 use similar::{Algorithm, DiffOp};
 
 use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
@@ -138,7 +138,7 @@ pub struct Prepared<'a> {
     pub response: &'a CapturedResponse,
     body: OnceCell<Result<Decoded<'a>, DecodeError>>,
     media: Option<MediaType>,
-    json: OnceCell<Result<Value, String>>,
+    json: OnceCell<Result<Json<'a>, String>>,
 }
 
 impl<'a> Prepared<'a> {
@@ -176,17 +176,37 @@ impl<'a> Prepared<'a> {
         self.media.as_ref().is_some_and(MediaType::is_text)
     }
 
-    /// The decoded body as JSON (parsed on first use), or why it is not JSON.
-    pub fn json(&self) -> Result<&Value, &str> {
+    /// The decoded body as JSON (parsed on first use), or why it is not JSON. The tree
+    /// borrows its text from the body when the body was not content-coded.
+    pub fn json(&self) -> Result<&Json<'a>, &str> {
         self.json
             .get_or_init(|| match self.body() {
-                Ok(decoded) => serde_json::from_slice(&decoded.bytes)
-                    .map_err(|error| format!("invalid JSON: {error}")),
+                Ok(Decoded {
+                    bytes: Cow::Borrowed(bytes),
+                    ..
+                }) => Json::parse(bytes).map_err(invalid_json),
+                // Decoded into a buffer this struct owns: the tree must own its text.
+                Ok(decoded) => Json::parse(&decoded.bytes)
+                    .map(Json::into_owned)
+                    .map_err(invalid_json),
                 Err(error) => Err(error.to_string()),
             })
             .as_ref()
             .map_err(String::as_str)
     }
+
+    /// The decoded body as a `serde_json::Value` of its own (parsed anew on each call), for
+    /// what must change the document (redacting a stored sample).
+    pub fn json_value(&self) -> Result<serde_json::Value, String> {
+        match self.body() {
+            Ok(decoded) => serde_json::from_slice(&decoded.bytes).map_err(invalid_json),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+fn invalid_json(error: serde_json::Error) -> String {
+    format!("invalid JSON: {error}")
 }
 
 /// Every difference between `primary` and `shadow` under `rule`, at most 100.
@@ -573,8 +593,8 @@ impl Sink for Tally {
 
 fn compare_json<'v, S: Sink>(
     rule: &CompareRule,
-    a: &'v Value,
-    b: &'v Value,
+    a: &'v Json<'v>,
+    b: &'v Json<'v>,
     path: &mut Vec<Step<'v>>,
     out: &mut S,
 ) {
@@ -582,9 +602,14 @@ fn compare_json<'v, S: Sink>(
         return;
     }
     match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
+        (Json::Object(x), Json::Object(y)) => {
             // Both maps iterate in key order: walk them side by side, borrowing the keys.
-            let (mut xs, mut ys) = (x.iter().peekable(), y.iter().peekable());
+            let members = |map: &'v [(Cow<'v, str>, Json<'v>)]| {
+                map.iter()
+                    .map(|(key, value)| (key.as_ref(), value))
+                    .peekable()
+            };
+            let (mut xs, mut ys) = (members(x), members(y));
             loop {
                 let (key, va, vb) = match (xs.peek(), ys.peek()) {
                     (None, None) => break,
@@ -606,22 +631,22 @@ fn compare_json<'v, S: Sink>(
                         (key, None, Some(vb))
                     }
                 };
-                path.push(Step::Key(Cow::Borrowed(key.as_str())));
+                path.push(Step::Key(Cow::Borrowed(key)));
                 compare_slot(rule, va, vb, path, out);
                 path.pop();
             }
         }
-        (Value::Array(x), Value::Array(y)) => match rule.unordered(path) {
+        (Json::Array(x), Json::Array(y)) => match rule.unordered(path) {
             Some(UnorderedArray { by, .. }) if !by.is_empty() => {
                 compare_keyed(rule, by, x, y, path, out);
             }
             Some(_) => compare_unordered(rule, x, y, path, out),
             None => compare_ordered(rule, x, y, path, out),
         },
-        (Value::Number(x), Value::Number(y)) if !numbers_equal(x, y, rule.numeric_tolerance) => {
+        (Json::Number(x), Json::Number(y)) if !numbers_equal(x, y, rule.numeric_tolerance) => {
             out.push(|| changed(rule, path, a, b, Kind::Changed));
         }
-        (Value::Number(_), Value::Number(_)) => {}
+        (Json::Number(_), Json::Number(_)) => {}
         _ if std::mem::discriminant(a) != std::mem::discriminant(b) => {
             out.push(|| changed(rule, path, a, b, Kind::Type));
         }
@@ -633,8 +658,8 @@ fn compare_json<'v, S: Sink>(
 /// One member or element, present on one side or both.
 fn compare_slot<'v, S: Sink>(
     rule: &CompareRule,
-    primary: Option<&'v Value>,
-    shadow: Option<&'v Value>,
+    primary: Option<&'v Json<'v>>,
+    shadow: Option<&'v Json<'v>>,
     path: &mut Vec<Step<'v>>,
     out: &mut S,
 ) {
@@ -659,8 +684,8 @@ fn compare_slot<'v, S: Sink>(
 fn compare_lone<'v, S: Sink>(
     rule: &CompareRule,
     step: Step<'v>,
-    primary: Option<&'v Value>,
-    shadow: Option<&'v Value>,
+    primary: Option<&'v Json<'v>>,
+    shadow: Option<&'v Json<'v>>,
     path: &mut Vec<Step<'v>>,
     out: &mut S,
 ) {
@@ -676,11 +701,14 @@ fn compare_lone<'v, S: Sink>(
 /// index in the candidate's).
 fn compare_ordered<'v, S: Sink>(
     rule: &CompareRule,
-    x: &'v [Value],
-    y: &'v [Value],
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
     path: &mut Vec<Step<'v>>,
     out: &mut S,
 ) {
+    if x.len() == y.len() && equal_in_place(rule, x, y, path) {
+        return;
+    }
     let (fx, fy) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
     if fx == fy {
         return;
@@ -729,12 +757,34 @@ fn compare_ordered<'v, S: Sink>(
     }
 }
 
+/// Whether each element of `x` equals the one at its index in `y` under the rule: one walk of
+/// both arrays that stops at the first difference, hashing nothing. Most arrays of a matching
+/// answer are; the others are aligned on fingerprints. (Elements equal only within
+/// `numeric_tolerance` hash apart, so for those this is the finer test.)
+fn equal_in_place<'v>(
+    rule: &CompareRule,
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
+    path: &mut Vec<Step<'v>>,
+) -> bool {
+    let mut tally = Tally { count: 0, limit: 1 };
+    for (index, (a, b)) in x.iter().zip(y).enumerate() {
+        path.push(Step::Index(index));
+        compare_json(rule, a, b, path, &mut tally);
+        path.pop();
+        if tally.full() {
+            return false;
+        }
+    }
+    true
+}
+
 /// An array whose order does not matter and whose elements have no key: equal elements pair
 /// off, then each remaining element is matched with its most alike counterpart.
 fn compare_unordered<'v, S: Sink>(
     rule: &CompareRule,
-    x: &'v [Value],
-    y: &'v [Value],
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
     path: &mut Vec<Step<'v>>,
     out: &mut S,
 ) {
@@ -750,19 +800,19 @@ fn compare_unordered<'v, S: Sink>(
 fn compare_keyed<'v, S: Sink>(
     rule: &CompareRule,
     by: &[String],
-    x: &'v [Value],
-    y: &'v [Value],
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
     path: &mut Vec<Step<'v>>,
     out: &mut S,
 ) {
-    let keys = |values: &'v [Value]| -> Vec<Option<Vec<&'v Value>>> {
+    let keys = |values: &'v [Json<'v>]| -> Vec<Option<Vec<&'v Json<'v>>>> {
         values
             .iter()
             .map(|value| by.iter().map(|member| value.get(member)).collect())
             .collect()
     };
     let (kx, ky) = (keys(x), keys(y));
-    let canonical = |key: &[&Value]| -> String {
+    let canonical = |key: &[&Json<'_>]| -> String {
         key.iter()
             .map(|v| v.to_string())
             .collect::<Vec<_>>()
@@ -786,7 +836,7 @@ fn compare_keyed<'v, S: Sink>(
             hidden
         })
         .collect();
-    let label = |key: &[&Value]| Step::Element(Cow::Owned(element_label(by, &hidden, key)));
+    let label = |key: &[&Json<'_>]| Step::Element(Cow::Owned(element_label(by, &hidden, key)));
     let mut paired_y = vec![false; y.len()];
     let mut loose_x = Vec::new();
     for (i, key) in kx.iter().enumerate() {
@@ -831,7 +881,7 @@ fn compare_keyed<'v, S: Sink>(
 /// `id=7`, `region="eu",id=7`: an element named by its key. A member under `redact_json`
 /// (`hidden`) is named by a hash of its value instead (`email=~1f2e3d4c`), stable across
 /// exchanges but not the value.
-fn element_label(by: &[String], hidden: &[bool], key: &[&Value]) -> String {
+fn element_label(by: &[String], hidden: &[bool], key: &[&Json<'_>]) -> String {
     by.iter()
         .zip(hidden)
         .zip(key)
@@ -854,8 +904,8 @@ fn element_label(by: &[String], hidden: &[bool], key: &[&Value]) -> String {
 /// returns those left over.
 fn pair_equal<'v>(
     rule: &CompareRule,
-    x: &'v [Value],
-    y: &'v [Value],
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
     old: &[usize],
     new: &[usize],
     path: &mut Vec<Step<'v>>,
@@ -891,8 +941,8 @@ fn pair_equal<'v>(
 /// leaves differ (one for the smallest records; scalars never). Beyond [`MAX_SCORED_PAIRS`] candidates nothing is paired.
 fn best_pairs<'v>(
     rule: &CompareRule,
-    x: &'v [Value],
-    y: &'v [Value],
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
     old: &[usize],
     new: &[usize],
     path: &mut Vec<Step<'v>>,
@@ -911,7 +961,7 @@ fn best_pairs<'v>(
             // Scalars pair only when equal (then they were paired already); records when at
             // most half their leaves differ (one, for the smallest).
             let allowed = match &x[i] {
-                Value::Object(_) | Value::Array(_) => (leaves_x.max(leaves_y) / 2).max(1),
+                Json::Object(_) | Json::Array(_) => (leaves_x.max(leaves_y) / 2).max(1),
                 _ => 0,
             };
             let mut tally = Tally {
@@ -956,8 +1006,8 @@ fn unpaired(
 #[allow(clippy::too_many_arguments)]
 fn report_pairs<'v, S: Sink>(
     rule: &CompareRule,
-    x: &'v [Value],
-    y: &'v [Value],
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
     mut pairs: Vec<(usize, usize)>,
     old: &[usize],
     new: &[usize],
@@ -980,23 +1030,27 @@ fn report_pairs<'v, S: Sink>(
 }
 
 /// Both objects, both arrays, or both scalars.
-fn same_shape(a: &Value, b: &Value) -> bool {
+fn same_shape(a: &Json<'_>, b: &Json<'_>) -> bool {
     matches!(
         (a, b),
-        (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_))
+        (Json::Object(_), Json::Object(_)) | (Json::Array(_), Json::Array(_))
     ) || !(a.is_object() || a.is_array() || b.is_object() || b.is_array())
 }
 
 /// How many scalars (and empty containers) a value holds.
-fn leaves(value: &Value) -> usize {
+fn leaves(value: &Json<'_>) -> usize {
     match value {
-        Value::Object(map) if !map.is_empty() => map.values().map(leaves).sum(),
-        Value::Array(items) if !items.is_empty() => items.iter().map(leaves).sum(),
+        Json::Object(map) if !map.is_empty() => map.iter().map(|(_, value)| leaves(value)).sum(),
+        Json::Array(items) if !items.is_empty() => items.iter().map(leaves).sum(),
         _ => 1,
     }
 }
 
-fn fingerprints<'v>(rule: &CompareRule, values: &'v [Value], path: &mut Vec<Step<'v>>) -> Vec<u64> {
+fn fingerprints<'v>(
+    rule: &CompareRule,
+    values: &'v [Json<'v>],
+    path: &mut Vec<Step<'v>>,
+) -> Vec<u64> {
     values
         .iter()
         .enumerate()
@@ -1006,7 +1060,7 @@ fn fingerprints<'v>(rule: &CompareRule, values: &'v [Value], path: &mut Vec<Step
 
 fn fingerprint_at<'v>(
     rule: &CompareRule,
-    value: &'v Value,
+    value: &'v Json<'v>,
     index: usize,
     path: &mut Vec<Step<'v>>,
 ) -> u64 {
@@ -1022,7 +1076,7 @@ fn fingerprint_at<'v>(
 /// the tolerance of each other hash apart; the comparison then finds them equal.
 fn fingerprint<'v>(
     rule: &CompareRule,
-    value: &'v Value,
+    value: &'v Json<'v>,
     path: &mut Vec<Step<'v>>,
     hasher: &mut xxhash_rust::xxh3::Xxh3,
 ) {
@@ -1031,9 +1085,9 @@ fn fingerprint<'v>(
         return;
     }
     match value {
-        Value::Null => hasher.update(b"n"),
-        Value::Bool(b) => hasher.update(if *b { b"t" } else { b"f" }),
-        Value::Number(n) => {
+        Json::Null => hasher.update(b"n"),
+        Json::Bool(b) => hasher.update(if *b { b"t" } else { b"f" }),
+        Json::Number(n) => {
             let integer = n
                 .as_i64()
                 .map(i128::from)
@@ -1053,12 +1107,12 @@ fn fingerprint<'v>(
                 }
             }
         }
-        Value::String(s) => {
+        Json::String(s) => {
             hasher.update(b"s");
             hasher.update(&(s.len() as u64).to_le_bytes());
             hasher.update(s.as_bytes());
         }
-        Value::Array(items) => {
+        Json::Array(items) => {
             let mut prints = fingerprints(rule, items, path);
             if rule.unordered(path).is_some() {
                 prints.sort_unstable();
@@ -1069,10 +1123,10 @@ fn fingerprint<'v>(
                 hasher.update(&print.to_le_bytes());
             }
         }
-        Value::Object(map) => {
+        Json::Object(map) => {
             hasher.update(b"{");
             for (key, child) in map {
-                path.push(Step::Key(Cow::Borrowed(key.as_str())));
+                path.push(Step::Key(Cow::Borrowed(key.as_ref())));
                 if !rule.ignored(path) {
                     hasher.update(&(key.len() as u64).to_le_bytes());
                     hasher.update(key.as_bytes());
@@ -1102,7 +1156,13 @@ fn numbers_equal(x: &serde_json::Number, y: &serde_json::Number, tolerance: f64)
     }
 }
 
-fn changed(rule: &CompareRule, path: &[Step<'_>], a: &Value, b: &Value, kind: Kind) -> Difference {
+fn changed(
+    rule: &CompareRule,
+    path: &[Step<'_>],
+    a: &Json<'_>,
+    b: &Json<'_>,
+    kind: Kind,
+) -> Difference {
     Difference {
         path: render(path),
         kind,
@@ -1120,7 +1180,7 @@ fn redacted(rule: &CompareRule, path: &[Step<'_>]) -> bool {
 }
 
 /// A JSON value as a difference stores it: shortened, or `[redacted]` under `redact_json`.
-fn shown(rule: &CompareRule, path: &[Step<'_>], value: &Value) -> String {
+fn shown(rule: &CompareRule, path: &[Step<'_>], value: &Json<'_>) -> String {
     if redacted(rule, path) {
         REDACTED.to_owned()
     } else {
@@ -1198,7 +1258,7 @@ mod tests {
         CapturedResponse {
             status: StatusCode::OK,
             headers,
-            body: Bytes::from(body.to_owned()),
+            body: Bytes::from(body.to_owned()).into(),
             truncated: false,
         }
     }
@@ -1604,7 +1664,7 @@ mod tests {
 
     fn encoded(body: &[u8], coding: &str) -> CapturedResponse {
         let mut response = json("");
-        response.body = Bytes::from(body.to_vec());
+        response.body = Bytes::from(body.to_vec()).into();
         response
             .headers
             .insert("content-encoding", coding.parse().unwrap());
@@ -1839,5 +1899,82 @@ mod tests {
             found,
             [("body:line 2", Kind::Extra), ("body:line 2", Kind::Changed)]
         );
+    }
+
+    // The comparison walks a tree borrowed from the bodies (`super::json`), not
+    // `serde_json::Value`: these pin that it finds what `Value` found.
+
+    #[test]
+    fn equal_documents_in_other_bytes_have_no_differences() {
+        let rule = rule(&[], &[], 0.0);
+        for (a, b) in [
+            (r#"{"a":1,"b":[1,2]}"#, r#"{ "b" : [1, 2], "a" : 1 }"#),
+            (r#"{"name":"\u00e9t\u00e9"}"#, r#"{"name":"été"}"#),
+            (r#"{"n":1,"m":[2.0]}"#, r#"{"n":1.0,"m":[2]}"#),
+            (r#"{"k":"\/"}"#, r#"{"k":"/"}"#),
+            (r#"{"d":1,"d":2}"#, r#"{"d":2}"#),
+        ] {
+            assert_eq!(paths(a, b, &rule), found(&[]), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn arrays_equal_in_place_skip_alignment_and_a_late_difference_is_still_found() {
+        let tolerant = rule(&[], &[], 0.01);
+        assert_eq!(
+            paths("[1.0, 2.0, 3.0]", "[1.001, 2.0, 2.999]", &tolerant),
+            found(&[])
+        );
+        let rule = rule(&["$[*].at"], &[], 0.0);
+        let a = r#"[{"v":1,"at":1},{"v":2,"at":2},{"v":3,"at":3}]"#;
+        let b = r#"[{"v":1,"at":9},{"v":2,"at":9},{"v":4,"at":9}]"#;
+        assert_eq!(paths(a, b, &rule), found(&[("$[2].v", Kind::Changed)]));
+    }
+
+    #[test]
+    fn escaped_and_plain_text_that_differ_are_shown_decoded() {
+        let found = compare(
+            &rule(&[], &[], 0.0),
+            &json(r#"{"name":"caf\u00e9"}"#),
+            &json(r#"{"name":"cafe"}"#),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "$.name");
+        assert_eq!(found[0].primary.as_deref(), Some(r#""café""#));
+        assert_eq!(found[0].shadow.as_deref(), Some(r#""cafe""#));
+    }
+
+    #[test]
+    fn ignored_ids_leave_records_equal_and_other_fields_still_differ() {
+        let rule = rule(&["$.items[*].id", "$.at"], &[], 0.0);
+        let a = r#"{"at":"t1","items":[{"id":"a1","v":1},{"id":"a2","v":2}]}"#;
+        let b = r#"{"at":"t2","items":[{"id":"b1","v":1},{"id":"b2","v":2}]}"#;
+        assert_eq!(paths(a, b, &rule), found(&[]));
+        let c = r#"{"at":"t2","items":[{"id":"b1","v":1},{"id":"b2","v":3}]}"#;
+        assert_eq!(
+            paths(a, c, &rule),
+            found(&[("$.items[1].v", Kind::Changed)])
+        );
+    }
+
+    #[test]
+    fn noise_is_found_in_content_coded_bodies_too() {
+        use super::super::decode::tests::gzip;
+        let primary = encoded(&gzip(br#"{"t":1,"x":1}"#), "gzip");
+        let candidate = json(r#"{"t":2,"x":2}"#);
+        let second = encoded(&gzip(br#"{"t":3,"x":1}"#), "gzip");
+        let rule = rule(&[], &[], 0.0);
+        let (prepared, candidate, second) = (
+            Prepared::new(&primary),
+            Prepared::new(&candidate),
+            Prepared::new(&second),
+        );
+        let (counted, noisy) = discount_noise(
+            compare_prepared(&rule, &prepared, &candidate),
+            &compare_prepared(&rule, &prepared, &second),
+        );
+        let paths = |list: Vec<Difference>| list.into_iter().map(|d| d.path).collect::<Vec<_>>();
+        assert_eq!(paths(counted), ["$.x"]);
+        assert_eq!(paths(noisy), ["$.t"]);
     }
 }

@@ -15,6 +15,7 @@
 
 mod compare;
 pub mod decode;
+pub mod json;
 pub mod media;
 pub mod path;
 mod suggest;
@@ -363,7 +364,7 @@ fn sample(rule: &CompareRule, prepared: &Prepared<'_>, limit: usize) -> Option<S
     } else {
         // A body that does not parse (not JSON, or cut at the capture limit) cannot be redacted,
         // so none of it is kept.
-        let mut value = prepared.json().ok()?.clone();
+        let mut value = prepared.json_value().ok()?;
         redact(&mut value, &rule.redact_json, &mut Vec::new());
         value.to_string()
     };
@@ -547,7 +548,7 @@ mod tests {
         CapturedResponse {
             status: http::StatusCode::OK,
             headers: http::HeaderMap::new(),
-            body: bytes::Bytes::from(body.to_owned()),
+            body: bytes::Bytes::from(body.to_owned()).into(),
             truncated: false,
         }
     }
@@ -611,7 +612,7 @@ mod tests {
         );
 
         let mut image = response("");
-        image.body = bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n\xff\xfe");
+        image.body = bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n\xff\xfe").into();
         let shown = sampled(&CompareRule::default(), &image).unwrap();
         assert!(
             shown.starts_with("[binary body: 10 bytes, xxh3 "),
@@ -628,7 +629,7 @@ mod tests {
 
         // A text cut inside a character keeps what is whole.
         let mut cut = response("");
-        cut.body = bytes::Bytes::from("héllo".as_bytes()[..2].to_vec());
+        cut.body = bytes::Bytes::from("héllo".as_bytes()[..2].to_vec()).into();
         cut.truncated = true;
         assert_eq!(sampled(&CompareRule::default(), &cut).as_deref(), Some("h"));
     }

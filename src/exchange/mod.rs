@@ -8,9 +8,9 @@
 
 mod memory;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 
 pub use memory::{MemoryBudget, Reservation};
@@ -20,9 +20,100 @@ pub use memory::{MemoryBudget, Reservation};
 pub struct CapturedResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: Body,
     /// The body was longer than the cap; `body` holds its start.
     pub truncated: bool,
+}
+
+/// A captured body as it arrived: its chunks, held by reference. Capturing copies nothing on
+/// the proxy's threads; a body of several chunks is joined into one buffer the first time its
+/// bytes are read ([`Body::bytes`], or as a slice), which is on the diff worker. Its length is
+/// what it holds against the memory budget; once joined it holds that twice, until dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    chunks: Vec<Bytes>,
+    len: usize,
+    joined: OnceLock<Bytes>,
+}
+
+impl Body {
+    /// Adds a chunk at the end (before the body is read).
+    pub fn push(&mut self, chunk: Bytes) {
+        debug_assert!(
+            self.joined.get().is_none(),
+            "a body read is not appended to"
+        );
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+
+    /// The whole body in one buffer: its only chunk, or all of them joined once.
+    pub fn bytes(&self) -> &Bytes {
+        static EMPTY: Bytes = Bytes::new();
+        match self.chunks.as_slice() {
+            [] => &EMPTY,
+            [only] => only,
+            chunks => self.joined.get_or_init(|| {
+                let mut joined = BytesMut::with_capacity(self.len);
+                for chunk in chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }),
+        }
+    }
+
+    /// Its length, without joining it.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many chunks it arrived in.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && **self == **other
+    }
+}
+
+impl Eq for Body {}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        let mut body = Body::default();
+        body.push(bytes);
+        body
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Bytes::from(bytes).into()
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(text: &'static str) -> Self {
+        Bytes::from_static(text.as_bytes()).into()
+    }
 }
 
 /// The request both answers are for.
@@ -73,4 +164,36 @@ pub enum ShadowFailure {
     /// Its answer would have buffered past the shadow memory budget.
     #[error("shadow memory budget exhausted")]
     OverBudget,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_of_one_chunk_is_that_chunk_and_several_are_joined_once() {
+        let one = Body::from(Bytes::from_static(b"abc"));
+        assert_eq!(one.bytes().as_ptr(), b"abc".as_ptr(), "no copy");
+        let mut several = Body::default();
+        for chunk in ["ab", "", "c", "de"] {
+            several.push(Bytes::from_static(chunk.as_bytes()));
+        }
+        assert_eq!(several.chunks(), 3, "empty chunks are not kept");
+        assert_eq!(several.len(), 5);
+        several.push(Bytes::from_static(b"f"));
+        assert_eq!(several.len(), 6, "its length is read without joining it");
+        several = Body::default();
+        for chunk in ["ab", "c", "de"] {
+            several.push(Bytes::from_static(chunk.as_bytes()));
+        }
+        assert_eq!(&*several, b"abcde");
+        assert_eq!(
+            several.bytes().as_ptr(),
+            several.bytes().as_ptr(),
+            "joined once"
+        );
+        assert_eq!(several, Body::from("abcde"));
+        assert_ne!(several, Body::from("abcdf"));
+        assert!(Body::default().is_empty());
+    }
 }

@@ -63,7 +63,17 @@ impl RouteTable {
         loaded: LoadedConfig,
         generation: u64,
     ) -> Result<RouteTable, ConfigError> {
-        Self::compile_resolving(loaded, generation, AddressResolution::Dns)
+        let table = Self::compile_resolving(loaded, generation, AddressResolution::Dns)?;
+        // The table goes live with its path regexes checked, not built: build them now, off
+        // the reload's path (see `path_regex`).
+        super::path_regex::warm(
+            table
+                .routes
+                .iter()
+                .filter_map(|route| route.path_regex.clone())
+                .collect(),
+        );
+        Ok(table)
     }
 
     /// Runs every check [`Self::compile_loaded`] runs, with backend names resolved as
@@ -529,7 +539,7 @@ fn compile_route(
     }
     let condition = condition?;
     let path_regex = match &condition {
-        PathCondition::Regex(regex) => Some(regex.clone()),
+        PathCondition::Regex { regex, .. } => Some(regex.clone()),
         _ => None,
     };
     Some((
@@ -664,8 +674,13 @@ fn compile_path_condition(
             .then(|| PathCondition::Prefix(normalize_prefix(prefix)));
     }
     if let Some(pattern) = &matcher.path_regex {
-        return compile_regex(pattern, &format!("{path}.path_regex"), diagnostics)
-            .map(PathCondition::Regex);
+        return match PathCondition::regex(pattern) {
+            Ok(condition) => Some(condition),
+            Err(error) => {
+                regex_diagnostic(pattern, &error, &format!("{path}.path_regex"), diagnostics);
+                None
+            }
+        };
     }
     Some(PathCondition::Any)
 }
@@ -883,13 +898,27 @@ fn compile_regex(pattern: &str, path: &str, diagnostics: &mut Vec<Diagnostic>) -
     match Regex::new(pattern) {
         Ok(regex) => Some(regex),
         Err(error) => {
-            diagnostics.push(
-                Diagnostic::new(path, format!("invalid regex `{pattern}`: {}", regex_problem(&error)))
-                    .with_hint("regex syntax: https://docs.rs/regex/latest/regex/#syntax (single-quote it in YAML)"),
-            );
+            regex_diagnostic(pattern, &error, path, diagnostics);
             None
         }
     }
+}
+
+fn regex_diagnostic(
+    pattern: &str,
+    error: &regex::Error,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    diagnostics.push(
+        Diagnostic::new(
+            path,
+            format!("invalid regex `{pattern}`: {}", regex_problem(error)),
+        )
+        .with_hint(
+            "regex syntax: https://docs.rs/regex/latest/regex/#syntax (single-quote it in YAML)",
+        ),
+    );
 }
 
 /// regex errors span several lines (pattern, caret, `error: ...`); keep the `error:` part.

@@ -9,12 +9,13 @@
 //! conditions in that order.
 
 use ahash::AHashMap;
-use regex::{Regex, RegexSet, RegexSetBuilder};
-use regex_syntax::hir::Look;
+use regex::{RegexSet, RegexSetBuilder};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Hir, Look};
 use smallvec::SmallVec;
 
 use super::matcher::HostPattern;
+use super::path_regex::PathRegex;
 
 /// Candidate route numbers for one request; inline up to a size no sane config exceeds often.
 pub type Candidates = SmallVec<[u32; 16]>;
@@ -25,7 +26,23 @@ pub enum PathCondition {
     Exact(String),
     /// Stored without trailing slash (except `/`).
     Prefix(String),
-    Regex(Regex),
+    Regex {
+        regex: PathRegex,
+        /// The literal first path segment every match must have (see [`first_segment_of`]).
+        first_segment: Option<String>,
+    },
+}
+
+impl PathCondition {
+    /// A `path_regex` condition: the pattern checked (built later, see [`PathRegex`]) and its
+    /// first segment found, from one parse.
+    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
+        let (regex, hir) = PathRegex::check(pattern)?;
+        Ok(PathCondition::Regex {
+            first_segment: first_segment_of(&hir),
+            regex,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,11 +95,14 @@ impl RouteIndex {
                     .entry(prefix.as_str().into())
                     .or_default()
                     .push(route),
-                PathCondition::Regex(regex) => match required_first_segment(regex.as_str()) {
+                PathCondition::Regex {
+                    regex,
+                    first_segment,
+                } => match first_segment {
                     Some(segment) => {
                         index
                             .regex_by_segment
-                            .entry(segment.into())
+                            .entry(segment.as_str().into())
                             .or_default()
                             .push(route);
                         index.needs_regex_check[route as usize] = true;
@@ -193,12 +213,17 @@ fn first_segment(path: &str) -> &str {
 
 /// The literal first path segment every match of `pattern` must start with, when the pattern
 /// is anchored at the start and spells that segment out: `^/invoices/[0-9]+$` -> `invoices`.
+#[cfg(test)]
 fn required_first_segment(pattern: &str) -> Option<String> {
-    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    first_segment_of(&regex_syntax::Parser::new().parse(pattern).ok()?)
+}
+
+/// [`required_first_segment`] of a parsed pattern.
+pub fn first_segment_of(hir: &Hir) -> Option<String> {
     if !hir.properties().look_set_prefix().contains(Look::Start) {
         return None;
     }
-    let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
     let literals = prefixes.literals()?;
     let (first, rest) = literals.split_first()?;
     let mut common = first.as_bytes();
@@ -246,8 +271,8 @@ mod tests {
         let conditions = [
             PathCondition::Prefix("/api".into()),
             PathCondition::Exact("/api/orders".into()),
-            PathCondition::Regex(Regex::new(r"^/api/orders$").unwrap()),
-            PathCondition::Regex(Regex::new(r"orders").unwrap()),
+            PathCondition::regex(r"^/api/orders$").unwrap(),
+            PathCondition::regex(r"orders").unwrap(),
             PathCondition::Any,
             PathCondition::Prefix("/apix".into()),
             PathCondition::Prefix("/".into()),

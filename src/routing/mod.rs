@@ -13,6 +13,7 @@ mod canary;
 mod compile;
 mod index;
 mod matcher;
+mod path_regex;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use pingora_http::RequestHeader;
-use regex::Regex;
 
 use crate::config::{Config, ConfigError, load_file};
 use crate::edits::{HeaderActions, RequestEdits};
@@ -73,7 +73,7 @@ pub struct Route {
     pub name: String,
     matcher: RequestMatcher,
     /// The route's `path_regex`, kept for candidates the index could not verify itself.
-    path_regex: Option<Regex>,
+    path_regex: Option<path_regex::PathRegex>,
     /// Every upstream this route can send a request to, each with its own edits: the primary,
     /// the split's sides, the fallback, the legacy target of the kill switch. The fields below
     /// index into it.

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::exchange::{CapturedResponse, Reservation, ShadowFailure};
+use crate::exchange::{Body, CapturedResponse, Reservation, ShadowFailure};
 
 #[derive(Clone)]
 pub struct ShadowClient {
@@ -57,13 +57,16 @@ impl ShadowClient {
             }
             .map_err(|error| ShadowFailure::Failed(error.to_string()))?;
             let (parts, mut body) = response.into_parts();
-            let mut collected = Vec::new();
-            // A declared length sizes the buffer once (growing by doubling would hold up to
-            // twice the body).
+            // A declared length: one buffer of that size, counted exactly. Without one (chunked
+            // answers), the frames are kept by reference: no buffer grows by doubling, which
+            // would hold up to twice the body. (A frame shares hyper's read buffer: what it
+            // keeps alive past its own length is not counted, see docs/performance.md.)
             let declared = parts
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+            let mut collected = Vec::new();
+            let mut chunks = Body::default();
             if let Some(declared) = declared
                 && !memory.presize(&mut collected, declared.min(limit))
             {
@@ -73,9 +76,17 @@ impl ShadowClient {
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|error| ShadowFailure::Failed(error.to_string()))?;
                 if let Ok(data) = frame.into_data() {
-                    let room = limit.saturating_sub(collected.len());
-                    let kept = &data[..data.len().min(room)];
-                    if !memory.append(&mut collected, kept, limit) {
+                    let room = limit.saturating_sub(collected.len() + chunks.len());
+                    let kept = data.len().min(room);
+                    let fits = if declared.is_some() {
+                        memory.append(&mut collected, &data[..kept], limit)
+                    } else if memory.grow(kept) {
+                        chunks.push(data.slice(..kept));
+                        true
+                    } else {
+                        false
+                    };
+                    if !fits {
                         return Err(ShadowFailure::OverBudget);
                     }
                     if data.len() > room {
@@ -84,10 +95,13 @@ impl ShadowClient {
                     }
                 }
             }
+            if !collected.is_empty() {
+                chunks.push(Bytes::from(collected));
+            }
             Ok(CapturedResponse {
                 status: parts.status,
                 headers: parts.headers,
-                body: Bytes::from(collected),
+                body: chunks,
                 truncated,
             })
         };

@@ -27,7 +27,7 @@ pub use rule::{ShadowRule, compile_shadow};
 
 use crate::diff::DiffSink;
 use crate::exchange::{
-    CapturedResponse, MemoryBudget, Provenance, RequestSummary, Reservation, ShadowFailure,
+    Body, CapturedResponse, MemoryBudget, Provenance, RequestSummary, Reservation, ShadowFailure,
     ShadowOutcome,
 };
 use crate::metrics::Metrics;
@@ -100,7 +100,8 @@ pub struct ShadowCopy {
     counted: bool,
     metrics: Arc<Metrics>,
     primary: Option<CapturedResponse>,
-    primary_body: Vec<u8>,
+    /// The primary's body chunks, by reference (Pingora's chunks are buffers of their own).
+    primary_body: Body,
     dispatched: bool,
     guard: Option<Arc<crate::guard::Guard>>,
 }
@@ -188,7 +189,7 @@ impl ShadowDispatcher {
             counted: false,
             metrics: self.metrics.clone(),
             primary: None,
-            primary_body: Vec::new(),
+            primary_body: Body::default(),
             dispatched: false,
             guard: origin.guard.cloned(),
         }))
@@ -200,7 +201,8 @@ impl ShadowDispatcher {
             return;
         };
         copy.dispatched = true;
-        let body = std::mem::take(&mut copy.body);
+        // Joined once (when it came in several chunks), shared by both copies.
+        let body = rule::join(std::mem::take(&mut copy.body));
         // With noise cancellation, the primary's upstream answers the same request a second time.
         let noise_request = match (copy.noise_header.take(), copy.noise_upstream.as_deref()) {
             (Some(noise_header), Some(pool)) => copy
@@ -353,22 +355,12 @@ impl ShadowCopy {
         self.primary = Some(CapturedResponse {
             status: response.status,
             headers: response.headers.clone(),
-            body: Bytes::new(),
+            body: Body::default(),
             truncated: false,
         });
-        self.primary_body.clear();
-        let declared = response
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
-        if let Some(declared) = declared
-            && !self.over_budget
-            && !self
-                .memory
-                .presize(&mut self.primary_body, declared.min(PRIMARY_CAPTURE_LIMIT))
-        {
-            self.over_budget = true;
-        }
+        // A retried request's first answer is not compared (its bytes stay held until the
+        // exchange ends).
+        self.primary_body = Body::default();
     }
 
     pub fn capture_primary_body(&mut self, chunk: Option<&Bytes>) {
@@ -382,15 +374,22 @@ impl ShadowCopy {
         if chunk.len() > room {
             primary.truncated = true;
         }
-        let kept = &chunk[..chunk.len().min(room)];
-        if !self
-            .memory
-            .append(&mut self.primary_body, kept, PRIMARY_CAPTURE_LIMIT)
-        {
+        if room == 0 || chunk.is_empty() {
+            return;
+        }
+        // By reference: the chunk is a buffer of its own, which the client's copy shares.
+        let kept = if chunk.len() > room {
+            chunk.slice(..room)
+        } else {
+            chunk.clone()
+        };
+        if !self.memory.grow(kept.len()) {
             // Nothing is compared on half a body; the exchange is counted as dropped.
             self.over_budget = true;
-            self.primary_body = Vec::new();
+            self.primary_body = Body::default();
+            return;
         }
+        self.primary_body.push(kept);
     }
 
     /// Hands the primary's response (or its absence) to the shadow task.
@@ -402,7 +401,7 @@ impl ShadowCopy {
             }
             let primary = match self.primary.take() {
                 Some(mut primary) if !primary_failed && !self.over_budget => {
-                    primary.body = Bytes::from(std::mem::take(&mut self.primary_body));
+                    primary.body = std::mem::take(&mut self.primary_body);
                     Some(primary)
                 }
                 _ => None,

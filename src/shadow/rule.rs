@@ -222,24 +222,13 @@ impl ShadowRule {
     pub(super) fn build_request(
         &self,
         header: RequestHeader,
-        body: Vec<Bytes>,
+        body: Bytes,
         pool: Option<&UpstreamPool>,
     ) -> Result<http::Request<Full<Bytes>>, http::Error> {
         let pool = pool.unwrap_or(&self.upstream);
         let address = pool.select_address();
         let path_and_query = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let uri = format!("{}://{address}{path_and_query}", pool.scheme());
-        let body = match body.len() {
-            0 => Bytes::new(),
-            1 => body.into_iter().next().expect("one chunk"),
-            _ => {
-                let mut joined = BytesMut::with_capacity(body.iter().map(Bytes::len).sum());
-                for chunk in &body {
-                    joined.extend_from_slice(chunk);
-                }
-                joined.freeze()
-            }
-        };
         let mut request = http::Request::builder()
             .method(header.method.clone())
             .uri(uri)
@@ -250,6 +239,21 @@ impl ShadowRule {
             request.extensions_mut().insert(client.clone());
         }
         Ok(request)
+    }
+}
+
+/// A teed body in one buffer: its only chunk, or its chunks joined.
+pub(super) fn join(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().expect("one chunk"),
+        _ => {
+            let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
     }
 }
 
