@@ -20,9 +20,11 @@
 //!    [`store`] (persists [`record`]s) and [`exchange`] (one mirrored exchange in flight).
 //! 3. [`diff`]: judges exchanges, writes records.
 //! 4. [`shadow`]: sends copies, hands exchanges to [`diff`].
+//!    [`corpus`]: records requests for replay (`record:`) into the [`store`].
 //! 5. [`routing`]: compiles a config into the table, the shadow rules and compare rules
 //!    included.
-//! 6. [`health`], [`reload`], [`report`], [`routes_cli`]: work on a table or a store.
+//! 6. [`health`], [`reload`], [`report`], [`routes_cli`], [`replay`]: work on a table or a
+//!    store.
 //! 7. [`proxy`] and [`connection`] (the request path), [`edge`] (PROXY protocol, TLS
 //!    handshakes, certificate watch), [`admin`], [`guard`]'s users; [`tls`] (certificates and
 //!    backend clients) sits with [`upstream`] below.
@@ -35,6 +37,7 @@
 pub mod admin;
 pub mod config;
 pub mod connection;
+pub mod corpus;
 pub mod coverage;
 pub mod demo;
 pub mod diff;
@@ -53,6 +56,7 @@ pub mod proxy;
 pub mod record;
 pub mod redact;
 pub mod reload;
+pub mod replay;
 pub mod report;
 pub mod routes_cli;
 pub mod routing;

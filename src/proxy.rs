@@ -158,6 +158,8 @@ pub struct RequestContext {
     request_id: HeaderValue,
     /// This request's shadow copy, when its route mirrors it and it was selected.
     shadow: Option<Box<ShadowCopy>>,
+    /// This request, being recorded for replay (`record:`), when it was selected.
+    recording: Option<Box<crate::corpus::Recording>>,
     /// The backend (index in its pool) of the current attempt.
     backend: Option<usize>,
     /// Connection attempts that failed so far.
@@ -279,6 +281,7 @@ impl ProxyHttp for StranglerProxy {
             target: None,
             request_id: HeaderValue::from_static(""),
             shadow: None,
+            recording: None,
             backend: None,
             failed_attempts: 0,
             tried: Tried::NONE,
@@ -421,6 +424,14 @@ impl ProxyHttp for StranglerProxy {
             self.metrics
                 .shadow_event(&route.name, ShadowEvent::SkippedUpgrade);
         }
+        ctx.recording = route.record.as_ref().and_then(|rule| {
+            crate::corpus::begin(
+                &route.name,
+                rule,
+                session.req_header(),
+                &ctx.table.config().server,
+            )
+        });
         if let Some(rule) = route.shadow.as_ref().filter(|_| !upgrade) {
             ctx.shadow = self.shadows.begin(
                 &route.name,
@@ -460,6 +471,11 @@ impl ProxyHttp for StranglerProxy {
             && !copy.on_body_chunk(&self.shadows, body.as_ref(), end_of_stream)
         {
             ctx.shadow = None;
+        }
+        if let Some(recording) = ctx.recording.as_mut()
+            && !recording.on_body_chunk(body.as_ref(), end_of_stream)
+        {
+            ctx.recording = None;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ mod observability;
 mod otlp;
 mod postgres;
 mod reload;
+mod replay;
 mod report;
 mod resilience;
 mod routing;
