@@ -255,7 +255,7 @@ impl CorpusWriter {
                             "DELETE FROM recorded_requests WHERE id IN (
                                SELECT id FROM (
                                  SELECT id, ROW_NUMBER() OVER (ORDER BY id DESC) AS n,
-                                        SUM(size) OVER (ORDER BY id DESC) AS total
+                                        (SUM(size) OVER (ORDER BY id DESC))::BIGINT AS total
                                  FROM recorded_requests WHERE route = $1) r
                                WHERE n > $2 OR total > $3)",
                             &[

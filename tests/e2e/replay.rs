@@ -339,3 +339,82 @@ fn a_bad_record_section_is_refused_at_each_field_and_line() {
         );
     }
 }
+
+/// A fleet's shared Postgres store: recordings land in it, and an export reads them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn recordings_go_to_a_shared_postgres_store_and_export_from_it() {
+    use support::postgres::{PASSWORD, Postgres};
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let legacy = Backend::start_with("legacy", users(false)).await;
+    let ports = support::Ports::reserve();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = postgres.password_file(dir.path());
+    let config = format!(
+        r#"server:
+  listen: {listen}
+  admin: {admin}
+  threads: 1
+  diff_store: {url}
+  diff_store_password_file: {password_file}
+upstreams:
+  legacy: {{ backends: [{legacy}] }}
+default_upstream: legacy
+routes:
+  - name: users
+    match: {{ path_prefix: /users }}
+    record: {{ sample: 1.0 }}
+"#,
+        listen = ports.listen,
+        admin = ports.admin,
+        url = postgres.url(),
+        password_file = password_file.display(),
+        legacy = legacy.address,
+    );
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config).unwrap();
+    let proxy = Proxy::start_on(dir, &path, ports).await;
+    for id in 1..=2 {
+        let response = proxy
+            .send(
+                ClientRequest::get(&format!("/users/{id}?access_token=TOKEN-SECRET"))
+                    .header("cookie", "sid=COOKIE-SECRET"),
+            )
+            .await;
+        assert_eq!(response.status, 200);
+    }
+    let url = postgres.url();
+    let proxy = &proxy;
+    let corpus = support::eventually("two requests recorded in Postgres", || {
+        let url = url.clone();
+        async move {
+            let output = std::process::Command::new(support::binary())
+                .args(["corpus", "export", "--db", &url, "--route", "users"])
+                .env("STRANGLER_DIFF_STORE_PASSWORD", PASSWORD)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            match (output.status.code(), stdout.lines().count()) {
+                (Some(0), 2) => Ok(stdout),
+                _ => Err(format!(
+                    "{stdout}{}\nproxy: {}",
+                    String::from_utf8_lossy(&output.stderr),
+                    proxy.stderr()
+                )),
+            }
+        }
+    })
+    .await;
+    assert!(
+        corpus.contains("/users/1?access_token=[redacted]"),
+        "{corpus}"
+    );
+    assert!(
+        corpus.contains("/users/2?access_token=[redacted]"),
+        "{corpus}"
+    );
+    for secret in SECRETS {
+        assert!(!corpus.contains(secret), "{secret} in:\n{corpus}");
+    }
+}
