@@ -418,3 +418,108 @@ routes:
         assert!(!corpus.contains(secret), "{secret} in:\n{corpus}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_spaces_the_requests_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (1..=6)
+        .map(|id| format!(r#"{{"version":1,"method":"GET","target":"/users/{id}"}}"#))
+        .collect();
+    std::fs::write(dir.path().join("corpus.jsonl"), lines.join("\n")).unwrap();
+    let primary = Backend::start_with("primary", users(false)).await;
+    let candidate = Backend::start_with("candidate", users(false)).await;
+    let started = std::time::Instant::now();
+    // 20 pairs a second: the sixth starts 250 ms after the first at the earliest.
+    let (code, stdout, stderr) = replay(dir.path(), &primary, &candidate, &["--rate", "20"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(candidate.count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_bounds_the_pairs_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each answer takes 100 ms (the test backend's `x-test-delay-ms`).
+    let lines: Vec<String> = (1..=8)
+        .map(|id| {
+            format!(
+                r#"{{"version":1,"method":"GET","target":"/users/{id}","headers":[["x-test-delay-ms","100"]]}}"#
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("corpus.jsonl"), lines.join("\n")).unwrap();
+    let primary = Backend::start_with("primary", users(false)).await;
+    let candidate = Backend::start_with("candidate", users(false)).await;
+    let started = std::time::Instant::now();
+    // Two pairs at a time: four waves of 100 ms at least.
+    let (code, stdout, stderr) = replay(dir.path(), &primary, &candidate, &["--concurrency", "2"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(primary.count(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_past_the_timeout_is_a_difference_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("corpus.jsonl"),
+        r#"{"version":1,"method":"GET","target":"/users/1"}"#,
+    )
+    .unwrap();
+    let primary = Backend::start_with("primary", users(false)).await;
+    let hanging = support::UnansweredConnect::start().await;
+    let primary_url = format!("http://{}", primary.address);
+    let candidate_url = format!("http://{}", hanging.address);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = cli(
+        &[
+            "replay",
+            "corpus.jsonl",
+            "--primary",
+            &primary_url,
+            "--candidate",
+            &candidate_url,
+            "--timeout",
+            "300ms",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("1 candidate errors"), "{stderr}");
+    assert!(stdout.contains("shadow timed out"), "{stdout}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_that_answers_nothing_means_the_replay_could_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("corpus.jsonl"),
+        r#"{"version":1,"method":"GET","target":"/users/1"}"#,
+    )
+    .unwrap();
+    let candidate = Backend::start_with("candidate", users(false)).await;
+    let primary_url = format!("http://{}", support::dead_address());
+    let candidate_url = format!("http://{}", candidate.address);
+    let (code, stdout, stderr) = cli(
+        &[
+            "replay",
+            "corpus.jsonl",
+            "--primary",
+            &primary_url,
+            "--candidate",
+            &candidate_url,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("the primary answered none"), "{stderr}");
+}
