@@ -62,14 +62,20 @@ for i in range(int(sys.argv[1])):
                       "headers": [["accept", "application/json"], ["user-agent", "bench"]]}))
 PY
 
-rates=()
+rates=() costs=()
+TIMEFORMAT='%U %S'
 for round in $(seq "$rounds"); do
-  taskset -c 1 "$binary" replay "$work/corpus.jsonl" --primary http://127.0.0.1:19101 \
-    --candidate http://127.0.0.1:19102 --concurrency "$concurrency" \
-    >"$work/report.txt" 2>"$work/summary.txt" || { cat "$work/summary.txt" "$work/report.txt"; exit 1; }
+  # CPU of the whole command (user + system), report rendering included.
+  cpu="$( { time taskset -c 1 "$binary" replay "$work/corpus.jsonl" \
+    --primary http://127.0.0.1:19101 --candidate http://127.0.0.1:19102 \
+    --concurrency "$concurrency" >"$work/report.txt" 2>"$work/summary.txt" \
+    || { cat "$work/summary.txt" "$work/report.txt" >&2; exit 1; } ; } 2>&1 )"
   rate="$(sed -n 's/.*(\([0-9]*\)\/s)$/\1/p' "$work/summary.txt")"
-  echo "round $round: $(tail -1 "$work/summary.txt")"
-  rates+=("$rate")
+  cost="$(echo "$cpu" | awk -v n="$requests" '{ printf "%.1f", ($1 + $2) * 1e6 / n }')"
+  echo "round $round: $(tail -1 "$work/summary.txt"); CPU ${cost} us per pair"
+  rates+=("$rate") costs+=("$cost")
 done
-median="$(printf '%s\n' "${rates[@]}" | sort -n | sed -n "$(( (rounds + 1) / 2 ))p")"
-echo "median: $median requests compared per second (${requests} requests, --concurrency ${concurrency}, replay on CPU 1)"
+middle=$(( (rounds + 1) / 2 ))
+median="$(printf '%s\n' "${rates[@]}" | sort -n | sed -n "${middle}p")"
+cost="$(printf '%s\n' "${costs[@]}" | sort -n | sed -n "${middle}p")"
+echo "median: $median requests compared per second, ${cost} us of CPU per pair (${requests} requests, --concurrency ${concurrency}, replay on CPU 1)"
