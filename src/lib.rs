@@ -23,9 +23,11 @@
 //!    [`store`] (persists [`record`]s) and [`exchange`] (one mirrored exchange in flight).
 //! 3. [`diff`]: judges exchanges, writes records.
 //! 4. [`shadow`]: sends copies, hands exchanges to [`diff`].
+//!    [`corpus`]: records requests for replay (`record:`) into the [`store`].
 //! 5. [`routing`]: compiles a config into the table, the shadow rules and compare rules
 //!    included.
-//! 6. [`health`], [`reload`], [`report`], [`routes_cli`]: work on a table or a store.
+//! 6. [`health`], [`reload`], [`report`], [`routes_cli`], [`replay`]: work on a table or a
+//!    store.
 //! 7. [`proxy`] (the Pingora phases, read top-down in Pingora's call order, each a few steps
 //!    in the files beside it) and [`connection`] (the request path), [`edge`] (PROXY protocol,
 //!    TLS handshakes, certificate watch), [`admin`] (one file per endpoint group), [`guard`]'s
@@ -40,6 +42,7 @@ pub mod admin;
 pub mod admin_api;
 pub mod config;
 pub mod connection;
+pub mod corpus;
 pub mod coverage;
 pub mod demo;
 pub mod diff;
@@ -58,6 +61,7 @@ pub mod proxy;
 pub mod record;
 pub mod redact;
 pub mod reload;
+pub mod replay;
 pub mod report;
 pub mod response;
 pub mod routes_cli;

@@ -163,6 +163,68 @@ enum Command {
         #[arg(long)]
         suggest: bool,
     },
+    /// Recorded requests (routes with `record:`) as a replayable corpus.
+    Corpus {
+        #[command(subcommand)]
+        command: CorpusCommand,
+    },
+    /// Send a corpus to a primary (legacy) and a candidate, compare each pair of answers as
+    /// shadow copies are compared, and report like `strangler report`: exit 0 when it passes,
+    /// 1 over the threshold, 2 when the replay could not run (a bad corpus line: nothing sent).
+    Replay {
+        /// The corpus file (JSON Lines, from `strangler corpus export`).
+        corpus: PathBuf,
+        /// The primary's base URL, like http://127.0.0.1:8080 (a path is a prefix).
+        #[arg(long)]
+        primary: String,
+        /// The candidate's base URL, like http://127.0.0.1:8081.
+        #[arg(long)]
+        candidate: String,
+        /// Requests (pairs) started per second at most (default: as fast as --concurrency
+        /// allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Pairs in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Longest wait for one answer, body included.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Send requests through this route table: the primary gets a request as the route's
+        /// upstream does, the candidate as its shadow copy does, compared by `shadow.compare`.
+        #[arg(long)]
+        routes: Option<PathBuf>,
+        /// A JSON path not compared (repeatable), on top of the route's rules.
+        #[arg(long = "ignore-json")]
+        ignore_json: Vec<String>,
+        /// Methods the corpus may send; a line with another is an error.
+        #[arg(long, value_delimiter = ',', default_value = "GET,HEAD,OPTIONS")]
+        methods: Vec<String>,
+        /// Ask the primary twice and discount what differs between its own answers.
+        #[arg(long)]
+        noise: bool,
+        /// List what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the compared exchanges in this SQLite diff store (default: a temporary file),
+        /// for `strangler report` or the viewer.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// Largest acceptable share of mismatching exchanges per route, as for `report`.
+        #[arg(long, default_value = "0", value_parser = clap::value_parser!(DiffRate))]
+        max_diff_rate: DiffRate,
+        /// Fewest compared exchanges a route needs to pass.
+        #[arg(long, default_value_t = 1)]
+        min_samples: u64,
+        /// List a differing path when it is in at least this share of its route's exchanges.
+        #[arg(long, default_value = "0%", value_parser = strangler::report::Listing::parse_share)]
+        min_path_share: DiffRate,
+        /// List a differing path when it is in at least this many exchanges.
+        #[arg(long, default_value_t = 1)]
+        min_path_exchanges: u64,
+    },
     /// Exit 0 when a running proxy's admin API says it is ready (`GET /readyz`), 1 otherwise:
     /// a container HEALTHCHECK.
     Healthcheck {
@@ -181,6 +243,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Write recorded requests as JSON Lines on stdout, oldest first.
+    Export {
+        /// Diff store(s) to read, SQLite files or postgres:// URLs (password from the URL or
+        /// $STRANGLER_DIFF_STORE_PASSWORD); several (one per replica) are merged.
+        #[arg(long = "db", required = true)]
+        databases: Vec<strangler::store::StoreLocation>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only requests recorded in this last while (e.g. 1h, 30m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many requests, the newest.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ReportFormat {
     Text,
@@ -189,6 +271,17 @@ enum ReportFormat {
     Markdown,
     /// One self-contained page: overview, routes and example exchanges side by side.
     Html,
+}
+
+/// The report module's format; `None` for HTML, which also reads example exchanges.
+fn report_format(format: ReportFormat) -> Option<strangler::report::Format> {
+    match format {
+        ReportFormat::Text => Some(strangler::report::Format::Text),
+        ReportFormat::Json => Some(strangler::report::Format::Json),
+        ReportFormat::Junit => Some(strangler::report::Format::Junit),
+        ReportFormat::Markdown => Some(strangler::report::Format::Markdown),
+        ReportFormat::Html => None,
+    }
 }
 
 fn main() -> ExitCode {
@@ -334,6 +427,76 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Corpus {
+            command:
+                CorpusCommand::Export {
+                    databases,
+                    route,
+                    since,
+                    limit,
+                },
+        } => cli::corpus::export(&cli::corpus::ExportOptions {
+            databases,
+            route,
+            since,
+            limit,
+        }),
+        Command::Replay {
+            corpus,
+            primary,
+            candidate,
+            rate,
+            concurrency,
+            timeout,
+            routes,
+            ignore_json,
+            methods,
+            noise,
+            dry_run,
+            store,
+            format,
+            max_diff_rate,
+            min_samples,
+            min_path_share,
+            min_path_exchanges,
+        } => {
+            let mut parsed = Vec::new();
+            for method in &methods {
+                match http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => parsed.push(method),
+                    Err(_) => {
+                        eprintln!("strangler replay: --methods: `{method}` is not an HTTP method");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            cli::replay::replay(
+                &strangler::replay::ReplayOptions {
+                    corpus,
+                    primary,
+                    candidate,
+                    rate,
+                    concurrency,
+                    timeout,
+                    routes,
+                    ignore_json,
+                    methods: parsed,
+                    noise,
+                    store,
+                    max_sample: strangler::diff::SAMPLE_LIMIT,
+                },
+                dry_run,
+                &cli::replay::Gate {
+                    format,
+                    max_diff_rate,
+                    min_samples,
+                    listing: strangler::report::Listing {
+                        min_share: min_path_share,
+                        min_exchanges: min_path_exchanges,
+                    },
+                },
+            )
         }
         Command::Healthcheck { admin, timeout } => {
             cli::healthcheck::healthcheck(&admin, "/readyz", timeout)

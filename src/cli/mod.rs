@@ -2,8 +2,10 @@
 //! `schema` (the JSON Schema editors complete and check routes.yaml with), `completions` and
 //! `man`. `main.rs` only parses arguments and dispatches here.
 
+pub mod corpus;
 pub mod github;
 pub mod healthcheck;
+pub mod replay;
 pub mod validate;
 
 use std::io::Write;
@@ -11,7 +13,7 @@ use std::process::ExitCode;
 
 /// Writes `output` to stdout. A closed pipe (`strangler man | head`) is the reader's choice,
 /// not a failure; other write errors are reported.
-fn print_bytes(command: &str, output: &[u8]) -> ExitCode {
+pub fn print_bytes(command: &str, output: &[u8]) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(output).and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -690,6 +690,71 @@ pub struct RouteConfig {
     /// to its legacy target until reset. See [`GuardConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardConfig>,
+    /// Keep a redacted sample of this route's requests in the diff store, to export as a
+    /// corpus (`strangler corpus export`) and replay in CI (`strangler replay`). See
+    /// [`RecordConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordConfig>,
+}
+
+/// A route's recording: requests kept (redacted) in `server.diff_store`, off the request path,
+/// to be exported as a replayable corpus. Credential headers and cookies are always redacted,
+/// query parameters as `server.redact` says.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Fraction of eligible requests recorded, 0.0 to 1.0.
+    #[serde(default = "default_record_sample")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample: f64,
+    /// Methods recorded. Default: GET, HEAD, OPTIONS. A replayed write runs twice in CI (once
+    /// per target): list unsafe methods only on purpose.
+    #[serde(default = "default_shadow_methods")]
+    pub methods: Vec<String>,
+    /// Requests with a larger body are not recorded.
+    #[serde(default = "default_record_max_body")]
+    #[schemars(with = "ByteSizeSchema")]
+    pub max_body: bytesize::ByteSize,
+    /// Most recorded requests kept for this route (per store); the oldest go first.
+    #[serde(default = "default_record_max_rows")]
+    pub max_rows: u64,
+    /// Most bytes (request lines, headers and bodies) kept for this route (per store).
+    #[serde(default = "default_record_max_bytes")]
+    #[schemars(with = "ByteSizeSchema")]
+    pub max_bytes: bytesize::ByteSize,
+    /// Recorded requests older than this are deleted.
+    #[serde(with = "humantime_serde", default = "default_record_max_age")]
+    #[schemars(with = "HumanDuration")]
+    pub max_age: Duration,
+    /// More request headers whose values are replaced by `[redacted]`, on top of the
+    /// credential headers (`Authorization`, `Proxy-Authorization`, `Cookie`, `X-Api-Key`,
+    /// `X-Auth-Token`), which always are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_headers: Vec<String>,
+    /// JSON request body fields replaced by `"[redacted]"`: `$.password`, `$.card.number`. A
+    /// body that is not JSON is then not recorded at all, since it cannot be redacted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_json: Vec<String>,
+}
+
+fn default_record_sample() -> f64 {
+    0.01
+}
+
+fn default_record_max_body() -> bytesize::ByteSize {
+    bytesize::ByteSize::kib(64)
+}
+
+fn default_record_max_rows() -> u64 {
+    10_000
+}
+
+fn default_record_max_bytes() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(64)
+}
+
+fn default_record_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 /// A route's guard: when the new side misbehaves (errors, latency, shadow mismatches) over a

@@ -211,8 +211,9 @@ fn run_worker(
     }
 }
 
-/// Compares one exchange, counts its verdict, and returns what to store.
-fn judge(job: DiffJob, metrics: &Metrics, max_sample: usize) -> Option<DiffRecord> {
+/// Compares one exchange, counts its verdict, and returns what to store. Also how
+/// `strangler replay` judges its exchanges, so a replay and production agree.
+pub fn judge(job: DiffJob, metrics: &Metrics, max_sample: usize) -> Option<DiffRecord> {
     let DiffJob {
         rule,
         outcome,
@@ -430,7 +431,12 @@ pub fn check_store(config: &crate::config::Config) -> Vec<Diagnostic> {
             .with_hint("0.01 stores one matching exchange in a hundred; all are counted"),
         );
     }
-    if !config.routes.iter().any(|route| route.shadow.is_some()) {
+    // Recording (`record:`) writes to the same store.
+    if !config
+        .routes
+        .iter()
+        .any(|route| route.shadow.is_some() || route.record.is_some())
+    {
         return diagnostics;
     }
     let crate::store::StoreLocation::Sqlite(path) = &config.server.diff_store else {

@@ -66,6 +66,8 @@ pub struct RequestContext {
     pub(super) request_id: HeaderValue,
     /// This request's shadow copy, when its route mirrors it and it was selected.
     pub(super) shadow: Option<Box<ShadowCopy>>,
+    /// This request, being recorded for replay (`record:`), when it was selected.
+    pub(super) recording: Option<Box<crate::corpus::Recording>>,
     /// The backend (index in its pool) of the current attempt.
     pub(super) backend: Option<usize>,
     /// Connection attempts that failed so far.
@@ -106,6 +108,7 @@ impl RequestContext {
             target: None,
             request_id: HeaderValue::from_static(""),
             shadow: None,
+            recording: None,
             backend: None,
             failed_attempts: 0,
             tried: Tried::NONE,

@@ -39,6 +39,7 @@ mod limits;
 pub mod meters;
 mod mirror;
 mod observe;
+mod recording;
 mod request_id;
 
 use std::sync::Arc;
@@ -154,6 +155,7 @@ impl ProxyHttp for StranglerProxy {
             return Ok(false);
         }
         choose::choose_target(session.req_header(), ctx);
+        recording::begin(session.req_header(), ctx);
         mirror::begin(&self.shadows, &self.metrics, session.req_header(), ctx);
         Ok(false)
     }
@@ -216,6 +218,11 @@ impl ProxyHttp for StranglerProxy {
             && !copy.on_body_chunk(&self.shadows, body.as_ref(), end_of_stream)
         {
             ctx.shadow = None;
+        }
+        if let Some(recording) = ctx.recording.as_mut()
+            && !recording.on_body_chunk(body.as_ref(), end_of_stream)
+        {
+            ctx.recording = None;
         }
         Ok(())
     }

@@ -518,6 +518,11 @@ fn compile_route(
         .map(Arc::new)
     });
 
+    let record = route.record.as_ref().and_then(|record| {
+        crate::corpus::compile_record(record, &format!("{path}.record"), redaction, diagnostics)
+            .map(Arc::new)
+    });
+
     // Guards watch what the route sends anywhere but its legacy target.
     let legacy_upstream = legacy.map(|id| targets[id].upstream);
     let new_side = primary
@@ -563,6 +568,7 @@ fn compile_route(
                 .guard
                 .as_ref()
                 .map(|guard| Arc::new(crate::guard::Guard::new(guard))),
+            record,
         },
         condition,
     ))

@@ -100,6 +100,8 @@ pub struct Route {
     /// Automatic rollback to `legacy`, if configured; carried across reloads that leave the
     /// route's config as it was (see [`RouteTable::inherit_guards`]).
     pub guard: Option<Arc<crate::guard::Guard>>,
+    /// Recording of this route's requests for replay, if configured.
+    pub record: Option<Arc<crate::corpus::RecordRule>>,
 }
 
 /// What one route does with requests at this moment; see [`RouteTable::effective_routing`].

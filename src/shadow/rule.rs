@@ -157,6 +157,17 @@ impl ShadowRule {
         self.upstream.name()
     }
 
+    /// The copy's own edits (its target's): what `strangler replay --routes` applies to the
+    /// candidate's request.
+    pub fn edits(&self) -> &RequestEdits {
+        &self.edits
+    }
+
+    /// How the copy's answer is compared with the primary's.
+    pub fn compare_rule(&self) -> &Arc<CompareRule> {
+        &self.compare
+    }
+
     pub(super) fn allows_method(&self, method: &Method) -> bool {
         self.methods.contains(method)
     }

@@ -20,6 +20,7 @@ use crate::record::{DiffRecord, Difference};
 use crate::vocabulary::Verdict;
 
 pub mod aggregate;
+pub mod corpus;
 mod location;
 pub mod postgres;
 mod sqlite_counts;

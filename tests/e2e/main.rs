@@ -22,6 +22,7 @@ mod observability;
 mod otlp;
 mod postgres;
 mod reload;
+mod replay;
 mod report;
 mod resilience;
 mod routing;
