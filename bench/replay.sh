@@ -5,14 +5,16 @@
 #
 #   bench/replay.sh                 # 20,000 requests, 3 rounds, --concurrency 32
 #   bench/replay.sh -n 50000 -r 5 -c 64 [-b path/to/strangler]
+#   bench/replay.sh -d              # the candidate differs in one JSON field on every answer
 #
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-requests=20000 rounds=3 concurrency=32 binary="$root/target/release/strangler"
-while getopts "n:r:c:b:" option; do
+requests=20000 rounds=3 concurrency=32 binary="$root/target/release/strangler" differ=0
+while getopts "n:r:c:b:d" option; do
   case "$option" in
     n) requests="$OPTARG" ;; r) rounds="$OPTARG" ;; c) concurrency="$OPTARG" ;; b) binary="$OPTARG" ;;
+    d) differ=1 ;;
     *) exit 2 ;;
   esac
 done
@@ -26,6 +28,7 @@ trap cleanup EXIT
 
 body='{"id":1042,"service":"legacy","name":"widget","price":19.99,"currency":"EUR","tags":["a","b","c"],"stock":{"warehouse":"eu-1","count":117},"updated":"2026-11-22T12:00:00Z","active":true,"note":"fixed body"}'
 for port in 19101 19102; do
+  if [ "$port" = 19102 ] && [ "$differ" = 1 ]; then body="${body/\"legacy\"/\"new\"}"; fi
   mkdir -p "$work/$port"
   cat >"$work/$port/nginx.conf" <<CONF
 worker_processes 1;
@@ -68,11 +71,11 @@ for round in $(seq "$rounds"); do
   # CPU of the whole command (user + system), report rendering included.
   cpu="$( { time taskset -c 1 "$binary" replay "$work/corpus.jsonl" \
     --primary http://127.0.0.1:19101 --candidate http://127.0.0.1:19102 \
-    --concurrency "$concurrency" >"$work/report.txt" 2>"$work/summary.txt" \
+    --concurrency "$concurrency" --max-diff-rate 1 >"$work/report.txt" 2>"$work/summary.txt" \
     || { cat "$work/summary.txt" "$work/report.txt" >&2; exit 1; } ; } 2>&1 )"
   rate="$(sed -n 's/.*(\([0-9]*\)\/s)$/\1/p' "$work/summary.txt")"
   cost="$(echo "$cpu" | awk -v n="$requests" '{ printf "%.1f", ($1 + $2) * 1e6 / n }')"
-  echo "round $round: $(tail -1 "$work/summary.txt"); CPU ${cost} us per pair"
+  echo "round $round: $(head -1 "$work/summary.txt" | sed "s/^replay: //"); $(tail -1 "$work/summary.txt"); CPU ${cost} us per pair"
   rates+=("$rate") costs+=("$cost")
 done
 middle=$(( (rounds + 1) / 2 ))
