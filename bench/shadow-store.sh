@@ -176,7 +176,7 @@ for round in $(seq "$rounds"); do
     pg_after="$(pg_ticks)"
     requests="$(echo "$out" | awk '/requests in/ { print $1 }')"
     rate="$(echo "$out" | awk '/Requests\/sec/ { printf "%d", $2 }')"
-    echo "$out" | grep -E "Non-2xx|Socket errors" | sed "s/^/  $name round $round wrk: /" >>"$work/wrk-errors"
+    { echo "$out" | grep -E "Non-2xx|Socket errors" || true; } | sed "s/^/  $name round $round wrk: /" >>"$work/wrk-errors"
     errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i } END { print s + 0 }')"
     us=$(((after - before) * 1000000 / hz / requests))
     pg_us=$(((pg_after - pg_before) * 1000000 / hz / requests))
