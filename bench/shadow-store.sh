@@ -176,6 +176,7 @@ for round in $(seq "$rounds"); do
     pg_after="$(pg_ticks)"
     requests="$(echo "$out" | awk '/requests in/ { print $1 }')"
     rate="$(echo "$out" | awk '/Requests\/sec/ { printf "%d", $2 }')"
+    { echo "$out" | grep -E "Non-2xx|Socket errors" || true; } | sed "s/^/  $name round $round wrk: /" >>"$work/wrk-errors"
     errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i } END { print s + 0 }')"
     us=$(((after - before) * 1000000 / hz / requests))
     pg_us=$(((pg_after - pg_before) * 1000000 / hz / requests))
@@ -198,4 +199,5 @@ done
 for name in none sqlite postgres; do
   grep -iE "warn|error" "$work/$name.log" | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $name log: /"
 done
+cat "$work/wrk-errors" 2>/dev/null || true
 echo "(stored/dropped: cumulative exchanges; none drops every one by design)"
