@@ -165,7 +165,6 @@ async fn one_upgrade(proxy: SocketAddr, message: &str) -> Result<String, String>
 /// Each attempt loses a coin toss (tokio's `select!` picks the ready branch at random), so
 /// twenty attempts fail before the fix with a chance of 1 - 2^-20.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails until cloudflare/pingora#946 is fixed upstream (PR #947); see docs/security.md"]
 async fn an_upgrade_whose_101_comes_before_the_request_is_read_stays_open_both_ways() {
     let origin = instant_upgrade_echo().await;
     let proxy = two_routes(origin, origin, "").await;
