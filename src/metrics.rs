@@ -71,8 +71,8 @@ pub struct Metrics {
     /// did not get (`queue_full`, `unavailable`, `write_failed`); they are counted in
     /// `strangler_diffs_total` but neither stored nor in the store's aggregates.
     pub diff_store_dropped: IntCounterVec,
-    /// `strangler_diff_store_written_total`: compared exchanges written to a Postgres diff store
-    /// (counted; stored as rows when they differed or were sampled).
+    /// `strangler_diff_store_written_total`: compared exchanges written to the diff store,
+    /// SQLite or Postgres (counted; stored as rows when they differed or were sampled).
     pub diff_store_written: prometheus::IntCounter,
     /// Serializes scrapes; see [`Self::render`].
     scrape: std::sync::Mutex<()>,
@@ -235,7 +235,7 @@ impl Metrics {
         .expect("valid metric definition");
         let diff_store_written = prometheus::IntCounter::new(
             "strangler_diff_store_written_total",
-            "Compared exchanges written to the Postgres diff store",
+            "Compared exchanges written to the diff store",
         )
         .expect("valid metric definition");
         let route_stage = IntGaugeVec::new(

@@ -199,14 +199,18 @@ fn run_worker(
                 }
             }
         }
-        if let Some(store) = store.as_mut()
-            && let Err(error) = store.insert(&records)
-        {
-            metrics
-                .diff_store_errors
-                .with_label_values(&["write"])
-                .inc();
-            tracing::warn!(%error, records = records.len(), "cannot store diffs");
+        if let Some(store) = store.as_mut() {
+            match store.insert(&records) {
+                // Counted as the Postgres writer counts, so both stores are watched alike.
+                Ok(()) => metrics.diff_store_written.inc_by(records.len() as u64),
+                Err(error) => {
+                    metrics
+                        .diff_store_errors
+                        .with_label_values(&["write"])
+                        .inc();
+                    tracing::warn!(%error, records = records.len(), "cannot store diffs");
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! sees all the exchanges of a fleet.
 //!
 //! Owns the Postgres schema and its versioned migrations, the store writer (a thread of its own
-//! behind a bounded queue, see [`Writer`]), retention, and the queries a report and a summary
+//! behind a queue bounded by bytes, see [`Writer`]), retention, and the queries a report and a summary
 //! run. Rows carry the replica that wrote them. What is counted and what is stored as a row is
 //! decided in [`super::aggregate`], the same for SQLite.
 //!
@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -107,9 +107,11 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// The first schema version with per-shape counts (`diff_shape_counts`).
 const SHAPES_VERSION: i64 = 2;
 
-/// Batches waiting for the writer; more are dropped.
-const QUEUE_BATCHES: usize = 64;
-/// Bytes the waiting batches may hold (estimated from their text); more are dropped.
+/// Bytes the waiting batches may hold (estimated from their text); more are dropped. The only
+/// bound on the queue: the diff worker hands over whatever it judged since its last hand-over,
+/// often one or two exchanges, so a bound on the number of batches filled up at a few thousand
+/// exchanges a second while Postgres kept up (every batch is at least a record's fixed
+/// estimate, so the count stays bounded too).
 const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Most exchanges written in one transaction (queued batches are merged up to it).
 const MAX_WRITE: usize = 4096;
@@ -134,7 +136,7 @@ pub struct WriterSettings {
 
 /// The handle the diff worker writes through. Cheap; the thread ends when it is dropped.
 pub struct Writer {
-    queue: SyncSender<Vec<DiffRecord>>,
+    queue: Sender<Vec<DiffRecord>>,
     queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
@@ -143,7 +145,7 @@ impl Writer {
     /// Starts the writer thread. It connects (and migrates) when the first batch arrives, so an
     /// unreachable database never stops the proxy from starting.
     pub fn start(settings: WriterSettings, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let (queue, batches) = sync_channel(QUEUE_BATCHES);
+        let (queue, batches) = channel();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let thread_bytes = queued_bytes.clone();
         let thread_metrics = metrics.clone();
@@ -157,22 +159,30 @@ impl Writer {
         })
     }
 
-    /// Queues `records` for writing; never blocks. When the queue is full (by batches or bytes)
+    /// Queues `records` for writing; never blocks. When the queue holds its budget of bytes
     /// they are dropped and counted.
     pub fn submit(&self, records: Vec<DiffRecord>) {
         let bytes = estimated_bytes(&records);
-        if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if !reserve(&self.queued_bytes, bytes, QUEUE_BYTES) {
             dropped(&self.metrics, DropReason::QueueFull, records.len());
             return;
         }
-        if let Err(TrySendError::Full(records) | TrySendError::Disconnected(records)) =
-            self.queue.try_send(records)
-        {
+        if let Err(unsent) = self.queue.send(records) {
+            // The writer thread is gone (it only ends with this handle, or by panicking).
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            dropped(&self.metrics, DropReason::QueueFull, records.len());
+            dropped(&self.metrics, DropReason::QueueFull, unsent.0.len());
         }
     }
+}
+
+/// Counts `bytes` into `queued` when they fit under `limit`; `false` (and nothing counted)
+/// when they do not.
+fn reserve(queued: &AtomicUsize, bytes: usize, limit: usize) -> bool {
+    if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > limit {
+        queued.fetch_sub(bytes, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 fn dropped(metrics: &Metrics, reason: DropReason, exchanges: usize) {
@@ -1165,6 +1175,61 @@ pub fn write_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer whose thread never reads: what `submit` keeps and drops while Postgres is stuck.
+    fn stuck_writer() -> (Writer, Receiver<Vec<DiffRecord>>) {
+        let (queue, batches) = channel();
+        let writer = Writer {
+            queue,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            metrics: Arc::new(Metrics::new()),
+        };
+        (writer, batches)
+    }
+
+    fn queue_full(writer: &Writer) -> u64 {
+        writer
+            .metrics
+            .diff_store_dropped
+            .with_label_values(&[DropReason::QueueFull.as_str()])
+            .get()
+    }
+
+    #[test]
+    fn thousands_of_one_exchange_batches_queue_while_their_bytes_fit() {
+        let (writer, batches) = stuck_writer();
+        for _ in 0..10_000 {
+            writer.submit(vec![super::super::testing::record("orders", "match")]);
+        }
+        assert_eq!(queue_full(&writer), 0, "no bound on the number of batches");
+        assert_eq!(batches.try_iter().count(), 10_000);
+    }
+
+    #[test]
+    fn batches_past_the_byte_budget_are_dropped_and_counted() {
+        let (writer, batches) = stuck_writer();
+        let big = DiffRecord {
+            primary_sample: Some("x".repeat(1024 * 1024)),
+            ..super::super::testing::record("orders", "mismatch")
+        };
+        let fit = QUEUE_BYTES / estimated_bytes(std::slice::from_ref(&big));
+        for _ in 0..fit + 3 {
+            writer.submit(vec![big.clone(), big.clone()]);
+        }
+        let queued = batches.try_iter().map(|batch| batch.len()).sum::<usize>();
+        assert!(queued <= fit, "{queued} exchanges queued past the budget");
+        assert_eq!(queue_full(&writer) as usize + queued, 2 * (fit + 3));
+        assert!(writer.queued_bytes.load(Ordering::Relaxed) <= QUEUE_BYTES);
+    }
+
+    #[test]
+    fn a_reservation_that_does_not_fit_takes_nothing() {
+        let queued = AtomicUsize::new(90);
+        assert!(!reserve(&queued, 11, 100));
+        assert_eq!(queued.load(Ordering::Relaxed), 90);
+        assert!(reserve(&queued, 10, 100));
+        assert_eq!(queued.load(Ordering::Relaxed), 100);
+    }
 
     #[test]
     fn placeholders_are_numbered_in_order() {

@@ -439,34 +439,66 @@ async fn since_reload_takes_each_replicas_newest_generation() {
     assert_eq!(code, 0);
 }
 
+/// Orders of about 64 KiB (a long `note`) that the candidate always answers differently, so
+/// every comparison is a row carrying two full samples: each one weighs on the writer's queue,
+/// which is bounded by bytes alone.
+fn big_orders(candidate: bool) -> support::Responder {
+    let note = if candidate { "n" } else { "o" }.repeat(64 * 1024);
+    Arc::new(move |request: &Recorded| {
+        let id = request.target.rsplit('/').next().unwrap_or("0");
+        hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"id":{id},"note":"{note}"}}"#
+            ))))
+            .unwrap()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_clients() {
     let Some(postgres) = Postgres::start() else {
         return;
     };
-    let legacy = Backend::start_with("legacy", orders(false)).await;
-    let candidate = Backend::start_with("orders-v2", orders(true)).await;
-    let proxy = proxy(&postgres, &legacy, &candidate, "slow", 0.0).await;
+    let legacy = Backend::start_with("legacy", big_orders(false)).await;
+    let candidate = Backend::start_with("orders-v2", big_orders(true)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = postgres.password_file(dir.path());
+    let extra = format!(
+        "  diff_store_password_file: {}\n  diff_max_sample: 64KiB\n",
+        password_file.display()
+    );
+    let proxy = proxy_storing(
+        dir,
+        &postgres.url(),
+        &extra,
+        &legacy,
+        &candidate,
+        "slow",
+        0.0,
+    )
+    .await;
     traffic(&proxy, 1..=4).await;
     proxy
         .wait_for_metric("strangler_diff_store_written_total", 4.0)
         .await;
 
-    // A session holds the counts table locked: every write waits (up to its lock timeout).
+    // A session holds the counts table locked: every write waits (up to its lock timeout),
+    // until the session is cancelled below.
     let mut locker = postgres.spawn_query(
-        "BEGIN; LOCK TABLE diff_counts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
+        "BEGIN; LOCK TABLE diff_counts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;",
     );
+    let lock_holder = "FROM pg_locks WHERE relation = 'diff_counts'::regclass \
+                       AND mode = 'AccessExclusiveLock' AND granted";
     support::eventually("the counts table locked", || async {
-        match postgres.query(
-            "SELECT COUNT(*) FROM pg_locks WHERE relation = 'diff_counts'::regclass
-             AND mode = 'AccessExclusiveLock' AND granted",
-        ) {
+        match postgres.query(&format!("SELECT COUNT(*) {lock_holder}")) {
             locks if locks == "1" => Ok(()),
             locks => Err(locks),
         }
     })
     .await;
-    // Far more comparisons than the writer's queue holds, while it is stuck.
+    // More than the queue's 32 MiB of comparisons (each over 128 KiB) while the writer is
+    // stuck; no bound on the number of batches helps to fill it.
     let slowest = std::cell::Cell::new(Duration::ZERO);
     support::eventually("the writer's queue full", || async {
         if proxy
@@ -478,7 +510,7 @@ async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_client
             return Ok(());
         }
         // Back to back between checks, each request timed on its own.
-        for _ in 0..8 {
+        for _ in 0..16 {
             let sent = Instant::now();
             traffic(&proxy, 1..=1).await;
             slowest.set(slowest.get().max(sent.elapsed()));
@@ -495,6 +527,7 @@ async fn a_slow_postgres_fills_the_writer_queue_and_drops_without_slowing_client
         .metric("strangler_diff_store_written_total")
         .await
         .unwrap_or(0.0);
+    postgres.query(&format!("SELECT pg_cancel_backend(pid) {lock_holder}"));
     locker.wait().unwrap();
     // What was queued gets written once the lock is gone; new comparisons too.
     traffic(&proxy, 1..=4).await;
