@@ -197,7 +197,7 @@ for name in none sqlite postgres; do
     sed 's/^/    /'
 done
 for name in none sqlite postgres; do
-  grep -iE "warn|error" "$work/$name.log" | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $name log: /"
+  grep -iE "warn|error" "$work/$name.log" | sort | uniq -c | sort -rn | head -3 | sed "s/^/  $name log: /" || true
 done
 cat "$work/wrk-errors" 2>/dev/null || true
 echo "(stored/dropped: cumulative exchanges; none drops every one by design)"
