@@ -1075,24 +1075,25 @@ fn fingerprint_at<'v>(
 ) -> u64 {
     path.push(Step::Index(index));
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    fingerprint(rule, value, path, &mut hasher);
+    if rule.ignored(path) {
+        hasher.update(b"i");
+    } else {
+        fingerprint(rule, value, path, &mut hasher);
+    }
     path.pop();
     hasher.digest()
 }
 
 /// Hashes `value` so that values equal under the rule hash alike: ignored members left out,
 /// numbers by value (`1` and `1.0` alike), unordered arrays as sorted multisets. Numbers within
-/// the tolerance of each other hash apart; the comparison then finds them equal.
+/// the tolerance of each other hash apart; the comparison then finds them equal. The caller has
+/// checked that `path` is not ignored (each member and element is checked once, not twice).
 fn fingerprint<'v>(
     rule: &CompareRule,
     value: &'v Json<'v>,
     path: &mut Vec<Step<'v>>,
     hasher: &mut xxhash_rust::xxh3::Xxh3,
 ) {
-    if rule.ignored(path) {
-        hasher.update(b"i");
-        return;
-    }
     match value {
         Json::Null => hasher.update(b"n"),
         Json::Bool(b) => hasher.update(if *b { b"t" } else { b"f" }),
