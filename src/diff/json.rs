@@ -33,7 +33,14 @@ pub enum Json<'a> {
 impl<'a> Json<'a> {
     /// Parses `bytes` as one JSON document (trailing whitespace only), borrowing from it.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // One UTF-8 check of the whole body, then serde_json's `str` reader, which checks no
+        // string again: the slice reader validates every string and key on its own (a fifth of
+        // a parse's instructions). A body that is not UTF-8 goes through the slice reader for
+        // its exact error.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// The member `key` of an object.
@@ -113,6 +120,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Json<'a> {
     }
 }
 
+/// Members an object's `Vec` starts with room for.
+const OBJECT_CAPACITY: usize = 8;
+
 struct JsonVisitor;
 
 impl<'de> Visitor<'de> for JsonVisitor {
@@ -172,7 +182,10 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut members: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
+        // serde_json gives no size hint: room for a typical record's members up front is one
+        // allocation instead of a doubling per few members.
+        let mut members: Vec<(Cow<'de, str>, Json<'de>)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(OBJECT_CAPACITY));
         while let Some(Key(key)) = map.next_key()? {
             let value = map.next_value()?;
             members.push((key, value));
