@@ -387,9 +387,7 @@ fn query_records(
         return Ok(Vec::new());
     };
     let mut sql = format!(
-        "SELECT at_ms, route, method, path, query, request_id, primary_status, shadow_status,
-                verdict, differences, noise, primary_sample, shadow_sample, {}
-         FROM diffs WHERE {conditions}",
+        "SELECT {RECORD_COLUMNS}, {} FROM diffs WHERE {conditions}",
         reader.provenance_columns()
     );
     match newest {
@@ -402,32 +400,47 @@ fn query_records(
     let mut statement = reader.connection.prepare(&sql).map_err(error)?;
     let rows = statement
         .query_map(rusqlite::params_from_iter(values.iter()), |row| {
-            let differences: String = row.get(9)?;
-            let noise: String = row.get(10)?;
-            let generation: Option<i64> = row.get(16)?;
-            Ok(DiffRecord {
-                at_ms: row.get(0)?,
-                route: row.get(1)?,
-                method: row.get(2)?,
-                path: row.get(3)?,
-                query: row.get(4)?,
-                request_id: row.get(5)?,
-                primary_status: row.get(6)?,
-                shadow_status: row.get(7)?,
-                verdict: row.get(8)?,
-                differences: serde_json::from_str(&differences).unwrap_or_default(),
-                noise: serde_json::from_str(&noise).unwrap_or_default(),
-                primary_sample: row.get(11)?,
-                shadow_sample: row.get(12)?,
-                primary_upstream: row.get(13)?,
-                candidate_upstream: row.get(14)?,
-                stage: row.get(15)?,
-                generation: generation.and_then(|g| u64::try_from(g).ok()),
-                config_sha256: row.get(17)?,
-            })
+            record_from_row(row, 0)
         })
         .map_err(error)?;
     rows.collect::<Result<_, _>>().map_err(error)
+}
+
+/// The columns [`record_from_row`] reads, in its order; the provenance columns
+/// ([`Reader::provenance_columns`]) follow them.
+pub(crate) const RECORD_COLUMNS: &str = "at_ms, route, method, path, query, request_id,
+    primary_status, shadow_status, verdict, differences, noise, primary_sample, shadow_sample";
+
+/// A [`DiffRecord`] from a row selecting [`RECORD_COLUMNS`] and the provenance columns, starting
+/// at column `first` (a query may select other columns before them).
+pub(crate) fn record_from_row(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<DiffRecord> {
+    let column = |n: usize| first + n;
+    let differences: String = row.get(column(9))?;
+    let noise: String = row.get(column(10))?;
+    let generation: Option<i64> = row.get(column(16))?;
+    Ok(DiffRecord {
+        at_ms: row.get(column(0))?,
+        route: row.get(column(1))?,
+        method: row.get(column(2))?,
+        path: row.get(column(3))?,
+        query: row.get(column(4))?,
+        request_id: row.get(column(5))?,
+        primary_status: row.get(column(6))?,
+        shadow_status: row.get(column(7))?,
+        verdict: row.get(column(8))?,
+        differences: serde_json::from_str(&differences).unwrap_or_default(),
+        noise: serde_json::from_str(&noise).unwrap_or_default(),
+        primary_sample: row.get(column(11))?,
+        shadow_sample: row.get(column(12))?,
+        primary_upstream: row.get(column(13))?,
+        candidate_upstream: row.get(column(14))?,
+        stage: row.get(column(15))?,
+        generation: generation.and_then(|g| u64::try_from(g).ok()),
+        config_sha256: row.get(column(17))?,
+    })
 }
 
 /// How many exchanges of a store share a route, direction, verdict, status pair and provenance:

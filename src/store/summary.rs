@@ -17,7 +17,7 @@ use std::path::Path;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Filter, Reader, StoreError};
+use super::{Filter, RECORD_COLUMNS, Reader, StoreError};
 use crate::record::DiffRecord;
 
 /// The exchanges of one route in one direction, counted per verdict and over time.
@@ -278,7 +278,7 @@ pub fn page(
         return Ok(Vec::new());
     };
     let mut sql = format!(
-        "SELECT {COLUMNS}, {} FROM diffs WHERE {conditions}",
+        "SELECT id, {RECORD_COLUMNS}, {} FROM diffs WHERE {conditions}",
         reader.provenance_columns()
     );
     // One route's rows come newest first straight from the (route, at_ms) index (whose entries
@@ -336,7 +336,7 @@ pub fn exchange(path: &Path, id: i64) -> Result<Option<ExchangeWithNeighbours>, 
         .connection
         .query_row(
             &format!(
-                "SELECT {COLUMNS}, {} FROM diffs WHERE id = ?1",
+                "SELECT id, {RECORD_COLUMNS}, {} FROM diffs WHERE id = ?1",
                 reader.provenance_columns()
             ),
             params![id],
@@ -409,36 +409,11 @@ pub fn ids_of_requests(
         .collect())
 }
 
-/// The columns [`stored_exchange`] reads before the provenance columns.
-const COLUMNS: &str = "id, at_ms, route, method, path, query, request_id, primary_status,
-    shadow_status, verdict, differences, noise, primary_sample, shadow_sample";
-
+/// A row selecting `id`, then [`RECORD_COLUMNS`] and the provenance columns.
 fn stored_exchange(row: &Row<'_>) -> rusqlite::Result<StoredExchange> {
-    let differences: String = row.get(10)?;
-    let noise: String = row.get(11)?;
-    let generation: Option<i64> = row.get(17)?;
     Ok(StoredExchange {
         id: row.get(0)?,
-        record: DiffRecord {
-            at_ms: row.get(1)?,
-            route: row.get(2)?,
-            method: row.get(3)?,
-            path: row.get(4)?,
-            query: row.get(5)?,
-            request_id: row.get(6)?,
-            primary_status: row.get(7)?,
-            shadow_status: row.get(8)?,
-            verdict: row.get(9)?,
-            differences: serde_json::from_str(&differences).unwrap_or_default(),
-            noise: serde_json::from_str(&noise).unwrap_or_default(),
-            primary_sample: row.get(12)?,
-            shadow_sample: row.get(13)?,
-            primary_upstream: row.get(14)?,
-            candidate_upstream: row.get(15)?,
-            stage: row.get(16)?,
-            generation: generation.and_then(|g| u64::try_from(g).ok()),
-            config_sha256: row.get(18)?,
-        },
+        record: super::record_from_row(row, 1)?,
     })
 }
 
