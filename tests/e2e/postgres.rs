@@ -640,7 +640,7 @@ async fn the_viewer_answers_the_same_json_from_postgres_as_from_sqlite() {
     }
     for proxy in [&on_postgres, &on_sqlite] {
         traffic(proxy, 1..=24).await;
-        // The overview counts what is stored (the SQLite writer keeps no written counter).
+        // What a client of the viewer sees: the overview counting all 24 as stored.
         support::eventually("24 exchanges stored", || async {
             let summary = support::get(proxy.admin, "/diffs/summary")
                 .await
