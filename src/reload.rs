@@ -352,11 +352,18 @@ impl Reloader {
 
     /// Drops the metric series of routes and upstreams the new generation no longer has.
     fn forget_removed(&self, current: &RouteTable, next: &RouteTable) {
+        // A set, not a scan of `next` per route: 10,000 routes replacing 10,000 made that
+        // 10^8 name comparisons on the reload's path.
+        let kept: std::collections::HashSet<&str> = next
+            .routes()
+            .iter()
+            .map(|route| route.name.as_str())
+            .collect();
         let routes: Vec<&str> = current
             .routes()
             .iter()
             .map(|route| route.name.as_str())
-            .filter(|name| !next.routes().iter().any(|route| route.name == *name))
+            .filter(|name| !kept.contains(name))
             .collect();
         let upstreams: Vec<&str> = current
             .upstreams()
