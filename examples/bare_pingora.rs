@@ -10,6 +10,12 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::{ProxyHttp, Session};
 
+/// The same allocator as the binary (src/main.rs), so the floor differs from strangler only in
+/// what strangler does per request.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Bare {
     peer: HttpPeer,
 }

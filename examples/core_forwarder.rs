@@ -22,6 +22,12 @@ use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
 
+/// The same allocator as the binary (src/main.rs), so the floor differs from strangler only in
+/// what strangler does per request.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Forwarder {
     peer: HttpPeer,
     connector: Connector,

@@ -116,6 +116,25 @@ pub fn request_started(deadline: Instant, request_id: &HeaderValue) {
     });
 }
 
+/// `render(peer)`, kept for the connection's later requests (the peer of a connection does not
+/// change): the proxy's `X-Forwarded-For` value, formatted once per connection instead of once
+/// per request. Outside a connection's task (HTTP/2 streams) it is rendered each time.
+pub fn peer_value(
+    peer: std::net::IpAddr,
+    render: fn(std::net::IpAddr) -> HeaderValue,
+) -> HeaderValue {
+    CURRENT
+        .try_with(|state| {
+            let (cached_peer, value) = state.peer_value.get_or_init(|| (peer, render(peer)));
+            if *cached_peer == peer {
+                value.clone()
+            } else {
+                render(peer)
+            }
+        })
+        .unwrap_or_else(|_| render(peer))
+}
+
 /// Called by the proxy when the route sets its own deadline.
 pub fn deadline_moved(deadline: Instant) {
     let _ = CURRENT.try_with(|state| state.set_deadline(deadline));
@@ -334,6 +353,8 @@ struct ConnectionState {
     rearm: Notify,
     /// The current request's id, for the log line when the watch closes the connection.
     request_id: Mutex<Option<HeaderValue>>,
+    /// The peer and its rendering for `X-Forwarded-For` (see [`peer_value`]).
+    peer_value: std::sync::OnceLock<(std::net::IpAddr, HeaderValue)>,
     /// Since when (nanoseconds since [`EPOCH`]) no request has been under way or arriving;
     /// 0 while one is.
     quiet_since: AtomicU64,
@@ -364,6 +385,7 @@ impl ConnectionState {
             response_started: AtomicBool::new(false),
             rearm: Notify::new(),
             request_id: Mutex::new(None),
+            peer_value: std::sync::OnceLock::new(),
             // A new connection is quiet until its first bytes arrive.
             quiet_since: AtomicU64::new(to_nanos(Instant::now())),
             quieted: Notify::new(),
@@ -528,7 +550,43 @@ struct HeadScan {
 
 impl HeadScan {
     /// Feeds newly read bytes; the refusal once a limit is passed.
-    fn feed(&mut self, bytes: &[u8], limits: &HeadLimits) -> Option<Reason> {
+    ///
+    /// A line at a time (`memchr` finds its end), not a byte at a time: every count only grows
+    /// within a line, so a line that passes no limit at its end passed none on the way. A line
+    /// that does pass one is fed again byte by byte ([`Self::feed_bytewise`]), which names the
+    /// limit passed first, as before.
+    fn feed(&mut self, mut bytes: &[u8], limits: &HeadLimits) -> Option<Reason> {
+        while !self.done && !bytes.is_empty() {
+            let end = memchr::memchr(b'\n', bytes);
+            let segment = &bytes[..end.map_or(bytes.len(), |at| at + 1)];
+            let content = &segment[..end.unwrap_or(segment.len())];
+            let carriage_returns = content.iter().filter(|&&byte| byte == b'\r').count();
+            let line = self.line + content.len() - carriage_returns;
+            let total = self.bytes + segment.len();
+            let (lines, done) = match end {
+                // Empty lines before the request line are tolerated (RFC 9112 §2.2).
+                Some(_) if line == 0 => (self.lines, self.lines > 0),
+                Some(_) => (self.lines + 1, false),
+                None => (self.lines, false),
+            };
+            if (self.lines == 0 && line > limits.request_line)
+                || lines > limits.header_lines + 1
+                || total > limits.head_bytes
+            {
+                return self.feed_bytewise(bytes, limits);
+            }
+            self.bytes = total;
+            self.lines = lines;
+            self.line = if end.is_some() { 0 } else { line };
+            self.done = done;
+            bytes = &bytes[segment.len()..];
+        }
+        None
+    }
+
+    /// [`Self::feed`] a byte at a time: the reference it must agree with, and the way to find
+    /// which limit a line passed first.
+    fn feed_bytewise(&mut self, bytes: &[u8], limits: &HeadLimits) -> Option<Reason> {
         for &byte in bytes {
             if self.done {
                 return None;
@@ -790,6 +848,56 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use tokio::sync::watch;
+
+    /// The outcome of scanning `head` read in `chunk`-byte pieces, with `feed` or bytewise.
+    fn scan(head: &[u8], chunk: usize, limits: &HeadLimits, bytewise: bool) -> String {
+        let mut scan = HeadScan::default();
+        for piece in head.chunks(chunk) {
+            let refusal = if bytewise {
+                scan.feed_bytewise(piece, limits)
+            } else {
+                scan.feed(piece, limits)
+            };
+            if let Some(reason) = refusal {
+                return format!("refused: {}", reason.as_str());
+            }
+        }
+        format!("{scan:?}")
+    }
+
+    #[test]
+    fn the_head_scan_a_line_at_a_time_agrees_with_the_scan_a_byte_at_a_time() {
+        let limits = HeadLimits {
+            request_line: 40,
+            header_lines: 4,
+            head_bytes: 160,
+        };
+        let heads: [&[u8]; 9] = [
+            b"GET /item HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\nGET / HTTP/1.1\nHost: a\n\nGET /next HTTP/1.1\r\n",
+            b"GET /a-target-that-is-far-too-long-for-the-limit HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nx: 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789\r\n\r\n",
+            b"GET / HT\rTP/1.1\r\r\nHost: \r\ra\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\n\n\n",
+            b"\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+            b"",
+        ];
+        for head in heads {
+            for chunk in [1, 2, 3, 7, 16, 1000] {
+                assert_eq!(
+                    scan(head, chunk, &limits, false),
+                    scan(head, chunk, &limits, true),
+                    "{:?} in {chunk}-byte reads",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
+        assert_eq!(
+            scan(heads[2], 1000, &limits, false),
+            "refused: uri_too_long"
+        );
+    }
 
     /// A connected loopback pair: (the proxy's side, the client's side).
     async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {

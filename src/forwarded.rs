@@ -114,35 +114,43 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
+/// `peer` as an `X-Forwarded-For` entry (IPv4-mapped addresses as IPv4). A connection's peer
+/// does not change between its requests: the proxy renders it once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(canonical(peer).to_string()).expect("an IP address is a header value")
+}
+
 /// Sets the forwarding headers of the upstream request: `X-Forwarded-For` extended with the
 /// peer when the peer is trusted, replaced by the peer otherwise; `X-Forwarded-Proto` and
 /// `-Host` kept from a trusted peer, else set from what this hop saw (`host`, `tls`).
+/// `peer_value` is [`peer_value`] of the peer.
 pub fn set_forwarding_headers(
     upstream: &mut RequestHeader,
     origin: &Origin,
-    peer: IpAddr,
+    peer_value: &HeaderValue,
     host: Option<&HeaderValue>,
     tls: bool,
 ) -> pingora_error::Result<()> {
-    let peer = canonical(peer);
-    let earlier: Vec<String> = upstream
-        .headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-        .collect();
-    let forwarded_for = if origin.via_trusted_proxy && !earlier.is_empty() {
-        format!("{}, {peer}", earlier.join(", "))
+    let forwarded_for = if origin.via_trusted_proxy
+        && let Some(first) = upstream.headers.get(X_FORWARDED_FOR)
+    {
+        let mut joined = first.as_bytes().to_vec();
+        for earlier in upstream.headers.get_all(X_FORWARDED_FOR).iter().skip(1) {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(earlier.as_bytes());
+        }
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(peer_value.as_bytes());
+        HeaderValue::from_bytes(&joined).map_err(|error| {
+            pingora_error::Error::because(
+                pingora_error::ErrorType::InvalidHTTPHeader,
+                "bad X-Forwarded-For",
+                error,
+            )
+        })?
     } else {
-        peer.to_string()
+        peer_value.clone()
     };
-    let forwarded_for = HeaderValue::try_from(forwarded_for).map_err(|error| {
-        pingora_error::Error::because(
-            pingora_error::ErrorType::InvalidHTTPHeader,
-            "bad X-Forwarded-For",
-            error,
-        )
-    })?;
     upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
     let proto = if tls || origin.https { "https" } else { "http" };
     upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
@@ -228,8 +236,14 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
         ]);
         let origin = trusted().origin(&spoofed, ip("203.0.113.9"));
-        set_forwarding_headers(&mut spoofed, &origin, ip("203.0.113.9"), Some(&host), false)
-            .unwrap();
+        set_forwarding_headers(
+            &mut spoofed,
+            &origin,
+            &peer_value(ip("203.0.113.9")),
+            Some(&host),
+            false,
+        )
+        .unwrap();
         assert_eq!(spoofed.headers["x-forwarded-for"], "203.0.113.9");
         assert_eq!(spoofed.headers["x-forwarded-proto"], "http");
         assert_eq!(spoofed.headers["x-forwarded-host"], "shop.example.com");
@@ -240,7 +254,14 @@ mod tests {
             ("x-forwarded-host", "shop.example.com"),
         ]);
         let origin = trusted().origin(&balanced, ip("10.0.0.2"));
-        set_forwarding_headers(&mut balanced, &origin, ip("10.0.0.2"), Some(&host), false).unwrap();
+        set_forwarding_headers(
+            &mut balanced,
+            &origin,
+            &peer_value(ip("::ffff:10.0.0.2")),
+            Some(&host),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             balanced.headers["x-forwarded-for"],
             "198.51.100.7, 10.0.0.2"

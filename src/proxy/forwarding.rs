@@ -18,6 +18,7 @@ use pingora_proxy::Session;
 
 use super::STRANGLER_FALLBACK;
 use super::context::RequestContext;
+use crate::connection;
 use crate::forwarded;
 use crate::response::REQUEST_ID;
 use crate::telemetry::{RequestSpan, TRACEPARENT};
@@ -52,7 +53,7 @@ pub fn add_forwarding_headers(
         forwarded::set_forwarding_headers(
             upstream_request,
             &origin,
-            peer,
+            &connection::peer_value(peer, forwarded::peer_value),
             session.req_header().headers.get(HOST),
             // TLS terminated here (a TLS listener, see `tls.rs`).
             session
@@ -84,32 +85,65 @@ pub fn apply_target_edits(
 
 /// Removes what a backend meant for its hop only. `Transfer-Encoding` stays: Pingora owns
 /// response framing and reads it; `Upgrade` stays on a 101, where it is the point.
+///
+/// One walk over the response's names finds which of them are there (most answers carry
+/// `Connection` alone, or nothing): only those are removed, each removal being a hash lookup
+/// in two maps (Pingora keeps the names' case beside the headers).
 pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
+    // On a 101 the upgrade headers are the point (see `hygiene::keep_upgrade_headers`).
+    let switching = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut found = false;
+    for name in response.headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+            found = true;
+        }
+    }
+    if !found {
+        return;
+    }
     let nominated: Vec<HeaderName> = response
         .headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .map(<[u8]>::trim_ascii)
+        // The usual options, which name no header to remove (`Keep-Alive` is removed below
+        // anyway): no name to build for them.
+        .filter(|token| {
+            !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close")
+        })
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .filter(|name| *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING)
         .collect();
-    // On a 101 the upgrade headers are the point (see `hygiene::keep_upgrade_headers`).
-    let switching = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
     for name in nominated
         .iter()
         .filter(|name| !(switching && **name == UPGRADE))
     {
         response.remove_header(name);
     }
-    response.remove_header(&CONNECTION);
-    response.remove_header(&KEEP_ALIVE);
-    response.remove_header(&PROXY_CONNECTION);
-    response.remove_header(&TE);
-    response.remove_header(&TRAILER);
-    if !switching {
-        response.remove_header(&UPGRADE);
+    for (name, _) in HOP_BY_HOP
+        .iter()
+        .zip(present)
+        .filter(|(_, present)| *present)
+    {
+        if !(switching && *name == UPGRADE) {
+            response.remove_header(name);
+        }
     }
 }
+
+/// The hop-by-hop response headers of RFC 9110 §7.6.1 a backend may send, besides those its
+/// `Connection` nominates.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    UPGRADE,
+];
 
 /// The request id echoed (unless the backend set its own), the fallback upstream named when one
 /// served, then the route's response header edits.
