@@ -117,7 +117,7 @@ impl From<&'static str> for Body {
 }
 
 /// The request both answers are for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestSummary {
     pub method: String,
     pub path: String,

@@ -229,7 +229,7 @@ impl ShadowDispatcher {
         let rule = copy.rule.clone();
         let route = copy.route.clone();
         let provenance = copy.provenance.clone();
-        let summary = copy.request.clone();
+        let summary = std::mem::take(&mut copy.request);
         let permits = copy.permits.take();
         let guard = copy.guard.take();
         let mut shadow_memory = self.memory.reservation();

@@ -238,13 +238,15 @@ impl ShadowRule {
     ) -> Result<http::Request<Full<Bytes>>, http::Error> {
         let pool = pool.unwrap_or(&self.upstream);
         let address = pool.select_address();
-        let path_and_query = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // The header is this copy's own: its parts are moved into the request, not cloned.
+        let parts = http::request::Parts::from(header);
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let uri = format!("{}://{address}{path_and_query}", pool.scheme());
         let mut request = http::Request::builder()
-            .method(header.method.clone())
+            .method(parts.method)
             .uri(uri)
             .body(Full::new(body))?;
-        *request.headers_mut() = header.headers.clone();
+        *request.headers_mut() = parts.headers;
         // A TLS or h2c upstream's own client travels with the request (see `ShadowClient`).
         if let Some(client) = pool.shadow_client() {
             request.extensions_mut().insert(client.clone());

@@ -44,19 +44,35 @@ pub struct BucketCount {
 
 /// The aggregate rows of `records`, ready to upsert.
 pub fn buckets(records: &[DiffRecord]) -> Vec<(BucketKey, BucketCount)> {
-    let mut counts: HashMap<BucketKey, BucketCount> = HashMap::new();
+    // Grouped by a key that borrows from the records: a batch of a steady stream is a few
+    // hundred records of one or two keys, so the owned key is built once per row, not once
+    // per record (six string copies each).
+    #[derive(PartialEq, Eq, Hash)]
+    struct Borrowed<'a> {
+        minute_ms: i64,
+        route: &'a str,
+        primary_upstream: &'a str,
+        candidate_upstream: &'a str,
+        stage: &'a str,
+        generation: i64,
+        config_sha256: &'a str,
+        verdict: crate::vocabulary::Verdict,
+        primary_status: i32,
+        shadow_status: i32,
+    }
+    let mut counts: HashMap<Borrowed<'_>, BucketCount> = HashMap::new();
     for record in records {
-        let key = BucketKey {
+        let key = Borrowed {
             minute_ms: record.at_ms - record.at_ms.rem_euclid(BUCKET_MS),
-            route: record.route.clone(),
-            primary_upstream: record.primary_upstream.clone().unwrap_or_default(),
-            candidate_upstream: record.candidate_upstream.clone().unwrap_or_default(),
-            stage: record.stage.clone().unwrap_or_default(),
+            route: &record.route,
+            primary_upstream: record.primary_upstream.as_deref().unwrap_or_default(),
+            candidate_upstream: record.candidate_upstream.as_deref().unwrap_or_default(),
+            stage: record.stage.as_deref().unwrap_or_default(),
             generation: record
                 .generation
                 .map_or(-1, |g| i64::try_from(g).unwrap_or(i64::MAX)),
-            config_sha256: record.config_sha256.clone().unwrap_or_default(),
-            verdict: record.verdict.as_str().to_owned(),
+            config_sha256: record.config_sha256.as_deref().unwrap_or_default(),
+            verdict: record.verdict,
             primary_status: record.primary_status.map_or(0, i32::from),
             shadow_status: record.shadow_status.map_or(0, i32::from),
         };
@@ -64,7 +80,24 @@ pub fn buckets(records: &[DiffRecord]) -> Vec<(BucketKey, BucketCount)> {
         count.exchanges += 1;
         count.last_at_ms = count.last_at_ms.max(record.at_ms);
     }
-    counts.into_iter().collect()
+    counts
+        .into_iter()
+        .map(|(key, count)| {
+            let owned = BucketKey {
+                minute_ms: key.minute_ms,
+                route: key.route.to_owned(),
+                primary_upstream: key.primary_upstream.to_owned(),
+                candidate_upstream: key.candidate_upstream.to_owned(),
+                stage: key.stage.to_owned(),
+                generation: key.generation,
+                config_sha256: key.config_sha256.to_owned(),
+                verdict: key.verdict.as_str().to_owned(),
+                primary_status: key.primary_status,
+                shadow_status: key.shadow_status,
+            };
+            (owned, count)
+        })
+        .collect()
 }
 
 /// The key of one per-shape aggregate row (Postgres `diff_shape_counts`).
