@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Arguments: size (`1KiB`, `100KiB`, `1MiB`), case (`reordered`, `ids_ignored`, `differs`,
-//! `parse_only`), iterations. The documents and rules are those of `benches/diff.rs`.
+//! `reformatted` (equal tokens, other whitespace), `parse_only`), iterations. The documents and rules are those of `benches/diff.rs`.
 
 use std::hint::black_box;
 
@@ -31,22 +31,29 @@ fn reordered(records: u32) -> Bytes {
     Bytes::from(out)
 }
 
+/// About `size` bytes of order records; the number of records is the one that fills `size`
+/// without an id offset, so an "ids ignored" pair holds the same records on both sides (as in
+/// `benches/diff.rs`).
 fn document(size: usize, variant: u32, id_offset: u32) -> Bytes {
-    let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
-    let mut id = 0u32;
-    while out.len() < size {
-        if id > 0 {
-            out.push(',');
+    let records = |id_offset: u32, until: Option<u32>| {
+        let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
+        let mut id = 0u32;
+        while until.map_or(out.len() < size, |until| id < until) {
+            if id > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                r#"{{"id":{},"status":"open","total":{}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#,
+                id + id_offset,
+                id * 10 + variant
+            ));
+            id += 1;
         }
-        out.push_str(&format!(
-            r#"{{"id":{},"status":"open","total":{}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#,
-            id + id_offset,
-            id * 10 + variant
-        ));
-        id += 1;
-    }
-    out.push_str("]}");
-    Bytes::from(out)
+        out.push_str("]}");
+        (out, id)
+    };
+    let (_, count) = records(0, None);
+    Bytes::from(records(id_offset, Some(count)).0)
 }
 
 fn response(body: Bytes) -> CapturedResponse {
@@ -90,6 +97,13 @@ fn main() {
     let (rule, shadow) = match case {
         "reordered" | "parse_only" => (&rule, response(reordered(records))),
         "ids_ignored" => (&ids_ignored, response(document(size, 0, 1_000_000))),
+        "reformatted" => {
+            let spaced = std::str::from_utf8(&primary.body)
+                .unwrap()
+                .replace(',', ", ")
+                .replace(':', ": ");
+            (&rule, response(Bytes::from(spaced)))
+        }
         "differs" => (&rule, response(document(size, 1, 0))),
         other => panic!("unknown case {other}"),
     };

@@ -5,7 +5,9 @@
 //! Bodies are compared as their content, not their bytes on the wire: `Content-Encoding` is
 //! undone first ([`super::decode`]), `Content-Type` is compared by meaning ([`super::media`]),
 //! JSON structurally (arrays aligned element by element, or matched by key), text as line
-//! hunks.
+//! hunks. Two JSON bodies are first walked token by token in lockstep ([`super::scan`]): when
+//! that shows them equal under the rule (most shadowed answers), no tree is built; otherwise
+//! both are parsed ([`super::json`]) and the trees compared, as if the scan had not run.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -129,6 +131,19 @@ impl CompareRule {
 
     fn unordered(&self, path: &[Step<'_>]) -> Option<&UnorderedArray> {
         self.unordered_arrays.iter().find(|u| u.path.matches(path))
+    }
+}
+
+impl super::scan::Paths for CompareRule {
+    fn ignored(&self, path: &[Step<'_>]) -> bool {
+        CompareRule::ignored(self, path)
+    }
+
+    /// Elements matched by key are named `[id=7]`, not by index; with a numeric tolerance,
+    /// unordered elements are paired by fingerprint before any walk in place.
+    fn pairs_elements(&self, path: &[Step<'_>]) -> bool {
+        self.unordered(path)
+            .is_some_and(|u| !u.by.is_empty() || self.numeric_tolerance != 0.0)
     }
 }
 
@@ -344,14 +359,9 @@ fn compare_bodies(
         return;
     }
     if primary.is_json() || shadow.is_json() {
-        match (primary.json(), shadow.json()) {
-            (Ok(x), Ok(y)) => compare_json(rule, x, y, &mut Vec::new(), out),
-            (x, y) => out.push(Difference {
-                path: "$".into(),
-                kind: Kind::Type,
-                primary: Some(x.map_or_else(str::to_owned, |v| truncate(v.to_string()))),
-                shadow: Some(y.map_or_else(str::to_owned, |v| truncate(v.to_string()))),
-            }),
+        // Most answers match: shown equal token by token, neither body is parsed into a tree.
+        if !super::scan::same(rule, &a.bytes, &b.bytes) {
+            compare_trees(rule, primary, shadow, out);
         }
         return;
     }
@@ -369,6 +379,24 @@ fn compare_bodies(
         primary: Some(describe_bytes(&a.bytes, false)),
         shadow: Some(describe_bytes(&b.bytes, false)),
     });
+}
+
+/// Two JSON bodies parsed into trees and walked: every difference, or why one is not JSON.
+fn compare_trees(
+    rule: &CompareRule,
+    primary: &Prepared<'_>,
+    shadow: &Prepared<'_>,
+    out: &mut Vec<Difference>,
+) {
+    match (primary.json(), shadow.json()) {
+        (Ok(x), Ok(y)) => compare_json(rule, x, y, &mut Vec::new(), out),
+        (x, y) => out.push(Difference {
+            path: "$".into(),
+            kind: Kind::Type,
+            primary: Some(x.map_or_else(str::to_owned, |v| truncate(v.to_string()))),
+            shadow: Some(y.map_or_else(str::to_owned, |v| truncate(v.to_string()))),
+        }),
+    }
 }
 
 /// A body's content coding as a difference shows it: what it decodes to, or why it does not.
@@ -1986,5 +2014,292 @@ mod tests {
         let paths = |list: Vec<Difference>| list.into_iter().map(|d| d.path).collect::<Vec<_>>();
         assert_eq!(paths(counted), ["$.x"]);
         assert_eq!(paths(noisy), ["$.t"]);
+    }
+
+    /// What the comparison finds without its fast path: both bodies parsed and walked as trees
+    /// (byte-identical bodies, as before any parse, have none).
+    fn by_trees(rule: &CompareRule, a: &str, b: &str) -> Vec<Difference> {
+        let (a, b) = (json(a), json(b));
+        let mut out = Vec::new();
+        if a.body != b.body {
+            compare_trees(rule, &Prepared::new(&a), &Prepared::new(&b), &mut out);
+        }
+        out.truncate(MAX_DIFFERENCES);
+        out
+    }
+
+    /// The fast path (`scan`) changes no result: `compare` finds what the tree walk finds.
+    fn same_as_trees(rule: &CompareRule, a: &str, b: &str) -> Vec<Difference> {
+        let fast = compare(rule, &json(a), &json(b));
+        assert_eq!(fast, by_trees(rule, a, b), "{a} vs {b}");
+        fast
+    }
+
+    #[test]
+    fn the_fast_path_finds_what_the_trees_find_at_its_edges() {
+        let plain = rule(&[], &[], 0.0);
+        let ids = rule(&["$.items[*].id", "$.*.at", "$.list[1]"], &["$.tags"], 0.0);
+        let keyed_ids = keyed(rule(&["$.items[0].at"], &[], 0.0), "$.items", &["id"]);
+        let loose = rule(&["$.items[*].at"], &["$.items"], 0.5);
+        for (rule, a, b, differences) in [
+            // Whitespace only.
+            (
+                &plain,
+                r#"{"a":[1,"x"]}"#,
+                " {\"a\" : [ 1 ,\n\"x\" ] }\n",
+                0,
+            ),
+            // Numbers spelled otherwise are equal; other numbers are not.
+            (&plain, r#"{"n":1}"#, r#"{"n":1.0}"#, 0),
+            (&plain, r#"{"n":1}"#, r#"{"n":1e0}"#, 0),
+            (&plain, r#"{"n":1}"#, r#"{"n":10}"#, 1),
+            (&plain, r#"[1e400]"#, r#"[1e400]"#, 0),
+            (&plain, r#"[1e400]"#, r#"[1e400 ]"#, 1),
+            (&plain, r#"[100000000000000000000]"#, r#"[1e20]"#, 0),
+            // Escapes: the same text written two ways, and two texts.
+            (&plain, r#"["a\u00e9"]"#, r#"["aé"]"#, 0),
+            (&plain, r#"["\ud83d\ude00"]"#, r#"["😀"]"#, 0),
+            (&plain, r#"["\n"]"#, r#"["\t"]"#, 1),
+            (&plain, r#"{"\u0061":1}"#, r#"{"a":1}"#, 0),
+            // Keys in another order; the same key twice (the last wins).
+            (&plain, r#"{"a":1,"b":2}"#, r#"{"b":2,"a":1}"#, 0),
+            (&plain, r#"{"k":1,"k":2}"#, r#"{"k":3,"k":2}"#, 0),
+            (&plain, r#"{"k":1,"k":2}"#, r#"{"k":2,"k":1}"#, 1),
+            (&plain, r#"{"k":1,"k":2}"#, r#"{"k":1,"k":2}"#, 0),
+            // Ignored paths, with wildcards and indexes.
+            (
+                &ids,
+                r#"{"items":[{"id":1,"n":"a"},{"id":2}],"x":{"at":1},"list":[0,1,2]}"#,
+                r#"{"items":[{"id":"p","n":"a"},{"id":[]}],"x":{"at":{}},"list":[0,9,2]}"#,
+                0,
+            ),
+            (&ids, r#"{"list":[0,1,2]}"#, r#"{"list":[9,1,2]}"#, 1),
+            (&ids, r#"{"tags":["a","b"]}"#, r#"{"tags":["b","a"]}"#, 0),
+            // Under elements matched by key, an ignored value stops the walk: the trees decide
+            // (their element fingerprints, taken by index, leave `[0].at` out).
+            (
+                &keyed_ids,
+                r#"{"items":[{"id":1,"at":1}]}"#,
+                r#"{"items":[{"id":1,"at":2}]}"#,
+                0,
+            ),
+            (
+                &loose,
+                r#"{"items":[{"at":1},2]}"#,
+                r#"{"items":[{"at":2},2.5]}"#,
+                0,
+            ),
+            // Invalid JSON, against itself or not: the same error as before.
+            (&plain, "[1,]", "[1,] ", 1),
+            (&plain, "[1]", "[1] x", 1),
+            (&plain, "\"\\ud800\"", "\"\\ud800\" ", 1),
+            (&plain, "\"a\u{1}\"", "\"a\u{1}\" ", 1),
+        ] {
+            let found = same_as_trees(rule, a, b);
+            assert_eq!(found.len(), differences, "{a} vs {b}: {found:?}");
+        }
+        let nested = |depth: usize| "[".repeat(depth) + &"]".repeat(depth);
+        for depth in [100, 101, 127, 128, 129, 200] {
+            same_as_trees(&plain, &nested(depth), &format!(" {}", nested(depth)));
+        }
+    }
+
+    /// A seeded xorshift: a failing case is found again from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'t>(&mut self, items: &[&'t str]) -> &'t str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// A generated document: scalars kept as their JSON text, so they can be respelled.
+    #[derive(Clone, Debug)]
+    enum Doc {
+        Scalar(String),
+        Array(Vec<Doc>),
+        Object(Vec<(String, Doc)>),
+    }
+
+    const KEYS: &[&str] = &["id", "n", "items", "tags", "a", "at"];
+    const SCALARS: &[&str] = &[
+        "0",
+        "1",
+        "1.0",
+        "1e0",
+        "-2",
+        "2.5",
+        "2.50",
+        "100000000000000000000",
+        "true",
+        "false",
+        "null",
+        r#""x""#,
+        r#""\u0078""#,
+        r#""é""#,
+        r#""\n""#,
+        r#""""#,
+        r#""q\"""#,
+    ];
+
+    impl Doc {
+        fn generate(rng: &mut Rng, depth: usize) -> Doc {
+            let children = |rng: &mut Rng| rng.below(4);
+            match rng.below(if depth >= 3 { 1 } else { 4 }) {
+                0 => Doc::Scalar(rng.pick(SCALARS).to_owned()),
+                1 => Doc::Array(
+                    (0..children(rng))
+                        .map(|_| Doc::generate(rng, depth + 1))
+                        .collect(),
+                ),
+                _ => Doc::Object(
+                    (0..children(rng))
+                        .map(|_| (rng.pick(KEYS).to_owned(), Doc::generate(rng, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+
+        fn print(&self, rng: &mut Rng, out: &mut String) {
+            let space = |rng: &mut Rng, out: &mut String| {
+                if rng.below(6) == 0 {
+                    out.push_str(rng.pick(&[" ", "\n  ", "\t", "\r\n"]));
+                }
+            };
+            space(rng, out);
+            match self {
+                Doc::Scalar(text) => out.push_str(text),
+                Doc::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        item.print(rng, out);
+                    }
+                    space(rng, out);
+                    out.push(']');
+                }
+                Doc::Object(members) => {
+                    out.push('{');
+                    for (i, (key, value)) in members.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        space(rng, out);
+                        out.push_str(&format!("\"{key}\""));
+                        space(rng, out);
+                        out.push(':');
+                        value.print(rng, out);
+                    }
+                    space(rng, out);
+                    out.push('}');
+                }
+            }
+            space(rng, out);
+        }
+
+        /// One random change somewhere in the document (or none).
+        fn mutate(&mut self, rng: &mut Rng) {
+            let children = match self {
+                Doc::Array(items) => items.len(),
+                Doc::Object(members) => members.len(),
+                Doc::Scalar(_) => 0,
+            };
+            if children > 0 && rng.below(3) != 0 {
+                let at = rng.below(children);
+                match self {
+                    Doc::Array(items) => items[at].mutate(rng),
+                    Doc::Object(members) => members[at].1.mutate(rng),
+                    Doc::Scalar(_) => {}
+                }
+                return;
+            }
+            match (rng.below(6), self) {
+                (0, doc) => *doc = Doc::generate(rng, 2),
+                (1, Doc::Scalar(text)) => {
+                    *text = match text.as_str() {
+                        "1" => "1.0",
+                        "1.0" => "1e0",
+                        "2.5" => "2.50",
+                        r#""x""# => r#""\u0078""#,
+                        _ => "1",
+                    }
+                    .to_owned()
+                }
+                (2, Doc::Array(items)) if items.len() > 1 => {
+                    let last = items.len() - 1;
+                    items.swap(0, last);
+                }
+                (2, Doc::Object(members)) if members.len() > 1 => members.swap(0, 1),
+                (3, Doc::Object(members)) if !members.is_empty() => {
+                    let (key, _) = members[rng.below(members.len())].clone();
+                    members.push((key, Doc::generate(rng, 2)));
+                }
+                (4, Doc::Array(items)) if !items.is_empty() => {
+                    items.remove(rng.below(items.len()));
+                }
+                (4, Doc::Object(members)) if !members.is_empty() => {
+                    members.remove(rng.below(members.len()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hundreds of generated pairs, mutated at random (values, spellings, key order, keys given
+    /// twice, removals, a broken byte), under rules of ignored paths and unordered arrays: the
+    /// comparison with its fast path finds exactly what the tree walk finds.
+    #[test]
+    fn generated_document_pairs_compare_as_the_trees_do() {
+        let rules = [
+            rule(&[], &[], 0.0),
+            rule(&["$.id", "$.*.at", "$.items[*].id"], &["$.tags"], 0.0),
+            rule(&["$[0]", "$[*].n", "$.items[1]"], &["$.items", "$"], 0.0),
+            rule(&["$.a.*", "$.items[*].at"], &["$.items"], 0.5),
+            keyed(
+                rule(&["$.items[0].n", "$.at"], &[], 0.0),
+                "$.items",
+                &["id"],
+            ),
+            keyed(rule(&["$[*].at"], &[], 0.0), "$", &["id", "n"]),
+        ];
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut shown_equal = 0;
+        for case in 0..3000 {
+            let rule = &rules[case % rules.len()];
+            let primary = Doc::generate(&mut rng, 0);
+            let mut shadow = primary.clone();
+            for _ in 0..rng.below(3) {
+                shadow.mutate(&mut rng);
+            }
+            let (mut a, mut b) = (String::new(), String::new());
+            primary.print(&mut rng, &mut a);
+            shadow.print(&mut rng, &mut b);
+            if rng.below(20) == 0 && !b.is_empty() {
+                let mut at = rng.below(b.len());
+                while !b.is_char_boundary(at) {
+                    at -= 1;
+                }
+                b.remove(at);
+            }
+            if super::super::scan::same(rule, a.as_bytes(), b.as_bytes()) {
+                shown_equal += 1;
+            }
+            same_as_trees(rule, &a, &b);
+        }
+        // The walk must have been taken often enough for this to test it.
+        assert!(shown_equal > 600, "{shown_equal} of 3000 shown equal");
     }
 }

@@ -19,6 +19,7 @@ pub mod decode;
 pub mod json;
 pub mod media;
 pub mod path;
+mod scan;
 mod suggest;
 
 use std::sync::Arc;
