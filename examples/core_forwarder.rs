@@ -103,6 +103,10 @@ fn main() {
         threads: 1,
         pid_file: "/tmp/core-forwarder.pid".into(),
         upgrade_sock: "/tmp/core-forwarder-upgrade.sock".into(),
+        // A benchmark floor stops at once on SIGTERM (Pingora's default grace is 60 s + 5 s),
+        // so the harness need not kill it.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
