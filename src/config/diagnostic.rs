@@ -3,11 +3,47 @@
 //! A [`Diagnostic`] names the field path (`routes[3].match.path_regex`), the line and column where
 //! the YAML parser knows them, what is wrong and, where we can guess, how to fix it. A
 //! [`ConfigError::Invalid`] carries every diagnostic found, so a user fixes the file in one pass.
+//!
+//! Also the two field checks every compiler of a section shares (routes' `match.methods`,
+//! `shadow` and `record`): [`methods`] and [`sample_share`], so the same mistake reads the same
+//! wherever it is made.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
+
+/// The HTTP methods of a `methods` list (any case), one diagnostic per entry that is not one.
+pub fn methods(
+    listed: &[String],
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<http::Method> {
+    let mut methods = Vec::with_capacity(listed.len());
+    for (number, method) in listed.iter().enumerate() {
+        match http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => diagnostics.push(
+                Diagnostic::new(
+                    format!("{path}.methods[{number}]"),
+                    format!("`{method}` is not an HTTP method"),
+                )
+                .with_hint("like GET, POST, PUT, DELETE"),
+            ),
+        }
+    }
+    methods
+}
+
+/// Checks that a `sample` share is within 0.0..=1.0; `hint` says what a value means there.
+pub fn sample_share(value: f64, path: &str, hint: &str, diagnostics: &mut Vec<Diagnostic>) {
+    if !(0.0..=1.0).contains(&value) || value.is_nan() {
+        diagnostics.push(
+            Diagnostic::new(format!("{path}.sample"), "must be between 0.0 and 1.0")
+                .with_hint(hint),
+        );
+    }
+}
 
 /// A 1-based position in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

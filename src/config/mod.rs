@@ -15,7 +15,7 @@ mod schema;
 mod tls;
 
 pub use configmap::{ConfigMapEntry, configmap_entries};
-pub use diagnostic::{ConfigError, Diagnostic, Location, did_you_mean};
+pub use diagnostic::{ConfigError, Diagnostic, Location, did_you_mean, methods, sample_share};
 pub use load::{LoadedConfig, SourceFile, load_file, parse, sha256_hex};
 pub use model::*;
 pub use schema::{SCHEMA_PATH, json_schema, json_schema_text};

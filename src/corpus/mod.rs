@@ -89,22 +89,13 @@ pub fn compile_record(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<RecordRule> {
     let before = diagnostics.len();
-    if !(0.0..=1.0).contains(&config.sample) || config.sample.is_nan() {
-        diagnostics.push(
-            Diagnostic::new(format!("{path}.sample"), "must be between 0.0 and 1.0")
-                .with_hint("0.01 records one request in a hundred"),
-        );
-    }
-    let mut methods = Vec::new();
-    for (number, method) in config.methods.iter().enumerate() {
-        match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-            Ok(method) => methods.push(method),
-            Err(_) => diagnostics.push(Diagnostic::new(
-                format!("{path}.methods[{number}]"),
-                format!("`{method}` is not an HTTP method"),
-            )),
-        }
-    }
+    crate::config::sample_share(
+        config.sample,
+        path,
+        "0.01 records one request in a hundred",
+        diagnostics,
+    );
+    let methods = crate::config::methods(&config.methods, path, diagnostics);
     if config.methods.is_empty() {
         diagnostics.push(
             Diagnostic::new(

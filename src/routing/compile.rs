@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
 use super::canary::{RetiredAnswer, TesterOverride, check_stage, compile_split};
@@ -708,18 +708,7 @@ fn compile_matcher(
             Err(message) => diagnostics.push(Diagnostic::new(host_path, message)),
         }
     }
-    for (number, method) in matcher.methods.iter().enumerate() {
-        match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-            Ok(method) => compiled.methods.push(method),
-            Err(_) => diagnostics.push(
-                Diagnostic::new(
-                    format!("{path}.methods[{number}]"),
-                    format!("`{method}` is not an HTTP method"),
-                )
-                .with_hint("like GET, POST, PUT, DELETE"),
-            ),
-        }
-    }
+    compiled.methods = crate::config::methods(&matcher.methods, path, diagnostics);
     for (name, condition) in &matcher.headers {
         let field = format!("{path}.headers.{name}");
         let header = match HeaderName::from_bytes(name.as_bytes()) {
