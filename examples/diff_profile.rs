@@ -12,60 +12,11 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
 use strangler::diff::{CompareRule, compare, path::PathPattern};
-use strangler::exchange::CapturedResponse;
 
-fn reordered(records: u32) -> Bytes {
-    let mut out = String::from(r#"{"orders":["#);
-    for id in 0..records {
-        if id > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            r#"{{"customer":{{"country":"FR","name":"Ada"}},"tags":["a","b","c"],"total":{}.5,"status":"open","id":{id}}}"#,
-            id * 10
-        ));
-    }
-    out.push_str(r#"],"generated_at":"2026-11-24T10:00:00Z"}"#);
-    Bytes::from(out)
-}
-
-/// About `size` bytes of order records; the number of records is the one that fills `size`
-/// without an id offset, so an "ids ignored" pair holds the same records on both sides (as in
-/// `benches/diff.rs`).
-fn document(size: usize, variant: u32, id_offset: u32) -> Bytes {
-    let records = |id_offset: u32, until: Option<u32>| {
-        let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
-        let mut id = 0u32;
-        while until.map_or(out.len() < size, |until| id < until) {
-            if id > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(
-                r#"{{"id":{},"status":"open","total":{}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#,
-                id + id_offset,
-                id * 10 + variant
-            ));
-            id += 1;
-        }
-        out.push_str("]}");
-        (out, id)
-    };
-    let (_, count) = records(0, None);
-    Bytes::from(records(id_offset, Some(count)).0)
-}
-
-fn response(body: Bytes) -> CapturedResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().unwrap());
-    CapturedResponse {
-        status: StatusCode::OK,
-        headers,
-        body: body.into(),
-        truncated: false,
-    }
-}
+#[path = "../benches/support/diff_documents.rs"]
+mod documents;
+use documents::{document_with_ids as document, reordered, response};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

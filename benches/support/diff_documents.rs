@@ -1,0 +1,77 @@
+//! The JSON documents the diff benchmarks compare, shared by `benches/diff.rs` (criterion) and
+//! `examples/diff_profile.rs` (callgrind), so both measure the same bodies.
+#![allow(dead_code)] // each includer uses its own subset
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use strangler::exchange::CapturedResponse;
+
+/// The same records with every object's keys in another order: equal as JSON, not as bytes,
+/// so the comparison parses and walks both documents.
+pub fn reordered(records: u32) -> Bytes {
+    let mut out = String::from(r#"{"orders":["#);
+    for id in 0..records {
+        if id > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"customer":{{"country":"FR","name":"Ada"}},"tags":["a","b","c"],"total":{}.5,"status":"open","id":{id}}}"#,
+            id * 10
+        ));
+    }
+    out.push_str(r#"],"generated_at":"2026-11-24T10:00:00Z"}"#);
+    Bytes::from(out)
+}
+
+/// A JSON document of about `size` bytes: a list of order records.
+pub fn document(size: usize, variant: u32) -> Bytes {
+    document_with_ids(size, variant, 0)
+}
+
+/// [`document`] with every record's `id` offset by `id_offset`. The number of records is the
+/// one that fills `size` without an offset, so both sides of an "ids ignored" comparison hold the
+/// same records (longer ids would otherwise mean fewer records, arrays of other lengths, and a
+/// mismatch instead of the mostly-matching case this stands for).
+pub fn document_with_ids(size: usize, variant: u32, id_offset: u32) -> Bytes {
+    let records = records_filling(size, variant);
+    let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
+    for id in 0..records {
+        if id > 0 {
+            out.push(',');
+        }
+        push_record(&mut out, id + id_offset, id * 10 + variant);
+    }
+    out.push_str("]}");
+    Bytes::from(out)
+}
+
+/// How many records (ids from 0) make a document of at least `size` bytes.
+pub fn records_filling(size: usize, variant: u32) -> u32 {
+    let mut out = String::from(r#"{"generated_at":"2026-11-24T10:00:00Z","orders":["#);
+    let mut id = 0u32;
+    while out.len() < size {
+        if id > 0 {
+            out.push(',');
+        }
+        push_record(&mut out, id, id * 10 + variant);
+        id += 1;
+    }
+    id
+}
+
+pub fn push_record(out: &mut String, id: u32, total: u32) {
+    out.push_str(&format!(
+        r#"{{"id":{id},"status":"open","total":{total}.5,"tags":["a","b","c"],"customer":{{"name":"Ada","country":"FR"}}}}"#
+    ));
+}
+
+pub fn response(body: Bytes) -> CapturedResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    CapturedResponse {
+        status: StatusCode::OK,
+        headers,
+        body: body.into(),
+        truncated: false,
+    }
+}
