@@ -14,8 +14,9 @@
 //!
 //! 1. Leaves, which use nothing of the crate: [`config`] (the file's model and its loading),
 //!    [`vocabulary`] (every word said to the outside: reasons, verdicts, metric labels),
-//!    [`edits`] (what is done to a request on its way), [`forwarded`] and [`coverage`] (path
-//!    templates and the segment walk path shapes share).
+//!    [`edits`] (what is done to a request on its way), [`forwarded`], [`coverage`] (path
+//!    templates and the segment walk path shapes share) and [`unverified`] (the TLS verifier
+//!    that authenticates nothing, for backends and the Postgres store alike).
 //! 2. Modules that use only leaves: [`metrics`], [`hygiene`] and [`response`] (every answer
 //!    strangler writes itself; only [`vocabulary`]), [`admin_api`] (the admin's JSON documents,
 //!    typed; only [`config`]), [`record`] (a stored comparison and the request shape diffs are
@@ -71,6 +72,7 @@ pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod unverified;
 pub mod upstream;
 pub mod viewer;
 pub mod vocabulary;

@@ -133,7 +133,8 @@ pub fn connector(settings: &TlsSettings) -> Result<MakeRustlsConnect, TlsError> 
         .dangerous();
     let verifier: Arc<dyn ServerCertVerifier> = match settings.mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-            Arc::new(Unchecked(provider.clone()))
+            // Encryption without authentication, as libpq does it.
+            Arc::new(crate::unverified::NoVerification(provider.clone()))
         }
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let roots = Arc::new(roots(settings.root_cert.as_deref())?);
@@ -190,56 +191,6 @@ fn roots(file: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
             .map_err(|e| error(format!("not a usable CA certificate: {e}")))?;
     }
     Ok(roots)
-}
-
-/// `prefer` and `require`: encryption without authentication, as libpq does it (signatures of
-/// the handshake are still checked).
-#[derive(Debug)]
-struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// `verify-ca`: the chain must lead to a trusted authority; the name is not checked.
