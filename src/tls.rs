@@ -10,8 +10,8 @@
 //! - [`CertificateWatch`], which reads the certificates again when a reload has been applied
 //!   and when one of their files changes on disk (cert-manager rewrites a Secret in place);
 //! - the HTTP/2 server settings (stream count, header-list size, reset budgets);
-//! - TLS client settings for backends: the Pingora peer's (see [`crate::upstream`]) and the
-//!   rustls client config of the shadow client and health checks.
+//! - TLS client settings for backends: the Pingora peer's (see [`crate::upstream`], which the
+//!   proxy and the shadow copies use) and the rustls client config of the health checks.
 //!
 //! Why the handshake is ours and not Pingora's TLS listener: Pingora bounds every handshake by a
 //! fixed 60 s and runs as many at once as clients open, and its listener settings are fixed at
@@ -399,7 +399,7 @@ pub fn upstream_sni(config: &UpstreamConfig) -> String {
     }
 }
 
-/// The rustls client settings of the shadow client and health checks for one upstream.
+/// The rustls client settings of the health checks for one upstream.
 pub fn client_config(
     tls: &UpstreamTlsConfig,
     _protocol: UpstreamProtocol,
@@ -441,20 +441,17 @@ pub fn client_config(
     Ok(config)
 }
 
-/// A hyper client for one upstream that is not plain HTTP/1.1 (TLS, or h2c), as the shadow
-/// client and the health checks use it.
+/// A hyper client for one upstream that is not plain HTTP/1.1 (TLS, or h2c), as the health
+/// checks use it.
 pub type BackendClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<bytes::Bytes>,
 >;
 
-/// The client for `config`'s backends; `None` for plain HTTP/1.1 (the callers' own client
-/// serves those). `pooled: false` opens a connection per request (health checks: a pooled
-/// connection would hide a backend that stopped accepting).
-pub fn backend_client(
-    config: &UpstreamConfig,
-    pooled: bool,
-) -> Result<Option<BackendClient>, CertError> {
+/// The health checks' client for `config`'s backends; `None` for plain HTTP/1.1 (the checks'
+/// own client serves those). It opens a connection per request: a pooled connection would hide
+/// a backend that stopped accepting.
+pub fn backend_client(config: &UpstreamConfig) -> Result<Option<BackendClient>, CertError> {
     use hyper_util::client::legacy::connect::HttpConnector;
 
     if config.tls.is_none() && config.protocol != UpstreamProtocol::H2c {
@@ -491,7 +488,7 @@ pub fn backend_client(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
     builder
         .pool_idle_timeout(config.timeouts.idle)
-        .pool_max_idle_per_host(if pooled { 64 } else { 0 });
+        .pool_max_idle_per_host(0);
     if config.protocol == UpstreamProtocol::H2c {
         builder.http2_only(true);
     }

@@ -29,23 +29,20 @@ pub struct UpstreamPool {
     retries: u32,
     passive: PassiveHealthConfig,
     health_check: Option<HealthCheckConfig>,
-    /// `https` for TLS upstreams: the scheme of the URIs the shadow client and probes build.
+    /// `https` for TLS upstreams: the scheme of the URIs the health checks build.
     scheme: &'static str,
-    /// For TLS and h2c upstreams: the clients of the shadow copies and of the health checks
-    /// (plain HTTP/1.1 upstreams use theirs).
-    clients: Option<BackendClients>,
+    /// For TLS and h2c upstreams: the client of the health checks (plain HTTP/1.1 upstreams
+    /// use theirs). Shadow copies go through the backends' peers, like requests.
+    probe_client: Option<ProbeClient>,
 }
 
-/// See [`UpstreamPool::shadow_client`].
+/// See [`UpstreamPool::probe_client`].
 #[derive(Clone)]
-struct BackendClients {
-    shadow: crate::tls::BackendClient,
-    probe: crate::tls::BackendClient,
-}
+struct ProbeClient(crate::tls::BackendClient);
 
-impl std::fmt::Debug for BackendClients {
+impl std::fmt::Debug for ProbeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BackendClients")
+        f.write_str("ProbeClient")
     }
 }
 
@@ -102,6 +99,11 @@ fn now_ms() -> u64 {
 impl Backend {
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// How this backend is spoken to (address, timeouts, TLS, ALPN), for Pingora's connectors.
+    pub fn peer(&self) -> &HttpPeer {
+        &self.peer
     }
 
     /// Whether requests may go here now.
@@ -302,14 +304,10 @@ impl UpstreamPool {
             }
         }
 
-        let clients = if diagnostics.len() == before {
-            match (
-                crate::tls::backend_client(config, true),
-                crate::tls::backend_client(config, false),
-            ) {
-                (Ok(Some(shadow)), Ok(Some(probe))) => Some(BackendClients { shadow, probe }),
-                (Ok(_), Ok(_)) => None,
-                (Err(error), _) | (_, Err(error)) => {
+        let probe_client = if diagnostics.len() == before {
+            match crate::tls::backend_client(config) {
+                Ok(client) => client.map(ProbeClient),
+                Err(error) => {
                     diagnostics.push(Diagnostic::new(format!("{path}.tls"), error.to_string()));
                     None
                 }
@@ -323,7 +321,7 @@ impl UpstreamPool {
             } else {
                 "http"
             },
-            clients,
+            probe_client,
             name: name.to_owned(),
             backends,
             next: AtomicUsize::new(0),
@@ -342,30 +340,21 @@ impl UpstreamPool {
         self.scheme
     }
 
-    /// The client the shadow sends this upstream's copies with, when it is not plain HTTP/1.1.
-    pub fn shadow_client(&self) -> Option<&crate::tls::BackendClient> {
-        self.clients.as_ref().map(|clients| &clients.shadow)
-    }
-
     /// The client of this upstream's HTTP health checks, when it is not plain HTTP/1.1.
     pub fn probe_client(&self) -> Option<&crate::tls::BackendClient> {
-        self.clients.as_ref().map(|clients| &clients.probe)
+        self.probe_client.as_ref().map(|client| &client.0)
     }
 
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.backends.iter().map(|backend| backend.address)
     }
 
-    /// The address of the next available backend (for clients other than Pingora's); when
-    /// none is available, the next one anyway (a copy may fail, a request must not be refused
-    /// for it).
-    pub fn select_address(&self) -> SocketAddr {
+    /// The next available backend for a shadow copy, by index; when none is available, the
+    /// next one anyway (a copy may fail, a request must not be refused for it).
+    pub fn select_for_copy(&self) -> usize {
         match self.select() {
-            Some((index, _)) => self.backends[index].address,
-            None => {
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                self.backends[turn % self.backends.len()].address
-            }
+            Some((index, _)) => index,
+            None => self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len(),
         }
     }
 

@@ -115,7 +115,9 @@ impl ShadowDispatcher {
     ) -> Self {
         Self {
             diffs,
-            client: ShadowClient::new(),
+            // Enough idle connections for every copy the cap lets out at once, and its noise
+            // twin.
+            client: ShadowClient::new(global_inflight.saturating_mul(2)),
             global: Arc::new(Semaphore::new(global_inflight)),
             memory: MemoryBudget::new(max_memory),
             metrics,
@@ -204,21 +206,15 @@ impl ShadowDispatcher {
         // Joined once (when it came in several chunks), shared by both copies.
         let body = rule::join(std::mem::take(&mut copy.body));
         // With noise cancellation, the primary's upstream answers the same request a second time.
-        let noise_request = match (copy.noise_header.take(), copy.noise_upstream.as_deref()) {
-            (Some(noise_header), Some(pool)) => copy
-                .rule
-                .build_request(noise_header, body.clone(), Some(pool))
-                .ok(),
+        let noise_request = match (copy.noise_header.take(), copy.noise_upstream.take()) {
+            (Some(noise_header), Some(pool)) => Some(copy.rule.build_request(
+                noise_header,
+                body.clone(),
+                Some(pool),
+            )),
             _ => None,
         };
-        let request = match copy.rule.build_request(header, body, None) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::warn!(route = %copy.route, %error, "cannot build the shadow request");
-                self.metrics.shadow_event(&copy.route, ShadowEvent::Error);
-                return;
-            }
-        };
+        let request = copy.rule.build_request(header, body, None);
         let (primary_tx, primary_rx) = oneshot::channel();
         copy.primary_tx = Some(primary_tx);
         self.metrics.shadow_event(&copy.route, ShadowEvent::Sent);

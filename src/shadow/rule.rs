@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method};
-use http_body_util::Full;
 use pingora_http::RequestHeader;
 use tokio::sync::Semaphore;
 
@@ -14,6 +13,8 @@ use crate::diff::{CompareRule, compile_compare};
 use crate::edits::{RequestEdits, cookie_values};
 use crate::redact::{CREDENTIAL_HEADERS, Redaction};
 use crate::upstream::UpstreamPool;
+
+use super::client::ShadowRequest;
 
 const SHADOW_MARK: HeaderName = HeaderName::from_static("x-strangler-shadow");
 const REDACTED: HeaderValue = HeaderValue::from_static("[redacted]");
@@ -220,29 +221,26 @@ impl ShadowRule {
     }
 
     /// The request to send: to the next backend of `pool` (the shadow upstream unless given),
-    /// with the teed body.
+    /// with the teed body, framed by its length (an empty body gets no `Content-Length`, as a
+    /// bodiless request has none). How it is written depends on the connection the backend
+    /// gives (see [`super::client`]).
     pub(super) fn build_request(
         &self,
-        header: RequestHeader,
+        mut header: RequestHeader,
         body: Bytes,
-        pool: Option<&UpstreamPool>,
-    ) -> Result<http::Request<Full<Bytes>>, http::Error> {
-        let pool = pool.unwrap_or(&self.upstream);
-        let address = pool.select_address();
-        // The header is this copy's own: its parts are moved into the request, not cloned.
-        let parts = http::request::Parts::from(header);
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = format!("{}://{address}{path_and_query}", pool.scheme());
-        let mut request = http::Request::builder()
-            .method(parts.method)
-            .uri(uri)
-            .body(Full::new(body))?;
-        *request.headers_mut() = parts.headers;
-        // A TLS or h2c upstream's own client travels with the request (see `ShadowClient`).
-        if let Some(client) = pool.shadow_client() {
-            request.extensions_mut().insert(client.clone());
+        pool: Option<Arc<UpstreamPool>>,
+    ) -> ShadowRequest {
+        let pool = pool.unwrap_or_else(|| self.upstream.clone());
+        let backend = pool.select_for_copy();
+        if !body.is_empty() {
+            let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         }
-        Ok(request)
+        ShadowRequest {
+            header,
+            body,
+            pool,
+            backend,
+        }
     }
 }
 
