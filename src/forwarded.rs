@@ -16,9 +16,15 @@ use http::HeaderValue;
 use ipnet::IpNet;
 use pingora_http::RequestHeader;
 
-pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
-pub const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+// Each name is spelled once: the `&'static str` is what goes on the wire (inserted with
+// `insert_header_cased`, nothing is parsed or allocated for it), the `HeaderName` for lookups.
+const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
+const X_FORWARDED_HOST_NAME: &str = "x-forwarded-host";
+const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
+pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR_NAME);
+pub const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_HOST_NAME);
+pub const X_FORWARDED_PROTO: http::HeaderName =
+    http::HeaderName::from_static(X_FORWARDED_PROTO_NAME);
 
 /// The compiled `server.trusted_proxies`.
 #[derive(Debug, Clone, Default)]
@@ -151,13 +157,22 @@ pub fn set_forwarding_headers(
     } else {
         peer_value.clone()
     };
-    upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+    // Up to three names added to a header Pingora cloned without spare room: each map grows
+    // once, not once per insert.
+    upstream.reserve(3);
+    upstream.insert_header_cased(&X_FORWARDED_FOR, X_FORWARDED_FOR_NAME, forwarded_for);
     let proto = if tls || origin.https { "https" } else { "http" };
-    upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
+    upstream.insert_header_cased(
+        &X_FORWARDED_PROTO,
+        X_FORWARDED_PROTO_NAME,
+        HeaderValue::from_static(proto),
+    );
     let keep_host = origin.via_trusted_proxy && upstream.headers.contains_key(X_FORWARDED_HOST);
     if !keep_host {
         match host {
-            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host.clone())?,
+            Some(host) => {
+                upstream.insert_header_cased(&X_FORWARDED_HOST, X_FORWARDED_HOST_NAME, host.clone())
+            }
             // Never let a client's own value through as if the proxy had set it.
             None => {
                 upstream.remove_header(&X_FORWARDED_HOST);
@@ -267,5 +282,36 @@ mod tests {
             "198.51.100.7, 10.0.0.2"
         );
         assert_eq!(balanced.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_spoofed_forwarding_header_leaves_one_line_on_the_wire_and_other_names_keep_their_case() {
+        // The client's own spelling must not survive beside ours: a replaced header leaves
+        // both of Pingora's maps (values and wire spelling) in step.
+        let mut spoofed = RequestHeader::build("GET", b"/", None).unwrap();
+        spoofed.append_header("X-Forwarded-For", "1.2.3.4").unwrap();
+        spoofed
+            .append_header("X-FORWARDED-HOST", "evil.example")
+            .unwrap();
+        spoofed.append_header("X-Custom-Case", "kept").unwrap();
+        let origin = trusted().origin(&spoofed, ip("203.0.113.9"));
+        let host = HeaderValue::from_static("shop.example.com");
+        let peer = peer_value(ip("203.0.113.9"));
+        set_forwarding_headers(&mut spoofed, &origin, &peer, Some(&host), true).unwrap();
+        let mut wire = Vec::new();
+        spoofed.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        let mut lines: Vec<&str> = wire.split("\r\n").filter(|line| !line.is_empty()).collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "X-Custom-Case: kept",
+                "x-forwarded-for: 203.0.113.9",
+                "x-forwarded-host: shop.example.com",
+                "x-forwarded-proto: https",
+            ],
+            "{wire}"
+        );
     }
 }

@@ -148,8 +148,15 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 /// The request id echoed (unless the backend set its own), the fallback upstream named when one
 /// served, then the route's response header edits.
 pub fn edit_response(response: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
+    // An upstream's parsed head has no spare room: the request id (and a fallback's name)
+    // grow each of its maps once.
+    response.reserve(2);
     if !response.headers.contains_key(REQUEST_ID) {
-        response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        response.insert_header_cased(
+            &REQUEST_ID,
+            crate::response::REQUEST_ID_NAME,
+            ctx.request_id.clone(),
+        );
     }
     if ctx.fell_back {
         let fallback = ctx.table.upstream(ctx.upstream).name().to_owned();

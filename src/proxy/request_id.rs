@@ -19,7 +19,7 @@ pub fn adopt(request: &mut RequestHeader) -> Result<HeaderValue> {
         Some(id) if is_acceptable(id) => Ok(id.clone()),
         _ => {
             let id = connection::new_request_id();
-            request.insert_header(REQUEST_ID, id.clone())?;
+            request.insert_header_cased(&REQUEST_ID, crate::response::REQUEST_ID_NAME, id.clone());
             Ok(id)
         }
     }
