@@ -189,8 +189,8 @@ impl Reloader {
     fn compile_and_swap(&self, source: SourceFile, current: &RouteTable) -> Outcome {
         let previous = current.generation();
         let next_generation = previous + 1;
-        let compiled =
-            parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next_generation));
+        let compiled = parse(source)
+            .and_then(|loaded| RouteTable::compile_replacing(loaded, next_generation, current));
         match compiled {
             Ok(table) => {
                 let restart_required = server_changes(&self.running_server, &table.config().server);
@@ -281,7 +281,8 @@ impl Reloader {
             return;
         }
         let next = current.generation() + 1;
-        match parse(source).and_then(|loaded| RouteTable::compile_loaded(loaded, next)) {
+        match parse(source).and_then(|loaded| RouteTable::compile_replacing(loaded, next, &current))
+        {
             Ok(table) => {
                 self.swap_in(&current, table);
                 self.metrics.config_generation.set(next as i64);

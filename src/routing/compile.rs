@@ -11,6 +11,7 @@ use regex::Regex;
 use super::canary::{RetiredAnswer, TesterOverride, check_stage, compile_split};
 use super::index::{PathCondition, RouteIndex};
 use super::matcher::{HostPattern, RequestMatcher, ValueMatcher};
+use super::path_regex::Reuse;
 use super::{Route, RouteTable, Target, UpstreamId};
 use crate::config::{
     Config, ConfigError, Diagnostic, HeaderActionsConfig, LoadedConfig, MatchConfig, RewriteConfig,
@@ -63,7 +64,35 @@ impl RouteTable {
         loaded: LoadedConfig,
         generation: u64,
     ) -> Result<RouteTable, ConfigError> {
-        let table = Self::compile_resolving(loaded, generation, AddressResolution::Dns)?;
+        Self::compile_live(loaded, generation, &Reuse::none())
+    }
+
+    /// [`Self::compile_loaded`] for a table that will replace `serving`: a path regex whose
+    /// pattern `serving` has already is taken from it (checked, usually built) instead of being
+    /// parsed and built again. A reload mostly keeps most patterns.
+    pub fn compile_replacing(
+        loaded: LoadedConfig,
+        generation: u64,
+        serving: &RouteTable,
+    ) -> Result<RouteTable, ConfigError> {
+        Self::compile_live(loaded, generation, &serving.regex_reuse())
+    }
+
+    /// This table's path regexes, for the table that replaces it.
+    fn regex_reuse(&self) -> Reuse<'_> {
+        Reuse::from_regexes(
+            self.routes
+                .iter()
+                .filter_map(|route| route.path_regex.as_ref()),
+        )
+    }
+
+    fn compile_live(
+        loaded: LoadedConfig,
+        generation: u64,
+        reuse: &Reuse<'_>,
+    ) -> Result<RouteTable, ConfigError> {
+        let table = Self::compile_resolving(loaded, generation, AddressResolution::Dns, reuse)?;
         // The table goes live with its path regexes checked, not built: build them now, off
         // the reload's path (see `path_regex`).
         super::path_regex::warm(
@@ -83,7 +112,7 @@ impl RouteTable {
         loaded: LoadedConfig,
         resolution: AddressResolution,
     ) -> Result<CheckedConfig, ConfigError> {
-        let table = Self::compile_resolving(loaded, 1, resolution)?;
+        let table = Self::compile_resolving(loaded, 1, resolution, &Reuse::none())?;
         Ok(CheckedConfig {
             routes: table.routes.len(),
             upstreams: table.upstreams.len(),
@@ -95,6 +124,7 @@ impl RouteTable {
         loaded: LoadedConfig,
         generation: u64,
         resolution: AddressResolution,
+        reuse: &Reuse<'_>,
     ) -> Result<RouteTable, ConfigError> {
         let LoadedConfig {
             config,
@@ -111,6 +141,7 @@ impl RouteTable {
             &unparsed_upstreams,
             &route_numbers,
             resolution,
+            reuse,
         ) {
             Ok(table) if problems.is_empty() => Ok(table),
             Ok(_) => Err(source.invalid(problems)),
@@ -131,6 +162,7 @@ impl RouteTable {
         unparsed_upstreams: &BTreeSet<String>,
         route_numbers: &[usize],
         resolution: AddressResolution,
+        reuse: &Reuse<'_>,
     ) -> Result<RouteTable, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
 
@@ -323,6 +355,7 @@ impl RouteTable {
                 default_upstream,
                 &resolver,
                 &redaction,
+                reuse,
                 &mut diagnostics,
             );
             if let Some((route, condition)) = compiled {
@@ -410,11 +443,12 @@ fn compile_route(
     default_upstream: Option<UpstreamId>,
     resolver: &UpstreamResolver,
     redaction: &Arc<Redaction>,
+    reuse: &Reuse<'_>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<(Route, PathCondition)> {
     let before = diagnostics.len();
     let match_path = format!("{path}.match");
-    let condition = compile_path_condition(&route.matcher, &match_path, diagnostics);
+    let condition = compile_path_condition(&route.matcher, &match_path, reuse, diagnostics);
     let matcher = compile_matcher(&route.matcher, &match_path, diagnostics);
     reject_route_wide_edits(route, path, diagnostics);
 
@@ -653,6 +687,7 @@ fn flow(value: &serde_yaml::Value) -> String {
 fn compile_path_condition(
     matcher: &MatchConfig,
     path: &str,
+    reuse: &Reuse<'_>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<PathCondition> {
     let given: Vec<&str> = [
@@ -680,7 +715,7 @@ fn compile_path_condition(
             .then(|| PathCondition::Prefix(normalize_prefix(prefix)));
     }
     if let Some(pattern) = &matcher.path_regex {
-        return match PathCondition::regex(pattern) {
+        return match PathCondition::regex(pattern, reuse) {
             Ok(condition) => Some(condition),
             Err(error) => {
                 regex_diagnostic(pattern, &error, &format!("{path}.path_regex"), diagnostics);
@@ -969,16 +1004,66 @@ default_upstream: legacy
     }
 
     fn table(yaml: &str) -> RouteTable {
-        RouteTable::compile_resolving(loaded(yaml), 1, AddressResolution::SyntaxOnly)
-            .unwrap_or_else(|error| panic!("does not compile: {error}"))
+        RouteTable::compile_resolving(
+            loaded(yaml),
+            1,
+            AddressResolution::SyntaxOnly,
+            &Reuse::none(),
+        )
+        .unwrap_or_else(|error| panic!("does not compile: {error}"))
+    }
+
+    #[test]
+    fn a_reload_keeps_the_built_regex_of_an_unchanged_pattern_and_checks_a_changed_one_afresh() {
+        let routes = |second: &str| {
+            format!(
+                "routes:\n  - {{ name: a, match: {{ path_regex: '^/a/[0-9]+$' }}, upstream: new }}\n  - {{ name: b, match: {{ path_regex: '{second}' }}, upstream: new }}\n"
+            )
+        };
+        let serving = table(&routes("^/b/[0-9]+$"));
+        assert!(serving.routes.iter().all(|route| {
+            let regex = route.path_regex.as_ref().expect("a regex route");
+            regex.is_match(&format!("/{}/1", route.name))
+        }));
+        let next = RouteTable::compile_resolving(
+            loaded(&routes("(?i)^/B/[0-9]+$")),
+            2,
+            AddressResolution::SyntaxOnly,
+            &serving.regex_reuse(),
+        )
+        .unwrap();
+        let [a, b] =
+            [&next.routes[0], &next.routes[1]].map(|route| route.path_regex.as_ref().unwrap());
+        assert!(a.is_built(), "taken from the serving table, not rebuilt");
+        assert!(
+            !b.is_built(),
+            "a new pattern is checked now and built later"
+        );
+        assert_eq!(b.as_str(), "(?i)^/B/[0-9]+$");
+        // Reuse changes nothing a request sees: the same routes match the same paths.
+        let path = |p: &str| {
+            let request = pingora_http::RequestHeader::build("GET", p.as_bytes(), None).unwrap();
+            next.find(&request)
+                .map(|number| next.routes[number].name.clone())
+        };
+        assert_eq!(path("/a/7").as_deref(), Some("a"));
+        assert_eq!(path("/b/7").as_deref(), Some("b"));
+        assert_eq!(path("/a/x"), None);
     }
 
     /// Every problem as `path: message @line`, in the order reported.
     fn problems(yaml: &str) -> Vec<String> {
         let error = match parse(SourceFile::new("routes.yaml", format!("{UPSTREAMS}{yaml}"))) {
             Err(error) => error,
-            Ok(loaded) => RouteTable::compile_resolving(loaded, 1, AddressResolution::SyntaxOnly)
-                .expect_err("the config should be refused"),
+            Ok(loaded) => {
+                RouteTable::compile_resolving(
+                    loaded,
+                    1,
+                    AddressResolution::SyntaxOnly,
+                    &Reuse::none(),
+                )
+            }
+            .expect_err("the config should be refused"),
         };
         error
             .diagnostics()

@@ -15,7 +15,7 @@ use regex_syntax::hir::{Hir, Look};
 use smallvec::SmallVec;
 
 use super::matcher::HostPattern;
-use super::path_regex::PathRegex;
+use super::path_regex::{PathRegex, Reuse};
 
 /// Candidate route numbers for one request; inline up to a size no sane config exceeds often.
 pub type Candidates = SmallVec<[u32; 16]>;
@@ -35,14 +35,32 @@ pub enum PathCondition {
 
 impl PathCondition {
     /// A `path_regex` condition: the pattern checked (built later, see [`PathRegex`]) and its
-    /// first segment found, from one parse.
-    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
-        let (regex, hir) = PathRegex::check(pattern)?;
+    /// first segment found, from one parse; or, for a pattern the serving table has already,
+    /// its regex taken from `reuse` and no parse at all where the first segment is spelled out.
+    pub fn regex(pattern: &str, reuse: &Reuse<'_>) -> Result<Self, regex::Error> {
         // Most patterns of big files spell their first segment out (`^/orders/...`): read it
         // off the text; literal extraction was 11 % of a 10,000-route compile.
-        let first_segment = match literal_first_segment(pattern) {
-            Some(segment) => Some(segment.to_owned()),
-            None => first_segment_of(&hir),
+        let literal = literal_first_segment(pattern);
+        let (regex, first_segment) = match reuse.get(pattern) {
+            Some(regex) => {
+                let first_segment = match literal {
+                    Some(segment) => Some(segment.to_owned()),
+                    // Checked when the serving table was compiled: it parses.
+                    None => regex_syntax::Parser::new()
+                        .parse(pattern)
+                        .ok()
+                        .and_then(|hir| first_segment_of(&hir)),
+                };
+                (regex, first_segment)
+            }
+            None => {
+                let (regex, hir) = PathRegex::check(pattern)?;
+                let first_segment = match literal {
+                    Some(segment) => Some(segment.to_owned()),
+                    None => first_segment_of(&hir),
+                };
+                (regex, first_segment)
+            }
         };
         Ok(PathCondition::Regex {
             first_segment,
@@ -331,8 +349,8 @@ mod tests {
         let conditions = [
             PathCondition::Prefix("/api".into()),
             PathCondition::Exact("/api/orders".into()),
-            PathCondition::regex(r"^/api/orders$").unwrap(),
-            PathCondition::regex(r"orders").unwrap(),
+            PathCondition::regex(r"^/api/orders$", &Reuse::none()).unwrap(),
+            PathCondition::regex(r"orders", &Reuse::none()).unwrap(),
             PathCondition::Any,
             PathCondition::Prefix("/apix".into()),
             PathCondition::Prefix("/".into()),

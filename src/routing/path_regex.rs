@@ -11,8 +11,15 @@
 //! crate's size limit; it comes only from counted repetitions of big classes (`\w{5000}`), so a
 //! pattern with a large counted repetition is built eagerly, at compile time, as before.
 //!
-//! This module owns that deferral; which routes have which regex is [`super::compile`]'s.
+//! A reload mostly replaces a table with one that has the same patterns: [`Reuse`] hands the
+//! serving table's regexes (checked, usually built) to the new one by pattern text, so an
+//! unchanged pattern is neither parsed again nor rebuilt, and its route answers its first
+//! request after the swap as fast as before it.
+//!
+//! This module owns that deferral and reuse; which routes have which regex is
+//! [`super::compile`]'s.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
@@ -85,6 +92,31 @@ impl PathRegex {
     }
 }
 
+/// The serving table's path regexes by pattern, for the table that replaces it. A regex is
+/// immutable once built, so two generations can share one.
+#[derive(Debug, Default)]
+pub struct Reuse<'a> {
+    by_pattern: HashMap<&'a str, &'a PathRegex>,
+}
+
+impl<'a> Reuse<'a> {
+    /// Nothing to reuse: a first load, or a check that must not share anything.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn from_regexes(regexes: impl Iterator<Item = &'a PathRegex>) -> Self {
+        Reuse {
+            by_pattern: regexes.map(|regex| (regex.as_str(), regex)).collect(),
+        }
+    }
+
+    /// The serving table's regex for exactly this pattern text, if it has one.
+    pub fn get(&self, pattern: &str) -> Option<PathRegex> {
+        self.by_pattern.get(pattern).map(|regex| (*regex).clone())
+    }
+}
+
 /// Builds `regexes` in order on a thread of their own, so that requests rarely build one. A
 /// regex only this thread still holds (its table was replaced meanwhile) is skipped.
 pub fn warm(regexes: Vec<PathRegex>) {
@@ -153,6 +185,18 @@ mod tests {
         assert!(!small.is_built());
         let (big_but_fine, _) = PathRegex::check(r"^/[0-9]{1,200}$").unwrap();
         assert!(big_but_fine.is_built(), "built eagerly");
+    }
+
+    #[test]
+    fn a_reused_pattern_is_the_same_regex_already_built_and_only_the_same_text_matches() {
+        let (serving, _) = PathRegex::check(r"^/a/[0-9]+$").unwrap();
+        assert!(serving.is_match("/a/1"));
+        let reuse = Reuse::from_regexes([&serving].into_iter());
+        let reused = reuse.get(r"^/a/[0-9]+$").expect("same text");
+        assert!(Arc::ptr_eq(&reused.0, &serving.0) && reused.is_built());
+        // Equivalent is not enough: the text is what the config says and what is shown.
+        assert!(reuse.get(r"^/a/\d+$").is_none());
+        assert!(Reuse::none().get(r"^/a/[0-9]+$").is_none());
     }
 
     #[test]
