@@ -148,10 +148,14 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 /// The request id echoed (unless the backend set its own), the fallback upstream named when one
 /// served, then the route's response header edits.
 pub fn edit_response(response: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
-    // An upstream's parsed head has no spare room: the request id (and a fallback's name)
-    // grow each of its maps once.
-    response.reserve(2);
-    if !response.headers.contains_key(REQUEST_ID) {
+    // An upstream's parsed head has no spare room: what is added grows each map once, and an
+    // answer that needs nothing added is left as it is.
+    let echo_id = !response.headers.contains_key(REQUEST_ID);
+    let adding = usize::from(echo_id) + usize::from(ctx.fell_back);
+    if adding > 0 {
+        response.reserve(adding);
+    }
+    if echo_id {
         response.insert_header_cased(
             &REQUEST_ID,
             crate::response::REQUEST_ID_NAME,

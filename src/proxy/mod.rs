@@ -125,7 +125,7 @@ impl ProxyHttp for StranglerProxy {
         // Pipelined requests are answered one after the other, in order (RFC 9112 §9.3.2);
         // Pingora's default closes the connection after the first and drops the rest.
         session.as_downstream_mut().set_pipelining_enabled(true);
-        ctx.request_id = request_id::adopt(session.req_header_mut())?;
+        ctx.request_id = request_id::adopt(session.req_header_mut());
         connection::request_started(ctx.deadline, &ctx.request_id);
         ctx.origin = forwarding::peer_ip(session)
             .map(|peer| ctx.table.trusted_proxies.origin(session.req_header(), peer));

@@ -3,24 +3,23 @@
 //! spans, stored diffs and the answer all name the request the same way.
 
 use http::HeaderValue;
-use pingora_error::Result;
 use pingora_http::RequestHeader;
 
 use crate::connection;
-use crate::response::REQUEST_ID;
+use crate::response::{REQUEST_ID, REQUEST_ID_NAME};
 
 /// Longest client-supplied request id we pass through; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 200;
 
 /// The request's id: the client's when acceptable, else a new one, written into the request so
 /// backends and the copy see the same.
-pub fn adopt(request: &mut RequestHeader) -> Result<HeaderValue> {
+pub fn adopt(request: &mut RequestHeader) -> HeaderValue {
     match request.headers.get(REQUEST_ID) {
-        Some(id) if is_acceptable(id) => Ok(id.clone()),
+        Some(id) if is_acceptable(id) => id.clone(),
         _ => {
             let id = connection::new_request_id();
-            request.insert_header_cased(&REQUEST_ID, crate::response::REQUEST_ID_NAME, id.clone());
-            Ok(id)
+            request.insert_header_cased(&REQUEST_ID, REQUEST_ID_NAME, id.clone());
+            id
         }
     }
 }
@@ -47,19 +46,19 @@ mod tests {
     fn a_usable_client_id_is_kept_and_a_bad_one_replaced() {
         let mut request = RequestHeader::build("GET", b"/", None).unwrap();
         request.insert_header("x-request-id", "abc-123").unwrap();
-        assert_eq!(adopt(&mut request).unwrap(), "abc-123");
+        assert_eq!(adopt(&mut request), "abc-123");
 
         let long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
         let mut request = RequestHeader::build("GET", b"/", None).unwrap();
         request
             .insert_header("x-request-id", long.as_str())
             .unwrap();
-        let id = adopt(&mut request).unwrap();
+        let id = adopt(&mut request);
         assert_eq!(id.len(), 36);
         assert_eq!(request.headers["x-request-id"], id);
 
         let mut request = RequestHeader::build("GET", b"/", None).unwrap();
-        let id = adopt(&mut request).unwrap();
+        let id = adopt(&mut request);
         assert_eq!(request.headers["x-request-id"], id);
     }
 }

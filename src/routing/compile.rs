@@ -1003,14 +1003,18 @@ default_upstream: legacy
             .unwrap_or_else(|error| panic!("does not parse: {error}"))
     }
 
+    /// Compiled without resolving backend names, reusing `reuse`'s regexes.
+    fn syntax_only(
+        loaded: LoadedConfig,
+        generation: u64,
+        reuse: &Reuse<'_>,
+    ) -> Result<RouteTable, ConfigError> {
+        RouteTable::compile_resolving(loaded, generation, AddressResolution::SyntaxOnly, reuse)
+    }
+
     fn table(yaml: &str) -> RouteTable {
-        RouteTable::compile_resolving(
-            loaded(yaml),
-            1,
-            AddressResolution::SyntaxOnly,
-            &Reuse::none(),
-        )
-        .unwrap_or_else(|error| panic!("does not compile: {error}"))
+        syntax_only(loaded(yaml), 1, &Reuse::none())
+            .unwrap_or_else(|error| panic!("does not compile: {error}"))
     }
 
     #[test]
@@ -1025,10 +1029,9 @@ default_upstream: legacy
             let regex = route.path_regex.as_ref().expect("a regex route");
             regex.is_match(&format!("/{}/1", route.name))
         }));
-        let next = RouteTable::compile_resolving(
+        let next = syntax_only(
             loaded(&routes("(?i)^/B/[0-9]+$")),
             2,
-            AddressResolution::SyntaxOnly,
             &serving.regex_reuse(),
         )
         .unwrap();
@@ -1056,14 +1059,8 @@ default_upstream: legacy
         let error = match parse(SourceFile::new("routes.yaml", format!("{UPSTREAMS}{yaml}"))) {
             Err(error) => error,
             Ok(loaded) => {
-                RouteTable::compile_resolving(
-                    loaded,
-                    1,
-                    AddressResolution::SyntaxOnly,
-                    &Reuse::none(),
-                )
+                syntax_only(loaded, 1, &Reuse::none()).expect_err("the config should be refused")
             }
-            .expect_err("the config should be refused"),
         };
         error
             .diagnostics()

@@ -40,27 +40,19 @@ impl PathCondition {
     pub fn regex(pattern: &str, reuse: &Reuse<'_>) -> Result<Self, regex::Error> {
         // Most patterns of big files spell their first segment out (`^/orders/...`): read it
         // off the text; literal extraction was 11 % of a 10,000-route compile.
-        let literal = literal_first_segment(pattern);
-        let (regex, first_segment) = match reuse.get(pattern) {
-            Some(regex) => {
-                let first_segment = match literal {
-                    Some(segment) => Some(segment.to_owned()),
-                    // Checked when the serving table was compiled: it parses.
-                    None => regex_syntax::Parser::new()
-                        .parse(pattern)
-                        .ok()
-                        .and_then(|hir| first_segment_of(&hir)),
-                };
-                (regex, first_segment)
-            }
+        let (regex, hir) = match reuse.get(pattern) {
+            Some(regex) => (regex, None),
             None => {
                 let (regex, hir) = PathRegex::check(pattern)?;
-                let first_segment = match literal {
-                    Some(segment) => Some(segment.to_owned()),
-                    None => first_segment_of(&hir),
-                };
-                (regex, first_segment)
+                (regex, Some(hir))
             }
+        };
+        let first_segment = match literal_first_segment(pattern) {
+            Some(segment) => Some(segment.to_owned()),
+            // A reused pattern was checked when the serving table was compiled: it parses.
+            None => hir
+                .or_else(|| regex_syntax::Parser::new().parse(pattern).ok())
+                .and_then(|hir| first_segment_of(&hir)),
         };
         Ok(PathCondition::Regex {
             first_segment,

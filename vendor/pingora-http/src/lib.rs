@@ -175,6 +175,7 @@ impl RequestHeader {
         }
         self.base.headers.insert(name.clone(), value);
     }
+
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
