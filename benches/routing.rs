@@ -14,6 +14,12 @@ use pingora_http::RequestHeader;
 use strangler::config::{SourceFile, parse};
 use strangler::routing::RouteTable;
 
+/// The same allocator as the binary (src/main.rs): compiling a big config allocates a great
+/// deal, and glibc malloc would make it look slower than it is in strangler.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A config with `routes` routes: alternating segment prefixes and anchored regexes, plus a
 /// host-and-header route every 50, so the index sees every kind of condition.
 fn config_text(routes: usize) -> String {

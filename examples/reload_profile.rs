@@ -28,6 +28,12 @@ use strangler::metrics::Metrics;
 use strangler::reload::{Outcome, Reloader, Trigger};
 use strangler::routing::RouteTable;
 
+/// The same allocator as the binary (src/main.rs): a reload's parse and compile allocate a
+/// great deal, and glibc malloc would make them look slower than they are in strangler.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn config_text(routes: usize) -> String {
     let mut text = String::from(
         "server: { listen: 127.0.0.1:8080, admin: 127.0.0.1:9090, threads: 1 }\nupstreams:\n  origin: { backends: [127.0.0.1:9001] }\n  new: { backends: [127.0.0.1:9002] }\ndefault_upstream: origin\nroutes:\n",

@@ -14,9 +14,10 @@
 //!
 //! 1. Leaves, which use nothing of the crate: [`config`] (the file's model and its loading),
 //!    [`vocabulary`] (every word said to the outside: reasons, verdicts, metric labels),
-//!    [`edits`] (what is done to a request on its way), [`forwarded`], [`coverage`] (path
-//!    templates and the segment walk path shapes share) and [`unverified`] (the TLS verifier
-//!    that authenticates nothing, for backends and the Postgres store alike).
+//!    [`edits`] (what is done to a request on its way), [`forwarded`], [`parallel`] (a big
+//!    file's routes compiled on every core), [`coverage`] (path templates and the segment walk
+//!    path shapes share) and [`unverified`] (the TLS verifier that authenticates nothing, for
+//!    backends and the Postgres store alike).
 //! 2. Modules that use only leaves: [`metrics`], [`hygiene`] and [`response`] (every answer
 //!    strangler writes itself; only [`vocabulary`]), [`admin_api`] (the admin's JSON documents,
 //!    typed; only [`config`]), [`record`] (a stored comparison and the request shape diffs are
@@ -58,6 +59,7 @@ pub mod lifecycle;
 pub mod metrics;
 #[cfg(test)]
 mod module_graph;
+pub mod parallel;
 pub mod proxy;
 pub mod record;
 pub mod redact;

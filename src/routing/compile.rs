@@ -329,18 +329,39 @@ impl RouteTable {
                 },
             }
         }
+        // Routes compile independently (most of it is each path regex's syntax check): a big
+        // file compiles on every core, each route's problems kept with it, in file order.
+        let each_route: Vec<_> = config.routes.iter().zip(route_numbers).collect();
+        let threads = crate::parallel::threads_for(each_route.len());
+        let compiled = crate::parallel::map_in_order(each_route, threads, |_, (route, &number)| {
+            let mut problems = Vec::new();
+            let compiled = compile_route(
+                route,
+                &format!("routes[{number}]"),
+                default_upstream,
+                &resolver,
+                &redaction,
+                reuse,
+                &mut problems,
+            );
+            (compiled, problems)
+        });
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut conditions = Vec::with_capacity(config.routes.len());
         let mut first_use: HashMap<&str, usize> = HashMap::new();
-        for (route, &number) in config.routes.iter().zip(route_numbers) {
-            let path = format!("routes[{number}]");
+        for ((route, &number), (compiled, problems)) in
+            config.routes.iter().zip(route_numbers).zip(compiled)
+        {
             if route.name.trim().is_empty() {
-                diagnostics.push(Diagnostic::new(format!("{path}.name"), "is empty"));
+                diagnostics.push(Diagnostic::new(
+                    format!("routes[{number}].name"),
+                    "is empty",
+                ));
             } else if let Some(first) = first_use.insert(&route.name, number) {
                 first_use.insert(&route.name, first);
                 diagnostics.push(
                     Diagnostic::new(
-                        format!("{path}.name"),
+                        format!("routes[{number}].name"),
                         format!(
                             "duplicate route name `{}`, first used by routes[{first}]",
                             route.name
@@ -349,15 +370,7 @@ impl RouteTable {
                     .with_hint("route names must be unique: they label metrics and diffs"),
                 );
             }
-            let compiled = compile_route(
-                route,
-                &path,
-                default_upstream,
-                &resolver,
-                &redaction,
-                reuse,
-                &mut diagnostics,
-            );
+            diagnostics.extend(problems);
             if let Some((route, condition)) = compiled {
                 routes.push(route);
                 conditions.push(condition);
@@ -1092,6 +1105,85 @@ default_upstream: legacy
             .upstream(route.target(target).upstream)
             .name()
             .to_owned()
+    }
+
+    /// A file big enough to be compiled on several threads: alternating prefixes and regexes.
+    fn big_file(routes: usize, route: impl Fn(usize) -> Option<String>) -> String {
+        let mut yaml = String::from("routes:\n");
+        for i in 0..routes {
+            yaml.push_str(&route(i).unwrap_or_else(|| {
+                if i % 2 == 0 {
+                    format!("  - {{ name: r{i}, match: {{ path_prefix: /svc{i} }}, upstream: new }}\n")
+                } else {
+                    format!(
+                        "  - {{ name: r{i}, match: {{ path_regex: '^/svc{i}/[0-9]+$' }}, upstream: new }}\n"
+                    )
+                }
+            }));
+        }
+        yaml
+    }
+
+    #[test]
+    fn a_big_file_compiled_on_several_threads_routes_every_request_as_file_order_says() {
+        let routes = 4 * crate::parallel::MIN_ITEMS_PER_THREAD + 3;
+        let table = table(&big_file(routes, |i| {
+            // A catch-all early on must not shadow the later routes it does not match.
+            (i == 1).then(|| {
+                "  - { name: r1, match: { path_regex: '^/svc[0-9]+/[0-9]+/deep$' }, upstream: legacy }\n".into()
+            })
+        }));
+        assert_eq!(table.routes().len(), routes);
+        for i in (0..routes).step_by(97).chain([routes - 2, routes - 1]) {
+            let path = if i % 2 == 0 {
+                format!("/svc{i}/x")
+            } else {
+                format!("/svc{i}/42")
+            };
+            assert_eq!(
+                routed(&table, &request("GET", &path, &[])),
+                format!("r{i}"),
+                "{path}"
+            );
+        }
+        assert_eq!(routed(&table, &request("GET", "/svc3/7/deep", &[])), "r1");
+        assert_eq!(routed(&table, &request("GET", "/nowhere", &[])), "default");
+    }
+
+    #[test]
+    fn a_big_file_compiled_on_several_threads_reports_every_problem_of_every_route_once_in_file_order()
+     {
+        let routes = 4 * crate::parallel::MIN_ITEMS_PER_THREAD;
+        let yaml = big_file(routes, |i| match i {
+            5 | 1_505 | 3_999 => Some(format!(
+                "  - {{ name: r{i}, match: {{ path_regex: '^/svc{i}/(' }}, upstream: new }}\n"
+            )),
+            2_222 => Some("  - { name: r7, match: { path_prefix: /dup }, upstream: new }\n".into()),
+            // Refused while reading the file, before the compiler sees the route.
+            777 | 2_999 => Some(format!(
+                "  - {{ name: r{i}, match: {{ path_prefix: /x }}, upstreams: new }}\n"
+            )),
+            3_001 => Some(format!(
+                "  - {{ name: r{i}, match: {{ path_prefix: /x }}, upstream: nowhere }}\n"
+            )),
+            _ => None,
+        });
+        let found: Vec<String> = problems(&yaml)
+            .into_iter()
+            .map(|problem| problem.split(':').next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "routes[5].match.path_regex",
+                "routes[777].upstreams",
+                "routes[1505].match.path_regex",
+                "routes[2222].name",
+                "routes[2999].upstreams",
+                "routes[3001].upstream",
+                "routes[3999].match.path_regex",
+            ]
+        );
     }
 
     #[test]
