@@ -116,7 +116,7 @@ impl RouteTable {
         Ok(CheckedConfig {
             routes: table.routes.len(),
             upstreams: table.upstreams.len(),
-            sha256: table.sha256,
+            sha256: table.sha256.clone(),
         })
     }
 
@@ -1148,6 +1148,34 @@ default_upstream: legacy
         }
         assert_eq!(routed(&table, &request("GET", "/svc3/7/deep", &[])), "r1");
         assert_eq!(routed(&table, &request("GET", "/nowhere", &[])), "default");
+    }
+
+    #[test]
+    fn a_replaced_table_is_freed_whole_big_or_small() {
+        let shadowed = |routes: usize| {
+            table(&big_file(routes, |i| {
+                (i == 0).then(|| {
+                    "  - { name: r0, match: { path_prefix: /svc0 }, upstream: legacy, shadow: { upstream: new } }\n".into()
+                })
+            }))
+        };
+        // A small table is freed where it is dropped.
+        let small = shadowed(10);
+        let rule = Arc::downgrade(small.routes()[0].shadow.as_ref().unwrap());
+        drop(small);
+        assert!(rule.upgrade().is_none());
+        // A big one on a thread of its own, but all of it.
+        let big = shadowed(crate::routing::FREE_IN_BACKGROUND_FROM);
+        let rule = Arc::downgrade(big.routes()[0].shadow.as_ref().unwrap());
+        drop(big);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rule.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the big table's routes were never freed"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[test]

@@ -145,6 +145,31 @@ impl Route {
     }
 }
 
+/// Routes from which a replaced table is freed on a thread of its own.
+pub(crate) const FREE_IN_BACKGROUND_FROM: usize = 1_000;
+
+impl Drop for RouteTable {
+    /// A big table's routes, index and config are freed on a short-lived thread of their own.
+    /// The last reference to a replaced generation is usually dropped on a proxy worker, by the
+    /// first request of the next generation (it replaces the metric cache that held the old
+    /// table, see `proxy::meters`), and freeing 10,000 routes with their built regexes takes
+    /// milliseconds that request would wait for. A small table is freed where it is dropped.
+    fn drop(&mut self) {
+        if self.routes.len() < FREE_IN_BACKGROUND_FROM {
+            return;
+        }
+        let parts = (
+            std::mem::take(&mut self.routes),
+            std::mem::take(&mut self.index),
+            std::mem::take(&mut self.config.routes),
+        );
+        // If no thread can be started, the closure and the parts in it are freed here.
+        let _ = std::thread::Builder::new()
+            .name("table-free".into())
+            .spawn(move || drop(parts));
+    }
+}
+
 impl RouteTable {
     /// The index (into [`Self::routes`]) of the first route, in file order, that matches
     /// `request`; `None` means the default upstream serves it.
