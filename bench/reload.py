@@ -2,17 +2,18 @@
 """Big reloads, end to end: how long `POST /reload` of a 10,000-route file takes, and how long the
 first requests to its routes take right after it (their path regexes may not be built yet).
 
-    bench/reload.py [STRANGLER_BINARY] [--routes N] [--rounds R]
+    bench/reload.py [STRANGLER_BINARY] [--routes N] [--rounds R] [--rich]
 
 Needs python3 and a built strangler (default target/release/strangler); starts its own origin
 (a tiny HTTP server on loopback) and strangler, both stopped by PID at the end. Each round
-writes a file of N routes (alternating segment prefixes and anchored regexes, like
-benches/routing.rs), times `POST /reload` from the request to the answer, then at once sends one
-request to the LAST regex route, one to a middle regex route and one to the last prefix route,
-timing each, and then the same three again (warm). Then it edits one route of the big file and
-times that reload too (10,000 routes replacing 10,000: what carries over from the serving table,
-guards and metric series, is matched by route name; path regexes by pattern) and the first
-requests after it. Between rounds the file goes back to 10
+writes a file of N routes (alternating segment prefixes and anchored regexes; with --rich, every
+50th route a host-and-header match and the one before it a prefix rewrite, the file of
+benches/routing.rs and examples/reload_profile.rs), times `POST /reload` from the request to
+the answer, then at once sends one request to the LAST regex route, one to a middle regex route
+and one to the last prefix route, timing each, and then the same three again (warm). Then it
+edits one route of the big file and times that reload too (10,000 routes replacing 10,000: what
+carries over from the serving table, guards and metric series, is matched by route name; path
+regexes by pattern) and the first requests after it. Between rounds the file goes back to 10
 routes, so every round compiles the big file anew.
 """
 
@@ -55,21 +56,34 @@ class Origin(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def config(routes, port, admin, origin):
+def kind(i, rich):
+    """What route `i` matches on: "prefix", "regex", or, in a rich file (`--rich`), every 50th a
+    "host" and header match and the one before it a "rewrite" (prefix, method, strip_prefix),
+    as in examples/reload_profile.rs and benches/routing.rs."""
+    if rich and i % 50 == 49:
+        return "host"
+    if rich and i % 50 == 48:
+        return "rewrite"
+    return "prefix" if i % 2 == 0 else "regex"
+
+
+def config(routes, port, admin, origin, rich=False):
     lines = [
         f"server: {{ listen: 127.0.0.1:{port}, admin: 127.0.0.1:{admin}, threads: 1 }}",
         "upstreams:",
         f"  origin: {{ backends: [127.0.0.1:{origin}] }}",
+        f"  new: {{ backends: [127.0.0.1:{origin}] }}",
         "default_upstream: origin",
         "routes:",
     ]
     for i in range(routes):
-        if i % 2 == 0:
-            lines.append(f"  - {{ name: r{i}, match: {{ path_prefix: /svc{i}/items }}, upstream: origin }}")
-        else:
-            lines.append(
-                f"  - {{ name: r{i}, match: {{ path_regex: '^/svc{i}/orders/[0-9]+$' }}, upstream: origin }}"
-            )
+        route = {
+            "prefix": f"{{ name: r{i}, match: {{ path_prefix: /svc{i}/items }}, upstream: origin }}",
+            "regex": f"{{ name: r{i}, match: {{ path_regex: '^/svc{i}/orders/[0-9]+$' }}, upstream: origin }}",
+            "host": f"{{ name: r{i}, match: {{ host: 'svc{i}.example.com', headers: {{ x-tenant: t{i} }} }}, upstream: new }}",
+            "rewrite": f"{{ name: r{i}, match: {{ path_prefix: /svc{i}/items, methods: [GET] }}, upstream: {{ name: new, rewrite: {{ strip_prefix: /svc{i} }} }} }}",
+        }[kind(i, rich)]
+        lines.append(f"  - {route}")
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +124,11 @@ def main():
     parser.add_argument("binary", nargs="?", default=os.path.join(ROOT, "target/release/strangler"))
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--rich",
+        action="store_true",
+        help="host-and-header routes and prefix rewrites among them (the routing bench's file)",
+    )
     args = parser.parse_args()
     args.binary = os.path.abspath(args.binary)
 
@@ -121,7 +140,7 @@ def main():
     work = tempfile.mkdtemp(prefix="strangler-reload.")
     path = os.path.join(work, "routes.yaml")
     small = config(10, port, admin, origin_port)
-    big = config(args.routes, port, admin, origin_port)
+    big = config(args.routes, port, admin, origin_port, args.rich)
     # One route edited: its prefix changes, every other route stays as it was.
     edited = big.replace("path_prefix: /svc0/items }", "path_prefix: /svc0/things }", 1)
     assert edited != big
@@ -140,9 +159,9 @@ def main():
                     raise SystemExit("strangler did not start")
                 time.sleep(0.05)
 
-        last_regex = max(i for i in range(args.routes) if i % 2 == 1)
-        middle_regex = last_regex // 2 | 1
-        last_prefix = max(i for i in range(args.routes) if i % 2 == 0)
+        regexes = [i for i in range(args.routes) if kind(i, args.rich) == "regex"]
+        last_regex, middle_regex = regexes[-1], regexes[len(regexes) // 2]
+        last_prefix = max(i for i in range(args.routes) if kind(i, args.rich) == "prefix")
         probes = [
             ("last regex route", f"/svc{last_regex}/orders/42"),
             ("middle regex route", f"/svc{middle_regex}/orders/42"),
@@ -185,7 +204,8 @@ def main():
             reload(admin)
             # Let the file watch see both edits as already applied before the next round.
             time.sleep(0.5)
-        print(f"{args.routes} routes, {args.rounds} rounds ({args.binary})")
+        shape = "rich file" if args.rich else "prefixes and regexes"
+        print(f"{args.routes} routes ({shape}), {args.rounds} rounds ({args.binary})")
         print(f"{'what':40} {'median ms':>10} {'min ms':>8} {'max ms':>8}")
         for name, values in rows.items():
             ms = [v * 1000 for v in values]
