@@ -35,9 +35,9 @@ trap 'rm -rf "$work"; [ -n "$slow_origin" ] && kill "$slow_origin" 2>/dev/null' 
 # the harness's origin A; the last route is the one the load hits, so a linear matcher would
 # walk them all. All upstreams are origin A, so the routes change only the matching work.
 write_config() {
-  local file="$1" port="$2" admin="$3" routes="$4" threads="${5:-1}"
+  local file="$1" port="$2" admin="$3" routes="$4" threads="${5:-1}" stealing="${6:-true}"
   {
-    echo "server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: $threads }"
+    echo "server: { listen: 127.0.0.1:$port, admin: 127.0.0.1:$admin, threads: $threads, work_stealing: $stealing }"
     echo "upstreams:"
     echo "  origin: { backends: [127.0.0.1:19001] }"
     echo "default_upstream: origin"
@@ -79,6 +79,9 @@ add_target strangler-10kr 19583 19593 10000
 # three with each other only.
 write_config "$work/strangler-2t.yaml" 19586 19597 0 2
 starts+=(--start-multi "strangler-2t=http://127.0.0.1:19586/item" "env RUST_LOG=warn $binary run -c $work/strangler-2t.yaml")
+# The same with a runtime per thread (`work_stealing: false`): no task moves between threads.
+write_config "$work/strangler-2t-nosteal.yaml" 19577 19576 0 2 false
+starts+=(--start-multi "strangler-2t-nosteal=http://127.0.0.1:19577/item" "env RUST_LOG=warn $binary run -c $work/strangler-2t-nosteal.yaml")
 
 # Shadowing: every request mirrored to origin B (the harness's "new service"), compared with
 # nginx `mirror`; and to a candidate that answers after 200 ms, one request at a time (a slow

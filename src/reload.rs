@@ -433,6 +433,9 @@ fn server_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     if running.threads != new.threads {
         changed.push("server.threads".to_owned());
     }
+    if running.work_stealing != new.work_stealing {
+        changed.push("server.work_stealing".to_owned());
+    }
     let read_at_start = [
         (
             "server.drain_timeout",

@@ -118,6 +118,7 @@ pub fn serve(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let pingora_conf = ServerConf {
         threads,
+        work_stealing: server_config.work_stealing,
         // Pingora's defaults are shared /tmp paths; parallel instances must not collide.
         pid_file: format!(
             "/tmp/strangler-{}.pid",

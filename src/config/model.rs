@@ -300,6 +300,10 @@ pub struct ServerConfig {
     pub admin_hosts: Vec<String>,
     /// Worker threads for the proxy. Defaults to the CPUs this process may run on.
     pub threads: Option<usize>,
+    /// Whether the proxy's worker threads share one runtime and steal each other's tasks
+    /// (Pingora's default), or each runs its own (`false`: a connection stays on the thread
+    /// that accepted it).
+    pub work_stealing: bool,
     /// The longest a stop may take: after SIGTERM (or an upgrade's hand-over) requests in flight
     /// finish and connections close; the process exits once none is left, or after this.
     #[serde(with = "humantime_serde")]
@@ -487,6 +491,7 @@ impl Default for ServerConfig {
             admin_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
             threads: None,
+            work_stealing: true,
             drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             dns_refresh: Duration::from_secs(30),
