@@ -14,8 +14,8 @@
 //!
 //! 1. Leaves, which use nothing of the crate: [`config`] (the file's model and its loading),
 //!    [`vocabulary`] (every word said to the outside: reasons, verdicts, metric labels),
-//!    [`edits`] (what is done to a request on its way), [`forwarded`], [`parallel`] (a big
-//!    file's routes compiled on every core), [`coverage`] (path templates and the segment walk
+//!    [`edits`] (what is done to a request on its way), [`forwarded`], [`parallel`] (a map
+//!    split over cores, results in input order), [`coverage`] (path templates and the segment walk
 //!    path shapes share) and [`unverified`] (the TLS verifier that authenticates nothing, for
 //!    backends and the Postgres store alike).
 //! 2. Modules that use only leaves: [`metrics`], [`hygiene`] and [`response`] (every answer

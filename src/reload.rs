@@ -619,3 +619,21 @@ fn start_file_watch(
     }
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_runtime_shape_is_named_as_waiting_for_a_restart() {
+        let running = ServerConfig::default();
+        assert!(server_changes(&running, &running.clone()).is_empty());
+        let new = ServerConfig {
+            threads: Some(3),
+            work_stealing: false,
+            ..running.clone()
+        };
+        let changed = server_changes(&running, &new);
+        assert_eq!(changed, ["server.threads", "server.work_stealing"]);
+    }
+}
