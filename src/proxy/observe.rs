@@ -67,6 +67,14 @@ pub fn count(
         None if ctx.routed => RouteSlot::Default,
         None => RouteSlot::Refused,
     };
+    // The error before the request: a scrape that sees a failed request counted sees why.
+    let reason = ctx.refusal.or(outcome.error.map(|e| classify(e).1));
+    if let Some(reason) = reason {
+        metrics
+            .upstream_errors
+            .with_label_values(&[route, upstream, reason.as_str()])
+            .inc();
+    }
     meters.with(&ctx.table, |cached| match cached {
         Some(cached) => cached.record(slot, ctx.upstream, outcome.status, outcome.elapsed, metrics),
         None => record_uncached(route, upstream, outcome.status, outcome.elapsed, metrics),
@@ -93,13 +101,6 @@ pub fn count(
                 upstream,
                 why.label(),
             ])
-            .inc();
-    }
-    let reason = ctx.refusal.or(outcome.error.map(|e| classify(e).1));
-    if let Some(reason) = reason {
-        metrics
-            .upstream_errors
-            .with_label_values(&[route, upstream, reason.as_str()])
             .inc();
     }
     reason

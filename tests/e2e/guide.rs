@@ -212,7 +212,12 @@ impl Walk {
             .proxy
             .full_config(&serde_yaml::to_string(&self.config(stage)).unwrap());
         let sha256 = strangler::config::SourceFile::new("routes.yaml", text.clone()).sha256;
-        std::fs::write(self.proxy.config_path(), &text).unwrap();
+        // Written whole and renamed into place, as editors and deploy tools do: the file watch
+        // never sees it half written (a truncated read is an invalid reload, reported at once).
+        let path = self.proxy.config_path();
+        let staged = path.with_extension("yaml.next");
+        std::fs::write(&staged, &text).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
         let what = format!("stage `{stage}` applied");
         let routes = support::eventually(&what, || async {
             let routes = self.proxy.routes().await;
