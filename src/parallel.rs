@@ -17,8 +17,13 @@ pub const MIN_ITEMS_PER_THREAD: usize = 1_000;
 /// How many threads share `items` items: one per whole [`MIN_ITEMS_PER_THREAD`], at most one
 /// per core this process may run on (`taskset` and cgroup limits count), at least one.
 pub fn threads_for(items: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (items / MIN_ITEMS_PER_THREAD).clamp(1, cores)
+    let wanted = items / MIN_ITEMS_PER_THREAD;
+    if wanted <= 1 {
+        // An ordinary file: no need to ask how many cores there are (std reads the cgroup's
+        // files for that on every call).
+        return 1;
+    }
+    wanted.min(std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// `f(index, item)` for every item, on `threads` threads each taking a contiguous run, the

@@ -150,8 +150,7 @@ pub(crate) const FREE_IN_BACKGROUND_FROM: usize = 1_000;
 
 impl Drop for RouteTable {
     /// A big table's routes, index and `config.routes` are freed on a short-lived thread of
-    /// their own.
-    /// The last reference to a replaced generation is usually dropped on a proxy worker, by the
+    /// their own. The last reference to a replaced generation is usually dropped on a proxy worker, by the
     /// first request of the next generation (it replaces the metric cache that held the old
     /// table, see `proxy::meters`), and freeing 10,000 routes with their built regexes takes
     /// milliseconds that request would wait for. A small table is freed where it is dropped.

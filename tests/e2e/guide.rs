@@ -212,12 +212,9 @@ impl Walk {
             .proxy
             .full_config(&serde_yaml::to_string(&self.config(stage)).unwrap());
         let sha256 = strangler::config::SourceFile::new("routes.yaml", text.clone()).sha256;
-        // Written whole and renamed into place, as editors and deploy tools do: the file watch
-        // never sees it half written (a truncated read is an invalid reload, reported at once).
-        let path = self.proxy.config_path();
-        let staged = path.with_extension("yaml.next");
-        std::fs::write(&staged, &text).unwrap();
-        std::fs::rename(&staged, &path).unwrap();
+        // Written whole and renamed into place: the file watch never reads it half written (a
+        // truncated read is an invalid reload, which `eventually` below reports at once).
+        self.proxy.replace_config(&text);
         let what = format!("stage `{stage}` applied");
         let routes = support::eventually(&what, || async {
             let routes = self.proxy.routes().await;
