@@ -14,6 +14,12 @@ use strangler::diff::{CompareRule, compare, decode, path::PathPattern};
 mod documents;
 use documents::{document, document_with_ids, reordered, response};
 
+// The binary's allocator (src/main.rs): the diff worker allocates and frees a tree node per
+// object and array, and glibc's malloc would be measured instead of the binary's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn comparison(c: &mut Criterion) {
     let rule = CompareRule {
         ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],

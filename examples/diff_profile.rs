@@ -18,6 +18,12 @@ use strangler::diff::{CompareRule, compare, path::PathPattern};
 mod documents;
 use documents::{document_with_ids as document, reordered, response};
 
+// The binary's allocator (src/main.rs): the diff worker allocates and frees a tree node per
+// object and array, and glibc's malloc would be measured instead of the binary's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let size = match args.get(1).map(String::as_str).unwrap_or("100KiB") {

@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::json::Json;
+use bumpalo::Bump;
 use http::HeaderMap;
 use similar::{Algorithm, DiffOp};
 
@@ -150,17 +151,19 @@ impl super::scan::Paths for CompareRule {
 /// A captured response made ready to compare: its media type parsed, its body decoded and its
 /// JSON parsed on first use, once however many comparisons use them (the primary meets the
 /// candidate and, with noise mode, its own second answer). Byte-identical bodies are never
-/// decoded.
+/// decoded. The JSON tree lives in the caller's arena, freed with it at once.
 pub struct Prepared<'a> {
     pub response: &'a CapturedResponse,
     body: OnceCell<Result<Decoded<'a>, DecodeError>>,
     media: Option<MediaType>,
     json: OnceCell<Result<Json<'a>, String>>,
+    arena: &'a Bump,
 }
 
 impl<'a> Prepared<'a> {
-    pub fn new(response: &'a CapturedResponse) -> Self {
+    pub fn new(response: &'a CapturedResponse, arena: &'a Bump) -> Self {
         Self {
+            arena,
             body: OnceCell::new(),
             media: response
                 .headers
@@ -201,10 +204,9 @@ impl<'a> Prepared<'a> {
                 Ok(Decoded {
                     bytes: Cow::Borrowed(bytes),
                     ..
-                }) => Json::parse(bytes).map_err(invalid_json),
-                // Decoded into a buffer this struct owns: the tree must own its text.
-                Ok(decoded) => Json::parse(&decoded.bytes)
-                    .map(Json::into_owned)
+                }) => Json::parse(bytes, self.arena).map_err(invalid_json),
+                // Decoded into a buffer this struct owns: the tree borrows a copy in the arena.
+                Ok(decoded) => Json::parse(self.arena.alloc_slice_copy(&decoded.bytes), self.arena)
                     .map_err(invalid_json),
                 Err(error) => Err(error.to_string()),
             })
@@ -232,7 +234,12 @@ pub fn compare(
     primary: &CapturedResponse,
     shadow: &CapturedResponse,
 ) -> Vec<Difference> {
-    compare_prepared(rule, &Prepared::new(primary), &Prepared::new(shadow))
+    let arena = Bump::new();
+    compare_prepared(
+        rule,
+        &Prepared::new(primary, &arena),
+        &Prepared::new(shadow, &arena),
+    )
 }
 
 /// [`compare`] on responses already prepared.
@@ -634,10 +641,8 @@ fn compare_json<'v, S: Sink>(
     match (a, b) {
         (Json::Object(x), Json::Object(y)) => {
             // Both maps iterate in key order: walk them side by side, borrowing the keys.
-            let members = |map: &'v [(Cow<'v, str>, Json<'v>)]| {
-                map.iter()
-                    .map(|(key, value)| (key.as_ref(), value))
-                    .peekable()
+            let members = |map: &'v [(&'v str, Json<'v>)]| {
+                map.iter().map(|(key, value)| (*key, value)).peekable()
             };
             let (mut xs, mut ys) = (members(x), members(y));
             loop {
@@ -1163,8 +1168,8 @@ fn fingerprint<'v>(
         }
         Json::Object(map) => {
             hasher.update(b"{");
-            for (key, child) in map {
-                path.push(Step::Key(Cow::Borrowed(key.as_ref())));
+            for (key, child) in *map {
+                path.push(Step::Key(Cow::Borrowed(key)));
                 if !rule.ignored(path) {
                     hasher.update(&(key.len() as u64).to_le_bytes());
                     hasher.update(key.as_bytes());
@@ -2002,10 +2007,11 @@ mod tests {
         let candidate = json(r#"{"t":2,"x":2}"#);
         let second = encoded(&gzip(br#"{"t":3,"x":1}"#), "gzip");
         let rule = rule(&[], &[], 0.0);
+        let arena = Bump::new();
         let (prepared, candidate, second) = (
-            Prepared::new(&primary),
-            Prepared::new(&candidate),
-            Prepared::new(&second),
+            Prepared::new(&primary, &arena),
+            Prepared::new(&candidate, &arena),
+            Prepared::new(&second, &arena),
         );
         let (counted, noisy) = discount_noise(
             compare_prepared(&rule, &prepared, &candidate),
@@ -2022,7 +2028,9 @@ mod tests {
         let (a, b) = (json(a), json(b));
         let mut out = Vec::new();
         if a.body != b.body {
-            compare_trees(rule, &Prepared::new(&a), &Prepared::new(&b), &mut out);
+            let arena = Bump::new();
+            let (a, b) = (Prepared::new(&a, &arena), Prepared::new(&b, &arena));
+            compare_trees(rule, &a, &b, &mut out);
         }
         out.truncate(MAX_DIFFERENCES);
         out

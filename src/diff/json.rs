@@ -1,53 +1,67 @@
-//! JSON documents as the comparison walks them: a tree that borrows its strings and keys from
-//! the body it was parsed from, with each object's members in a sorted `Vec`.
+//! JSON documents as the comparison walks them: a tree in an arena, borrowing its strings and
+//! keys from the body it was parsed from, with each object's members sorted by key.
 //!
 //! `serde_json::Value` allocates a `String` per key and per string and a B-tree per object, and
 //! frees them all again: for a 100 KiB document of small records that was most of a
-//! comparison's time. This tree allocates one `Vec` per object and per array and nothing for a
-//! string without escapes. It compares, prints and orders like `Value` (without serde_json's
+//! comparison's time. This tree lives in a [`Bump`] arena the caller owns: one slice per object
+//! and per array, nothing for a string without escapes, and no walk to free it (the arena goes
+//! at once). It compares, prints and orders like `Value` (without serde_json's
 //! `preserve_order`): members sorted by key, a key given twice keeps its last value, strings by
-//! their decoded text (`"\u00e9"` is `"é"`), numbers as `serde_json::Number`. Parsing is
-//! serde_json's own parser (same errors, same recursion limit); only the tree it builds differs.
+//! their decoded text (`"\u00e9"` is `"é"`), numbers as `serde_json::Number`.
 //!
-//! This module owns the tree, not what is compared in it ([`super::compare`]).
+//! Reading: the comparison's own scanner ([`super::scan`]) reads what it is sure serde_json
+//! reads the same way; anything else (escaped surrogates, numbers near f64's limits, nesting
+//! deeper than the scanner follows, invalid JSON) is read again by serde_json, for its value or
+//! its exact error.
+//!
+//! This module owns the tree and its reading, not what is compared in it ([`super::compare`]).
 
-use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use bumpalo::Bump;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Number;
 
-/// One JSON value; strings and keys borrow from the parsed text when they have no escapes.
+use super::scan::{Scanner, deeper};
+
+/// One JSON value; strings and keys borrow from the parsed text when they have no escapes, and
+/// from the arena otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json<'a> {
     Null,
     Bool(bool),
     Number(Number),
-    String(Cow<'a, str>),
-    Array(Vec<Json<'a>>),
+    String(&'a str),
+    Array(&'a [Json<'a>]),
     /// Members sorted by key, each key once.
-    Object(Vec<(Cow<'a, str>, Json<'a>)>),
+    Object(&'a [(&'a str, Json<'a>)]),
 }
 
 impl<'a> Json<'a> {
-    /// Parses `bytes` as one JSON document (trailing whitespace only), borrowing from it.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        // One UTF-8 check of the whole body, then serde_json's `str` reader, which checks no
-        // string again: the slice reader validates every string and key on its own (a fifth of
-        // a parse's instructions). A body that is not UTF-8 goes through the slice reader for
-        // its exact error.
-        match std::str::from_utf8(bytes) {
-            Ok(text) => serde_json::from_str(text),
-            Err(_) => serde_json::from_slice(bytes),
-        }
+    /// Parses `bytes` as one JSON document (trailing whitespace only) into `arena`, borrowing
+    /// from both.
+    pub fn parse(bytes: &'a [u8], arena: &'a Bump) -> Result<Self, serde_json::Error> {
+        let mut builder = Builder {
+            arena,
+            items: Vec::new(),
+            members: Vec::new(),
+        };
+        let value: serde_json::Value = match std::str::from_utf8(bytes) {
+            Ok(text) => match builder.document(text) {
+                Some(tree) => return Ok(tree),
+                None => serde_json::from_str(text)?,
+            },
+            // serde_json's own error for a body that is not UTF-8.
+            Err(_) => serde_json::from_slice(bytes)?,
+        };
+        Ok(builder.copy(&value))
     }
 
     /// The member `key` of an object.
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
             Json::Object(members) => members
-                .binary_search_by(|(member, _)| member.as_ref().cmp(key))
+                .binary_search_by(|(member, _)| (*member).cmp(key))
                 .ok()
                 .map(|at| &members[at].1),
             _ => None,
@@ -60,24 +74,6 @@ impl<'a> Json<'a> {
 
     pub fn is_array(&self) -> bool {
         matches!(self, Json::Array(_))
-    }
-
-    /// The same tree owning all its text, so it outlives the bytes it was parsed from.
-    pub fn into_owned(self) -> Json<'static> {
-        let owned = |text: Cow<'a, str>| Cow::Owned(text.into_owned());
-        match self {
-            Json::Null => Json::Null,
-            Json::Bool(b) => Json::Bool(b),
-            Json::Number(n) => Json::Number(n),
-            Json::String(s) => Json::String(owned(s)),
-            Json::Array(items) => Json::Array(items.into_iter().map(Json::into_owned).collect()),
-            Json::Object(members) => Json::Object(
-                members
-                    .into_iter()
-                    .map(|(key, value)| (owned(key), value.into_owned()))
-                    .collect(),
-            ),
-        }
     }
 }
 
@@ -98,15 +94,15 @@ impl Serialize for Json<'_> {
             Json::String(s) => serializer.serialize_str(s),
             Json::Array(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
+                for item in *items {
                     seq.serialize_element(item)?;
                 }
                 seq.end()
             }
             Json::Object(members) => {
                 let mut map = serializer.serialize_map(Some(members.len()))?;
-                for (key, value) in members {
-                    map.serialize_entry(key.as_ref(), value)?;
+                for (key, value) in *members {
+                    map.serialize_entry(key, value)?;
                 }
                 map.end()
             }
@@ -114,130 +110,215 @@ impl Serialize for Json<'_> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Json<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(JsonVisitor)
-    }
+/// Builds trees into an arena. The elements and members of the arrays and objects still open
+/// wait on two stacks; each array or object, once closed, is moved off them into one slice of
+/// the arena (no `Vec` per node grown by doubling, none to free).
+struct Builder<'a> {
+    arena: &'a Bump,
+    items: Vec<Json<'a>>,
+    members: Vec<(&'a str, Json<'a>)>,
 }
 
-/// Members an object's `Vec` starts with room for.
-const OBJECT_CAPACITY: usize = 8;
-
-struct JsonVisitor;
-
-impl<'de> Visitor<'de> for JsonVisitor {
-    type Value = Json<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
+impl<'a> Builder<'a> {
+    /// The tree of `text` as the scanner reads it, which accepts only tokens serde_json surely
+    /// reads and reads them as it does; `None` where it is not sure. The numbers are read as
+    /// serde_json reads them: an integer as `u64`, or `i64` if negative, else (beyond 64 bits,
+    /// or `-0`) as the nearest `f64`, and anything with a fraction or an exponent as the nearest
+    /// `f64` (serde_json with `float_roundtrip`, which Cargo.toml asks for).
+    fn document(&mut self, text: &'a str) -> Option<Json<'a>> {
+        let mut scanner = Scanner::new(text);
+        let tree = self.value(&mut scanner, 0)?;
+        // Only whitespace may follow.
+        scanner.peek().is_none().then_some(tree)
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Self::Value, E> {
-        Ok(Json::Bool(value))
+    fn value(&mut self, scanner: &mut Scanner<'a>, depth: usize) -> Option<Json<'a>> {
+        Some(match scanner.peek()? {
+            b'"' => Json::String(self.text(scanner.string()?)),
+            b'{' => {
+                let depth = deeper(depth)?;
+                scanner.eat(b'{')?;
+                let open = self.members.len();
+                if scanner.eat(b'}').is_none() {
+                    loop {
+                        let key = self.text(scanner.string()?);
+                        scanner.eat(b':')?;
+                        let value = self.value(scanner, depth)?;
+                        self.members.push((key, value));
+                        if !more(scanner, b'}')? {
+                            break;
+                        }
+                    }
+                }
+                self.object(open)
+            }
+            b'[' => {
+                let depth = deeper(depth)?;
+                scanner.eat(b'[')?;
+                let open = self.items.len();
+                if scanner.eat(b']').is_none() {
+                    loop {
+                        let item = self.value(scanner, depth)?;
+                        self.items.push(item);
+                        if !more(scanner, b']')? {
+                            break;
+                        }
+                    }
+                }
+                self.array(open)
+            }
+            _ => match scanner.scalar()? {
+                "null" => Json::Null,
+                "true" => Json::Bool(true),
+                "false" => Json::Bool(false),
+                token => Json::Number(number(token)?),
+            },
+        })
     }
 
-    fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
-        Ok(Json::Number(value.into()))
+    /// The array whose elements are on the stack from `open`, moved into the arena.
+    fn array(&mut self, open: usize) -> Json<'a> {
+        Json::Array(self.arena.alloc_slice_fill_iter(self.items.drain(open..)))
     }
 
-    fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
-        Ok(Json::Number(value.into()))
-    }
-
-    fn visit_f64<E>(self, value: f64) -> Result<Self::Value, E> {
-        // As `Value` does: a float JSON cannot hold is null.
-        Ok(Number::from_f64(value).map_or(Json::Null, Json::Number))
-    }
-
-    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
-        Ok(Json::String(Cow::Borrowed(value)))
-    }
-
-    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
-        Ok(Json::String(Cow::Owned(value.to_owned())))
-    }
-
-    fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
-        Ok(Json::String(Cow::Owned(value)))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Json::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(Json::Null)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        Deserialize::deserialize(deserializer)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // serde_json gives no size hint: room for a typical record's members up front is one
-        // allocation instead of a doubling per few members.
-        let mut members: Vec<(Cow<'de, str>, Json<'de>)> =
-            Vec::with_capacity(map.size_hint().unwrap_or(OBJECT_CAPACITY));
-        while let Some(Key(key)) = map.next_key()? {
-            let value = map.next_value()?;
-            members.push((key, value));
-        }
+    /// The object whose members are on the stack from `open`, in the order the text gives
+    /// them: sorted by key, a key given twice keeping its last value (as in a map that
+    /// overwrites), and moved into the arena.
+    fn object(&mut self, open: usize) -> Json<'a> {
+        let members = &mut self.members[open..];
         if !members.is_sorted_by(|a, b| a.0 < b.0) {
             // Stable: of a key given twice, the later stays after the earlier…
-            members.sort_by(|a, b| a.0.cmp(&b.0));
-            // …and wins, as in a map that overwrites.
-            members.dedup_by(|later, kept| {
-                let same = later.0 == kept.0;
-                if same {
-                    std::mem::swap(&mut later.1, &mut kept.1);
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            // …and wins: of each run of one key, its last member is kept.
+            let mut kept = 0;
+            for at in 0..members.len() {
+                if kept > 0 && members[kept - 1].0 == members[at].0 {
+                    members.swap(kept - 1, at);
+                } else {
+                    members.swap(kept, at);
+                    kept += 1;
                 }
-                same
+            }
+            self.members.truncate(open + kept);
+        }
+        Json::Object(self.arena.alloc_slice_fill_iter(self.members.drain(open..)))
+    }
+
+    /// A string's text from its raw content: borrowed without escapes, decoded into the arena
+    /// with them. The scanner has checked every escape and refused surrogates, so each `\u` is
+    /// one `char`.
+    fn text(&self, (raw, escaped): (&'a str, bool)) -> &'a str {
+        if !escaped {
+            return raw;
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(at) = rest.find('\\') {
+            out.push_str(&rest[..at]);
+            let escape = rest.as_bytes()[at + 1];
+            rest = &rest[at + 2..];
+            out.push(match escape {
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let code = u32::from_str_radix(&rest[..4], 16).expect("checked by the scanner");
+                    rest = &rest[4..];
+                    char::from_u32(code).expect("surrogates refused by the scanner")
+                }
+                other => char::from(other), // `"`, `\\`, `/`
             });
         }
-        Ok(Json::Object(members))
+        out.push_str(rest);
+        self.arena.alloc_str(&out)
+    }
+
+    /// A document serde_json read (what the scanner was not sure of), copied into the arena.
+    fn copy(&mut self, value: &serde_json::Value) -> Json<'a> {
+        use serde_json::Value;
+        match value {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(n.clone()),
+            Value::String(s) => Json::String(self.arena.alloc_str(s)),
+            Value::Array(items) => {
+                let open = self.items.len();
+                for item in items {
+                    let item = self.copy(item);
+                    self.items.push(item);
+                }
+                self.array(open)
+            }
+            Value::Object(map) => {
+                let open = self.members.len();
+                for (key, value) in map {
+                    let key = &*self.arena.alloc_str(key);
+                    let value = self.copy(value);
+                    self.members.push((key, value));
+                }
+                self.object(open)
+            }
+        }
     }
 }
 
-/// An object key, borrowed from the text when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// After a member or an element: `,` (`Some(true)`) or `close` (`Some(false)`), consumed.
+fn more(scanner: &mut Scanner<'_>, close: u8) -> Option<bool> {
+    match scanner.peek()? {
+        b',' => scanner.eat(b',').map(|()| true),
+        c if c == close => scanner.eat(close).map(|()| false),
+        _ => None,
+    }
+}
 
-impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-
-            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(value)))
-            }
-
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(value.to_owned())))
-            }
-
-            fn visit_string<E: de::Error>(self, value: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(value)))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
+/// A number token (JSON's grammar, checked by the scanner) as serde_json reads it.
+fn number(token: &str) -> Option<Number> {
+    let float = || token.parse::<f64>().ok().and_then(Number::from_f64);
+    if token.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+        return float();
+    }
+    let (negative, digits) = match token.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, token),
+    };
+    let Ok(magnitude) = digits.parse::<u64>() else {
+        // Beyond u64: serde_json reads it as the nearest f64.
+        return float();
+    };
+    if !negative {
+        return Some(magnitude.into());
+    }
+    // serde_json's own rule: `-0` and magnitudes beyond i64 become f64.
+    let value = (magnitude as i64).wrapping_neg();
+    if value >= 0 {
+        Number::from_f64(-(magnitude as f64))
+    } else {
+        Some(value.into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Result<Json<'static>, serde_json::Error> {
+        // Leaked: a test's few documents outlive the test, not the process.
+        let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+        Json::parse(text.as_bytes(), Box::leak(Box::new(Bump::new())))
+    }
+
+    /// The tree the scanner builds, if it is sure of the text.
+    fn scanned(text: &str) -> Option<Json<'static>> {
+        let arena = Box::leak(Box::new(Bump::new()));
+        let mut builder = Builder {
+            arena,
+            items: Vec::new(),
+            members: Vec::new(),
+        };
+        builder.document(Box::leak(text.to_owned().into_boxed_str()))
+    }
 
     /// Every document prints as `serde_json::Value` prints it: same order, same numbers, same
     /// escapes.
@@ -250,7 +331,7 @@ mod tests {
             r#"{"k":1,"k":2,"a":0,"k":3}"#,
             "  null ",
         ] {
-            let ours = Json::parse(text.as_bytes()).unwrap();
+            let ours = parse(text).unwrap();
             let theirs: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(ours.to_string(), theirs.to_string(), "{text}");
         }
@@ -258,20 +339,27 @@ mod tests {
 
     #[test]
     fn strings_without_escapes_borrow_and_escaped_ones_decode() {
-        let json = Json::parse(br#"{"plain":"abc","esc\u0061ped":"\u00e9"}"#).unwrap();
+        let text = br#"{"plain":"abc","esc\u0061ped":"\u00e9"}"#;
+        let arena = Bump::new();
+        let json = Json::parse(text, &arena).unwrap();
         let Json::Object(members) = &json else {
             panic!("{json:?}")
         };
-        assert!(matches!(members[0].0, Cow::Owned(_)), "{members:?}");
+        let within = |s: &str| text.as_ptr_range().contains(&s.as_ptr());
         assert_eq!(members[0].0, "escaped");
-        assert_eq!(members[0].1, Json::String(Cow::Borrowed("é")));
-        assert!(matches!(members[1].0, Cow::Borrowed("plain")));
-        assert!(matches!(&members[1].1, Json::String(Cow::Borrowed("abc"))));
+        assert!(!within(members[0].0), "{members:?}");
+        assert_eq!(members[0].1, Json::String("é"));
+        assert_eq!(members[1].0, "plain");
+        assert!(within(members[1].0));
+        let Json::String(abc) = members[1].1 else {
+            panic!("{members:?}")
+        };
+        assert!(within(abc));
     }
 
     #[test]
     fn a_key_given_twice_keeps_its_last_value_and_get_finds_members() {
-        let json = Json::parse(br#"{"k":1,"b":true,"k":2}"#).unwrap();
+        let json = parse(r#"{"k":1,"b":true,"k":2}"#).unwrap();
         assert_eq!(json.get("k"), Some(&Json::Number(2.into())));
         assert_eq!(json.get("b"), Some(&Json::Bool(true)));
         assert_eq!(json.get("a"), None);
@@ -281,20 +369,206 @@ mod tests {
     #[test]
     fn bad_documents_fail_as_serde_json_fails() {
         for text in ["{", "[1,]", "{\"a\":1} x", "\"\\ud800\"", "nul"] {
-            let ours = Json::parse(text.as_bytes()).map(|_| ()).unwrap_err();
+            let ours = parse(text).map(|_| ()).unwrap_err();
             let theirs = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
             assert_eq!(ours.to_string(), theirs.to_string(), "{text}");
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
-        assert!(Json::parse(deep.as_bytes()).is_err());
+        assert!(parse(&deep).is_err());
     }
 
+    /// What the scanner leaves to serde_json is copied into the arena as it reads it.
     #[test]
-    fn an_owned_copy_is_equal() {
-        let text = String::from(r#"{"a":["x",{"b":"y"}]}"#);
-        let owned = Json::parse(text.as_bytes()).unwrap().into_owned();
-        drop(text);
-        assert_eq!(owned.get("a").map(Json::is_array), Some(true));
-        assert_eq!(owned.to_string(), r#"{"a":["x",{"b":"y"}]}"#);
+    fn what_serde_json_reads_is_copied_whole() {
+        let text = r#"{"z":"\ud83d\ude00","a":[1e400000000000000000,{"k":1,"k":2}]}"#;
+        assert!(scanned(text).is_none());
+        assert!(parse(text).is_err());
+        let text = r#"{"z":"\ud83d\ude00","a":[1.5,{"k":1,"k":2,"b":null}]}"#;
+        assert!(scanned(text).is_none());
+        let json = parse(text).unwrap();
+        assert_eq!(json.to_string(), r#"{"a":[1.5,{"b":null,"k":2}],"z":"😀"}"#);
+        assert_eq!(json.get("z"), Some(&Json::String("😀")));
+    }
+
+    /// The tree serde_json's parser builds (copied into an arena), for comparison with the
+    /// scanner's.
+    fn by_serde_json(text: &str) -> Result<String, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let arena = Bump::new();
+        let mut builder = Builder {
+            arena: &arena,
+            items: Vec::new(),
+            members: Vec::new(),
+        };
+        Ok(format!("{:?}", builder.copy(&value)))
+    }
+
+    /// `Debug` tells `-0.0` from `0.0` and `1.0` from `1`, which `==` does not.
+    fn same_tree(text: &str) {
+        let theirs = by_serde_json(text);
+        if let Some(ours) = scanned(text) {
+            assert_eq!(Ok(format!("{ours:?}")), theirs, "{text}");
+        }
+        let parsed = parse(text).map(|t| format!("{t:?}"));
+        assert_eq!(parsed.map_err(|e| e.to_string()), theirs, "{text}");
+    }
+
+    const NUMBERS: &[&str] = &[
+        "0",
+        "-0",
+        "7",
+        "-7",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "-18446744073709551615",
+        "-18446744073709551616",
+        "99999999999999999999999",
+        "9007199254740993",
+        "1.0",
+        "-0.0",
+        "0.1",
+        "1e3",
+        "1E+3",
+        "1e-3",
+        "-2.5E-2",
+        "0.1e1",
+        "0.30000000000000000000000000000001",
+        "2.2250738585072011e-308",
+        "4.9e-324",
+        "2.4703282292062328e-324",
+        "1e-400",
+        "-1e-400",
+        "1.7976931348623157e299",
+        "123456789012345678901234567890e-10",
+        "1e299",
+        "1e309",
+        "-1e309",
+        "1.7976931348623157e308",
+        "01",
+        "1.",
+        ".5",
+        "-",
+        "+1",
+        "1e",
+        "0x10",
+    ];
+
+    const STRINGS: &[&str] = &[
+        r#""""#,
+        r#""plain""#,
+        r#""é ünïcode""#,
+        r#""\u00e9""#,
+        r#""\n\t\"\\\/\b\f\r""#,
+        r#""a\\b""#,
+        r#""\u0000 \u001f \uFFFF \u20AC""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud800""#,
+        r#""\x""#,
+        r#""\u12""#,
+        "\"tab\there\"",
+        "\"line\nbreak\"",
+        "\"\u{7f}\"",
+    ];
+
+    #[test]
+    fn the_scanner_builds_the_tree_serde_json_builds() {
+        for token in NUMBERS.iter().chain(STRINGS) {
+            same_tree(token);
+            same_tree(&format!("[{token}]"));
+            same_tree(&format!(" {{ {} : {token} }} ", STRINGS[3]));
+        }
+        for text in [
+            "null",
+            " true ",
+            "false",
+            "nul",
+            "[]",
+            "{}",
+            "[ ]",
+            "{ }",
+            "[1,]",
+            "[,1]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "[1 2]",
+            "{\"k\":1,\"b\":true,\"k\":2,\"a\":{\"z\":[],\"y\":{}}}",
+            "{\"b\\u0061\":1,\"ba\":2}",
+            "[1]x",
+            "[1] [2]",
+            "\u{feff}[1]",
+            " \n\r\t[\n1\r,\t2 ] \n",
+            "",
+            "   ",
+        ] {
+            same_tree(text);
+        }
+        // Nesting at and beyond each reader's limit (the scanner's 100, serde_json's 128).
+        for depth in [99, 100, 101, 127, 128, 129, 200] {
+            same_tree(&("[".repeat(depth) + &"]".repeat(depth)));
+            same_tree(&("{\"a\":".repeat(depth) + "1" + &"}".repeat(depth)));
+        }
+    }
+
+    /// Random documents built from the tokens above, with random whitespace, duplicate keys
+    /// and nesting: whatever the scanner reads, it reads as serde_json does, and it reads
+    /// most of them (those without a token it leaves to serde_json).
+    #[test]
+    fn generated_documents_read_as_serde_json_reads_them() {
+        fn value(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
+            let space = |rng: &mut fastrand::Rng, out: &mut String| {
+                for _ in 0..rng.usize(0..3) {
+                    out.push([' ', '\n', '\t', '\r'][rng.usize(0..4)]);
+                }
+            };
+            space(rng, out);
+            match rng.usize(0..if depth > 4 { 3 } else { 6 }) {
+                0 => out.push_str(NUMBERS[rng.usize(0..29)]),
+                1 => out.push_str(STRINGS[rng.usize(0..8)]),
+                2 => out.push_str(["null", "true", "false"][rng.usize(0..3)]),
+                3 => {
+                    out.push('[');
+                    for i in 0..rng.usize(0..5) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        value(rng, depth + 1, out);
+                    }
+                    space(rng, out);
+                    out.push(']');
+                }
+                _ => {
+                    out.push('{');
+                    for i in 0..rng.usize(0..6) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        space(rng, out);
+                        let keys = ["\"a\"", "\"b\"", "\"\\u0061\"", "\"é\"", "\"a b\""];
+                        out.push_str(keys[rng.usize(0..keys.len())]);
+                        space(rng, out);
+                        out.push(':');
+                        value(rng, depth + 1, out);
+                    }
+                    space(rng, out);
+                    out.push('}');
+                }
+            }
+            space(rng, out);
+        }
+        let mut rng = fastrand::Rng::with_seed(20261203);
+        let mut read = 0;
+        for _ in 0..3_000 {
+            let mut text = String::new();
+            value(&mut rng, 0, &mut text);
+            same_tree(&text);
+            read += usize::from(scanned(&text).is_some());
+        }
+        assert!(
+            read > 2_000,
+            "the scanner read only {read} of 3,000 documents"
+        );
     }
 }

@@ -278,14 +278,16 @@ pub fn judge(job: DiffJob, metrics: &Metrics, max_sample: usize) -> Option<DiffR
             )
         }
         Ok(shadow) => {
-            let prepared_primary = Prepared::new(primary);
-            let prepared_shadow = Prepared::new(shadow);
+            // The JSON trees of all three answers, freed at once at the end of the exchange.
+            let arena = bumpalo::Bump::new();
+            let prepared_primary = Prepared::new(primary, &arena);
+            let prepared_shadow = Prepared::new(shadow, &arena);
             let differences = compare_prepared(&rule, &prepared_primary, &prepared_shadow);
             let noise_differences = match &noise {
                 // A second answer with another status is not the same answer twice (a failure,
                 // a rate limit): it says nothing about which values vary.
                 Some(Ok(second)) if second.status == primary.status => {
-                    compare_prepared(&rule, &prepared_primary, &Prepared::new(second))
+                    compare_prepared(&rule, &prepared_primary, &Prepared::new(second, &arena))
                 }
                 _ => Vec::new(),
             };
@@ -585,7 +587,11 @@ mod tests {
     }
 
     fn sampled(rule: &CompareRule, response: &CapturedResponse) -> Option<String> {
-        sample(rule, &Prepared::new(response), SAMPLE_LIMIT)
+        sample(
+            rule,
+            &Prepared::new(response, &bumpalo::Bump::new()),
+            SAMPLE_LIMIT,
+        )
     }
 
     #[test]
@@ -614,12 +620,24 @@ mod tests {
         );
         // `server.diff_max_sample` sets the cap; 0 keeps nothing.
         let plain = CompareRule::default();
-        let cut = sample(&plain, &Prepared::new(&response("0123456789")), 4).unwrap();
+        let cut = sample(
+            &plain,
+            &Prepared::new(&response("0123456789"), &bumpalo::Bump::new()),
+            4,
+        )
+        .unwrap();
         assert!(
             cut.starts_with("012") && cut.ends_with('…') && cut.len() <= 7,
             "{cut}"
         );
-        assert_eq!(sample(&plain, &Prepared::new(&response("0123")), 0), None);
+        assert_eq!(
+            sample(
+                &plain,
+                &Prepared::new(&response("0123"), &bumpalo::Bump::new()),
+                0
+            ),
+            None
+        );
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub fn same(rule: &impl Paths, a: &[u8], b: &[u8]) -> bool {
 /// `Some(())`: so far equal and valid; `None`: stop, not sure.
 type Flow = Option<()>;
 
-/// One side of the walk: a position in a body already checked to be UTF-8.
-struct Scanner<'a> {
+/// One side of the walk: a position in a body already checked to be UTF-8. The tree builder
+/// ([`super::json`]) reads a body with it too, so both accept exactly the same tokens.
+pub(super) struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
@@ -77,8 +78,35 @@ static STRING_STOP: [bool; 256] = {
     table
 };
 
+/// Where in `bytes` a string stops (see [`STRING_STOP`]), if it does: eight bytes at a time,
+/// then the tail byte by byte. Strings are most of a JSON body's bytes.
+#[inline]
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    // A byte of `x` is zero where the lowest set high bit of `(x - ONES) & !x & HIGH` says
+    // (bits above it may be false), and below `n` likewise for `(x - n * ONES) & !x & HIGH`:
+    // of the three tests or'ed, the lowest bit is still a true stop.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let stops = (zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x))
+            & HIGH;
+        if stops != 0 {
+            // Little-endian: the lowest bits are the first byte.
+            return Some(at + (stops.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = bytes[at..].iter().position(|&c| STRING_STOP[c as usize])?;
+    Some(at + tail)
+}
+
 impl<'a> Scanner<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(super) fn new(text: &'a str) -> Self {
         Self {
             text,
             bytes: text.as_bytes(),
@@ -88,7 +116,7 @@ impl<'a> Scanner<'a> {
 
     /// Skips JSON whitespace; returns the next byte, if any.
     #[inline]
-    fn peek(&mut self) -> Option<u8> {
+    pub(super) fn peek(&mut self) -> Option<u8> {
         while let Some(&c) = self.bytes.get(self.at) {
             if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(c);
@@ -100,7 +128,7 @@ impl<'a> Scanner<'a> {
 
     /// Consumes `byte` (after whitespace) or stops.
     #[inline]
-    fn eat(&mut self, byte: u8) -> Flow {
+    pub(super) fn eat(&mut self, byte: u8) -> Flow {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
@@ -114,7 +142,7 @@ impl<'a> Scanner<'a> {
     /// A string at the cursor (after whitespace), consumed; returns its raw content and whether
     /// it has escapes. Stops on what serde_json refuses or decodes in a way not checked here
     /// (surrogate escapes).
-    fn string(&mut self) -> Option<(&'a str, bool)> {
+    pub(super) fn string(&mut self) -> Option<(&'a str, bool)> {
         if self.peek()? != b'"' {
             return None;
         }
@@ -122,12 +150,9 @@ impl<'a> Scanner<'a> {
         let mut at = start;
         let mut escaped = false;
         loop {
-            let c = *self.bytes.get(at)?;
-            if !STRING_STOP[c as usize] {
-                at += 1;
-                continue;
-            }
-            match c {
+            // No stop: the string never ends.
+            at += string_stop(self.bytes.get(at..)?)?;
+            match self.bytes[at] {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -253,7 +278,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A literal or number at the cursor (after whitespace), consumed; returns its text.
-    fn scalar(&mut self) -> Option<&'a str> {
+    pub(super) fn scalar(&mut self) -> Option<&'a str> {
         let start = self.at;
         match self.bytes.get(self.at)? {
             b't' => self.expect(b"true")?,
@@ -266,7 +291,7 @@ impl<'a> Scanner<'a> {
     }
 }
 
-fn deeper(depth: usize) -> Option<usize> {
+pub(super) fn deeper(depth: usize) -> Option<usize> {
     (depth < MAX_DEPTH).then_some(depth + 1)
 }
 
@@ -414,6 +439,25 @@ mod tests {
         Rule {
             ignore: parse(ignore),
             paired: parse(paired),
+        }
+    }
+
+    #[test]
+    fn strings_stop_where_byte_by_byte_they_would() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = [
+            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xc3, 0xa9, 0xff,
+        ];
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match rng.usize(0..4) {
+                    0 => alphabet[rng.usize(0..alphabet.len())],
+                    _ => rng.u8(0x20..=0x7e).max(0x23),
+                })
+                .collect();
+            let naive = bytes.iter().position(|&c| STRING_STOP[c as usize]);
+            assert_eq!(string_stop(&bytes), naive, "{bytes:?}");
         }
     }
 
