@@ -354,6 +354,8 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
             return Some(());
         }
         loop {
+            // The key's bytes on this side, from its quote: the whitespace before it may differ.
+            self.a.peek()?;
             let start = self.a.at;
             let (key, escaped) = self.a.string()?;
             // A key with escapes is named by its decoded text: let the tree walk do that.
@@ -472,6 +474,13 @@ mod tests {
         let b = " {\n  \"a\" : [ 1 , 2.5 ,-3e2,true,\tfalse,null,\"x\\n\\u00e9\"],\r\n\"b\":{ },\"c\":[ ] } \n";
         assert!(same_text(&none, a, b));
         assert!(same_text(&none, "0", " 0 "));
+        // Whitespace before a key, on either side.
+        assert!(same_text(&none, r#"{"a":1, "b":2}"#, r#"{"a":1,"b":2}"#));
+        assert!(same_text(
+            &none,
+            r#"{"a":1,"b":2}"#,
+            "{\"a\":1,\n  \"b\":2}"
+        ));
         assert!(same_text(&none, r#""""#, r#""""#));
     }
 
