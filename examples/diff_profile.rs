@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Arguments: size (`1KiB`, `100KiB`, `1MiB`), case (`reordered`, `ids_ignored`, `differs`,
-//! `reformatted` (equal tokens, other whitespace), `parse_only`), iterations. The documents and rules are those of `benches/diff.rs`.
+//! `reformatted` (equal tokens, other whitespace), `pretty_primary` (the primary pretty-printed),
+//! `parse_only`), iterations. The documents and rules are those of `benches/diff.rs`.
 
 use std::hint::black_box;
 
@@ -46,7 +47,7 @@ fn main() {
         ],
         ..rule.clone()
     };
-    let primary = response(document(size, 0, 0));
+    let mut primary = response(document(size, 0, 0));
     let records = std::str::from_utf8(&primary.body)
         .unwrap()
         .matches("\"id\"")
@@ -62,6 +63,15 @@ fn main() {
             (&rule, response(Bytes::from(spaced)))
         }
         "differs" => (&rule, response(document(size, 1, 0))),
+        // A primary laid out on lines (as many legacy services answer), same tokens in the
+        // same order, against the compact body.
+        "pretty_primary" => {
+            let text = std::str::from_utf8(&primary.body).unwrap();
+            let pretty = text.replace('{', "{\n  ").replace(',', ",\n  ");
+            let compact = response(Bytes::copy_from_slice(&primary.body));
+            primary = response(Bytes::from(pretty));
+            (&rule, compact)
+        }
         other => panic!("unknown case {other}"),
     };
     let mut found = 0;
