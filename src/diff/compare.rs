@@ -1122,8 +1122,8 @@ fn fingerprint_at<'v>(
 }
 
 /// The fingerprints' hasher: one is started per element of every array aligned, so it must be
-/// cheap to start (an xxh3 state copies its 192-byte secret, a third of a record's fingerprint
-/// in the profile). Fixed seeds: a fingerprint is the same in every process and run.
+/// cheap to start (an xxh3 state copies its 192-byte secret each time). Fixed seeds: a
+/// fingerprint is the same in every process and run.
 static FINGERPRINTS: ahash::RandomState = ahash::RandomState::with_seeds(
     0x5368_6164_6f77_2d31,
     0x4469_6666_2d46_7031,
