@@ -1,5 +1,6 @@
 //! The comparison engine on JSON bodies of 1 KiB, 100 KiB and 1 MiB: byte-identical bodies (the
-//! shortcut), equal bodies with keys in another order (a full parse and walk), bodies whose
+//! shortcut), equal bodies with keys in another order (a full parse and walk), a primary laid
+//! out on lines against the same tokens compact (the lockstep scan), bodies whose
 //! records differ only in an ignored `id` (what a shadow of a mostly-matching service sees), and
 //! bodies with a difference in every record. `cargo bench --bench diff`.
 
@@ -44,10 +45,16 @@ fn comparison(c: &mut Criterion) {
         let reordered = response(reordered(records));
         let different = response(document(size, 1));
         let other_ids = response(document_with_ids(size, 0, 1_000_000));
+        // The primary laid out on lines (as many legacy services answer), same tokens.
+        let text = std::str::from_utf8(&primary.body).unwrap();
+        let pretty = response(Bytes::from(
+            text.replace('{', "{\n  ").replace(',', ",\n  "),
+        ));
         // What each case stands for, checked: a bench of the wrong case measures nothing useful.
         assert!(compare(&rule, &primary, &reordered).is_empty());
         assert!(compare(&ids_ignored, &primary, &other_ids).is_empty());
         assert!(!compare(&rule, &primary, &different).is_empty());
+        assert!(compare(&rule, &pretty, &same).is_empty());
         group.throughput(Throughput::Bytes(primary.body.len() as u64));
         group.bench_with_input(BenchmarkId::new("equal", label), &same, |b, shadow| {
             b.iter(|| black_box(compare(&rule, &primary, shadow)))
@@ -69,6 +76,11 @@ fn comparison(c: &mut Criterion) {
                     black_box((a, b))
                 })
             },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("pretty_primary", label),
+            &same,
+            |b, shadow| b.iter(|| black_box(compare(&rule, &pretty, shadow))),
         );
         group.bench_with_input(
             BenchmarkId::new("ids_ignored", label),
