@@ -1122,8 +1122,9 @@ fn fingerprint_at<'v>(
 }
 
 /// The fingerprints' hasher: one is started per element of every array aligned, so it must be
-/// cheap to start (an xxh3 state copies its 192-byte secret each time). Fixed seeds: a
-/// fingerprint is the same in every process and run.
+/// cheap to start (an xxh3 state copies its 192-byte secret each time). Fixed seeds, so one
+/// build gives the same fingerprints in every run; they are never stored (ahash promises no
+/// stability across versions or CPU features).
 static FINGERPRINTS: ahash::RandomState = ahash::RandomState::with_seeds(
     0x5368_6164_6f77_2d31,
     0x4469_6666_2d46_7031,

@@ -1,5 +1,5 @@
-//! JSON documents as the comparison walks them: a tree in an arena, borrowing its strings and
-//! keys from the body it was parsed from, with each object's members sorted by key.
+//! JSON documents as the comparison walks them: a tree in an arena, with each object's members
+//! sorted by key, borrowing its strings and keys from the body where it can.
 //!
 //! `serde_json::Value` allocates a `String` per key and per string and a B-tree per object, and
 //! frees them all again: for a 100 KiB document of small records that was most of a
@@ -10,9 +10,9 @@
 //! their decoded text (`"\u00e9"` is `"é"`), numbers as `serde_json::Number`.
 //!
 //! Reading: the comparison's own scanner ([`super::scan`]) reads what it is sure serde_json
-//! reads the same way; anything else (escaped surrogates, numbers near f64's limits, nesting
-//! deeper than the scanner follows, invalid JSON) is read again by serde_json, for its value or
-//! its exact error.
+//! reads the same way; anything else (a lone surrogate escape, numbers near f64's limits,
+//! nesting deeper than the scanner follows, invalid JSON) is read again by serde_json, for its
+//! value or its exact error, and copied into the arena whole (no string borrowed then).
 //!
 //! This module owns the tree and its reading, not what is compared in it ([`super::compare`]).
 
@@ -25,8 +25,8 @@ use serde_json::Number;
 
 use super::scan::{Scanner, deeper};
 
-/// One JSON value; strings and keys borrow from the parsed text when they have no escapes, and
-/// from the arena otherwise.
+/// One JSON value; strings and keys borrow from the parsed text when the scanner read it and
+/// they have no escapes, and from the arena otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json<'a> {
     Null,
@@ -217,8 +217,8 @@ impl<'a> Builder<'a> {
     }
 
     /// A string's text from its raw content: borrowed without escapes, decoded into the arena
-    /// with them. The scanner has checked every escape and refused surrogates, so each `\u` is
-    /// one `char`.
+    /// with them. The scanner has checked every escape, and let surrogates through only in
+    /// pairs, so each `\u` is one `char` or the first half of one.
     fn text(&self, (raw, escaped): (&'a str, bool)) -> &'a str {
         if !escaped {
             return raw;
@@ -236,9 +236,17 @@ impl<'a> Builder<'a> {
                 b'r' => '\r',
                 b't' => '\t',
                 b'u' => {
-                    let code = u32::from_str_radix(&rest[..4], 16).expect("checked by the scanner");
+                    let unit = |hex: &str| {
+                        u32::from_str_radix(&hex[..4], 16).expect("checked by the scanner")
+                    };
+                    let mut code = unit(rest);
                     rest = &rest[4..];
-                    char::from_u32(code).expect("surrogates refused by the scanner")
+                    if (0xD800..0xDC00).contains(&code) {
+                        // A surrogate pair, `\uD83D\uDE00`: the scanner checked the second.
+                        code = 0x10000 + ((code - 0xD800) << 10) + (unit(&rest[2..]) - 0xDC00);
+                        rest = &rest[6..];
+                    }
+                    char::from_u32(code).expect("lone surrogates refused by the scanner")
                 }
                 other => char::from(other), // `"`, `\\`, `/`
             });
@@ -405,11 +413,15 @@ mod tests {
         let text = r#"{"z":"\ud83d\ude00","a":[1e400000000000000000,{"k":1,"k":2}]}"#;
         assert!(scanned(text).is_none());
         assert!(parse(text).is_err());
-        let text = r#"{"z":"\ud83d\ude00","a":[1.5,{"k":1,"k":2,"b":null}]}"#;
+        // A number near f64's limit is left to serde_json, and the whole document with it.
+        let text = r#"{"z":"\u00e9\ud83d\ude00","a":[1e305,{"k":1,"k":2,"b":null}]}"#;
         assert!(scanned(text).is_none());
         let json = parse(text).unwrap();
-        assert_eq!(json.to_string(), r#"{"a":[1.5,{"b":null,"k":2}],"z":"😀"}"#);
-        assert_eq!(json.get("z"), Some(&Json::String("😀")));
+        assert_eq!(
+            json.to_string(),
+            r#"{"a":[1e+305,{"b":null,"k":2}],"z":"é😀"}"#
+        );
+        assert_eq!(json.get("z"), Some(&Json::String("é😀")));
     }
 
     /// The tree serde_json's parser builds (copied into an arena), for comparison with the
@@ -487,6 +499,14 @@ mod tests {
         r#""\u0000 \u001f \uFFFF \u20AC""#,
         r#""\ud83d\ude00""#,
         r#""\ud800""#,
+        r#""a\uD83D\uDE00b\ud83c\udf89""#,
+        r#""\ude00""#,
+        r#""\ud83d""#,
+        r#""\ud83dx""#,
+        r#""\ud83d\u0041""#,
+        r#""\ud83d\ud83d""#,
+        r#""\ud83d\n""#,
+        r#""\udbff\udfff\ud800\udc00""#,
         r#""\x""#,
         r#""\u12""#,
         "\"tab\there\"",

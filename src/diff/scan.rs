@@ -78,6 +78,16 @@ static STRING_STOP: [bool; 256] = {
     table
 };
 
+/// The code unit of the `\\uXXXX` escape whose backslash is at `at` in `text`, if it is one.
+pub(super) fn hex_escape(text: &str, at: usize) -> Option<u16> {
+    let hex = text.get(at + 2..at + 6)?;
+    // `from_str_radix` takes a sign; JSON does not.
+    if text.as_bytes().get(at + 1) != Some(&b'u') || !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(hex, 16).ok()
+}
+
 /// Where in `bytes` a string stops (see [`STRING_STOP`]), if it does: eight bytes at a time,
 /// then the tail byte by byte. Strings are most of a JSON body's bytes.
 #[inline]
@@ -159,15 +169,22 @@ impl<'a> Scanner<'a> {
                     match *self.bytes.get(at + 1)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at += 2,
                         b'u' => {
-                            let hex = self.text.get(at + 2..at + 6)?;
-                            let code = u16::from_str_radix(hex, 16).ok()?;
-                            // `from_str_radix` takes a sign; JSON does not.
-                            if !hex.bytes().all(|h| h.is_ascii_hexdigit())
-                                || (0xD800..0xE000).contains(&code)
-                            {
-                                return None;
+                            match hex_escape(self.text, at)? {
+                                // A leading surrogate counts only with a trailing one after
+                                // it (as Python's `json.dumps` writes every emoji); alone,
+                                // either is left to serde_json, which refuses it.
+                                0xD800..0xDC00 => {
+                                    if self.bytes.get(at + 6) != Some(&b'\\')
+                                        || !(0xDC00..0xE000)
+                                            .contains(&hex_escape(self.text, at + 6)?)
+                                    {
+                                        return None;
+                                    }
+                                    at += 12;
+                                }
+                                0xDC00..0xE000 => return None,
+                                _ => at += 6,
                             }
-                            at += 6;
                         }
                         _ => return None,
                     }
@@ -542,8 +559,16 @@ mod tests {
             assert!(!same_text(&none, bad, bad), "{bad:?}");
         }
         assert!(!same(&none, b"\"\xff\"", b"\"\xff\""));
-        // Valid, but surrogate escapes are left to serde_json to decode.
-        assert!(!same_text(&none, r#""\ud83d\ude00""#, r#""\ud83d\ude00""#));
+        // Surrogate escapes count in pairs only (serde_json refuses one alone).
+        assert!(same_text(&none, r#""\ud83d\ude00""#, r#""\ud83d\ude00""#));
+        for lone in [
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\ud83d\u0041""#,
+            r#""\ud83dx""#,
+        ] {
+            assert!(!same_text(&none, lone, lone), "{lone}");
+        }
         // Ignored or not, a value must be valid.
         let everything = rule(&["$"], &[]);
         assert!(same_text(&everything, "[1]", "{}"));
