@@ -748,7 +748,7 @@ fn compare_ordered<'v, S: Sink>(
     if x.len() == y.len() && equal_in_place(rule, x, y, path) {
         return;
     }
-    let (fx, fy) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
+    let (fx, fy): (Vec<u64>, Vec<u64>) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
     if fx == fy {
         return;
     }
@@ -1092,11 +1092,12 @@ fn leaves(value: &Json<'_>) -> usize {
     }
 }
 
-fn fingerprints<'v>(
+/// Each element's fingerprint, in order, into a `Vec` or (for a nested array) a `SmallVec`.
+fn fingerprints<'v, C: FromIterator<u64>>(
     rule: &CompareRule,
     values: &'v [Json<'v>],
     path: &mut Vec<Step<'v>>,
-) -> Vec<u64> {
+) -> C {
     values
         .iter()
         .enumerate()
@@ -1172,11 +1173,7 @@ fn fingerprint<'v>(
         }
         Json::Array(items) => {
             // On the stack for most arrays: one is made for every array in every element.
-            let mut prints: SmallVec<[u64; 8]> = items
-                .iter()
-                .enumerate()
-                .map(|(index, value)| fingerprint_at(rule, value, index, path))
-                .collect();
+            let mut prints: SmallVec<[u64; 8]> = fingerprints(rule, items, path);
             if rule.unordered(path).is_some() {
                 prints.sort_unstable();
             }

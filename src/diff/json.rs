@@ -23,7 +23,7 @@ use bumpalo::Bump;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Number;
 
-use super::scan::{Scanner, deeper};
+use super::scan::{Scanner, deeper, hex_escape};
 
 /// One JSON value; strings and keys borrow from the parsed text when the scanner read it and
 /// they have no escapes, and from the arena otherwise.
@@ -42,11 +42,7 @@ impl<'a> Json<'a> {
     /// Parses `bytes` as one JSON document (trailing whitespace only) into `arena`, borrowing
     /// from both.
     pub fn parse(bytes: &'a [u8], arena: &'a Bump) -> Result<Self, serde_json::Error> {
-        let mut builder = Builder {
-            arena,
-            items: Vec::new(),
-            members: Vec::new(),
-        };
+        let mut builder = Builder::new(arena);
         let value: serde_json::Value = match std::str::from_utf8(bytes) {
             Ok(text) => match builder.document(text) {
                 Some(tree) => return Ok(tree),
@@ -132,6 +128,14 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
+    fn new(arena: &'a Bump) -> Self {
+        Self {
+            arena,
+            items: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
     /// The tree of `text` as the scanner reads it, which accepts only tokens serde_json surely
     /// reads and reads them as it does; `None` where it is not sure. The numbers are read as
     /// serde_json reads them: an integer as `u64`, or `i64` if negative, else (beyond 64 bits,
@@ -224,34 +228,32 @@ impl<'a> Builder<'a> {
             return raw;
         }
         let mut out = String::with_capacity(raw.len());
-        let mut rest = raw;
-        while let Some(at) = rest.find('\\') {
-            out.push_str(&rest[..at]);
-            let escape = rest.as_bytes()[at + 1];
-            rest = &rest[at + 2..];
-            out.push(match escape {
+        let mut from = 0;
+        while let Some(found) = raw[from..].find('\\') {
+            let at = from + found;
+            out.push_str(&raw[from..at]);
+            from = at + 2;
+            out.push(match raw.as_bytes()[at + 1] {
                 b'b' => '\u{8}',
                 b'f' => '\u{c}',
                 b'n' => '\n',
                 b'r' => '\r',
                 b't' => '\t',
                 b'u' => {
-                    let unit = |hex: &str| {
-                        u32::from_str_radix(&hex[..4], 16).expect("checked by the scanner")
-                    };
-                    let mut code = unit(rest);
-                    rest = &rest[4..];
+                    let unit = |at| u32::from(hex_escape(raw, at).expect("checked by the scanner"));
+                    let mut code = unit(at);
+                    from = at + 6;
                     if (0xD800..0xDC00).contains(&code) {
                         // A surrogate pair, `\uD83D\uDE00`: the scanner checked the second.
-                        code = 0x10000 + ((code - 0xD800) << 10) + (unit(&rest[2..]) - 0xDC00);
-                        rest = &rest[6..];
+                        code = 0x10000 + ((code - 0xD800) << 10) + (unit(at + 6) - 0xDC00);
+                        from = at + 12;
                     }
                     char::from_u32(code).expect("lone surrogates refused by the scanner")
                 }
                 other => char::from(other), // `"`, `\\`, `/`
             });
         }
-        out.push_str(rest);
+        out.push_str(&raw[from..]);
         self.arena.alloc_str(&out)
     }
 
@@ -332,11 +334,7 @@ mod tests {
     /// The tree the scanner builds, if it is sure of the text.
     fn scanned(text: &str) -> Option<Json<'static>> {
         let arena = Box::leak(Box::new(Bump::new()));
-        let mut builder = Builder {
-            arena,
-            items: Vec::new(),
-            members: Vec::new(),
-        };
+        let mut builder = Builder::new(arena);
         builder.document(Box::leak(text.to_owned().into_boxed_str()))
     }
 
@@ -429,11 +427,7 @@ mod tests {
     fn by_serde_json(text: &str) -> Result<String, String> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let arena = Bump::new();
-        let mut builder = Builder {
-            arena: &arena,
-            items: Vec::new(),
-            members: Vec::new(),
-        };
+        let mut builder = Builder::new(&arena);
         Ok(format!("{:?}", builder.copy(&value)))
     }
 

@@ -78,11 +78,13 @@ static STRING_STOP: [bool; 256] = {
     table
 };
 
-/// The code unit of the `\\uXXXX` escape whose backslash is at `at` in `text`, if it is one.
+/// The code unit of the `\uXXXX` escape at `at` in `text` (at its backslash), if there is one.
 pub(super) fn hex_escape(text: &str, at: usize) -> Option<u16> {
     let hex = text.get(at + 2..at + 6)?;
     // `from_str_radix` takes a sign; JSON does not.
-    if text.as_bytes().get(at + 1) != Some(&b'u') || !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+    if text.as_bytes().get(at..at + 2) != Some(b"\\u")
+        || !hex.bytes().all(|h| h.is_ascii_hexdigit())
+    {
         return None;
     }
     u16::from_str_radix(hex, 16).ok()
@@ -150,8 +152,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string at the cursor (after whitespace), consumed; returns its raw content and whether
-    /// it has escapes. Stops on what serde_json refuses or decodes in a way not checked here
-    /// (surrogate escapes).
+    /// it has escapes. Stops on what serde_json refuses (a lone surrogate escape among it).
     pub(super) fn string(&mut self) -> Option<(&'a str, bool)> {
         if self.peek()? != b'"' {
             return None;
@@ -174,10 +175,8 @@ impl<'a> Scanner<'a> {
                                 // it (as Python's `json.dumps` writes every emoji); alone,
                                 // either is left to serde_json, which refuses it.
                                 0xD800..0xDC00 => {
-                                    if self.bytes.get(at + 6) != Some(&b'\\')
-                                        || !(0xDC00..0xE000)
-                                            .contains(&hex_escape(self.text, at + 6)?)
-                                    {
+                                    let trailing = hex_escape(self.text, at + 6)?;
+                                    if !(0xDC00..0xE000).contains(&trailing) {
                                         return None;
                                     }
                                     at += 12;
