@@ -27,7 +27,7 @@ use smallvec::SmallVec;
 
 use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
 use super::media::{self, MediaType};
-use super::path::{PathPattern, Step, render};
+use super::path::{Cursor, PathPattern, Step, render};
 use crate::exchange::CapturedResponse;
 use crate::record::{Difference, Kind};
 
@@ -129,24 +129,29 @@ impl Default for CompareRule {
 }
 
 impl CompareRule {
-    fn ignored(&self, path: &[Step<'_>]) -> bool {
-        self.ignore_json.iter().any(|p| p.covers(path))
+    /// A walk's cursor at the root of a document: ignored paths cover, unordered arrays are
+    /// exact (in this order, so [`Cursor::exact`] indexes `unordered_arrays`).
+    fn cursor<'a>(&self) -> Cursor<'_, 'a> {
+        Cursor::new(
+            &self.ignore_json,
+            self.unordered_arrays.iter().map(|u| &u.path),
+        )
     }
 
-    fn unordered(&self, path: &[Step<'_>]) -> Option<&UnorderedArray> {
-        self.unordered_arrays.iter().find(|u| u.path.matches(path))
+    fn unordered(&self, at: &Cursor<'_, '_>) -> Option<&UnorderedArray> {
+        at.exact().map(|i| &self.unordered_arrays[i])
     }
 }
 
 impl super::scan::Paths for CompareRule {
-    fn ignored(&self, path: &[Step<'_>]) -> bool {
-        CompareRule::ignored(self, path)
+    fn cursor<'a>(&self) -> Cursor<'_, 'a> {
+        CompareRule::cursor(self)
     }
 
     /// Elements matched by key are named `[id=7]`, not by index; with a numeric tolerance,
     /// unordered elements are paired by fingerprint before any walk in place.
-    fn pairs_elements(&self, path: &[Step<'_>]) -> bool {
-        self.unordered(path)
+    fn pairs_elements(&self, at: &Cursor<'_, '_>) -> bool {
+        self.unordered(at)
             .is_some_and(|u| !u.by.is_empty() || self.numeric_tolerance != 0.0)
     }
 }
@@ -399,7 +404,7 @@ fn compare_trees(
     out: &mut Vec<Difference>,
 ) {
     match (primary.json(), shadow.json()) {
-        (Ok(x), Ok(y)) => compare_json(rule, x, y, &mut Vec::new(), out),
+        (Ok(x), Ok(y)) => compare_json(rule, x, y, &mut rule.cursor(), out),
         (x, y) => out.push(Difference {
             path: "$".into(),
             kind: Kind::Type,
@@ -635,10 +640,10 @@ fn compare_json<'v, S: Sink>(
     rule: &CompareRule,
     a: &'v Json<'v>,
     b: &'v Json<'v>,
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
-    if out.full() || rule.ignored(path) {
+    if out.full() || path.covered() {
         return;
     }
     match (a, b) {
@@ -683,13 +688,13 @@ fn compare_json<'v, S: Sink>(
             None => compare_ordered(rule, x, y, path, out),
         },
         (Json::Number(x), Json::Number(y)) if !numbers_equal(x, y, rule.numeric_tolerance) => {
-            out.push(|| changed(rule, path, a, b, Kind::Changed));
+            out.push(|| changed(rule, path.steps(), a, b, Kind::Changed));
         }
         (Json::Number(_), Json::Number(_)) => {}
         _ if std::mem::discriminant(a) != std::mem::discriminant(b) => {
-            out.push(|| changed(rule, path, a, b, Kind::Type));
+            out.push(|| changed(rule, path.steps(), a, b, Kind::Type));
         }
-        _ if a != b => out.push(|| changed(rule, path, a, b, Kind::Changed)),
+        _ if a != b => out.push(|| changed(rule, path.steps(), a, b, Kind::Changed)),
         _ => {}
     }
 }
@@ -699,21 +704,21 @@ fn compare_slot<'v, S: Sink>(
     rule: &CompareRule,
     primary: Option<&'v Json<'v>>,
     shadow: Option<&'v Json<'v>>,
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
     match (primary, shadow) {
         (Some(a), Some(b)) => compare_json(rule, a, b, path, out),
         (None, None) => {}
-        (a, b) if !rule.ignored(path) && !out.full() => out.push(|| Difference {
-            path: render(path),
+        (a, b) if !path.covered() && !out.full() => out.push(|| Difference {
+            path: render(path.steps()),
             kind: if a.is_some() {
                 Kind::Missing
             } else {
                 Kind::Extra
             },
-            primary: a.map(|value| shown(rule, path, value)),
-            shadow: b.map(|value| shown(rule, path, value)),
+            primary: a.map(|value| shown(rule, path.steps(), value)),
+            shadow: b.map(|value| shown(rule, path.steps(), value)),
         }),
         _ => {}
     }
@@ -725,7 +730,7 @@ fn compare_lone<'v, S: Sink>(
     step: Step<'v>,
     primary: Option<&'v Json<'v>>,
     shadow: Option<&'v Json<'v>>,
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
     path.push(step);
@@ -742,13 +747,16 @@ fn compare_ordered<'v, S: Sink>(
     rule: &CompareRule,
     x: &'v [Json<'v>],
     y: &'v [Json<'v>],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
     if x.len() == y.len() && equal_in_place(rule, x, y, path) {
         return;
     }
-    let (fx, fy): (Vec<u64>, Vec<u64>) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
+    let (fx, fy): (Vec<u64>, Vec<u64>) = (
+        fingerprints(rule, x, Some(&mut *path)),
+        fingerprints(rule, y, Some(&mut *path)),
+    );
     if fx == fy {
         return;
     }
@@ -804,7 +812,7 @@ fn equal_in_place<'v>(
     rule: &CompareRule,
     x: &'v [Json<'v>],
     y: &'v [Json<'v>],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
 ) -> bool {
     let mut tally = Tally { count: 0, limit: 1 };
     for (index, (a, b)) in x.iter().zip(y).enumerate() {
@@ -824,7 +832,7 @@ fn compare_unordered<'v, S: Sink>(
     rule: &CompareRule,
     x: &'v [Json<'v>],
     y: &'v [Json<'v>],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
     // Most unordered arrays of a matching answer are even in the same order: one walk that
@@ -848,7 +856,7 @@ fn compare_keyed<'v, S: Sink>(
     by: &[String],
     x: &'v [Json<'v>],
     y: &'v [Json<'v>],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
     let keys = |values: &'v [Json<'v>]| -> Vec<Option<Vec<&'v Json<'v>>>> {
@@ -871,7 +879,7 @@ fn compare_keyed<'v, S: Sink>(
         }
     }
     // Whether each key member is under `redact_json`: the same for every element.
-    let mut member_path = path.clone();
+    let mut member_path = path.steps().to_vec();
     member_path.push(Step::Element(Cow::Borrowed("")));
     let hidden: Vec<bool> = by
         .iter()
@@ -900,7 +908,9 @@ fn compare_keyed<'v, S: Sink>(
             Some(j) => {
                 paired_y[j] = true;
                 // Most matched elements are equal: one hash walk each, no name built.
-                if fingerprint_at(rule, &x[i], i, path) != fingerprint_at(rule, &y[j], i, path) {
+                if fingerprint_at(rule, &x[i], i, Some(&mut *path))
+                    != fingerprint_at(rule, &y[j], i, Some(&mut *path))
+                {
                     path.push(label(key));
                     compare_json(rule, &x[i], &y[j], path, out);
                     path.pop();
@@ -954,19 +964,19 @@ fn pair_equal<'v>(
     y: &'v [Json<'v>],
     old: &[usize],
     new: &[usize],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
 ) -> (Vec<usize>, Vec<usize>) {
     let mut waiting: HashMap<u64, VecDeque<usize>> = HashMap::new();
     for &j in new {
         waiting
-            .entry(fingerprint_at(rule, &y[j], j, path))
+            .entry(fingerprint_at(rule, &y[j], j, Some(&mut *path)))
             .or_default()
             .push_back(j);
     }
     let mut paired = BTreeSet::new();
     let mut left_x = Vec::new();
     for &i in old {
-        let print = fingerprint_at(rule, &x[i], i, path);
+        let print = fingerprint_at(rule, &x[i], i, Some(&mut *path));
         match waiting.get_mut(&print).and_then(VecDeque::pop_front) {
             Some(j) => {
                 paired.insert(j);
@@ -991,7 +1001,7 @@ fn best_pairs<'v>(
     y: &'v [Json<'v>],
     old: &[usize],
     new: &[usize],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
 ) -> Vec<(usize, usize)> {
     if old.is_empty() || new.is_empty() || old.len() * new.len() > MAX_SCORED_PAIRS {
         return Vec::new();
@@ -1057,7 +1067,7 @@ fn report_pairs<'v, S: Sink>(
     mut pairs: Vec<(usize, usize)>,
     old: &[usize],
     new: &[usize],
-    path: &mut Vec<Step<'v>>,
+    path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
     pairs.sort_unstable();
@@ -1093,15 +1103,16 @@ fn leaves(value: &Json<'_>) -> usize {
 }
 
 /// Each element's fingerprint, in order, into a `Vec` or (for a nested array) a `SmallVec`.
+/// `path` is `None` where no rule reaches (see [`fingerprint`]).
 fn fingerprints<'v, C: FromIterator<u64>>(
     rule: &CompareRule,
     values: &'v [Json<'v>],
-    path: &mut Vec<Step<'v>>,
+    mut path: Option<&mut Cursor<'_, 'v>>,
 ) -> C {
     values
         .iter()
         .enumerate()
-        .map(|(index, value)| fingerprint_at(rule, value, index, path))
+        .map(|(index, value)| fingerprint_at(rule, value, index, path.as_deref_mut()))
         .collect()
 }
 
@@ -1109,16 +1120,21 @@ fn fingerprint_at<'v>(
     rule: &CompareRule,
     value: &'v Json<'v>,
     index: usize,
-    path: &mut Vec<Step<'v>>,
+    path: Option<&mut Cursor<'_, 'v>>,
 ) -> u64 {
-    path.push(Step::Index(index));
     let mut hasher = FINGERPRINTS.build_hasher();
-    if rule.ignored(path) {
-        hasher.write(b"i");
-    } else {
-        fingerprint(rule, value, path, &mut hasher);
+    match path.filter(|path| !path.quiet_below()) {
+        Some(path) => {
+            path.push(Step::Index(index));
+            if path.covered() {
+                hasher.write(b"i");
+            } else {
+                fingerprint(rule, value, Some(&mut *path), &mut hasher);
+            }
+            path.pop();
+        }
+        None => fingerprint(rule, value, None, &mut hasher),
     }
-    path.pop();
     hasher.finish()
 }
 
@@ -1137,10 +1153,12 @@ static FINGERPRINTS: ahash::RandomState = ahash::RandomState::with_seeds(
 /// numbers by value (`1` and `1.0` alike), unordered arrays as sorted multisets. Numbers within
 /// the tolerance of each other hash apart; the comparison then finds them equal. The caller has
 /// checked that `path` is not ignored (each member and element is checked once, not twice).
+/// Where no rule reaches ([`Cursor::quiet`]) `path` is `None` and nothing is asked of the rule:
+/// the same bytes are hashed as the rule would have them, without following the path.
 fn fingerprint<'v>(
     rule: &CompareRule,
     value: &'v Json<'v>,
-    path: &mut Vec<Step<'v>>,
+    mut path: Option<&mut Cursor<'_, 'v>>,
     hasher: &mut ahash::AHasher,
 ) {
     match value {
@@ -1173,8 +1191,12 @@ fn fingerprint<'v>(
         }
         Json::Array(items) => {
             // On the stack for most arrays: one is made for every array in every element.
-            let mut prints: SmallVec<[u64; 8]> = fingerprints(rule, items, path);
-            if rule.unordered(path).is_some() {
+            let unordered = path
+                .as_deref()
+                .is_some_and(|at| rule.unordered(at).is_some());
+            let below = path.filter(|path| !path.quiet_below());
+            let mut prints: SmallVec<[u64; 8]> = fingerprints(rule, items, below);
+            if unordered {
                 prints.sort_unstable();
             }
             hasher.write_u8(b'[');
@@ -1185,14 +1207,20 @@ fn fingerprint<'v>(
         }
         Json::Object(map) => {
             hasher.write_u8(b'{');
+            path = path.filter(|path| !path.quiet_below());
             for (key, child) in *map {
-                path.push(Step::Key(Cow::Borrowed(key)));
-                if !rule.ignored(path) {
+                let mut at = path.as_deref_mut();
+                if let Some(at) = at.as_deref_mut() {
+                    at.push(Step::Key(Cow::Borrowed(key)));
+                }
+                if !at.as_deref().is_some_and(Cursor::covered) {
                     hasher.write_usize(key.len());
                     hasher.write(key.as_bytes());
-                    fingerprint(rule, child, path, hasher);
+                    fingerprint(rule, child, at.as_deref_mut(), hasher);
                 }
-                path.pop();
+                if let Some(at) = at {
+                    at.pop();
+                }
             }
             hasher.write_u8(b'}');
         }

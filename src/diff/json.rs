@@ -223,10 +223,13 @@ impl<'a> Builder<'a> {
     /// A string's text from its raw content: borrowed without escapes, decoded into the arena
     /// with them. The scanner has checked every escape, and let surrogates through only in
     /// pairs, so each `\u` is one `char` or the first half of one.
+    #[inline]
     fn text(&self, (raw, escaped): (&'a str, bool)) -> &'a str {
-        if !escaped {
-            return raw;
-        }
+        if escaped { self.decoded(raw) } else { raw }
+    }
+
+    #[inline(never)]
+    fn decoded(&self, raw: &'a str) -> &'a str {
         let mut out = String::with_capacity(raw.len());
         let mut from = 0;
         while let Some(found) = raw[from..].find('\\') {

@@ -99,13 +99,165 @@ impl PathPattern {
         self.steps
             .iter()
             .zip(path)
-            .all(|(pattern, step)| match (pattern, step) {
-                (PatternStep::AnyKey, Step::Key(_))
-                | (PatternStep::AnyIndex, Step::Index(_) | Step::Element(_)) => true,
-                (PatternStep::Key(a), Step::Key(b)) => a == b,
-                (PatternStep::Index(a), Step::Index(b)) => a == b,
-                _ => false,
-            })
+            .all(|(pattern, step)| pattern.matches(step))
+    }
+}
+
+impl PatternStep {
+    fn matches(&self, step: &Step<'_>) -> bool {
+        match (self, step) {
+            (PatternStep::AnyKey, Step::Key(_))
+            | (PatternStep::AnyIndex, Step::Index(_) | Step::Element(_)) => true,
+            (PatternStep::Key(a), Step::Key(b)) => a == b,
+            (PatternStep::Index(a), Step::Index(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A walk's place in a document, descending one step at a time, with the patterns of a rule
+/// matched as it goes: each step is matched once, against only the patterns that can still
+/// match, instead of every pattern against the whole path at every value. What is asked of a
+/// location (is it ignored? is it an unordered array? can any rule apply beneath?) is then a
+/// few bit operations.
+///
+/// Patterns come in two groups. *Covering* ones (ignored paths) name a location and everything
+/// under it; *exact* ones (unordered arrays) name one location. A walk must not descend under a
+/// location a covering pattern names (it skips ignored values), so a covering pattern is only
+/// ever asked about where it matches exactly: [`Cursor::covered`] relies on that.
+pub struct Cursor<'p, 'a> {
+    /// The patterns followed by bits (the first 64); covering ones first.
+    patterns: Vec<&'p PathPattern>,
+    /// Beyond the 64th: matched against the whole path when asked, the slow way.
+    rest: Vec<&'p PathPattern>,
+    /// Bits of the covering patterns.
+    covering: u64,
+    /// How many covering patterns there are, including any in `rest`.
+    covering_count: usize,
+    /// `ending[d]`: the patterns of exactly `d` steps; `longer[d]`: of more than `d`.
+    ending: Vec<u64>,
+    longer: Vec<u64>,
+    steps: Vec<Step<'a>>,
+    /// For the root and after each step: bit `i` set while the steps of `patterns[i]` so far
+    /// all match the path. Not pushed past the depth where none is left (most of a record):
+    /// beyond its end, none is.
+    alive: Vec<u64>,
+}
+
+impl<'p, 'a> Cursor<'p, 'a> {
+    /// At the root, with `covering` patterns (ignored paths) and `exact` ones.
+    pub fn new(
+        covering: impl IntoIterator<Item = &'p PathPattern>,
+        exact: impl IntoIterator<Item = &'p PathPattern>,
+    ) -> Self {
+        let mut all: Vec<&PathPattern> = covering.into_iter().collect();
+        let covering_count = all.len();
+        all.extend(exact);
+        let rest = all.split_off(all.len().min(u64::BITS as usize));
+        let patterns = all;
+        let deepest = patterns.iter().map(|p| p.steps.len()).max().unwrap_or(0);
+        let (mut ending, mut longer) = (vec![0u64; deepest + 1], vec![0u64; deepest + 1]);
+        for (i, pattern) in patterns.iter().enumerate() {
+            ending[pattern.steps.len()] |= 1 << i;
+            for bits in &mut longer[..pattern.steps.len()] {
+                *bits |= 1 << i;
+            }
+        }
+        let covering = match covering_count.min(patterns.len()) {
+            64 => u64::MAX,
+            n => (1 << n) - 1,
+        };
+        let mut alive = Vec::with_capacity(16);
+        alive.push(ending.iter().fold(0, |all, bits| all | bits));
+        Self {
+            patterns,
+            rest,
+            covering,
+            covering_count,
+            ending,
+            longer,
+            steps: Vec::with_capacity(16),
+            alive,
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, step: Step<'a>) {
+        let depth = self.steps.len();
+        // Only patterns with a step at this depth can match beneath it.
+        let mut bits = self.alive_at(depth) & self.longer.get(depth).copied().unwrap_or(0);
+        if bits != 0 {
+            let mut next = 0;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if self.patterns[i].steps[depth].matches(&step) {
+                    next |= 1 << i;
+                }
+            }
+            if next != 0 {
+                self.alive.push(next);
+            }
+        }
+        self.steps.push(step);
+    }
+
+    #[inline]
+    pub fn pop(&mut self) {
+        self.steps.pop();
+        self.alive.truncate(self.steps.len() + 1);
+    }
+
+    #[inline]
+    fn alive_at(&self, depth: usize) -> u64 {
+        self.alive.get(depth).copied().unwrap_or(0)
+    }
+
+    /// The path so far, as differences name it.
+    pub fn steps(&self) -> &[Step<'a>] {
+        &self.steps
+    }
+
+    /// The tracked patterns that match exactly here.
+    #[inline]
+    fn here(&self) -> u64 {
+        let depth = self.steps.len();
+        self.alive_at(depth) & self.ending.get(depth).copied().unwrap_or(0)
+    }
+
+    /// Whether no pattern can match anywhere beneath here (one may still name this location):
+    /// a walk need not follow the path into this value's members or elements.
+    #[inline]
+    pub fn quiet_below(&self) -> bool {
+        let depth = self.steps.len();
+        self.alive_at(depth) & self.longer.get(depth).copied().unwrap_or(0) == 0
+            && !self
+                .rest
+                .iter()
+                .any(|p| p.steps.len() > depth && p.matches_steps(&self.steps))
+    }
+
+    /// Whether a covering pattern names this location (and so everything under it).
+    #[inline]
+    pub fn covered(&self) -> bool {
+        self.here() & self.covering != 0
+            || self.rest[..self.covering_count.saturating_sub(self.patterns.len())]
+                .iter()
+                .any(|p| p.matches(&self.steps))
+    }
+
+    /// The first exact pattern that names this location, by its index among the exact ones.
+    #[inline]
+    pub fn exact(&self) -> Option<usize> {
+        let here = self.here() & !self.covering;
+        if here != 0 {
+            return Some(here.trailing_zeros() as usize - self.covering_count);
+        }
+        let first_rest = self.covering_count.saturating_sub(self.patterns.len());
+        self.rest[first_rest..]
+            .iter()
+            .position(|p| p.matches(&self.steps))
+            .map(|i| self.patterns.len() + first_rest + i - self.covering_count)
     }
 }
 
@@ -201,6 +353,57 @@ mod tests {
         assert!(PathPattern::parse("$").unwrap().covers(&path(&["a"])));
         assert!(PathPattern::parse("items").is_err());
         assert!(PathPattern::parse("$.a[x]").is_err());
+    }
+
+    /// The cursor answers as matching every pattern against the whole path would, for up to
+    /// 80 patterns (beyond 64, matched the slow way), at every depth of random walks.
+    #[test]
+    fn a_cursor_answers_as_whole_paths_matched_against_every_pattern_do() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let keys = ["a", "b", "id", "tags"];
+        let pattern = |rng: &mut fastrand::Rng| {
+            let mut source = String::from("$");
+            for _ in 0..rng.usize(0..4) {
+                match rng.usize(0..4) {
+                    0 => source.push_str(".*"),
+                    1 => source.push_str("[*]"),
+                    2 => source.push_str(&format!("[{}]", rng.usize(0..2))),
+                    _ => source.push_str(&format!(".{}", keys[rng.usize(0..keys.len())])),
+                }
+            }
+            PathPattern::parse(&source).unwrap()
+        };
+        for round in 0..400 {
+            let count = [1, 3, 20, 80][round % 4];
+            let all: Vec<PathPattern> = (0..count).map(|_| pattern(&mut rng)).collect();
+            let (covering, exact) = all.split_at(rng.usize(0..=count));
+            let mut cursor = Cursor::new(covering, exact);
+            let mut steps: Vec<Step<'static>> = Vec::new();
+            for _ in 0..40 {
+                if steps.is_empty() || (steps.len() < 5 && rng.bool()) {
+                    let step = match rng.usize(0..3) {
+                        0 => Step::Index(rng.usize(0..2)),
+                        1 => Step::Element("id=7".into()),
+                        _ => Step::Key(keys[rng.usize(0..keys.len())].into()),
+                    };
+                    cursor.push(step.clone());
+                    steps.push(step);
+                } else {
+                    cursor.pop();
+                    steps.pop();
+                }
+                assert_eq!(cursor.steps(), &steps[..]);
+                let covered = covering.iter().any(|p| p.matches(&steps));
+                let exact_here = exact.iter().position(|p| p.matches(&steps));
+                let beneath = all
+                    .iter()
+                    .any(|p| p.steps.len() > steps.len() && p.matches_steps(&steps));
+                let shown = format!("{} at {}", all.len(), render(&steps));
+                assert_eq!(cursor.covered(), covered, "{shown}");
+                assert_eq!(cursor.exact(), exact_here, "{shown}");
+                assert_eq!(cursor.quiet_below(), !beneath, "{shown}");
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use std::borrow::Cow;
 
-use super::path::Step;
+use super::path::{Cursor, Step};
 
 /// Deepest nesting the walk follows; serde_json's own limit is 128, and a deeper document is
 /// left to it (to fail as it fails).
@@ -30,12 +30,12 @@ pub const MAX_DEPTH: usize = 100;
 
 /// What the walk needs to know of a comparison rule, by path.
 pub trait Paths {
-    /// Whether differences at or under `path` are ignored.
-    fn ignored(&self, path: &[Step<'_>]) -> bool;
-    /// Whether the array at `path` has its elements paired otherwise than index by index (by a
-    /// key, or by fingerprint with a numeric tolerance): an ignore rule beneath it may name them
-    /// otherwise than by index.
-    fn pairs_elements(&self, path: &[Step<'_>]) -> bool;
+    /// A cursor at the root whose covering patterns are the ignored paths.
+    fn cursor<'a>(&self) -> Cursor<'_, 'a>;
+    /// Whether the array at the cursor has its elements paired otherwise than index by index
+    /// (by a key, or by fingerprint with a numeric tolerance): an ignore rule beneath it may
+    /// name them otherwise than by index.
+    fn pairs_elements(&self, at: &Cursor<'_, '_>) -> bool;
 }
 
 /// Whether `a` and `b` are JSON documents equal under `rule`, as far as a lockstep walk of their
@@ -48,7 +48,7 @@ pub fn same(rule: &impl Paths, a: &[u8], b: &[u8]) -> bool {
         rule,
         a: Scanner::new(a),
         b: Scanner::new(b),
-        path: Vec::with_capacity(16),
+        path: rule.cursor(),
         pairing: 0,
     };
     walk.document().is_some()
@@ -127,8 +127,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips JSON whitespace; returns the next byte, if any.
-    #[inline]
+    #[inline(always)]
     pub(super) fn peek(&mut self) -> Option<u8> {
+        // Every whitespace byte is at most a space; most of the time there is none.
+        match self.bytes.get(self.at) {
+            Some(&c) if c > b' ' => return Some(c),
+            None => return None,
+            Some(_) => {}
+        }
         while let Some(&c) = self.bytes.get(self.at) {
             if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(c);
@@ -153,20 +159,30 @@ impl<'a> Scanner<'a> {
 
     /// A string at the cursor (after whitespace), consumed; returns its raw content and whether
     /// it has escapes. Stops on what serde_json refuses (a lone surrogate escape among it).
+    #[inline(always)]
     pub(super) fn string(&mut self) -> Option<(&'a str, bool)> {
         if self.peek()? != b'"' {
             return None;
         }
         let start = self.at + 1;
-        let mut at = start;
-        let mut escaped = false;
+        // Most strings (every key, most values) are plain: one stop, at the closing quote.
+        let at = start + string_stop(self.bytes.get(start..)?)?;
+        if self.bytes[at] != b'"' {
+            return self.string_rest(start, at);
+        }
+        self.at = at + 1;
+        // Both ends are next to an ASCII quote, so on `char` boundaries.
+        Some((self.text.get(start..at)?, false))
+    }
+
+    /// The rest of a string from its first stop that is not its end (`at`): escapes checked,
+    /// or a control character refused.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize, mut at: usize) -> Option<(&'a str, bool)> {
         loop {
-            // No stop: the string never ends.
-            at += string_stop(self.bytes.get(at..)?)?;
             match self.bytes[at] {
                 b'"' => break,
                 b'\\' => {
-                    escaped = true;
                     match *self.bytes.get(at + 1)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at += 2,
                         b'u' => {
@@ -191,9 +207,11 @@ impl<'a> Scanner<'a> {
                 // A control character: serde_json refuses it unescaped.
                 _ => return None,
             }
+            // Past an escape: the next stop (none: the string never ends).
+            at += string_stop(self.bytes.get(at..)?)?;
         }
         self.at = at + 1;
-        Some((&self.text[start..at], escaped))
+        Some((&self.text[start..at], true))
     }
 
     /// A number at the cursor, consumed, if it has JSON's grammar and serde_json surely reads it.
@@ -316,8 +334,9 @@ struct Walk<'a, 'r, P> {
     rule: &'r P,
     a: Scanner<'a>,
     b: Scanner<'a>,
-    /// Where the walk is, named as the tree walk names it.
-    path: Vec<Step<'a>>,
+    /// Where the walk is, named as the tree walk names it; not followed further once no rule
+    /// reaches beneath it ([`Cursor::quiet`]).
+    path: Cursor<'r, 'a>,
     /// How many of the enclosing arrays pair their elements otherwise than by index.
     pairing: usize,
 }
@@ -330,7 +349,7 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
     }
 
     fn value(&mut self, depth: usize) -> Flow {
-        if self.rule.ignored(&self.path) {
+        if self.path.covered() {
             if self.pairing > 0 {
                 return None;
             }
@@ -382,9 +401,14 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
             self.b.expect(&self.a.bytes[start..self.a.at])?;
             self.a.eat(b':')?;
             self.b.eat(b':')?;
-            self.path.push(Step::Key(Cow::Borrowed(key)));
+            let follow = !self.path.quiet_below();
+            if follow {
+                self.path.push(Step::Key(Cow::Borrowed(key)));
+            }
             self.value(depth)?;
-            self.path.pop();
+            if follow {
+                self.path.pop();
+            }
             if !self.next_or_end(b'}')? {
                 return Some(());
             }
@@ -399,13 +423,18 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
             self.a.at += 1;
             return Some(());
         }
-        let pairing = self.rule.pairs_elements(&self.path);
+        let follow = !self.path.quiet_below();
+        let pairing = follow && self.rule.pairs_elements(&self.path);
         self.pairing += usize::from(pairing);
         let mut index = 0;
         loop {
-            self.path.push(Step::Index(index));
+            if follow {
+                self.path.push(Step::Index(index));
+            }
             self.value(depth)?;
-            self.path.pop();
+            if follow {
+                self.path.pop();
+            }
             index += 1;
             if !self.next_or_end(b']')? {
                 break;
@@ -444,11 +473,11 @@ mod tests {
     }
 
     impl Paths for Rule {
-        fn ignored(&self, path: &[Step<'_>]) -> bool {
-            self.ignore.iter().any(|p| p.covers(path))
+        fn cursor<'a>(&self) -> Cursor<'_, 'a> {
+            Cursor::new(&self.ignore, &self.paired)
         }
-        fn pairs_elements(&self, path: &[Step<'_>]) -> bool {
-            self.paired.iter().any(|p| p.matches(path))
+        fn pairs_elements(&self, at: &Cursor<'_, '_>) -> bool {
+            at.exact().is_some()
         }
     }
 
