@@ -202,10 +202,8 @@ impl<'a> Builder<'a> {
     /// overwrites), and moved into the arena.
     fn object(&mut self, open: usize) -> Json<'a> {
         let members = &mut self.members[open..];
-        if !members.is_sorted_by(|a, b| key_order(a.0, b.0).is_lt()) {
-            // Stable: of a key given twice, the later stays after the earlier…
-            members.sort_by(|a, b| key_order(a.0, b.0));
-            // …and wins: of each run of one key, its last member is kept.
+        if sort_members(members) {
+            // A key given twice: of each run of one key, its last member is kept.
             let mut kept = 0;
             for at in 0..members.len() {
                 if kept > 0 && members[kept - 1].0 == members[at].0 {
@@ -289,6 +287,32 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Sorts an object's members by key, stably (of a key given twice, the later stays after the
+/// earlier); returns whether a key is given twice. Most objects are a record of a few members:
+/// an insertion sort, which on members already in order is one comparison each.
+fn sort_members(members: &mut [(&str, Json<'_>)]) -> bool {
+    if members.len() > 16 {
+        members.sort_by(|a, b| key_order(a.0, b.0));
+        return members.windows(2).any(|pair| pair[0].0 == pair[1].0);
+    }
+    let mut twice = false;
+    for end in 1..members.len() {
+        let mut at = end;
+        while at > 0 {
+            match key_order(members[at - 1].0, members[at].0) {
+                Ordering::Greater => members.swap(at - 1, at),
+                Ordering::Equal => {
+                    twice = true;
+                    break;
+                }
+                Ordering::Less => break,
+            }
+            at -= 1;
+        }
+    }
+    twice
+}
+
 /// After a member or an element: `,` (`Some(true)`) or `close` (`Some(false)`), consumed.
 fn more(scanner: &mut Scanner<'_>, close: u8) -> Option<bool> {
     match scanner.peek()? {
@@ -302,7 +326,7 @@ fn more(scanner: &mut Scanner<'_>, close: u8) -> Option<bool> {
 fn number(token: &str) -> Option<Number> {
     let float = || token.parse::<f64>().ok().and_then(Number::from_f64);
     if token.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
-        return float();
+        return decimal(token).or_else(float);
     }
     let (negative, digits) = match token.strip_prefix('-') {
         Some(digits) => (true, digits),
@@ -322,6 +346,36 @@ fn number(token: &str) -> Option<Number> {
     } else {
         Some(value.into())
     }
+}
+
+/// A number with a fraction and no exponent whose digits, point aside, make an integer `m`
+/// below 2^53 with at most 22 of them after the point: `m / 10^k` is then the nearest `f64`,
+/// since both are exact in `f64` and IEEE division rounds correctly (Clinger's fast path, which
+/// the standard library also takes, after a slower general reading of the text). `None` for
+/// anything else.
+fn decimal(token: &str) -> Option<Number> {
+    const POWERS: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (negative, digits) = match token.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, token),
+    };
+    let (whole, fraction) = digits.split_once('.')?;
+    // At most 15 digits in all: below 10^15 < 2^53, and no overflow on the way.
+    if whole.len() + fraction.len() > 15 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    for c in whole.bytes().chain(fraction.bytes()) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        mantissa = mantissa * 10 + u64::from(c - b'0');
+    }
+    let value = mantissa as f64 / POWERS[fraction.len()];
+    Number::from_f64(if negative { -value } else { value })
 }
 
 #[cfg(test)]
@@ -350,6 +404,8 @@ mod tests {
             r#"[18446744073709551615,-9223372036854775808,0.1,1.0]"#,
             r#""é \ud83d\ude00 \t""#,
             r#"{"k":1,"k":2,"a":0,"k":3}"#,
+            // More members than the insertion sort takes, a key given twice among them.
+            r#"{"t":1,"s":2,"r":3,"q":4,"p":5,"o":6,"n":7,"m":8,"l":9,"k":10,"j":11,"i":12,"h":13,"g":14,"f":15,"e":16,"d":17,"q":18,"c":19}"#,
             "  null ",
         ] {
             let ours = parse(text).unwrap();
@@ -396,6 +452,48 @@ mod tests {
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(parse(&deep).is_err());
+    }
+
+    /// Decimals read by the fast path are the `f64` serde_json reads, bit for bit, and those it
+    /// cannot read exactly are left to the general reading.
+    #[test]
+    fn decimals_read_as_serde_json_reads_them() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut tokens: Vec<String> = [
+            "0.1",
+            "-0.0",
+            "0.0",
+            "9007199254740.993",
+            "123456789012345.6",
+            "0.3",
+            "2.675",
+            "0.0000000000000000000001",
+            "99999999999999.9",
+            "-1.5",
+            "5e-324",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for _ in 0..20_000 {
+            let digits = |rng: &mut fastrand::Rng, n: usize| -> String {
+                (0..n).map(|_| char::from(b'0' + rng.u8(0..10))).collect()
+            };
+            let whole = match rng.usize(0..9) {
+                0 => "0".to_owned(),
+                n => format!("{}{}", rng.u8(1..10), digits(&mut rng, n - 1)),
+            };
+            let length = rng.usize(1..12);
+            let fraction = digits(&mut rng, length);
+            let sign = if rng.bool() { "-" } else { "" };
+            tokens.push(format!("{sign}{whole}.{fraction}"));
+        }
+        for token in tokens {
+            let theirs: serde_json::Number = serde_json::from_str(&token).unwrap();
+            let ours = number(&token).unwrap();
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"), "{token}");
+            let (ours, theirs) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
+            assert_eq!(ours.to_bits(), theirs.to_bits(), "{token}");
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub(super) fn hex_escape(text: &str, at: usize) -> Option<u16> {
 
 /// Where in `bytes` a string stops (see [`STRING_STOP`]), if it does: eight bytes at a time,
 /// then the tail byte by byte. Strings are most of a JSON body's bytes.
-#[inline]
+#[inline(always)]
 fn string_stop(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
@@ -171,8 +171,11 @@ impl<'a> Scanner<'a> {
             return self.string_rest(start, at);
         }
         self.at = at + 1;
-        // Both ends are next to an ASCII quote, so on `char` boundaries.
-        Some((self.text.get(start..at)?, false))
+        debug_assert!(self.text.is_char_boundary(start) && self.text.is_char_boundary(at));
+        // SAFETY: `start` is just past a `"` and `at` is at one (`string_stop` found it, within
+        // `bytes`); an ASCII byte in UTF-8 text is a whole `char`, so both are `char`
+        // boundaries. (The checked `get` cost ~17 instructions a string, 4 % of a comparison.)
+        Some((unsafe { self.text.get_unchecked(start..at) }, false))
     }
 
     /// The rest of a string from its first stop that is not its end (`at`): escapes checked,
