@@ -1123,9 +1123,8 @@ fn fingerprint_at<'v>(
     path: Option<&mut Cursor<'_, 'v>>,
 ) -> u64 {
     let mut hasher = FINGERPRINTS.build_hasher();
-    match path.filter(|path| !path.quiet_below()) {
+    match path.and_then(|path| path.enter(Step::Index(index)).then_some(path)) {
         Some(path) => {
-            path.push(Step::Index(index));
             if path.covered() {
                 hasher.write(b"i");
             } else {
@@ -1194,8 +1193,7 @@ fn fingerprint<'v>(
             let unordered = path
                 .as_deref()
                 .is_some_and(|at| rule.unordered(at).is_some());
-            let below = path.filter(|path| !path.quiet_below());
-            let mut prints: SmallVec<[u64; 8]> = fingerprints(rule, items, below);
+            let mut prints: SmallVec<[u64; 8]> = fingerprints(rule, items, path);
             if unordered {
                 prints.sort_unstable();
             }
@@ -1207,12 +1205,10 @@ fn fingerprint<'v>(
         }
         Json::Object(map) => {
             hasher.write_u8(b'{');
-            path = path.filter(|path| !path.quiet_below());
             for (key, child) in *map {
-                let mut at = path.as_deref_mut();
-                if let Some(at) = at.as_deref_mut() {
-                    at.push(Step::Key(Cow::Borrowed(key)));
-                }
+                let step = Step::Key(Cow::Borrowed(*key));
+                let mut at =
+                    (path.as_deref_mut()).and_then(|path| path.enter(step).then_some(path));
                 if !at.as_deref().is_some_and(Cursor::covered) {
                     hasher.write_usize(key.len());
                     hasher.write(key.as_bytes());

@@ -183,21 +183,44 @@ impl<'p, 'a> Cursor<'p, 'a> {
 
     #[inline]
     pub fn push(&mut self, step: Step<'a>) {
+        let next = self.next(&step);
+        self.push_with(step, next);
+    }
+
+    /// Steps into `step` only if some pattern still reaches there (returns whether it did): a
+    /// walk that needs the path only to ask the rule goes on without it where nothing will be
+    /// asked, and pops only what it entered.
+    #[inline]
+    pub fn enter(&mut self, step: Step<'a>) -> bool {
+        let next = self.next(&step);
+        if next == 0 && self.rest.is_empty() {
+            return false;
+        }
+        self.push_with(step, next);
+        true
+    }
+
+    /// The patterns alive past `step` from here.
+    #[inline]
+    fn next(&self, step: &Step<'_>) -> u64 {
         let depth = self.steps.len();
         // Only patterns with a step at this depth can match beneath it.
         let mut bits = self.alive_at(depth) & self.longer.get(depth).copied().unwrap_or(0);
-        if bits != 0 {
-            let mut next = 0;
-            while bits != 0 {
-                let i = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                if self.patterns[i].steps[depth].matches(&step) {
-                    next |= 1 << i;
-                }
+        let mut next = 0;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if self.patterns[i].steps[depth].matches(step) {
+                next |= 1 << i;
             }
-            if next != 0 {
-                self.alive.push(next);
-            }
+        }
+        next
+    }
+
+    #[inline]
+    fn push_with(&mut self, step: Step<'a>, next: u64) {
+        if next != 0 {
+            self.alive.push(next);
         }
         self.steps.push(step);
     }
