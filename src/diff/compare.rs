@@ -1268,7 +1268,9 @@ fn shown(rule: &CompareRule, path: &[Step<'_>], value: &Json<'_>) -> String {
     if redacted(rule, path) {
         REDACTED.to_owned()
     } else {
-        truncate(value.to_string())
+        // Serialized straight into the `String` (`to_string` would go through `Display`, which
+        // serializes into another one first).
+        truncate(serde_json::to_string(value).unwrap_or_default())
     }
 }
 

@@ -290,7 +290,8 @@ pub fn render(path: &[Step<'_>]) -> String {
     for step in path {
         match step {
             Step::Key(key) if is_plain(key) => {
-                let _ = write!(out, ".{key}");
+                out.push('.');
+                out.push_str(key);
             }
             Step::Key(key) => {
                 let _ = write!(out, "[{key:?}]");
