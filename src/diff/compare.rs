@@ -606,11 +606,16 @@ fn parse_line_path(path: &str) -> Option<Range<usize>> {
 
 /// Where differences go: collected, or only counted (to score how alike two elements are).
 trait Sink {
+    /// Whether differences are named by their path (a tally only counts them, and its walk
+    /// need not follow the path where the rule does not reach).
+    const NAMED: bool;
     fn full(&self) -> bool;
     fn push(&mut self, difference: impl FnOnce() -> Difference);
 }
 
 impl Sink for Vec<Difference> {
+    const NAMED: bool = true;
+
     fn full(&self) -> bool {
         self.len() >= MAX_DIFFERENCES
     }
@@ -627,6 +632,8 @@ struct Tally {
 }
 
 impl Sink for Tally {
+    const NAMED: bool = false;
+
     fn full(&self) -> bool {
         self.count >= self.limit
     }
@@ -675,7 +682,7 @@ fn compare_json<'v, S: Sink>(
                         (key, None, Some(vb))
                     }
                 };
-                path.push(Step::Key(Cow::Borrowed(key)));
+                path.descend(Step::Key(Cow::Borrowed(key)), S::NAMED);
                 compare_slot(rule, va, vb, path, out);
                 path.pop();
             }
@@ -733,7 +740,7 @@ fn compare_lone<'v, S: Sink>(
     path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
-    path.push(step);
+    path.descend(step, S::NAMED);
     compare_slot(rule, primary, shadow, path, out);
     path.pop();
 }
@@ -779,7 +786,7 @@ fn compare_ordered<'v, S: Sink>(
             }
             DiffOp::Replace { .. } if old.len() == new.len() => {
                 for (i, j) in old.zip(new) {
-                    path.push(Step::Index(i));
+                    path.descend(Step::Index(i), S::NAMED);
                     compare_json(rule, &x[i], &y[j], path, out);
                     path.pop();
                 }
@@ -816,7 +823,7 @@ fn equal_in_place<'v>(
 ) -> bool {
     let mut tally = Tally { count: 0, limit: 1 };
     for (index, (a, b)) in x.iter().zip(y).enumerate() {
-        path.push(Step::Index(index));
+        path.descend(Step::Index(index), Tally::NAMED);
         compare_json(rule, a, b, path, &mut tally);
         path.pop();
         if tally.full() {
@@ -911,7 +918,7 @@ fn compare_keyed<'v, S: Sink>(
                 if fingerprint_at(rule, &x[i], i, Some(&mut *path))
                     != fingerprint_at(rule, &y[j], i, Some(&mut *path))
                 {
-                    path.push(label(key));
+                    path.descend(label(key), S::NAMED);
                     compare_json(rule, &x[i], &y[j], path, out);
                     path.pop();
                 }
@@ -1024,7 +1031,7 @@ fn best_pairs<'v>(
                 count: 0,
                 limit: allowed + 1,
             };
-            path.push(Step::Index(i));
+            path.descend(Step::Index(i), Tally::NAMED);
             compare_json(rule, &x[i], &y[j], path, &mut tally);
             path.pop();
             if tally.count <= allowed {
@@ -1073,7 +1080,7 @@ fn report_pairs<'v, S: Sink>(
     pairs.sort_unstable();
     let (left_x, left_y) = unpaired(old, new, &pairs);
     for (i, j) in pairs {
-        path.push(Step::Index(i));
+        path.descend(Step::Index(i), S::NAMED);
         compare_json(rule, &x[i], &y[j], path, out);
         path.pop();
     }

@@ -104,6 +104,7 @@ impl PathPattern {
 }
 
 impl PatternStep {
+    #[inline(always)]
     fn matches(&self, step: &Step<'_>) -> bool {
         match (self, step) {
             (PatternStep::AnyKey, Step::Key(_))
@@ -138,6 +139,8 @@ pub struct Cursor<'p, 'a> {
     ending: Vec<u64>,
     longer: Vec<u64>,
     steps: Vec<Step<'a>>,
+    /// Steps taken without following them ([`Cursor::descend`]): nothing reaches beneath.
+    detached: usize,
     /// For the root and after each step: bit `i` set while the steps of `patterns[i]` so far
     /// all match the path. Not pushed past the depth where none is left (most of a record):
     /// beyond its end, none is.
@@ -177,20 +180,45 @@ impl<'p, 'a> Cursor<'p, 'a> {
             ending,
             longer,
             steps: Vec::with_capacity(16),
+            detached: 0,
             alive,
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, step: Step<'a>) {
+        if self.detached > 0 {
+            self.detached += 1;
+            return;
+        }
         let next = self.next(&step);
         self.push_with(step, next);
+    }
+
+    /// Steps into `step`; a walk that will not name a location by its path (it only counts
+    /// differences) passes `named: false`, and the step is then only counted where no pattern
+    /// reaches: every question beneath has the answer "no", and [`Cursor::steps`] is not asked.
+    #[inline(always)]
+    pub fn descend(&mut self, step: Step<'a>, named: bool) {
+        if named {
+            return self.push(step);
+        }
+        if self.detached > 0 {
+            self.detached += 1;
+            return;
+        }
+        let next = self.next(&step);
+        if next == 0 && self.rest.is_empty() {
+            self.detached = 1;
+        } else {
+            self.push_with(step, next);
+        }
     }
 
     /// Steps into `step` only if some pattern still reaches there (returns whether it did): a
     /// walk that needs the path only to ask the rule goes on without it where nothing will be
     /// asked, and pops only what it entered.
-    #[inline]
+    #[inline(always)]
     pub fn enter(&mut self, step: Step<'a>) -> bool {
         let next = self.next(&step);
         if next == 0 && self.rest.is_empty() {
@@ -201,7 +229,7 @@ impl<'p, 'a> Cursor<'p, 'a> {
     }
 
     /// The patterns alive past `step` from here.
-    #[inline]
+    #[inline(always)]
     fn next(&self, step: &Step<'_>) -> u64 {
         let depth = self.steps.len();
         // Only patterns with a step at this depth can match beneath it.
@@ -217,7 +245,7 @@ impl<'p, 'a> Cursor<'p, 'a> {
         next
     }
 
-    #[inline]
+    #[inline(always)]
     fn push_with(&mut self, step: Step<'a>, next: u64) {
         if next != 0 {
             self.alive.push(next);
@@ -225,24 +253,32 @@ impl<'p, 'a> Cursor<'p, 'a> {
         self.steps.push(step);
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self) {
+        if self.detached > 0 {
+            self.detached -= 1;
+            return;
+        }
         self.steps.pop();
         self.alive.truncate(self.steps.len() + 1);
     }
 
-    #[inline]
+    #[inline(always)]
     fn alive_at(&self, depth: usize) -> u64 {
+        if self.detached > 0 {
+            return 0;
+        }
         self.alive.get(depth).copied().unwrap_or(0)
     }
 
     /// The path so far, as differences name it.
     pub fn steps(&self) -> &[Step<'a>] {
+        debug_assert_eq!(self.detached, 0, "a path taken without naming it");
         &self.steps
     }
 
     /// The tracked patterns that match exactly here.
-    #[inline]
+    #[inline(always)]
     fn here(&self) -> u64 {
         let depth = self.steps.len();
         self.alive_at(depth) & self.ending.get(depth).copied().unwrap_or(0)
@@ -250,7 +286,7 @@ impl<'p, 'a> Cursor<'p, 'a> {
 
     /// Whether no pattern can match anywhere beneath here (one may still name this location):
     /// a walk need not follow the path into this value's members or elements.
-    #[inline]
+    #[inline(always)]
     pub fn quiet_below(&self) -> bool {
         let depth = self.steps.len();
         self.alive_at(depth) & self.longer.get(depth).copied().unwrap_or(0) == 0
@@ -261,7 +297,7 @@ impl<'p, 'a> Cursor<'p, 'a> {
     }
 
     /// Whether a covering pattern names this location (and so everything under it).
-    #[inline]
+    #[inline(always)]
     pub fn covered(&self) -> bool {
         self.here() & self.covering != 0
             || self.rest[..self.covering_count.saturating_sub(self.patterns.len())]
@@ -270,7 +306,7 @@ impl<'p, 'a> Cursor<'p, 'a> {
     }
 
     /// The first exact pattern that names this location, by its index among the exact ones.
-    #[inline]
+    #[inline(always)]
     pub fn exact(&self) -> Option<usize> {
         let here = self.here() & !self.covering;
         if here != 0 {
