@@ -23,7 +23,6 @@ use super::json::{Json, key_order};
 use bumpalo::Bump;
 use http::HeaderMap;
 use similar::{Algorithm, DiffOp};
-use smallvec::SmallVec;
 
 use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
 use super::media::{self, MediaType};
@@ -760,10 +759,7 @@ fn compare_ordered<'v, S: Sink>(
     if x.len() == y.len() && equal_in_place(rule, x, y, path) {
         return;
     }
-    let (fx, fy): (Vec<u64>, Vec<u64>) = (
-        fingerprints(rule, x, Some(&mut *path)),
-        fingerprints(rule, y, Some(&mut *path)),
-    );
+    let (fx, fy) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
     if fx == fy {
         return;
     }
@@ -1109,17 +1105,17 @@ fn leaves(value: &Json<'_>) -> usize {
     }
 }
 
-/// Each element's fingerprint, in order, into a `Vec` or (for a nested array) a `SmallVec`.
+/// Each element's fingerprint, in order.
 /// `path` is `None` where no rule reaches (see [`fingerprint`]).
-fn fingerprints<'v, C: FromIterator<u64>>(
+fn fingerprints<'v>(
     rule: &CompareRule,
     values: &'v [Json<'v>],
-    mut path: Option<&mut Cursor<'_, 'v>>,
-) -> C {
+    path: &mut Cursor<'_, 'v>,
+) -> Vec<u64> {
     values
         .iter()
         .enumerate()
-        .map(|(index, value)| fingerprint_at(rule, value, index, path.as_deref_mut()))
+        .map(|(index, value)| fingerprint_at(rule, value, index, Some(&mut *path)))
         .collect()
 }
 
@@ -1130,18 +1126,29 @@ fn fingerprint_at<'v>(
     path: Option<&mut Cursor<'_, 'v>>,
 ) -> u64 {
     let mut hasher = FINGERPRINTS.build_hasher();
+    element(rule, value, index, path, &mut hasher);
+    hasher.finish()
+}
+
+/// The element at `index` hashed into `hasher`, or a mark if the rule ignores it.
+fn element<'v>(
+    rule: &CompareRule,
+    value: &'v Json<'v>,
+    index: usize,
+    path: Option<&mut Cursor<'_, 'v>>,
+    hasher: &mut ahash::AHasher,
+) {
     match path.and_then(|path| path.enter(Step::Index(index)).then_some(path)) {
         Some(path) => {
             if path.covered() {
                 hasher.write(b"i");
             } else {
-                fingerprint(rule, value, Some(&mut *path), &mut hasher);
+                fingerprint(rule, value, Some(&mut *path), hasher);
             }
             path.pop();
         }
-        None => fingerprint(rule, value, None, &mut hasher),
+        None => fingerprint(rule, value, None, hasher),
     }
-    hasher.finish()
 }
 
 /// The fingerprints' hasher: one is started per element of every array aligned, so it must be
@@ -1200,14 +1207,24 @@ fn fingerprint<'v>(
             let unordered = path
                 .as_deref()
                 .is_some_and(|at| rule.unordered(at).is_some());
-            let mut prints: SmallVec<[u64; 8]> = fingerprints(rule, items, path);
-            if unordered {
-                prints.sort_unstable();
-            }
             hasher.write_u8(b'[');
-            hasher.write_usize(prints.len());
-            for print in prints {
-                hasher.write_u64(print);
+            hasher.write_usize(items.len());
+            if unordered {
+                // A multiset: the elements' own prints summed, in whatever order they come.
+                // (A sum is a weaker hash than a sorted list of prints, but 64 bits still make
+                // two unequal sets of elements an accident, not a pattern.)
+                let mut sum = 0u64;
+                for (index, item) in items.iter().enumerate() {
+                    let print = fingerprint_at(rule, item, index, path.as_deref_mut());
+                    sum = sum.wrapping_add(print);
+                }
+                hasher.write_u64(sum);
+            } else {
+                // In order, into this hasher: each value's bytes say where it ends (a tag, and
+                // a length for strings and keys), so one after another is unambiguous.
+                for (index, item) in items.iter().enumerate() {
+                    element(rule, item, index, path.as_deref_mut(), hasher);
+                }
             }
         }
         Json::Object(map) => {
