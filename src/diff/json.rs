@@ -125,7 +125,23 @@ struct Builder<'a> {
     arena: &'a Bump,
     items: Vec<Json<'a>>,
     members: Vec<(&'a str, Json<'a>)>,
+    /// By member count, the last small object's keys as given and the order that sorts them:
+    /// the records of a list mostly give the same keys in the same order, and checking that
+    /// costs less than sorting again. (By count, so that a record and the object nested in it
+    /// do not evict each other.)
+    shapes: Vec<Shape<'a>>,
 }
+
+/// Keys in the order an object gave them, and `order[i]`: which of them comes `i`-th by key.
+#[derive(Default)]
+struct Shape<'a> {
+    keys: Vec<&'a str>,
+    order: Vec<u8>,
+}
+
+/// Objects of at most this many members are sorted by an insertion sort of their indexes, and
+/// their order remembered.
+const SMALL_OBJECT: usize = 16;
 
 impl<'a> Builder<'a> {
     fn new(arena: &'a Bump) -> Self {
@@ -133,6 +149,7 @@ impl<'a> Builder<'a> {
             arena,
             items: Vec::new(),
             members: Vec::new(),
+            shapes: (0..=SMALL_OBJECT).map(|_| Shape::default()).collect(),
         }
     }
 
@@ -201,6 +218,41 @@ impl<'a> Builder<'a> {
     /// them: sorted by key, a key given twice keeping its last value (as in a map that
     /// overwrites), and moved into the arena.
     fn object(&mut self, open: usize) -> Json<'a> {
+        let members = &mut self.members[open..];
+        if (2..=SMALL_OBJECT).contains(&members.len()) {
+            let shape = &mut self.shapes[members.len()];
+            let known = shape.keys.len() == members.len()
+                && shape
+                    .keys
+                    .iter()
+                    .zip(&*members)
+                    .all(|(key, (given, _))| key == given);
+            if !known {
+                shape.keys.clear();
+                shape.keys.extend(members.iter().map(|(key, _)| *key));
+                shape.order.clear();
+                shape.order.extend(0..members.len() as u8);
+                if sort_order(&shape.keys, &mut shape.order) {
+                    // A key given twice: sorted and kept as larger objects are (below). Not
+                    // remembered, so `known` always means "no key twice".
+                    shape.keys.clear();
+                    return self.large_object(open);
+                }
+            }
+            let order = &shape.order;
+            // Each member is moved out once, in sorted order; the placeholders left behind are
+            // dropped with the stack's tail.
+            let sorted = self.arena.alloc_slice_fill_with(members.len(), |i| {
+                std::mem::replace(&mut members[usize::from(order[i])], ("", Json::Null))
+            });
+            self.members.truncate(open);
+            return Json::Object(sorted);
+        }
+        self.large_object(open)
+    }
+
+    /// An object sorted in place, a key given twice keeping its last value.
+    fn large_object(&mut self, open: usize) -> Json<'a> {
         let members = &mut self.members[open..];
         if sort_members(members) {
             // A key given twice: of each run of one key, its last member is kept.
@@ -288,19 +340,25 @@ impl<'a> Builder<'a> {
 }
 
 /// Sorts an object's members by key, stably (of a key given twice, the later stays after the
-/// earlier); returns whether a key is given twice. Most objects are a record of a few members:
-/// an insertion sort, which on members already in order is one comparison each.
+/// earlier); returns whether a key is given twice.
 fn sort_members(members: &mut [(&str, Json<'_>)]) -> bool {
-    if members.len() > 16 {
-        members.sort_by(|a, b| key_order(a.0, b.0));
-        return members.windows(2).any(|pair| pair[0].0 == pair[1].0);
-    }
+    members.sort_by(|a, b| key_order(a.0, b.0));
+    members.windows(2).any(|pair| pair[0].0 == pair[1].0)
+}
+
+/// Sorts `order`, indexes into `keys`, by key with an insertion sort (on keys already in order,
+/// one comparison each), stably; returns whether a key is given twice.
+fn sort_order(keys: &[&str], order: &mut [u8]) -> bool {
     let mut twice = false;
-    for end in 1..members.len() {
+    for end in 1..order.len() {
         let mut at = end;
         while at > 0 {
-            match key_order(members[at - 1].0, members[at].0) {
-                Ordering::Greater => members.swap(at - 1, at),
+            let (earlier, later) = (
+                keys[usize::from(order[at - 1])],
+                keys[usize::from(order[at])],
+            );
+            match key_order(earlier, later) {
+                Ordering::Greater => order.swap(at - 1, at),
                 Ordering::Equal => {
                     twice = true;
                     break;
@@ -404,6 +462,9 @@ mod tests {
             r#"[18446744073709551615,-9223372036854775808,0.1,1.0]"#,
             r#""é \ud83d\ude00 \t""#,
             r#"{"k":1,"k":2,"a":0,"k":3}"#,
+            // Records of one shape, then the same count of keys in another order, a key given
+            // twice, other keys: each sorted as if read alone.
+            r#"[{"b":1,"a":2},{"b":3,"a":4},{"a":5,"b":6},{"b":7,"b":8},{"b":7,"a":8},{"c":9,"a":0},{"b":1,"a":{"y":1,"x":2}}]"#,
             // More members than the insertion sort takes, a key given twice among them.
             r#"{"t":1,"s":2,"r":3,"q":4,"p":5,"o":6,"n":7,"m":8,"l":9,"k":10,"j":11,"i":12,"h":13,"g":14,"f":15,"e":16,"d":17,"q":18,"c":19}"#,
             "  null ",
