@@ -284,18 +284,6 @@ impl<'p, 'a> Cursor<'p, 'a> {
         self.alive_at(depth) & self.ending.get(depth).copied().unwrap_or(0)
     }
 
-    /// Whether no pattern can match anywhere beneath here (one may still name this location):
-    /// a walk need not follow the path into this value's members or elements.
-    #[inline(always)]
-    pub fn quiet_below(&self) -> bool {
-        let depth = self.steps.len();
-        self.alive_at(depth) & self.longer.get(depth).copied().unwrap_or(0) == 0
-            && !self
-                .rest
-                .iter()
-                .any(|p| p.steps.len() > depth && p.matches_steps(&self.steps))
-    }
-
     /// Whether a covering pattern names this location (and so everything under it).
     #[inline(always)]
     pub fn covered(&self) -> bool {
@@ -416,7 +404,8 @@ mod tests {
     }
 
     /// The cursor answers as matching every pattern against the whole path would, for up to
-    /// 80 patterns (beyond 64, matched the slow way), at every depth of random walks.
+    /// 80 patterns (beyond 64, matched the slow way), at every depth of random walks, whether
+    /// or not the walk follows the path where no pattern reaches.
     #[test]
     fn a_cursor_answers_as_whole_paths_matched_against_every_pattern_do() {
         let mut rng = fastrand::Rng::with_seed(11);
@@ -439,6 +428,8 @@ mod tests {
             let (covering, exact) = all.split_at(rng.usize(0..=count));
             let mut cursor = Cursor::new(covering, exact);
             let mut steps: Vec<Step<'static>> = Vec::new();
+            // Half the walks count only: where no pattern reaches, they do not follow the path.
+            let named = round % 2 == 0;
             for _ in 0..40 {
                 if steps.is_empty() || (steps.len() < 5 && rng.bool()) {
                     let step = match rng.usize(0..3) {
@@ -446,22 +437,20 @@ mod tests {
                         1 => Step::Element("id=7".into()),
                         _ => Step::Key(keys[rng.usize(0..keys.len())].into()),
                     };
-                    cursor.push(step.clone());
+                    cursor.descend(step.clone(), named);
                     steps.push(step);
                 } else {
                     cursor.pop();
                     steps.pop();
                 }
-                assert_eq!(cursor.steps(), &steps[..]);
+                if named {
+                    assert_eq!(cursor.steps(), &steps[..]);
+                }
                 let covered = covering.iter().any(|p| p.matches(&steps));
                 let exact_here = exact.iter().position(|p| p.matches(&steps));
-                let beneath = all
-                    .iter()
-                    .any(|p| p.steps.len() > steps.len() && p.matches_steps(&steps));
                 let shown = format!("{} at {}", all.len(), render(&steps));
                 assert_eq!(cursor.covered(), covered, "{shown}");
                 assert_eq!(cursor.exact(), exact_here, "{shown}");
-                assert_eq!(cursor.quiet_below(), !beneath, "{shown}");
             }
         }
     }

@@ -337,8 +337,8 @@ struct Walk<'a, 'r, P> {
     rule: &'r P,
     a: Scanner<'a>,
     b: Scanner<'a>,
-    /// Where the walk is, named as the tree walk names it; not followed further once no rule
-    /// reaches beneath it ([`Cursor::quiet`]).
+    /// Where the walk is, named as the tree walk names it; not followed where no rule reaches
+    /// (the walk only asks, never names: [`Cursor::descend`]).
     path: Cursor<'r, 'a>,
     /// How many of the enclosing arrays pair their elements otherwise than by index.
     pairing: usize,
@@ -404,14 +404,9 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
             self.b.expect(&self.a.bytes[start..self.a.at])?;
             self.a.eat(b':')?;
             self.b.eat(b':')?;
-            let follow = !self.path.quiet_below();
-            if follow {
-                self.path.push(Step::Key(Cow::Borrowed(key)));
-            }
+            self.path.descend(Step::Key(Cow::Borrowed(key)), false);
             self.value(depth)?;
-            if follow {
-                self.path.pop();
-            }
+            self.path.pop();
             if !self.next_or_end(b'}')? {
                 return Some(());
             }
@@ -426,18 +421,13 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
             self.a.at += 1;
             return Some(());
         }
-        let follow = !self.path.quiet_below();
-        let pairing = follow && self.rule.pairs_elements(&self.path);
+        let pairing = self.rule.pairs_elements(&self.path);
         self.pairing += usize::from(pairing);
         let mut index = 0;
         loop {
-            if follow {
-                self.path.push(Step::Index(index));
-            }
+            self.path.descend(Step::Index(index), false);
             self.value(depth)?;
-            if follow {
-                self.path.pop();
-            }
+            self.path.pop();
             index += 1;
             if !self.next_or_end(b']')? {
                 break;
