@@ -406,15 +406,14 @@ fn number(token: &str) -> Option<Number> {
     }
 }
 
-/// A number with a fraction and no exponent whose digits, point aside, make an integer `m`
-/// below 2^53 with at most 22 of them after the point: `m / 10^k` is then the nearest `f64`,
-/// since both are exact in `f64` and IEEE division rounds correctly (Clinger's fast path, which
-/// the standard library also takes, after a slower general reading of the text). `None` for
-/// anything else.
+/// A number with a fraction, no exponent and at most 15 digits: its digits, point aside, make
+/// an integer `m` below 10^15 < 2^53, with `k` ≤ 15 of them after the point, and `m / 10^k` is
+/// the nearest `f64`, since both are exact in `f64` and IEEE division rounds correctly
+/// (Clinger's fast path, which the standard library also takes, after a slower general reading
+/// of the text). `None` for anything else.
 fn decimal(token: &str) -> Option<Number> {
-    const POWERS: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    const POWERS: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
     ];
     let (negative, digits) = match token.strip_prefix('-') {
         Some(digits) => (true, digits),
