@@ -6,7 +6,8 @@
 //! valgrind --tool=callgrind ./target/release/examples/diff_profile 100KiB reordered 10
 //! ```
 //!
-//! Arguments: size (`1KiB`, `100KiB`, `1MiB`), case (`reordered`, `ids_ignored`, `differs`,
+//! Arguments: size (`1KiB`, `100KiB`, `1MiB`), case (`reordered`, `ids_ignored`,
+//! `many_ignores` (ids ignored by a rule of 32 patterns), `differs`,
 //! `reformatted` (equal tokens, other whitespace), `pretty_primary` (the primary pretty-printed),
 //! `parse_only`), iterations. The documents and rules are those of `benches/diff.rs`.
 
@@ -47,6 +48,16 @@ fn main() {
         ],
         ..rule.clone()
     };
+    // A route that ignores many fields (30 that these records do not have, besides the ids):
+    // what each value's check of the rule costs when there are many patterns.
+    let many_ignores = CompareRule {
+        ignore_json: (0..15)
+            .flat_map(|k| [format!("$.orders[*].field_{k}"), format!("$.meta_{k}")])
+            .map(|p| PathPattern::parse(&p).unwrap())
+            .chain(ids_ignored.ignore_json.iter().cloned())
+            .collect(),
+        ..rule.clone()
+    };
     let mut primary = response(document(size, 0, 0));
     let records = std::str::from_utf8(&primary.body)
         .unwrap()
@@ -55,6 +66,7 @@ fn main() {
     let (rule, shadow) = match case {
         "reordered" | "parse_only" => (&rule, response(reordered(records))),
         "ids_ignored" => (&ids_ignored, response(document(size, 0, 1_000_000))),
+        "many_ignores" => (&many_ignores, response(document(size, 0, 1_000_000))),
         "reformatted" => {
             let spaced = std::str::from_utf8(&primary.body)
                 .unwrap()
