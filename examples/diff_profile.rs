@@ -48,8 +48,8 @@ fn main() {
         ],
         ..rule.clone()
     };
-    // A route that ignores many fields (30 that these records do not have, besides the ids):
-    // what each value's check of the rule costs when there are many patterns.
+    // A route that ignores many fields (30 these records do not have, besides the ids): what
+    // asking the rule costs at every value when it has many patterns.
     let many_ignores = CompareRule {
         ignore_json: (0..15)
             .flat_map(|k| [format!("$.orders[*].field_{k}"), format!("$.meta_{k}")])
