@@ -9,11 +9,13 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::HeaderMap;
-use strangler::diff::{CompareRule, compare, decode, path::PathPattern};
+use strangler::diff::{CompareRule, compare, decode};
 
 #[path = "support/diff_documents.rs"]
 mod documents;
-use documents::{document, document_with_ids, reordered, response};
+use documents::{
+    document, document_with_ids, ids_ignored, many_ignores, reordered, response, rule,
+};
 
 // The binary's allocator (src/main.rs): the diff worker allocates and frees a tree node per
 // object and array, and glibc's malloc would be measured instead of the binary's.
@@ -22,28 +24,7 @@ use documents::{document, document_with_ids, reordered, response};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn comparison(c: &mut Criterion) {
-    let rule = CompareRule {
-        ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
-        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap().into()],
-        ..CompareRule::default()
-    };
-    let ids_ignored = CompareRule {
-        ignore_json: vec![
-            PathPattern::parse("$.generated_at").unwrap(),
-            PathPattern::parse("$.orders[*].id").unwrap(),
-        ],
-        ..rule.clone()
-    };
-    // A route that ignores many fields (30 these records do not have, besides the ids): what
-    // asking the rule costs at every value when it has many patterns.
-    let many_ignores = CompareRule {
-        ignore_json: (0..15)
-            .flat_map(|k| [format!("$.orders[*].field_{k}"), format!("$.meta_{k}")])
-            .map(|p| PathPattern::parse(&p).unwrap())
-            .chain(ids_ignored.ignore_json.iter().cloned())
-            .collect(),
-        ..rule.clone()
-    };
+    let (rule, ids_ignored, many_ignores) = (rule(), ids_ignored(), many_ignores());
     let mut group = c.benchmark_group("compare_json");
     for (label, size) in [("1KiB", 1 << 10), ("100KiB", 100 << 10), ("1MiB", 1 << 20)] {
         let primary = response(document(size, 0));

@@ -14,11 +14,13 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use strangler::diff::{CompareRule, compare, path::PathPattern};
+use strangler::diff::compare;
 
 #[path = "../benches/support/diff_documents.rs"]
 mod documents;
-use documents::{document_with_ids as document, reordered, response};
+use documents::{
+    document_with_ids as document, ids_ignored, many_ignores, reordered, response, rule,
+};
 
 // The binary's allocator (src/main.rs): the diff worker allocates and frees a tree node per
 // object and array, and glibc's malloc would be measured instead of the binary's.
@@ -36,28 +38,7 @@ fn main() {
     };
     let case = args.get(2).map(String::as_str).unwrap_or("reordered");
     let iterations: usize = args.get(3).map_or(1, |n| n.parse().expect("iterations"));
-    let rule = CompareRule {
-        ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
-        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap().into()],
-        ..CompareRule::default()
-    };
-    let ids_ignored = CompareRule {
-        ignore_json: vec![
-            PathPattern::parse("$.generated_at").unwrap(),
-            PathPattern::parse("$.orders[*].id").unwrap(),
-        ],
-        ..rule.clone()
-    };
-    // A route that ignores many fields (30 these records do not have, besides the ids): what
-    // asking the rule costs at every value when it has many patterns.
-    let many_ignores = CompareRule {
-        ignore_json: (0..15)
-            .flat_map(|k| [format!("$.orders[*].field_{k}"), format!("$.meta_{k}")])
-            .map(|p| PathPattern::parse(&p).unwrap())
-            .chain(ids_ignored.ignore_json.iter().cloned())
-            .collect(),
-        ..rule.clone()
-    };
+    let (rule, ids_ignored, many_ignores) = (rule(), ids_ignored(), many_ignores());
     let mut primary = response(document(size, 0, 0));
     let records = std::str::from_utf8(&primary.body)
         .unwrap()

@@ -1,10 +1,41 @@
-//! The JSON documents the diff benchmarks compare, shared by `benches/diff.rs` (criterion) and
-//! `examples/diff_profile.rs` (callgrind), so both measure the same bodies.
+//! The JSON documents the diff benchmarks compare, and the rules they compare them under, shared
+//! by `benches/diff.rs` (criterion) and `examples/diff_profile.rs` (callgrind), so both measure
+//! the same bodies.
 #![allow(dead_code)] // each includer uses its own subset
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use strangler::diff::{CompareRule, path::PathPattern};
 use strangler::exchange::CapturedResponse;
+
+/// The rule most cases compare under: the timestamp ignored, each record's tags unordered.
+pub fn rule() -> CompareRule {
+    CompareRule {
+        ignore_json: vec![PathPattern::parse("$.generated_at").unwrap()],
+        unordered_arrays: vec![PathPattern::parse("$.orders[*].tags").unwrap().into()],
+        ..CompareRule::default()
+    }
+}
+
+/// [`rule`] with each record's `id` ignored too (a shadow of a mostly-matching service).
+pub fn ids_ignored() -> CompareRule {
+    let mut rule = rule();
+    rule.ignore_json
+        .push(PathPattern::parse("$.orders[*].id").unwrap());
+    rule
+}
+
+/// [`ids_ignored`] with 30 more ignored fields these records do not have: what asking the rule
+/// costs at every value when it has many patterns.
+pub fn many_ignores() -> CompareRule {
+    let mut rule = ids_ignored();
+    rule.ignore_json.extend(
+        (0..15)
+            .flat_map(|k| [format!("$.orders[*].field_{k}"), format!("$.meta_{k}")])
+            .map(|p| PathPattern::parse(&p).unwrap()),
+    );
+    rule
+}
 
 /// The same records with every object's keys in another order: equal as JSON, not as bytes,
 /// so the comparison parses and walks both documents.
