@@ -1106,7 +1106,6 @@ fn leaves(value: &Json<'_>) -> usize {
 }
 
 /// Each element's fingerprint, in order.
-/// `path` is `None` where no rule reaches (see [`fingerprint`]).
 fn fingerprints<'v>(
     rule: &CompareRule,
     values: &'v [Json<'v>],
@@ -1167,7 +1166,9 @@ static FINGERPRINTS: ahash::RandomState = ahash::RandomState::with_seeds(
 /// the tolerance of each other hash apart; the comparison then finds them equal. The caller has
 /// checked that `path` is not ignored (each member and element is checked once, not twice).
 /// Where no rule reaches ([`Cursor::enter`]) `path` is `None` and nothing is asked of the rule:
-/// the same bytes are hashed as the rule would have them, without following the path.
+/// the same bytes are hashed as the rule would have them, without following the path. (Not
+/// [`Cursor::descend`], as the comparing walks do: stepping and asking at every node of a
+/// detached subtree cost 4 % more on a list whose every record differs.)
 fn fingerprint<'v>(
     rule: &CompareRule,
     value: &'v Json<'v>,
