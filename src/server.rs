@@ -1,6 +1,6 @@
 //! Process assembly: load and validate the config, then build and run the Pingora server with
 //! the proxy and admin services. How the process stops and hands over its sockets is
-//! `lifecycle.rs`'s; this module wires it in (the listeners, Pingora's signal hook).
+//! `lifecycle/`'s; this module wires it in (the listeners, Pingora's signal hook).
 //!
 //! Nothing binds before the config is known to be valid, so an invalid file never leaves a
 //! half-started process listening. A config with shadows also needs its diff store: it is opened

@@ -40,6 +40,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
+mod closing;
+
 /// How long the old process waits for the new one, from SIGQUIT until the new process's
 /// `/readyz` answers (the new process loads its config before it takes the sockets); past it,
 /// the upgrade is abandoned and the old process keeps serving. Also how long a new process
@@ -81,17 +83,6 @@ enum Reason {
     Stop,
     /// The sockets were handed over: they live on in the new process, admin included.
     HandedOver,
-}
-
-/// How a wait for the accept queue to empty ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum QueueWait {
-    /// Every queued connection was taken (or the queue could not be read).
-    Emptied,
-    /// The accept loop took nothing for the stall bound.
-    Stalled,
-    /// The drain's deadline came first.
-    Deadline,
 }
 
 /// A listener's accept loop: told to stop, and telling when it has.
@@ -281,14 +272,15 @@ impl Lifecycle {
         }
     }
 
-    /// Before the proxy listener closes: stops the kernel completing new handshakes on it, then
-    /// waits until the accept loop has taken every connection already completed, for as long as
-    /// it keeps taking them (see [`ACCEPT_QUEUE_STALL`]) and at most until `deadline`.
-    /// Closing a listener resets the connections still in its accept queue, and their clients
-    /// may already have written a request; a client whose handshake is refused instead retries
-    /// and then finds the port closed, before it has sent anything.
+    /// Before the proxy listener closes: stops the kernel answering new handshakes on it, then
+    /// waits until the accept loop has taken every connection on its way (handshakes under way
+    /// and connections completed), for as long as it keeps taking them (see
+    /// [`ACCEPT_QUEUE_STALL`]) and at most until `deadline`. Closing a listener resets the
+    /// connections still in its queues, and their clients may already have written a request;
+    /// a client whose SYN goes unanswered instead retries and then finds the port closed,
+    /// before it has sent anything (`closing.rs`).
     async fn empty_accept_queue(&self, deadline: tokio::time::Instant) {
-        let mut sockets = Vec::new();
+        let mut queues = Vec::new();
         for address in &self.settings.listen {
             let key = address.to_string();
             let socket = self
@@ -300,47 +292,17 @@ impl Lifecycle {
             let Some(socket) = socket else {
                 continue;
             };
-            if let Err(error) = refuse_new_handshakes(socket) {
-                tracing::warn!(%error, %address, "cannot hold new connections off before the listener closes");
-                continue;
+            let opened =
+                closing::refuse_new_handshakes(socket).and_then(|()| closing::Queues::of(socket));
+            match opened {
+                Ok(queue) => queues.push(queue),
+                Err(error) => {
+                    tracing::warn!(%error, %address, "cannot hold new connections off before the listener closes");
+                }
             }
-            sockets.push(socket);
         }
-        for socket in sockets {
-            Self::wait_for_empty_queue(socket, deadline, ACCEPT_QUEUE_STALL).await;
-        }
-    }
-
-    /// Waits for the accept loop to take every connection queued on `socket`: while the queue
-    /// shrinks, however long that takes, up to `deadline`; it gives up once the queue has not
-    /// shrunk for `stall` (nothing takes the connections, waiting longer saves none).
-    async fn wait_for_empty_queue(
-        socket: i32,
-        deadline: tokio::time::Instant,
-        stall: Duration,
-    ) -> QueueWait {
-        let started = tokio::time::Instant::now();
-        let mut fewest = u32::MAX;
-        let mut last_taken = started;
-        loop {
-            let queued = match accept_queue_length(socket) {
-                Ok(0) | Err(_) => return QueueWait::Emptied,
-                Ok(queued) => queued,
-            };
-            let now = tokio::time::Instant::now();
-            if queued < fewest {
-                fewest = queued;
-                last_taken = now;
-            }
-            if now >= deadline {
-                tracing::warn!(queued, waited = ?now - started, "connections still queued at the drain deadline when the listener closes");
-                return QueueWait::Deadline;
-            }
-            if now - last_taken >= stall {
-                tracing::warn!(queued, waited = ?now - started, "connections still queued when the listener closes: the accept loop took none for {stall:?}");
-                return QueueWait::Stalled;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        for queue in &mut queues {
+            closing::wait_for_empty_queues(queue, deadline, ACCEPT_QUEUE_STALL).await;
         }
     }
 
@@ -511,65 +473,6 @@ pub fn receive_listeners(path: &str, timeout: Duration) -> std::io::Result<Vec<(
         ));
     }
     Ok(addresses.into_iter().zip(descriptors).collect())
-}
-
-/// `SO_ATTACH_FILTER` (`asm-generic/socket.h`; the same number on the architectures Pingora
-/// runs on).
-const SO_ATTACH_FILTER: libc::c_int = 26;
-
-/// Attaches a socket filter to the listening socket `socket` that drops every packet: the kernel
-/// then answers no new SYN and completes no handshake, while connections already in the accept
-/// queue stay there to be accepted.
-fn refuse_new_handshakes(socket: i32) -> std::io::Result<()> {
-    // One classic BPF instruction: `ret #0`, keep nothing.
-    let mut drop_all = [libc::sock_filter {
-        code: 0x06, // BPF_RET | BPF_K
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let program = libc::sock_fprog {
-        len: 1,
-        filter: drop_all.as_mut_ptr(),
-    };
-    // SAFETY: `program` and the instruction it points to outlive the call, which copies them.
-    let result = unsafe {
-        libc::setsockopt(
-            socket,
-            libc::SOL_SOCKET,
-            SO_ATTACH_FILTER,
-            (&raw const program).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// How many completed connections wait in the accept queue of the listening TCP socket
-/// `socket` (Linux reports it as `tcpi_unacked` of a listener's `TCP_INFO`).
-fn accept_queue_length(socket: i32) -> std::io::Result<u32> {
-    // SAFETY: an all-zero tcp_info is valid; the kernel fills at most `length` bytes of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a live buffer of `length` bytes.
-    let result = unsafe {
-        libc::getsockopt(
-            socket,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut length,
-        )
-    };
-    if result == 0 {
-        Ok(info.tcpi_unacked)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Whether a Unix socket listens at `path`, from `/proc/net/unix` (Linux): the hand-over socket
@@ -896,30 +799,6 @@ mod tests {
         assert!(error.to_string().contains("SIGQUIT"), "{error}");
     }
 
-    #[test]
-    fn a_closing_listener_keeps_its_queued_connections_and_completes_no_new_one() {
-        use std::os::fd::AsRawFd;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let queued: Vec<_> = (0..3)
-            .map(|_| std::net::TcpStream::connect(address).unwrap())
-            .collect();
-        let started = Instant::now();
-        while accept_queue_length(listener.as_raw_fd()).unwrap() < 3 {
-            assert!(started.elapsed() < Duration::from_secs(5), "never queued");
-            std::thread::yield_now();
-        }
-        refuse_new_handshakes(listener.as_raw_fd()).unwrap();
-        // A new client gets no handshake (its SYN goes unanswered)...
-        let late = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300));
-        assert!(late.is_err(), "a handshake completed after the door closed");
-        // ...while the queued ones are still there to be accepted, and counted down.
-        for _ in &queued {
-            listener.accept().unwrap();
-        }
-        assert_eq!(accept_queue_length(listener.as_raw_fd()).unwrap(), 0);
-    }
-
     fn lifecycle(drain_timeout: Duration) -> Arc<Lifecycle> {
         Lifecycle::new(Settings {
             drain_timeout,
@@ -985,78 +864,5 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(*lifecycle.draining().borrow());
-    }
-
-    /// A listener with `count` completed connections waiting in its accept queue (and the
-    /// clients, kept open).
-    fn queued_listener(count: usize) -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
-        use std::os::fd::AsRawFd;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let clients: Vec<_> = (0..count)
-            .map(|_| std::net::TcpStream::connect(address).unwrap())
-            .collect();
-        let started = Instant::now();
-        while accept_queue_length(listener.as_raw_fd()).unwrap() < count as u32 {
-            assert!(started.elapsed() < Duration::from_secs(5), "never queued");
-            std::thread::yield_now();
-        }
-        (listener, clients)
-    }
-
-    #[tokio::test]
-    async fn a_queue_taken_slowly_is_waited_for_past_the_stall_bound_while_it_shrinks() {
-        use std::os::fd::AsRawFd;
-        let (listener, _clients) = queued_listener(20);
-        let socket = listener.as_raw_fd();
-        // A slow accept loop: one connection every 25 ms, 500 ms in all, past the stall bound;
-        // a fixed bound of that length would have left the rest of the queue to be reset. Each
-        // step is a tenth of the bound, so a loaded machine's scheduling does not fake a stall.
-        let stall = Duration::from_millis(300);
-        let accepting = std::thread::spawn(move || {
-            let mut accepted = Vec::new();
-            for _ in 0..20 {
-                std::thread::sleep(Duration::from_millis(25));
-                accepted.push(listener.accept().unwrap());
-            }
-            accepted.len()
-        });
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let ended = Lifecycle::wait_for_empty_queue(socket, deadline, stall).await;
-        assert_eq!(ended, QueueWait::Emptied);
-        assert!(started.elapsed() > stall, "{:?}", started.elapsed());
-        assert_eq!(accepting.join().unwrap(), 20);
-    }
-
-    #[tokio::test]
-    async fn a_queue_nobody_takes_is_given_up_after_the_stall_bound() {
-        use std::os::fd::AsRawFd;
-        let (listener, _clients) = queued_listener(3);
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let stall = Duration::from_millis(100);
-        let ended = Lifecycle::wait_for_empty_queue(listener.as_raw_fd(), deadline, stall).await;
-        assert_eq!(ended, QueueWait::Stalled);
-        let waited = started.elapsed();
-        assert!(
-            waited >= stall && waited < Duration::from_secs(5),
-            "{waited:?}"
-        );
-        assert_eq!(accept_queue_length(listener.as_raw_fd()).unwrap(), 3);
-    }
-
-    #[tokio::test]
-    async fn a_queue_still_shrinking_at_the_drain_deadline_is_left_then() {
-        use std::os::fd::AsRawFd;
-        let (listener, _clients) = queued_listener(2);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
-        let ended = Lifecycle::wait_for_empty_queue(
-            listener.as_raw_fd(),
-            deadline,
-            Duration::from_secs(30),
-        )
-        .await;
-        assert_eq!(ended, QueueWait::Deadline);
     }
 }
