@@ -15,12 +15,14 @@
 //!   already under way stalls, or an upstream trickles its headers; the connection is then
 //!   closed, so the client sees the response cut short rather than complete.
 //!
-//! During a drain (see `lifecycle.rs`), Pingora's HTTP code is handed the drain as its shutdown
+//! During a drain (see `lifecycle/`), Pingora's HTTP code is handed the drain as its shutdown
 //! watch, so every request read from then on is answered with `Connection: close`, and
 //! [`closing_after_response`] tells the proxy to do the same for requests already under way.
-//! A connection left quiet (no request under way, none arriving) for [`DRAIN_IDLE_QUIET`] is
-//! closed (`strangler_connections_closed_total{reason="drain_idle"}`); Pingora's own shutdown
-//! would abort idle keep-alive connections at once, racing requests already on their way.
+//! A kept-alive connection left quiet (no request under way, none arriving) for
+//! [`DRAIN_IDLE_QUIET`] after a request is closed
+//! (`strangler_connections_closed_total{reason="drain_idle"}`); one that has not carried a
+//! request yet is left to send it. Pingora's own shutdown would abort idle keep-alive
+//! connections at once, racing requests already on their way.
 //!
 //! The proxy phases reach their connection's state through a task-local (`CURRENT`), since
 //! Pingora drives a whole HTTP/1 connection, request after request, inside one task.
@@ -386,7 +388,8 @@ impl ConnectionState {
             rearm: Notify::new(),
             request_id: Mutex::new(None),
             peer_value: std::sync::OnceLock::new(),
-            // A new connection is quiet until its first bytes arrive.
+            // No request under way yet (the drain waits for a new connection's first one all
+            // the same: `quiet_while_draining`).
             quiet_since: AtomicU64::new(to_nanos(Instant::now())),
             quieted: Notify::new(),
             draining,
@@ -428,8 +431,14 @@ impl ConnectionState {
     }
 
     /// Resolves once the process drains and this connection has been quiet for
-    /// [`DRAIN_IDLE_QUIET`] with nothing waiting on `socket`: it may be closed without cutting
-    /// a request off. Pends forever when the process never drains.
+    /// [`DRAIN_IDLE_QUIET`] since its last request, with nothing waiting on `socket`: it may be
+    /// closed without cutting a request off. Pends forever when the process never drains.
+    ///
+    /// A connection that has not carried a request yet is never quiet in this sense: its client
+    /// has just connected in order to send one (a connection accepted during the stop, or a
+    /// client starved of CPU for a moment), and a client whose fresh connection closes under
+    /// its first request loses it (clients retry a request only on a reused connection). The
+    /// header timeout (a 408) and the drain's deadline bound the wait for it.
     async fn quiet_while_draining(&self, socket: UniqueIDType) {
         let mut draining = self.draining.clone();
         if draining.wait_for(|draining| *draining).await.is_err() {
@@ -439,7 +448,8 @@ impl ConnectionState {
             // Registered before the state is read, so a request ending in between still wakes.
             let quieted = self.quieted.notified();
             let since = self.quiet_since.load(Ordering::Acquire);
-            if since == 0 {
+            // `Headers` with no byte read (`since` set) only before the first request.
+            if since == 0 || self.phase() == Phase::Headers {
                 quieted.await;
                 continue;
             }
@@ -939,10 +949,35 @@ mod tests {
         let (server, _client) = socket_pair().await;
         let (draining, watch) = watch::channel(false);
         let state = ConnectionState::new(watch);
+        state.request_arriving();
+        state.request_finished();
         draining.send_replace(true);
         let started = Instant::now();
         state.quiet_while_draining(server.as_raw_fd()).await;
         assert!(started.elapsed() >= DRAIN_IDLE_QUIET);
+    }
+
+    // Real time: the connection state keeps std instants, which paused time does not move.
+    #[tokio::test]
+    async fn a_connection_that_has_carried_no_request_is_left_to_send_its_first() {
+        let (_draining, watch) = watch::channel(true);
+        let state = Arc::new(ConnectionState::new(watch));
+        let quiet = tokio::spawn({
+            let state = state.clone();
+            async move { state.quiet_while_draining(-1).await }
+        });
+        // Quiet for far longer than the quiet period: a client connected to send a request.
+        tokio::time::sleep(DRAIN_IDLE_QUIET * 3).await;
+        assert!(!quiet.is_finished(), "closed before its first request");
+        // Its request comes and is answered: an idle kept-alive connection from then on.
+        state.request_arriving();
+        let ended = Instant::now();
+        state.request_finished();
+        tokio::time::timeout(Duration::from_secs(5), quiet)
+            .await
+            .expect("closed once quiet after its request")
+            .unwrap();
+        assert!(ended.elapsed() >= DRAIN_IDLE_QUIET);
     }
 
     #[tokio::test]
@@ -974,6 +1009,8 @@ mod tests {
         let (server, mut client) = socket_pair().await;
         let (_draining, watch) = watch::channel(true);
         let state = Arc::new(ConnectionState::new(watch));
+        state.request_arriving();
+        state.request_finished();
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let quiet = tokio::spawn({
             let state = state.clone();

@@ -425,12 +425,15 @@ async fn sigterm_under_load_loses_no_request_in_twenty_cycles() {
     );
 }
 
-/// Connections arriving at the moment of the stop: those the kernel has completed but the proxy
-/// not yet accepted are served, not reset by the listener's close.
+/// Connections arriving at the moment of the stop are served, not reset by the listener's
+/// close: those completed but not yet accepted, and those whose handshake is under way (the
+/// client has its SYN-ACK and writes its request at once; the proxy's side completes a moment
+/// later, much later on a starved CPU).
 ///
 /// Beside the whole suite on 2 cores the accept loop is starved: the stop waits for it as long
-/// as it keeps taking the queued connections (`lifecycle.rs`), where a fixed 1 s bound used to
-/// reset a few.
+/// as it keeps taking the queued connections (`lifecycle/closing.rs`), where a fixed 1 s bound
+/// used to reset a few. A socket filter that dropped every packet, not only new SYNs, left the
+/// handshakes under way to be reset: 0 to 2 lost per 5 stops beside the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_connections_arriving_loses_no_request() {
     let backend = Backend::start("app").await;
@@ -452,6 +455,9 @@ async fn sigterm_with_connections_arriving_loses_no_request() {
         let exit = process.wait_for_exit(signalled).await;
         let tally = load.finish().await;
         eprintln!("arriving {cycle}: exit after {exit:?}; {}", report(&tally));
+        if !tally.lost.is_empty() || !tally.failed_writes.is_empty() {
+            eprintln!("arriving {cycle}: the proxy's log:\n{}", process.stderr());
+        }
         assert!(
             process.drained(),
             "cycle {cycle}: not drained:\n{}",
@@ -469,13 +475,48 @@ async fn sigterm_with_connections_arriving_loses_no_request() {
         lost.extend(tally.lost);
         lost.extend(tally.failed_writes);
     }
-    // Known, narrow: a client whose TCP handshake completes in the microseconds between the
-    // socket filter going on and the listener closing can still be reset (docs/operations.md).
-    // Seen once in four full-suite runs on a loaded 2-core box; more than one is a regression.
-    if !lost.is_empty() {
-        eprintln!("requests lost to the handshake race at SIGTERM: {lost:?}");
-    }
-    assert!(lost.len() <= 1, "requests lost to SIGTERM: {lost:?}");
+    assert!(lost.is_empty(), "requests lost to SIGTERM: {lost:?}");
+}
+
+/// A connection accepted just before the stop whose request comes late (a client starved of
+/// CPU, a slow network) is served: a connection that has carried no request is not idle, and a
+/// client whose fresh connection closes under its first request loses it (clients retry only on
+/// a reused connection). The drain closed it after 500 ms of quiet.
+#[tokio::test]
+async fn a_connection_accepted_before_the_stop_whose_request_comes_late_is_served() {
+    let backend = Backend::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&backend);
+    let ports = config.ports;
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, config.rendered()).unwrap();
+    let mut process = Process::spawn(&path, false, dir.path().join("0.log"));
+    process.wait_ready(ports.admin, ports.listen).await;
+
+    let mut late = BufReader::new(TcpStream::connect(ports.listen).await.unwrap());
+    let signalled = Instant::now();
+    process.signal("TERM");
+    support::eventually("the drain", || async {
+        match support::get(ports.admin, "/readyz").await {
+            Ok(response) if response.status == 503 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The client's lateness is the case itself, not a wait for readiness: past the quiet
+    // period after which the drain closes an idle kept-alive connection (500 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    late.get_mut()
+        .write_all(b"GET /late HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, close) = read_response(&mut late)
+        .await
+        .expect("the late request is answered");
+    assert_eq!((status, close), (200, true));
+    let exit = process.wait_for_exit(signalled).await;
+    assert!(process.drained(), "not drained:\n{}", process.stderr());
+    assert!(exit <= DRAIN_TIMEOUT + EXIT_SLACK, "exit after {exit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
