@@ -1200,7 +1200,8 @@ fn fingerprint<'v>(
         }
         Json::String(s) => {
             hasher.write_u8(b's');
-            hasher.write_usize(s.len());
+            // `write` mixes the length in itself (ahash, both of its builds): a string ends
+            // unambiguously without writing its length apart.
             hasher.write(s.as_bytes());
         }
         Json::Array(items) => {
@@ -1222,7 +1223,8 @@ fn fingerprint<'v>(
                 hasher.write_u64(sum);
             } else {
                 // In order, into this hasher: each value's bytes say where it ends (a tag, and
-                // a length for strings and keys), so one after another is unambiguous.
+                // for strings and keys the length `write` mixes in), so one after another is
+                // unambiguous.
                 for (index, item) in items.iter().enumerate() {
                     element(rule, item, index, path.as_deref_mut(), hasher);
                 }
@@ -1235,7 +1237,6 @@ fn fingerprint<'v>(
                 let mut at =
                     (path.as_deref_mut()).and_then(|path| path.enter(step).then_some(path));
                 if !at.as_deref().is_some_and(Cursor::covered) {
-                    hasher.write_usize(key.len());
                     hasher.write(key.as_bytes());
                     fingerprint(rule, child, at.as_deref_mut(), hasher);
                 }
