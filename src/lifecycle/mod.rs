@@ -7,10 +7,14 @@
 //! - when the listeners stop accepting: on SIGTERM first of all, on an upgrade only once the new
 //!   process answers `/readyz` with its own pid (until then both processes accept on the shared
 //!   sockets, so no connection attempt is refused or reset);
-//! - the drain: from its start every response says `Connection: close`, connections that stay
-//!   quiet are closed (`connection.rs` does it, on this module's cue), requests in flight
-//!   finish, and the process exits as soon as the last client connection is gone, or at
-//!   `server.drain_timeout` at the latest.
+//! - the drain: from its start every response says `Connection: close`, kept-alive connections
+//!   that stay quiet after a request are closed (`connection.rs` does it, on this module's cue),
+//!   requests in flight finish, and the process exits as soon as the last client connection is
+//!   gone, or at `server.drain_timeout` at the latest.
+//!
+//! On SIGTERM the proxy listener is closed only once no connection is on its way to it: new
+//! handshakes are held off and those under way, and the accept queue, are waited for
+//! (`closing.rs`).
 //!
 //! Pingora's own handling is replaced, not wrapped, because it loses requests: on SIGTERM it
 //! aborts idle keep-alive connections at once (a request arriving on one meets a closed socket),
@@ -47,10 +51,11 @@ mod closing;
 /// the upgrade is abandoned and the old process keeps serving. Also how long a new process
 /// waits for the sockets before it gives up.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a stop waits for the accept loop to take one more of the connections already
-/// queued before it gives up on the rest: the wait as a whole scales with the queue (it goes on
-/// while the queue shrinks, up to the drain's deadline), and only a loop that takes nothing for
-/// this long is deemed stuck. A fixed bound on the whole wait lost queued connections whenever a
+/// How long a stop waits for the accept loop to take one more of the connections on their way
+/// (handshakes under way and connections queued) before it gives up on the rest: the wait as a
+/// whole scales with the queues (it goes on while they shrink, up to the drain's deadline), and
+/// only a loop that takes nothing for this long is deemed stuck (or a client gone mid-handshake
+/// is given up on). A fixed bound on the whole wait lost queued connections whenever a
 /// starved CPU (2 cores beside a test suite) slowed the loop down rather than stopped it.
 const ACCEPT_QUEUE_STALL: Duration = Duration::from_secs(1);
 /// How often the old process asks `/readyz` during a hand-over.
