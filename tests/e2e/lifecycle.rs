@@ -17,7 +17,7 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,14 +54,22 @@ fn config(backend: &Backend) -> ProxyBuilder {
     .server(&format!("  drain_timeout: {}s\n", DRAIN_TIMEOUT.as_secs()))
 }
 
+/// [`config`] written to `name` in `dir`: the ports it listens on and the file.
+fn written_config(backend: &Backend, dir: &Path, name: &str) -> (support::Ports, PathBuf) {
+    let config = config(backend);
+    let path = dir.join(name);
+    std::fs::write(&path, config.rendered()).unwrap();
+    (config.ports, path)
+}
+
 /// A `strangler run` process this test signals and waits for itself.
 struct Process {
     child: Child,
-    log: std::path::PathBuf,
+    log: PathBuf,
 }
 
 impl Process {
-    fn spawn(config: &Path, upgrade: bool, log: std::path::PathBuf) -> Process {
+    fn spawn(config: &Path, upgrade: bool, log: PathBuf) -> Process {
         let stderr = std::fs::File::create(&log).unwrap();
         // `STRANGLER_LIFECYCLE_BINARY` runs another build (an older one, to compare).
         let binary = std::env::var("STRANGLER_LIFECYCLE_BINARY")
@@ -385,10 +393,7 @@ async fn sigterm_under_load_loses_no_request_in_twenty_cycles() {
     let mut failed_writes = 0;
     let mut slowest = Duration::ZERO;
     for cycle in 0..cycles() {
-        let config = config(&backend);
-        let ports = config.ports;
-        let path = dir.path().join(format!("routes-{cycle}.yaml"));
-        std::fs::write(&path, config.rendered()).unwrap();
+        let (ports, path) = written_config(&backend, dir.path(), &format!("routes-{cycle}.yaml"));
         let mut process = Process::spawn(&path, false, dir.path().join(format!("{cycle}.log")));
         process.wait_ready(ports.admin, ports.listen).await;
 
@@ -441,10 +446,7 @@ async fn sigterm_with_connections_arriving_loses_no_request() {
     let mut lost = Vec::new();
     // Fewer cycles: a client whose handshake is held off at the stop retries it a second later.
     for cycle in 0..cycles().div_ceil(4) {
-        let config = config(&backend);
-        let ports = config.ports;
-        let path = dir.path().join(format!("routes-{cycle}.yaml"));
-        std::fs::write(&path, config.rendered()).unwrap();
+        let (ports, path) = written_config(&backend, dir.path(), &format!("routes-{cycle}.yaml"));
         let mut process = Process::spawn(&path, false, dir.path().join(format!("{cycle}.log")));
         process.wait_ready(ports.admin, ports.listen).await;
 
@@ -486,10 +488,7 @@ async fn sigterm_with_connections_arriving_loses_no_request() {
 async fn a_connection_accepted_before_the_stop_whose_request_comes_late_is_served() {
     let backend = Backend::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&backend);
-    let ports = config.ports;
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config.rendered()).unwrap();
+    let (ports, path) = written_config(&backend, dir.path(), "routes.yaml");
     let mut process = Process::spawn(&path, false, dir.path().join("0.log"));
     process.wait_ready(ports.admin, ports.listen).await;
 
@@ -523,10 +522,7 @@ async fn a_connection_accepted_before_the_stop_whose_request_comes_late_is_serve
 async fn upgrades_under_load_lose_no_request_in_twenty_cycles() {
     let backend = Backend::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&backend);
-    let ports = config.ports;
-    let path = dir.path().join("routes.yaml");
-    std::fs::write(&path, config.rendered()).unwrap();
+    let (ports, path) = written_config(&backend, dir.path(), "routes.yaml");
     let upgrade_sock = format!("/tmp/strangler-{}-upgrade.sock", ports.listen.port());
 
     let mut current = Process::spawn(&path, false, dir.path().join("0.log"));
