@@ -226,7 +226,7 @@ impl<'a> Builder<'a> {
                     .keys
                     .iter()
                     .zip(&*members)
-                    .all(|(key, (given, _))| key == given);
+                    .all(|(key, (given, _))| same_key(key, given));
             if !known {
                 shape.keys.clear();
                 shape.keys.extend(members.iter().map(|(key, _)| *key));
@@ -346,6 +346,27 @@ fn sort_members(members: &mut [(&str, Json<'_>)]) -> bool {
     members.windows(2).any(|pair| pair[0].0 == pair[1].0)
 }
 
+/// `a == b`, inline for the short keys of records: each of a list's records checks its keys
+/// against the shape remembered from the one before, and a call to `memcmp` per key was 5 % of
+/// comparing two lists of records. Up to 16 bytes, two overlapping loads per side.
+#[inline(always)]
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let length = a.len();
+    if length != b.len() {
+        return false;
+    }
+    let word = |bytes: &[u8], at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
+    let half = |bytes: &[u8], at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    match length {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[length / 2] == b[length / 2] && a[length - 1] == b[length - 1],
+        4..=8 => half(a, 0) == half(b, 0) && half(a, length - 4) == half(b, length - 4),
+        9..=16 => word(a, 0) == word(b, 0) && word(a, length - 8) == word(b, length - 8),
+        _ => a == b,
+    }
+}
+
 /// Sorts `order`, indexes into `keys`, by key with an insertion sort (on keys already in order,
 /// one comparison each), stably; returns whether a key is given twice.
 fn sort_order(keys: &[&str], order: &mut [u8]) -> bool {
@@ -438,6 +459,35 @@ fn decimal(token: &str) -> Option<Number> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_compared_inline_are_equal_exactly_when_their_bytes_are() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..200_000 {
+            let length = (next() % 24) as usize;
+            // Two letters only, so that equal keys and keys one byte apart both come often.
+            let a: String = (0..length)
+                .map(|_| if next() % 2 == 0 { 'a' } else { 'b' })
+                .collect();
+            let mut b = a.clone().into_bytes();
+            match next() % 3 {
+                0 => {}
+                1 if length > 0 => {
+                    let at = (next() % length as u64) as usize;
+                    b[at] = if b[at] == b'a' { b'b' } else { b'a' };
+                }
+                _ => b.push(b'a'),
+            }
+            let b = String::from_utf8(b).unwrap();
+            assert_eq!(same_key(&a, &b), a == b, "{a:?} {b:?}");
+        }
+    }
 
     fn parse(text: &str) -> Result<Json<'static>, serde_json::Error> {
         // Leaked: a test's few documents outlive the test, not the process.
