@@ -176,7 +176,7 @@ impl<'a> Builder<'a> {
                     loop {
                         let key = self.text(scanner.string()?);
                         scanner.eat(b':')?;
-                        let value = self.value(scanner, depth)?;
+                        let value = self.member(scanner, depth)?;
                         self.members.push((key, value));
                         if !more(scanner, b'}')? {
                             break;
@@ -191,7 +191,7 @@ impl<'a> Builder<'a> {
                 let open = self.items.len();
                 if scanner.eat(b']').is_none() {
                     loop {
-                        let item = self.value(scanner, depth)?;
+                        let item = self.member(scanner, depth)?;
                         self.items.push(item);
                         if !more(scanner, b']')? {
                             break;
@@ -200,13 +200,20 @@ impl<'a> Builder<'a> {
                 }
                 self.array(open)
             }
-            _ => match scanner.scalar()? {
-                "null" => Json::Null,
-                "true" => Json::Bool(true),
-                "false" => Json::Bool(false),
-                token => Json::Number(number(token)?),
-            },
+            _ => literal(scanner.scalar()?)?,
         })
+    }
+
+    /// A member's value or an array's element: a scalar read here, in the loop that asked, and
+    /// only a nested object or array by a call to [`Builder::value`] (a call for every value
+    /// cost 0.2 M instructions of the 9 M a 100 KiB list of records takes to compare).
+    #[inline(always)]
+    fn member(&mut self, scanner: &mut Scanner<'a>, depth: usize) -> Option<Json<'a>> {
+        match scanner.peek()? {
+            b'"' => Some(Json::String(self.text(scanner.string()?))),
+            b'{' | b'[' => self.value(scanner, depth),
+            _ => literal(scanner.scalar()?),
+        }
     }
 
     /// The array whose elements are on the stack from `open`, moved into the arena.
@@ -390,6 +397,17 @@ fn sort_order(keys: &[&str], order: &mut [u8]) -> bool {
         }
     }
     twice
+}
+
+/// A scalar's token as a value: a literal or a number.
+#[inline(always)]
+fn literal(token: &str) -> Option<Json<'_>> {
+    Some(match token {
+        "null" => Json::Null,
+        "true" => Json::Bool(true),
+        "false" => Json::Bool(false),
+        token => Json::Number(number(token)?),
+    })
 }
 
 /// After a member or an element: `,` (`Some(true)`) or `close` (`Some(false)`), consumed.
