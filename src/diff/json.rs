@@ -114,6 +114,8 @@ impl Serialize for Json<'_> {
 pub(super) fn key_order(a: &str, b: &str) -> Ordering {
     match (a.as_bytes().first(), b.as_bytes().first()) {
         (Some(x), Some(y)) if x != y => x.cmp(y),
+        // Walking two objects side by side mostly meets the same key on both sides.
+        _ if same_key(a, b) => Ordering::Equal,
         _ => a.cmp(b),
     }
 }
@@ -354,8 +356,9 @@ fn sort_members(members: &mut [(&str, Json<'_>)]) -> bool {
 }
 
 /// `a == b`, inline for the short keys of records: each of a list's records checks its keys
-/// against the shape remembered from the one before, and a call to `memcmp` per key was 5 % of
-/// comparing two lists of records. Up to 16 bytes, two overlapping loads per side.
+/// against the shape remembered from the one before, and two objects walked side by side
+/// meet the same keys; a call to `memcmp` per key cost 1-3 % of comparing two lists of records.
+/// Up to 16 bytes, two overlapping loads per side.
 #[inline(always)]
 fn same_key(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
