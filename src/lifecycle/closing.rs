@@ -192,9 +192,12 @@ pub(super) fn accept_queue_length(socket: RawFd) -> io::Result<u32> {
     }
 }
 
-/// A `NETLINK_SOCK_DIAG` socket, what `ss` asks.
+/// A `NETLINK_SOCK_DIAG` socket, what `ss` asks. Its reads time out: they block the stop's
+/// task, and a kernel that never finished a dump must not hold the stop past its deadline (the
+/// count then fails, and the stop waits on the accept queue alone).
 fn diag_socket() -> io::Result<netlink_sys::Socket> {
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG)?;
+    SockRef::from(&socket).set_read_timeout(Some(Duration::from_millis(500)))?;
     socket.bind_auto()?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     Ok(socket)
