@@ -214,6 +214,8 @@ impl<'a> Builder<'a> {
         match scanner.peek()? {
             b'"' => Some(Json::String(self.text(scanner.string()?))),
             b'{' | b'[' => self.value(scanner, depth),
+            // Not through `literal`, which would hold a number up against three words first.
+            b'-' | b'0'..=b'9' => Some(Json::Number(number(scanner.scalar()?)?)),
             _ => literal(scanner.scalar()?),
         }
     }
