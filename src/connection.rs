@@ -358,7 +358,7 @@ struct ConnectionState {
     /// The peer and its rendering for `X-Forwarded-For` (see [`peer_value`]).
     peer_value: std::sync::OnceLock<(std::net::IpAddr, HeaderValue)>,
     /// Since when (nanoseconds since [`EPOCH`]) no request has been under way or arriving;
-    /// 0 while one is.
+    /// 0 while one is, and on a new connection, whose client connected to send its first.
     quiet_since: AtomicU64,
     /// Woken when a request ends and the connection turns quiet.
     quieted: Notify,
@@ -388,9 +388,8 @@ impl ConnectionState {
             rearm: Notify::new(),
             request_id: Mutex::new(None),
             peer_value: std::sync::OnceLock::new(),
-            // No request under way yet (the drain waits for a new connection's first one all
-            // the same: `quiet_while_draining`).
-            quiet_since: AtomicU64::new(to_nanos(Instant::now())),
+            // Its first request is on its way: never quiet before it (`quiet_while_draining`).
+            quiet_since: AtomicU64::new(0),
             quieted: Notify::new(),
             draining,
         }
@@ -448,8 +447,7 @@ impl ConnectionState {
             // Registered before the state is read, so a request ending in between still wakes.
             let quieted = self.quieted.notified();
             let since = self.quiet_since.load(Ordering::Acquire);
-            // `Headers` with no byte read (`since` set) only before the first request.
-            if since == 0 || self.phase() == Phase::Headers {
+            if since == 0 {
                 quieted.await;
                 continue;
             }
@@ -858,6 +856,7 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use tokio::sync::watch;
+    use tokio::task::JoinHandle;
 
     /// The outcome of scanning `head` read in `chunk`-byte pieces, with `feed` or bytewise.
     fn scan(head: &[u8], chunk: usize, limits: &HeadLimits, bytewise: bool) -> String {
@@ -957,20 +956,18 @@ mod tests {
         assert!(started.elapsed() >= DRAIN_IDLE_QUIET);
     }
 
-    // Real time: the connection state keeps std instants, which paused time does not move.
-    #[tokio::test]
-    async fn a_connection_that_has_carried_no_request_is_left_to_send_its_first() {
-        let (_draining, watch) = watch::channel(true);
-        let state = Arc::new(ConnectionState::new(watch));
-        let quiet = tokio::spawn({
-            let state = state.clone();
-            async move { state.quiet_while_draining(-1).await }
-        });
-        // Quiet for far longer than the quiet period: a client connected to send a request.
-        tokio::time::sleep(DRAIN_IDLE_QUIET * 3).await;
-        assert!(!quiet.is_finished(), "closed before its first request");
-        // Its request comes and is answered: an idle kept-alive connection from then on.
-        state.request_arriving();
+    /// The drain's watch over a connection's quiet, in a task of its own.
+    fn watch_quiet(state: &Arc<ConnectionState>, socket: UniqueIDType) -> JoinHandle<()> {
+        let state = state.clone();
+        tokio::spawn(async move { state.quiet_while_draining(socket).await })
+    }
+
+    /// Ends the request under way: the watch must let the connection go a quiet period later,
+    /// not sooner.
+    async fn closed_a_quiet_period_after_the_request_ends(
+        state: &ConnectionState,
+        quiet: JoinHandle<()>,
+    ) {
         let ended = Instant::now();
         state.request_finished();
         tokio::time::timeout(Duration::from_secs(5), quiet)
@@ -980,27 +977,30 @@ mod tests {
         assert!(ended.elapsed() >= DRAIN_IDLE_QUIET);
     }
 
+    // Real time: the connection state keeps std instants, which paused time does not move.
+    #[tokio::test]
+    async fn a_connection_that_has_carried_no_request_is_left_to_send_its_first() {
+        let (_draining, watch) = watch::channel(true);
+        let state = Arc::new(ConnectionState::new(watch));
+        let quiet = watch_quiet(&state, -1);
+        // Quiet for far longer than the quiet period: a client connected to send a request.
+        tokio::time::sleep(DRAIN_IDLE_QUIET * 3).await;
+        assert!(!quiet.is_finished(), "closed before its first request");
+        // Its request comes and is answered: an idle kept-alive connection from then on.
+        state.request_arriving();
+        closed_a_quiet_period_after_the_request_ends(&state, quiet).await;
+    }
+
     #[tokio::test]
     async fn a_request_under_way_is_never_cut_by_the_drain() {
         let (server, _client) = socket_pair().await;
         let (draining, watch) = watch::channel(true);
         let state = Arc::new(ConnectionState::new(watch));
         state.request_arriving();
-        let quiet = tokio::spawn({
-            let state = state.clone();
-            let socket = server.as_raw_fd();
-            async move { state.quiet_while_draining(socket).await }
-        });
+        let quiet = watch_quiet(&state, server.as_raw_fd());
         tokio::time::sleep(DRAIN_IDLE_QUIET * 2).await;
         assert!(!quiet.is_finished(), "closed during a request");
-        // The request ends: quiet from now, closed a quiet period later.
-        let ended = Instant::now();
-        state.request_finished();
-        tokio::time::timeout(Duration::from_secs(5), quiet)
-            .await
-            .expect("closed once quiet")
-            .unwrap();
-        assert!(ended.elapsed() >= DRAIN_IDLE_QUIET);
+        closed_a_quiet_period_after_the_request_ends(&state, quiet).await;
         drop(draining);
     }
 
@@ -1012,11 +1012,7 @@ mod tests {
         state.request_arriving();
         state.request_finished();
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let quiet = tokio::spawn({
-            let state = state.clone();
-            let socket = server.as_raw_fd();
-            async move { state.quiet_while_draining(socket).await }
-        });
+        let quiet = watch_quiet(&state, server.as_raw_fd());
         tokio::time::sleep(DRAIN_IDLE_QUIET * 2).await;
         assert!(!quiet.is_finished(), "closed with a request waiting");
         quiet.abort();
