@@ -241,7 +241,7 @@ impl Lifecycle {
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
         let listeners: &[Listener] = match reason {
             Reason::Stop => {
-                self.empty_accept_queue(deadline).await;
+                self.empty_queues(deadline).await;
                 // The admin listener stays up while draining: `/readyz` says so, metrics stay
                 // readable.
                 &[Listener::Proxy]
@@ -284,7 +284,7 @@ impl Lifecycle {
     /// connections still in its queues, and their clients may already have written a request;
     /// a client whose SYN goes unanswered instead retries and then finds the port closed,
     /// before it has sent anything (`closing.rs`).
-    async fn empty_accept_queue(&self, deadline: tokio::time::Instant) {
+    async fn empty_queues(&self, deadline: tokio::time::Instant) {
         let mut queues = Vec::new();
         for address in &self.settings.listen {
             let key = address.to_string();
