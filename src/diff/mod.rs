@@ -14,6 +14,7 @@
 //! A Postgres store gets the judged batches through its own bounded writer
 //! ([`crate::store::postgres::Writer`]), so a slow database never holds up comparisons.
 
+mod against;
 mod compare;
 pub mod decode;
 pub mod json;

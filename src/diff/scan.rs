@@ -144,10 +144,35 @@ impl<'a> Scanner<'a> {
         None
     }
 
+    /// The bytes from the cursor on, whitespace not skipped.
+    #[inline(always)]
+    pub(super) fn rest(&self) -> &'a [u8] {
+        self.bytes.get(self.at..).unwrap_or_default()
+    }
+
+    /// Moves the cursor `length` bytes on: a reader of its own has checked them.
+    #[inline(always)]
+    pub(super) fn advance(&mut self, length: usize) {
+        self.at += length;
+    }
+
     /// Consumes `byte` (after whitespace) or stops.
     #[inline]
     pub(super) fn eat(&mut self, byte: u8) -> Flow {
         (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// After a member or an element: `,` (`Some(true)`) or `close` (`Some(false)`), consumed;
+    /// anything else stops.
+    #[inline(always)]
+    pub(super) fn more(&mut self, close: u8) -> Option<bool> {
+        let next = self.peek()?;
+        self.at += 1;
+        match next {
+            b',' => Some(true),
+            c if c == close => Some(false),
+            _ => None,
+        }
     }
 
     /// Consumes exactly `token` (no whitespace skipped) or stops.
@@ -267,7 +292,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// One whole value at the cursor (after whitespace), checked and consumed.
-    fn skip_value(&mut self, depth: usize) -> Flow {
+    pub(super) fn skip_value(&mut self, depth: usize) -> Flow {
         match self.peek()? {
             b'"' => self.string().map(drop),
             b'{' => {
