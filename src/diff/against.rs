@@ -59,8 +59,7 @@ struct Against<'a, 'r, P> {
     path: Cursor<'r, 'a>,
     /// How many of the enclosing arrays pair their elements otherwise than by index.
     pairing: usize,
-    /// For each object open in the walk, a bit per member of the tree's object: whether the
-    /// body has given it yet.
+    /// The marks of the objects open in the walk that have more than 64 members ([`Marks`]).
     given: Vec<u64>,
     /// The text of the last string with escapes, decoded (reused).
     decoded: String,
@@ -83,7 +82,7 @@ impl<'a, P: Paths> Against<'a, '_, P> {
             (b'[', Json::Array(items)) => self.array(items, deeper(depth)?),
             (b'"', Json::String(expected)) => {
                 let raw = self.text.string()?;
-                (text_of(&mut self.decoded, raw) == *expected).then_some(())
+                same_key(text_of(&mut self.decoded, raw), expected).then_some(())
             }
             (b'-' | b'0'..=b'9', Json::Number(expected)) => {
                 (read_number(&mut self.text)? == *expected).then_some(())
@@ -109,8 +108,7 @@ impl<'a, P: Paths> Against<'a, '_, P> {
     /// only one side has is equal only where the rule ignores it.
     fn object(&mut self, members: &'a [(&'a str, Json<'a>)], depth: usize) -> Flow {
         self.text.eat(b'{')?;
-        let open = self.given.len();
-        self.given.resize(open + members.len().div_ceil(64), 0);
+        let mut marks = Marks::new(&mut self.given, members.len());
         let (mut given, mut k) = (0, 0);
         if self.text.eat(b'}').is_none() {
             loop {
@@ -137,9 +135,7 @@ impl<'a, P: Paths> Against<'a, '_, P> {
                 k += 1;
                 match found {
                     Ok(at) => {
-                        let (word, bit) = (open + at / 64, 1 << (at % 64));
-                        let twice = self.given[word] & bit != 0;
-                        self.given[word] |= bit;
+                        let twice = marks.mark(&mut self.given, at);
                         given += usize::from(!twice);
                         let (key, value) = &members[at];
                         self.path.descend(Step::Key(Cow::Borrowed(key)), false);
@@ -171,7 +167,7 @@ impl<'a, P: Paths> Against<'a, '_, P> {
         if given < members.len() {
             // Members only the tree has: equal only if the rule ignores each.
             for (at, (key, _)) in members.iter().enumerate() {
-                if self.given[open + at / 64] & (1 << (at % 64)) == 0 {
+                if !marks.marked(&self.given, at) {
                     self.path.descend(Step::Key(Cow::Borrowed(key)), false);
                     let ignored = self.path.covered() && self.pairing == 0;
                     self.path.pop();
@@ -181,7 +177,7 @@ impl<'a, P: Paths> Against<'a, '_, P> {
                 }
             }
         }
-        self.given.truncate(open);
+        marks.close(&mut self.given);
         Some(())
     }
 
@@ -207,6 +203,51 @@ impl<'a, P: Paths> Against<'a, '_, P> {
         }
         self.pairing -= usize::from(pairing);
         (index == items.len()).then_some(())
+    }
+}
+
+/// Which members of one of the tree's objects the body has given so far, a bit each: in one
+/// word for up to 64 members (records, on the stack), in words pushed on the walk's `stack`
+/// beyond (a map of many keys).
+struct Marks {
+    word: u64,
+    /// Where this object's words start on the stack, if it has any.
+    open: Option<usize>,
+}
+
+impl Marks {
+    fn new(stack: &mut Vec<u64>, members: usize) -> Self {
+        let open = (members > 64).then(|| {
+            let open = stack.len();
+            stack.resize(open + members.div_ceil(64), 0);
+            open
+        });
+        Self { word: 0, open }
+    }
+
+    /// Marks member `at`; returns whether it was marked already.
+    #[inline(always)]
+    fn mark(&mut self, stack: &mut [u64], at: usize) -> bool {
+        let (word, bit) = match self.open {
+            None => (&mut self.word, 1 << at),
+            Some(open) => (&mut stack[open + at / 64], 1 << (at % 64)),
+        };
+        let marked = *word & bit != 0;
+        *word |= bit;
+        marked
+    }
+
+    fn marked(&self, stack: &[u64], at: usize) -> bool {
+        match self.open {
+            None => self.word & (1 << at) != 0,
+            Some(open) => stack[open + at / 64] & (1 << (at % 64)) != 0,
+        }
+    }
+
+    fn close(self, stack: &mut Vec<u64>) {
+        if let Some(open) = self.open {
+            stack.truncate(open);
+        }
     }
 }
 
