@@ -764,10 +764,23 @@ fn compare_ordered<'v, S: Sink>(
     path: &mut Cursor<'_, 'v>,
     out: &mut S,
 ) {
-    if x.len() == y.len() && equal_in_place(rule, x, y, path) {
+    // Elements equal in place at the start, and at the end where both arrays are as long (so
+    // an element has one index on both sides, as a rule names it), take no part in the
+    // alignment, as a diff of lines leaves out the lines both texts start and end with. An
+    // array that differs mostly differs in a few elements, and hashing every element of both
+    // cost a third of comparing a list whose one record differs.
+    let head = equal_run(rule, x, y, 0, path, End::Head);
+    if head == x.len() && head == y.len() {
         return;
     }
-    let (fx, fy) = (fingerprints(rule, x, path), fingerprints(rule, y, path));
+    let tail = if x.len() == y.len() {
+        equal_run(rule, x, y, head, path, End::Tail)
+    } else {
+        0
+    };
+    let (middle_x, middle_y) = (head..x.len() - tail, head..y.len() - tail);
+    let fx = fingerprints(rule, x, middle_x, path);
+    let fy = fingerprints(rule, y, middle_y, path);
     if fx == fy {
         return;
     }
@@ -776,6 +789,10 @@ fn compare_ordered<'v, S: Sink>(
             return;
         }
         let (_, old, new) = op.as_tag_tuple();
+        let (old, new) = (
+            old.start + head..old.end + head,
+            new.start + head..new.end + head,
+        );
         match op {
             DiffOp::Equal { .. } => {}
             DiffOp::Delete { .. } => {
@@ -825,16 +842,43 @@ fn equal_in_place<'v>(
     y: &'v [Json<'v>],
     path: &mut Cursor<'_, 'v>,
 ) -> bool {
+    x.len() == y.len() && equal_run(rule, x, y, 0, path, End::Head) == x.len()
+}
+
+/// Which end of two arrays [`equal_run`] starts from.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Head,
+    /// Pairs counted from the last elements; each is named by its index in `x`, so only for
+    /// arrays as long as each other.
+    Tail,
+}
+
+/// How many elements in a row from `end`, leaving out the first `skip` pairs, are equal in place
+/// under the rule, stopping at the first that is not.
+fn equal_run<'v>(
+    rule: &CompareRule,
+    x: &'v [Json<'v>],
+    y: &'v [Json<'v>],
+    skip: usize,
+    path: &mut Cursor<'_, 'v>,
+    end: End,
+) -> usize {
+    let pairs = x.len().min(y.len()) - skip;
     let mut tally = Tally { count: 0, limit: 1 };
-    for (index, (a, b)) in x.iter().zip(y).enumerate() {
-        path.descend(Step::Index(index), Tally::NAMED);
-        compare_json(rule, a, b, path, &mut tally);
+    for run in 0..pairs {
+        let (i, j) = match end {
+            End::Head => (skip + run, skip + run),
+            End::Tail => (x.len() - 1 - run, y.len() - 1 - run),
+        };
+        path.descend(Step::Index(i), Tally::NAMED);
+        compare_json(rule, &x[i], &y[j], path, &mut tally);
         path.pop();
         if tally.full() {
-            return false;
+            return run;
         }
     }
-    true
+    pairs
 }
 
 /// An array whose order does not matter and whose elements have no key: equal elements pair
@@ -1113,16 +1157,17 @@ fn leaves(value: &Json<'_>) -> usize {
     }
 }
 
-/// Each element's fingerprint, in order.
+/// The fingerprint of each element in `range`, in order.
 fn fingerprints<'v>(
     rule: &CompareRule,
     values: &'v [Json<'v>],
+    range: Range<usize>,
     path: &mut Cursor<'_, 'v>,
 ) -> Vec<u64> {
-    values
+    values[range.clone()]
         .iter()
-        .enumerate()
-        .map(|(index, value)| fingerprint_at(rule, value, index, Some(&mut *path)))
+        .zip(range)
+        .map(|(value, index)| fingerprint_at(rule, value, index, Some(&mut *path)))
         .collect()
 }
 
@@ -2049,6 +2094,46 @@ mod tests {
         let a = r#"[{"v":1,"at":1},{"v":2,"at":2},{"v":3,"at":3}]"#;
         let b = r#"[{"v":1,"at":9},{"v":2,"at":9},{"v":4,"at":9}]"#;
         assert_eq!(paths(a, b, &rule), found(&[("$[2].v", Kind::Changed)]));
+    }
+
+    #[test]
+    fn equal_ends_are_left_out_of_the_alignment_and_the_middle_is_still_aligned() {
+        let plain = CompareRule::default();
+        let list = |items: &[u32]| format!("{items:?}");
+        let long: Vec<u32> = (0..40).collect();
+        let mut inserted = long.clone();
+        inserted.insert(20, 99);
+        assert_eq!(
+            paths(&list(&long), &list(&inserted), &plain),
+            found(&[("$[20]", Kind::Extra)])
+        );
+        let mut changed = long.clone();
+        changed[20] = 99;
+        changed[30] = 98;
+        assert_eq!(
+            paths(&list(&long), &list(&changed), &plain),
+            found(&[("$[20]", Kind::Changed), ("$[30]", Kind::Changed)])
+        );
+        assert_eq!(
+            paths(&list(&long), &list(&long[..39]), &plain),
+            found(&[("$[39]", Kind::Missing)])
+        );
+        // The ends are equal in place as the rule has it: within the tolerance, or ignored by
+        // their index.
+        let tolerant = rule(&[], &[], 0.01);
+        assert_eq!(
+            paths(
+                "[1.0, 2.0, 3.0, 4.0]",
+                "[1.001, 5.0, 3.0, 3.999]",
+                &tolerant
+            ),
+            found(&[("$[1]", Kind::Changed)])
+        );
+        let fourth = rule(&["$[3]"], &[], 0.0);
+        assert_eq!(
+            paths("[1,2,3,4,5]", "[1,2,9,7,5]", &fourth),
+            found(&[("$[2]", Kind::Changed)])
+        );
     }
 
     #[test]
