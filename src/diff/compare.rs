@@ -6,8 +6,10 @@
 //! undone first ([`super::decode`]), `Content-Type` is compared by meaning ([`super::media`]),
 //! JSON structurally (arrays aligned element by element, or matched by key), text as line
 //! hunks. Two JSON bodies are first walked token by token in lockstep ([`super::scan`]): when
-//! that shows them equal under the rule (most shadowed answers), no tree is built; otherwise
-//! both are parsed ([`super::json`]) and the trees compared, as if the scan had not run.
+//! that shows them equal under the rule (most shadowed answers), no tree is built. Otherwise the
+//! primary's is, and the candidate's body is read against it ([`super::against`]): equal keys
+//! in another order are shown equal without the candidate's tree. Otherwise both are parsed
+//! ([`super::json`]) and the trees compared, as if neither walk had run.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
