@@ -14,7 +14,8 @@ use strangler::diff::{CompareRule, compare, decode};
 #[path = "support/diff_documents.rs"]
 mod documents;
 use documents::{
-    document, document_with_ids, ids_ignored, many_ignores, reordered, response, rule,
+    document, document_with_ids, ids_ignored, many_ignores, reordered, reordered_late, response,
+    rule,
 };
 
 // The binary's allocator (src/main.rs): the diff worker allocates and frees a tree node per
@@ -34,6 +35,7 @@ fn comparison(c: &mut Criterion) {
             .matches("\"id\"")
             .count() as u32;
         let reordered = response(reordered(records));
+        let reordered_late = response(reordered_late(records));
         let different = response(document(size, 1));
         let other_ids = response(document_with_ids(size, 0, 1_000_000));
         // The primary laid out on lines (as many legacy services answer), same tokens.
@@ -46,6 +48,7 @@ fn comparison(c: &mut Criterion) {
         assert!(compare(&ids_ignored, &primary, &other_ids).is_empty());
         assert!(compare(&many_ignores, &primary, &other_ids).is_empty());
         assert!(!compare(&rule, &primary, &different).is_empty());
+        assert_eq!(compare(&rule, &primary, &reordered_late).len(), 1);
         assert!(compare(&rule, &pretty, &same).is_empty());
         group.throughput(Throughput::Bytes(primary.body.len() as u64));
         group.bench_with_input(BenchmarkId::new("equal", label), &same, |b, shadow| {
@@ -54,6 +57,11 @@ fn comparison(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("equal_reordered", label),
             &reordered,
+            |b, shadow| b.iter(|| black_box(compare(&rule, &primary, shadow))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("reordered_last_record_differs", label),
+            &reordered_late,
             |b, shadow| b.iter(|| black_box(compare(&rule, &primary, shadow))),
         );
         // The floor of the engine before it parsed into its own tree: both bodies parsed into
