@@ -265,31 +265,8 @@ fn text_of<'s>(decoded: &'s mut String, (raw, escaped): (&'s str, bool)) -> &'s 
 mod tests {
     use bumpalo::Bump;
 
-    use super::super::path::PathPattern;
+    use super::super::scan::test_rule::{Rule, rule};
     use super::*;
-
-    /// A rule of ignored paths and of arrays whose elements are paired (by key, say).
-    struct Rule {
-        ignore: Vec<PathPattern>,
-        paired: Vec<PathPattern>,
-    }
-
-    impl Paths for Rule {
-        fn cursor<'a>(&self) -> Cursor<'_, 'a> {
-            Cursor::new(&self.ignore, &self.paired)
-        }
-        fn pairs_elements(&self, at: &Cursor<'_, '_>) -> bool {
-            at.exact().is_some()
-        }
-    }
-
-    fn rule(ignore: &[&str], paired: &[&str]) -> Rule {
-        let parse = |all: &[&str]| all.iter().map(|p| PathPattern::parse(p).unwrap()).collect();
-        Rule {
-            ignore: parse(ignore),
-            paired: parse(paired),
-        }
-    }
 
     /// `b` read against the tree of `a`.
     fn same_text(rule: &Rule, a: &str, b: &str) -> bool {

@@ -479,13 +479,14 @@ impl<'a, P: Paths> Walk<'a, '_, P> {
     }
 }
 
+/// A rule for the walks' tests: ignored paths, and arrays whose elements are paired (by key,
+/// say).
 #[cfg(test)]
-mod tests {
-    use super::super::path::PathPattern;
-    use super::*;
+pub(super) mod test_rule {
+    use super::super::path::{Cursor, PathPattern};
+    use super::Paths;
 
-    /// A rule of ignored paths and of arrays whose elements are paired (by key, say).
-    struct Rule {
+    pub struct Rule {
         ignore: Vec<PathPattern>,
         paired: Vec<PathPattern>,
     }
@@ -499,13 +500,19 @@ mod tests {
         }
     }
 
-    fn rule(ignore: &[&str], paired: &[&str]) -> Rule {
+    pub fn rule(ignore: &[&str], paired: &[&str]) -> Rule {
         let parse = |all: &[&str]| all.iter().map(|p| PathPattern::parse(p).unwrap()).collect();
         Rule {
             ignore: parse(ignore),
             paired: parse(paired),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_rule::{Rule, rule};
+    use super::*;
 
     #[test]
     fn strings_stop_where_byte_by_byte_they_would() {
