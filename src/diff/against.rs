@@ -18,7 +18,8 @@
 //! stops the walk, and the caller compares the trees as if this walk had not run.
 //!
 //! Why the tree's value is the body's: keys are compared by their decoded text and strings too,
-//! numbers as the tree holds them (read by the same reader, [`super::json::number`]); each
+//! numbers as the tree holds them (read by the tree's own reader, [`super::json::read_number`]),
+//! literals as literals; each
 //! member of the tree is given exactly once by the body (a bit per member), so the body's object
 //! has the same members, and the tree sorted them as the body's tree would be sorted.
 //!
