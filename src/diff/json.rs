@@ -202,6 +202,7 @@ impl<'a> Builder<'a> {
                 }
                 self.array(open)
             }
+            b'-' | b'0'..=b'9' => Json::Number(read_number(scanner)?),
             _ => literal(scanner.scalar()?)?,
         })
     }
@@ -214,7 +215,6 @@ impl<'a> Builder<'a> {
         match scanner.peek()? {
             b'"' => Some(Json::String(self.text(scanner.string()?))),
             b'{' | b'[' => self.value(scanner, depth),
-            // Not through `literal`, which would hold a number up against three words first.
             b'-' | b'0'..=b'9' => Some(Json::Number(read_number(scanner)?)),
             _ => literal(scanner.scalar()?),
         }
@@ -410,15 +410,15 @@ fn sort_order(keys: &[&str], order: &mut [u8]) -> bool {
     twice
 }
 
-/// A scalar's token as a value: a literal or a number.
+/// A literal's token as a value (numbers are read by [`read_number`]).
 #[inline(always)]
 pub(super) fn literal(token: &str) -> Option<Json<'_>> {
-    Some(match token {
-        "null" => Json::Null,
-        "true" => Json::Bool(true),
-        "false" => Json::Bool(false),
-        token => Json::Number(number(token)?),
-    })
+    match token {
+        "null" => Some(Json::Null),
+        "true" => Some(Json::Bool(true)),
+        "false" => Some(Json::Bool(false)),
+        _ => None,
+    }
 }
 
 /// A number at the scanner's cursor (after whitespace), consumed and read as [`number`] reads
@@ -472,42 +472,23 @@ pub(super) fn read_number(scanner: &mut Scanner<'_>) -> Option<Number> {
     }
 }
 
-/// A number token (JSON's grammar, checked by the scanner) as serde_json reads it, in one pass
-/// over its digits for the common cases: an integer within 64 bits, and a decimal of at most
-/// 15 digits without an exponent (see [`decimal`]). Anything else is read by the standard
-/// library as the nearest `f64`, as serde_json reads it. (Searching the token for a point, then
-/// splitting it, then parsing each part cost 200 instructions per number.)
+/// A number token (JSON's grammar, checked by the scanner) as serde_json reads it: an integer
+/// as `u64`, or `i64` if negative (see [`integer`]), and anything beyond those, or with a
+/// fraction or an exponent, as the nearest `f64` (the standard library's reading is correctly
+/// rounded, as serde_json's with `float_roundtrip`). What [`read_number`] leaves to it, the rare
+/// tokens: integers of 20 digits and more, long decimals, exponents.
 pub(super) fn number(token: &str) -> Option<Number> {
     let float = || token.parse::<f64>().ok().and_then(Number::from_f64);
-    let (negative, digits) = match token.as_bytes() {
-        [b'-', digits @ ..] => (true, digits),
-        digits => (false, digits),
-    };
-    // The digits as one integer, the point aside, and where the point was.
-    let mut mantissa: u64 = 0;
-    let mut point = None;
-    for (at, &c) in digits.iter().enumerate() {
-        if c.is_ascii_digit() {
-            let Some(more) = mantissa
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(u64::from(c - b'0')))
-            else {
-                // Beyond u64 (an integer) or beyond the fast path (a decimal).
-                return float();
-            };
-            mantissa = more;
-        } else if c == b'.' {
-            point = Some(at);
-        } else {
-            // An exponent.
-            return float();
-        }
+    if token.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+        return float();
     }
-    match point {
-        None => Some(integer(negative, mantissa)),
-        Some(at) => {
-            decimal(negative, mantissa, digits.len() - 1, digits.len() - at - 1).or_else(float)
-        }
+    let (negative, magnitude) = match token.strip_prefix('-') {
+        Some(magnitude) => (true, magnitude),
+        None => (false, token),
+    };
+    match magnitude.parse::<u64>() {
+        Ok(magnitude) => Some(integer(negative, magnitude)),
+        Err(_) => float(),
     }
 }
 
