@@ -306,13 +306,8 @@ impl<'a> Scanner<'a> {
                     self.string()?;
                     self.eat(b':')?;
                     self.skip_value(depth)?;
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b'}' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.more(b'}')? {
+                        return Some(());
                     }
                 }
             }
@@ -325,13 +320,8 @@ impl<'a> Scanner<'a> {
                 }
                 loop {
                     self.skip_value(depth)?;
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.more(b']')? {
+                        return Some(());
                     }
                 }
             }
