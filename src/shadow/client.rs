@@ -64,8 +64,12 @@ impl ShadowClient {
         limit: usize,
         memory: &mut Reservation,
     ) -> Result<CapturedResponse, ShadowFailure> {
-        // A timed-out exchange is dropped whole, its connection with it.
-        tokio::time::timeout(timeout, self.exchange(request, limit, memory))
+        // A timed-out exchange is dropped whole, its connection with it. The exchange lives
+        // on the heap: Pingora's connect and read futures make it ~10 KiB, and held inline it
+        // made every copy's task (two of these, joined) ~22 KiB, moved whole several times on
+        // the proxy thread per copy (the memory moves alone were ~6 % of a shadowed request's
+        // CPU; see docs/performance.md).
+        tokio::time::timeout(timeout, Box::pin(self.exchange(request, limit, memory)))
             .await
             .unwrap_or(Err(ShadowFailure::Timeout))
     }
@@ -433,6 +437,18 @@ mod tests {
             2,
             "a truncated answer's connection is closed, never handed to the next copy"
         );
+    }
+
+    #[test]
+    fn a_copy_in_flight_is_a_small_future_whatever_pingora_holds_beneath_it() {
+        let pool = candidate("127.0.0.1:9".parse().unwrap());
+        let client = ShadowClient::new(1);
+        let mut memory = Reservation::default();
+        let send = client.send(get(&pool, "/"), Duration::from_secs(1), 1024, &mut memory);
+        // Every copy's task holds two of these (the copy and the noise copy, joined) and is
+        // moved whole when spawned: the exchange itself (~10 KiB) must stay behind a box.
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= 2048, "a send future of {size} bytes");
     }
 
     #[test]
