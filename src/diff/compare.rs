@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::json::{Json, key_order};
 use bumpalo::Bump;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use similar::{Algorithm, DiffOp};
 
 use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
@@ -279,15 +279,23 @@ fn compare_headers(
     shadow: &HeaderMap,
     out: &mut Vec<Difference>,
 ) {
-    let names: BTreeSet<&str> = primary
+    // Every name either side has, once. Most are ignored or carry the same values byte for
+    // byte, and those are equal however they would be shown: no text is made for them, and
+    // only the rest are sorted (differences are listed by name).
+    let mut differing: Vec<&str> = primary
         .keys()
-        .chain(shadow.keys())
-        .map(|n| n.as_str())
+        .chain(shadow.keys().filter(|name| !primary.contains_key(*name)))
+        .map(HeaderName::as_str)
+        .filter(|name| {
+            !rule.ignore_headers.contains(*name)
+                && !primary
+                    .get_all(*name)
+                    .iter()
+                    .eq(shadow.get_all(*name).iter())
+        })
         .collect();
-    for name in names {
-        if rule.ignore_headers.contains(name) {
-            continue;
-        }
+    differing.sort_unstable();
+    for name in differing {
         let sensitive = SENSITIVE_HEADERS.contains(&name);
         let values = |map: &HeaderMap| -> Option<String> {
             let all: Vec<String> = map
@@ -1960,6 +1968,33 @@ mod tests {
             ["status", "headers.authorization", "headers.x-api-version"]
         );
         assert_eq!(found[1].shadow.as_deref(), Some("[redacted]"));
+    }
+
+    #[test]
+    fn repeated_headers_are_compared_as_their_whole_list_in_order() {
+        let (mut a, mut b) = (json("{}"), json("{}"));
+        for map in [&mut a.headers, &mut b.headers] {
+            map.append("x-tags", "accept".parse().unwrap());
+            map.append("x-tags", "origin".parse().unwrap());
+            map.insert("x-empty", "".parse().unwrap());
+        }
+        assert_eq!(compare(&CompareRule::default(), &a, &b), []);
+        // The same values in another order, or one more, are another list.
+        let mut swapped = json("{}");
+        swapped.headers.append("x-tags", "origin".parse().unwrap());
+        swapped.headers.append("x-tags", "accept".parse().unwrap());
+        swapped.headers.insert("x-empty", "".parse().unwrap());
+        let found = compare(&CompareRule::default(), &a, &swapped);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].primary.as_deref(), found[0].shadow.as_deref()),
+            (Some("accept, origin"), Some("origin, accept"))
+        );
+        b.headers.append("x-tags", "origin".parse().unwrap());
+        assert_eq!(
+            compare(&CompareRule::default(), &a, &b)[0].kind,
+            Kind::Changed
+        );
     }
 
     fn differences(a: &str, b: &str) -> Vec<Difference> {
