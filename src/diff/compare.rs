@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderName};
 use similar::{Algorithm, DiffOp};
 
 use super::decode::{DECODED_LIMIT, DecodeError, Decoded, decode};
-use super::media::{self, MediaType};
+use super::media::{self, BodyKind};
 use super::path::{Cursor, PathPattern, Step, render};
 use crate::exchange::CapturedResponse;
 use crate::record::{Difference, Kind};
@@ -157,14 +157,14 @@ impl super::scan::Paths for CompareRule {
     }
 }
 
-/// A captured response made ready to compare: its media type parsed, its body decoded and its
+/// A captured response made ready to compare: what its media type says of it, its body decoded and its
 /// JSON parsed on first use, once however many comparisons use them (the primary meets the
 /// candidate and, with noise mode, its own second answer). Byte-identical bodies are never
 /// decoded. The JSON tree lives in the caller's arena, freed with it at once.
 pub struct Prepared<'a> {
     pub response: &'a CapturedResponse,
     body: OnceCell<Result<Decoded<'a>, DecodeError>>,
-    media: Option<MediaType>,
+    kind: BodyKind,
     json: OnceCell<Result<Json<'a>, String>>,
     arena: &'a Bump,
 }
@@ -174,11 +174,11 @@ impl<'a> Prepared<'a> {
         Self {
             arena,
             body: OnceCell::new(),
-            media: response
+            kind: response
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(MediaType::parse),
+                .map_or(BodyKind::default(), BodyKind::of),
             json: OnceCell::new(),
             response,
         }
@@ -198,11 +198,11 @@ impl<'a> Prepared<'a> {
     }
 
     pub fn is_json(&self) -> bool {
-        self.media.as_ref().is_some_and(MediaType::is_json)
+        self.kind.json
     }
 
     fn is_text(&self) -> bool {
-        self.media.as_ref().is_some_and(MediaType::is_text)
+        self.kind.text
     }
 
     /// The decoded body as JSON (parsed on first use), or why it is not JSON. The tree

@@ -13,7 +13,7 @@ pub struct MediaType {
 impl MediaType {
     /// `None` when `value` has no `type/subtype`.
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = split_unquoted(value, ';').into_iter();
+        let mut parts = split_unquoted(value, ';');
         let essence = parts.next()?.trim().to_ascii_lowercase();
         let (kind, subtype) = essence.split_once('/')?;
         if kind.is_empty() || subtype.is_empty() || subtype.contains('/') {
@@ -63,23 +63,75 @@ pub fn same_meaning(a: &str, b: &str) -> bool {
     }
 }
 
-fn split_unquoted(value: &str, separator: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
+/// What a `Content-Type` value says of the body it heads: whether it is JSON and whether it is
+/// text, as [`MediaType::parse`]'s `is_json` and `is_text` would answer (`false` for a value
+/// without a `type/subtype`). Read from the value in place, nothing allocated: it is asked of
+/// every answer compared, while the parameters matter only to a `Content-Type` that differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyKind {
+    pub json: bool,
+    pub text: bool,
+}
+
+impl BodyKind {
+    pub fn of(content_type: &str) -> Self {
+        let essence = split_unquoted(content_type, ';')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let valid = essence.split_once('/').is_some_and(|(kind, subtype)| {
+            !kind.is_empty() && !subtype.is_empty() && !subtype.contains('/')
+        });
+        if !valid {
+            return Self::default();
+        }
+        // ASCII case folding keeps every byte where it is, so the lowercase essence's prefix
+        // and suffix are these bytes, folded.
+        let bytes = essence.as_bytes();
+        let ends_with = |suffix: &[u8]| {
+            bytes.len() >= suffix.len()
+                && bytes[bytes.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        };
+        Self {
+            json: ends_with(b"/json") || ends_with(b"+json"),
+            text: bytes.len() >= 5 && bytes[..5].eq_ignore_ascii_case(b"text/"),
+        }
+    }
+}
+
+/// The parts of `value` between the `separator`s that stand outside double quotes.
+fn split_unquoted(value: &str, separator: char) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match unquoted(current, separator) {
+            Some(at) => {
+                rest = Some(&current[at + separator.len_utf8()..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+/// Where the first `separator` outside double quotes is (a backslash escapes the next
+/// character inside them). At such a separator no quote is open, so the next part starts
+/// afresh.
+fn unquoted(value: &str, separator: char) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
     for (index, c) in value.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            c if c == separator && !quoted => {
-                parts.push(&value[start..index]);
-                start = index + c.len_utf8();
-            }
+            c if c == separator && !quoted => return Some(index),
             _ => {}
         }
     }
-    parts.push(&value[start..]);
-    parts
+    None
 }
 
 fn unquote(value: &str) -> String {
@@ -139,6 +191,38 @@ mod tests {
             assert!(!same_meaning(a, b), "{a} != {b}");
         }
         assert!(same_meaning("garbage", " garbage"));
+    }
+
+    #[test]
+    fn a_body_kind_is_what_the_parsed_media_type_says() {
+        for value in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+            "application/vnd.api+JSON;x=\"a;b\"",
+            "text/json",
+            "TEXT/Plain ; charset=x",
+            " text/html",
+            "text/",
+            "/json",
+            "json",
+            "a/b/json",
+            "text/\"x;y\"",
+            "application/\"a;b/json\"",
+            "text\\/x;a=\"\\\";/json\"",
+            "",
+            ";",
+            "application/octet-stream",
+            "täxt/json",
+            "application/jsön",
+            "multipart/form-data; boundary=\"--;--\"",
+        ] {
+            let parsed = MediaType::parse(value).map_or(BodyKind::default(), |media| BodyKind {
+                json: media.is_json(),
+                text: media.is_text(),
+            });
+            assert_eq!(BodyKind::of(value), parsed, "{value:?}");
+        }
     }
 
     #[test]
