@@ -13,7 +13,7 @@ pub struct MediaType {
 impl MediaType {
     /// `None` when `value` has no `type/subtype`.
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = split_unquoted(value, ';');
+        let mut parts = split_unquoted(value, b';');
         let essence = parts.next()?.trim().to_ascii_lowercase();
         let (kind, subtype) = essence.split_once('/')?;
         if kind.is_empty() || subtype.is_empty() || subtype.contains('/') {
@@ -75,7 +75,7 @@ pub struct BodyKind {
 
 impl BodyKind {
     pub fn of(content_type: &str) -> Self {
-        let essence = split_unquoted(content_type, ';')
+        let essence = split_unquoted(content_type, b';')
             .next()
             .unwrap_or_default()
             .trim();
@@ -100,13 +100,13 @@ impl BodyKind {
 }
 
 /// The parts of `value` between the `separator`s that stand outside double quotes.
-fn split_unquoted(value: &str, separator: char) -> impl Iterator<Item = &str> {
+fn split_unquoted(value: &str, separator: u8) -> impl Iterator<Item = &str> {
     let mut rest = Some(value);
     std::iter::from_fn(move || {
         let current = rest?;
         match unquoted(current, separator) {
             Some(at) => {
-                rest = Some(&current[at + separator.len_utf8()..]);
+                rest = Some(&current[at + 1..]);
                 Some(&current[..at])
             }
             None => {
@@ -119,15 +119,16 @@ fn split_unquoted(value: &str, separator: char) -> impl Iterator<Item = &str> {
 
 /// Where the first `separator` outside double quotes is (a backslash escapes the next
 /// character inside them). At such a separator no quote is open, so the next part starts
-/// afresh.
-fn unquoted(value: &str, separator: char) -> Option<usize> {
+/// afresh. Read by bytes: the separator, the quote and the backslash are ASCII, and no byte of
+/// a longer character is (an escaped one's other bytes pass as ordinary ones).
+fn unquoted(value: &str, separator: u8) -> Option<usize> {
     let (mut quoted, mut escaped) = (false, false);
-    for (index, c) in value.char_indices() {
-        match c {
+    for (index, &byte) in value.as_bytes().iter().enumerate() {
+        match byte {
             _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == separator && !quoted => return Some(index),
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ if byte == separator && !quoted => return Some(index),
             _ => {}
         }
     }
@@ -216,6 +217,7 @@ mod tests {
             "täxt/json",
             "application/jsön",
             "multipart/form-data; boundary=\"--;--\"",
+            "text/\"\\é;\";/json",
         ] {
             let parsed = MediaType::parse(value).map_or(BodyKind::default(), |media| BodyKind {
                 json: media.is_json(),
