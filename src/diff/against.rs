@@ -19,9 +19,9 @@
 //!
 //! Why the tree's value is the body's: keys are compared by their decoded text and strings too,
 //! numbers as the tree holds them (read by the tree's own reader, [`super::json::read_number`]),
-//! literals as literals; each
-//! member of the tree is given exactly once by the body (a bit per member), so the body's object
-//! has the same members, and the tree sorted them as the body's tree would be sorted.
+//! literals as literals; each member of the tree is given exactly once by the body (a bit per
+//! member), so the body's object has the same members, and the tree sorted them as the body's
+//! tree would be sorted.
 //!
 //! This module owns that walk, not the scanner ([`super::scan`]), the tree ([`super::json`]) or
 //! the rule ([`super::compare`]).

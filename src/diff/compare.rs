@@ -157,10 +157,10 @@ impl super::scan::Paths for CompareRule {
     }
 }
 
-/// A captured response made ready to compare: what its media type says of it, its body decoded and its
-/// JSON parsed on first use, once however many comparisons use them (the primary meets the
-/// candidate and, with noise mode, its own second answer). Byte-identical bodies are never
-/// decoded. The JSON tree lives in the caller's arena, freed with it at once.
+/// A captured response made ready to compare: what its media type says of its body, and the
+/// body decoded and its JSON parsed on first use, once however many comparisons use them (the
+/// primary meets the candidate and, with noise mode, its own second answer). Byte-identical
+/// bodies are never decoded. The JSON tree lives in the caller's arena, freed with it at once.
 pub struct Prepared<'a> {
     pub response: &'a CapturedResponse,
     body: OnceCell<Result<Decoded<'a>, DecodeError>>,

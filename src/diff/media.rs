@@ -13,12 +13,8 @@ pub struct MediaType {
 impl MediaType {
     /// `None` when `value` has no `type/subtype`.
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = split_unquoted(value, b';');
-        let essence = parts.next()?.trim().to_ascii_lowercase();
-        let (kind, subtype) = essence.split_once('/')?;
-        if kind.is_empty() || subtype.is_empty() || subtype.contains('/') {
-            return None;
-        }
+        let (essence, parts) = essence_and_parameters(value)?;
+        let essence = essence.to_ascii_lowercase();
         let mut parameters = BTreeMap::new();
         for parameter in parts {
             let Some((name, value)) = parameter.split_once('=') else {
@@ -46,11 +42,11 @@ impl MediaType {
 
     /// `application/json`, `application/problem+json`, `text/json`.
     pub fn is_json(&self) -> bool {
-        self.essence.ends_with("/json") || self.essence.ends_with("+json")
+        BodyKind::of_essence(&self.essence).json
     }
 
     pub fn is_text(&self) -> bool {
-        self.essence.starts_with("text/")
+        BodyKind::of_essence(&self.essence).text
     }
 }
 
@@ -75,18 +71,13 @@ pub struct BodyKind {
 
 impl BodyKind {
     pub fn of(content_type: &str) -> Self {
-        let essence = split_unquoted(content_type, b';')
-            .next()
-            .unwrap_or_default()
-            .trim();
-        let valid = essence.split_once('/').is_some_and(|(kind, subtype)| {
-            !kind.is_empty() && !subtype.is_empty() && !subtype.contains('/')
-        });
-        if !valid {
-            return Self::default();
-        }
-        // ASCII case folding keeps every byte where it is, so the lowercase essence's prefix
-        // and suffix are these bytes, folded.
+        essence_and_parameters(content_type)
+            .map_or(Self::default(), |(essence, _)| Self::of_essence(essence))
+    }
+
+    /// Of a valid `type/subtype`, in any case: ASCII case folding keeps every byte where it is,
+    /// so the lowercase essence's prefix and suffix are these bytes, folded.
+    fn of_essence(essence: &str) -> Self {
         let bytes = essence.as_bytes();
         let ends_with = |suffix: &[u8]| {
             bytes.len() >= suffix.len()
@@ -97,6 +88,16 @@ impl BodyKind {
             text: bytes.len() >= 5 && bytes[..5].eq_ignore_ascii_case(b"text/"),
         }
     }
+}
+
+/// A `Content-Type` value's `type/subtype` as written (trimmed, not case-folded: folding moves
+/// no `/`), and the text of its parameters; `None` without a valid `type/subtype`.
+fn essence_and_parameters(value: &str) -> Option<(&str, impl Iterator<Item = &str>)> {
+    let mut parts = split_unquoted(value, b';');
+    let essence = parts.next()?.trim();
+    let (kind, subtype) = essence.split_once('/')?;
+    let valid = !kind.is_empty() && !subtype.is_empty() && !subtype.contains('/');
+    valid.then_some((essence, parts))
 }
 
 /// The parts of `value` between the `separator`s that stand outside double quotes.
